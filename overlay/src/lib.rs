@@ -1,0 +1,10 @@
+//! The overlay: how peers talk to each other and to the rendezvous.
+//!
+//! Noise NK channels over any byte stream, the peer wire protocol, and the
+//! transports that carry them. Protocol logic is sans-I/O (bytes in, bytes
+//! and events out); tokio appears only in thin drivers.
+//!
+//! This crate must never import `anonmirror-announce`, and never let a byte
+//! that failed authentication reach its caller.
+
+#![forbid(unsafe_code)]

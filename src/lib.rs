@@ -1,0 +1,13 @@
+//! anonmirror: opt-in peer-to-peer mirroring of distribution packages,
+//! without becoming fingerprintable.
+//!
+//! This is the root package: it wires the layers (core, privacy, announce,
+//! overlay, rendezvous, mirror, audit) into one node and one command line.
+//! Nothing may depend on it.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod logging;
+
+pub use cli::run;

@@ -1,0 +1,5 @@
+//! The `anonmirror` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    anonmirror::run()
+}
