@@ -8,3 +8,5 @@
 //! that failed authentication reach its caller.
 
 #![forbid(unsafe_code)]
+
+pub mod wire;
