@@ -9,4 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+mod err;
+pub mod noise;
+pub mod transport;
+
+pub use err::{Error, Result};
+pub use noise::{Channel, ChannelParams, StaticKeypair, Suite, accept, connect};
+pub use transport::{Contact, Listener, TcpTransport, Transport};
+
 pub mod wire;
