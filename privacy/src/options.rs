@@ -2,7 +2,7 @@
 //!
 //! These structs mirror the file's tables one to one. `None` means "not
 //! written, take the level's default"; resolution into a
-//! [`Policy`](crate::Policy) happens in one place, [`Options::resolve`], so
+//! [`Policy`] happens in one place, [`Options::resolve`], so
 //! that no default is applied anywhere else. `deny_unknown_fields` on every
 //! table is what turns a misspelt key into an error instead of a silently
 //! ignored line.

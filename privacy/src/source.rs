@@ -22,7 +22,12 @@ pub(crate) fn parse(src: &str, file: Option<&Path>, level: Option<Level>) -> Res
     let place = |mut invalid: Invalid| -> Error {
         invalid.file = file.map(Path::to_owned);
         if invalid.location.is_none() {
-            invalid.location = locate(src, &invalid.key).map(|at| Location::of_offset(src, at));
+            // A key the file does not mention took its value from the
+            // level, so the file's `level` line is where to look (unless
+            // the level came from the command line).
+            let at = locate(src, &invalid.key)
+                .or_else(|| level.is_none().then(|| locate(src, "level")).flatten());
+            invalid.location = at.map(|at| Location::of_offset(src, at));
         }
         invalid.into()
     };
@@ -108,7 +113,7 @@ fn locate(src: &str, key: &str) -> Option<usize> {
     found.map(|r| r.start)
 }
 
-/// `repository[1]` → (`repository`, [1]).
+/// `repository[1]` → (`repository`, `[1]`).
 fn split_indices(part: &str) -> Option<(&str, Vec<usize>)> {
     let mut pieces = part.split('[');
     let name = pieces.next()?;

@@ -206,8 +206,9 @@ impl<'de> Deserialize<'de> for Rate {
 /// How many bits about its holdings a serving node may reveal per epoch
 /// before it stops announcing (see the audit crate).
 ///
-/// Written as a non-negative number of bits, or `"unlimited"`.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+/// Written as a non-negative number of bits, or `"unlimited"`. Ordered
+/// from tightest to loosest: `Bits(0.0) < Bits(4.0) < Unlimited`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ExposureBudget {
     /// No limit: the node announces whatever it holds (level `open`).
     Unlimited,
@@ -224,6 +225,18 @@ impl ExposureBudget {
         match self {
             ExposureBudget::Unlimited => true,
             ExposureBudget::Bits(budget) => bits <= budget,
+        }
+    }
+}
+
+impl PartialOrd for ExposureBudget {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (ExposureBudget::Unlimited, ExposureBudget::Unlimited) => Some(Ordering::Equal),
+            (ExposureBudget::Unlimited, ExposureBudget::Bits(_)) => Some(Ordering::Greater),
+            (ExposureBudget::Bits(_), ExposureBudget::Unlimited) => Some(Ordering::Less),
+            (ExposureBudget::Bits(a), ExposureBudget::Bits(b)) => a.partial_cmp(b),
         }
     }
 }
@@ -323,5 +336,8 @@ mod tests {
         assert!(ExposureBudget::Unlimited.allows(1e9));
         assert!(ExposureBudget::Bits(4.0).allows(4.0));
         assert!(!ExposureBudget::Bits(4.0).allows(4.5));
+        assert!(ExposureBudget::Bits(4.0) < ExposureBudget::Bits(12.0));
+        assert!(ExposureBudget::Bits(1e9) < ExposureBudget::Unlimited);
+        assert!(ExposureBudget::Unlimited > ExposureBudget::Bits(0.0));
     }
 }
