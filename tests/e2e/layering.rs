@@ -31,7 +31,13 @@ fn run(cmd: &mut Command) -> String {
 /// The workspace's own dependency edges (normal, build and dev), by short
 /// member name ("core", "overlay", …; "root" for the binary package).
 fn workspace_edges() -> BTreeMap<String, BTreeSet<String>> {
-    let json = run(cargo().args(["metadata", "--format-version", "1", "--no-deps", "--offline"]));
+    let json = run(cargo().args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]));
     let meta: serde_json::Value = serde_json::from_str(&json).expect("metadata is JSON");
     let short = |name: &str| -> String {
         match name.strip_prefix("anonmirror-") {
@@ -106,9 +112,9 @@ fn workspace_edges_follow_the_design_dag() {
     let edges = workspace_edges();
     let allowed = allowed();
     for (member, deps) in &edges {
-        let ok = allowed
-            .get(member.as_str())
-            .unwrap_or_else(|| panic!("member `{member}` is not in DESIGN.md §2; add it to the DAG"));
+        let ok = allowed.get(member.as_str()).unwrap_or_else(|| {
+            panic!("member `{member}` is not in DESIGN.md §2; add it to the DAG")
+        });
         for dep in deps {
             assert!(
                 ok.contains(&dep.as_str()),
@@ -117,7 +123,10 @@ fn workspace_edges_follow_the_design_dag() {
         }
     }
     for member in allowed.keys() {
-        assert!(edges.contains_key(*member), "member `{member}` is missing from the workspace");
+        assert!(
+            edges.contains_key(*member),
+            "member `{member}` is missing from the workspace"
+        );
     }
 }
 
@@ -198,6 +207,9 @@ fn the_check_sees_networking_where_it_is() {
 #[test]
 fn nothing_depends_on_the_root_package() {
     for (member, deps) in workspace_edges() {
-        assert!(!deps.contains("root"), "`{member}` depends on the root package");
+        assert!(
+            !deps.contains("root"),
+            "`{member}` depends on the root package"
+        );
     }
 }
