@@ -124,14 +124,16 @@ impl Suite {
 
 /// The suite every anonmirror channel uses.
 ///
-/// Chosen by measurement, not by taste: `cargo run --release -p
-/// anonmirror-bench --bin noise` on the 2-core development machine (AMD
-/// EPYC, AES-NI) moved 1 GiB over loopback at a median of 1 599 MiB/s with
-/// AES-GCM/SHA-256 (ring) against 1 030 MiB/s with ChaChaPoly/BLAKE2s, with
-/// raw TCP at 3 354 MiB/s in the same run (see BENCHMARKS.md). Machines
-/// without AES instructions would favour ChaChaPoly, but every peer must
-/// use the same suite, and the bulk of anonmirror's volunteers run x86-64 or
-/// ARMv8 with AES instructions.
+/// Chosen by measurement: `cargo run --release -p anonmirror-bench --bin
+/// noise` on the 2-core development machine (AMD EPYC with AES-NI) moved
+/// 1 GiB over loopback at a median of 2 082 MiB/s with AES-GCM/SHA-256
+/// (ring) against 1 331 MiB/s with ChaChaPoly/BLAKE2s (1.56x), raw TCP
+/// doing 2 316 MiB/s in the same run; the sans-I/O core alone, in memory on
+/// one thread, did 1 152 against 692 MiB/s (1.66x). Handshakes cost the
+/// same (about 0.5 ms over TCP connect). Figures in BENCHMARKS.md. A
+/// machine without AES instructions would favour ChaChaPoly, but every peer
+/// must use the same suite (it is hashed into the handshake), and most
+/// volunteers' x86-64 and ARMv8 machines have AES instructions.
 pub const SUITE: Suite = Suite::AesGcmSha256;
 
 /// What both ends of a channel must agree on before the first byte: the

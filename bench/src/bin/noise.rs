@@ -9,7 +9,12 @@
 //! that drift on a shared machine hits them alike. The report gives the
 //! median MiB/s of each case and its ratio to raw TCP's median.
 //!
-//! Then it times `--handshakes` sequential connections per case (TCP
+//! Then it measures the sans-I/O core alone, in memory on one thread
+//! (encrypt with a `FrameSender`, decrypt with a `FrameReceiver`, no
+//! socket), which isolates the suites' cost from the loopback's; there the
+//! baseline is the alternative suite (`Suite::ALL`'s last).
+//!
+//! Last it times `--handshakes` sequential connections per case (TCP
 //! connect alone as the baseline, TCP connect plus the Noise handshake for
 //! each suite) and reports the median.
 //!
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anonmirror_bench::{median, mib_per_sec};
 use anonmirror_core::Epoch;
-use anonmirror_overlay::noise::MAX_MESSAGE;
+use anonmirror_overlay::noise::{MAX_MESSAGE, Session};
 use anonmirror_overlay::transport::Listener as _;
 use anonmirror_overlay::{
     ChannelParams, Contact, StaticKeypair, Suite, TcpTransport, Transport as _, accept, connect,
@@ -159,6 +164,38 @@ fn chunk_len(left: u64) -> usize {
     usize::try_from(left).map_or(MAX_MESSAGE, |left| left.min(MAX_MESSAGE))
 }
 
+/// Encrypts and decrypts `total` bytes in memory with `suite`, one frame at
+/// a time on one thread, returning the time taken.
+fn in_memory(suite: Suite, total: u64) -> Result<Duration> {
+    let payload = vec![0x5a_u8; MAX_MESSAGE];
+    let mut plain = Vec::new();
+    let keypair = StaticKeypair::generate()?;
+    let p = params(suite);
+    let mut i = Session::initiator(&keypair.public(), &p)?;
+    let mut r = Session::responder(&keypair, &p)?;
+    r.handle_input(i.outgoing(), &mut plain)?;
+    i.consume_outgoing(usize::MAX);
+    i.handle_input(r.outgoing(), &mut plain)?;
+    r.consume_outgoing(usize::MAX);
+    let (mut tx, _) = i.split()?;
+    let (_, mut rx) = r.split()?;
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < total {
+        let n = chunk_len(total - done);
+        tx.write_message(&payload[..n])?;
+        let frame = tx.outgoing();
+        let progress = rx.handle_input(frame, &mut plain)?;
+        if progress.consumed != frame.len() || plain.len() != n {
+            bail!("in-memory frame not decrypted whole");
+        }
+        let len = frame.len();
+        tx.consume_outgoing(len);
+        done += n as u64;
+    }
+    Ok(start.elapsed())
+}
+
 /// Time of one connection set-up: TCP connect (and accept), plus the
 /// Noise handshake for the channel cases.
 async fn setup(case: Case) -> Result<Duration> {
@@ -205,9 +242,44 @@ async fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let baseline = medians[0];
     println!();
-    println!("{:<34} {:>12} {:>10}", "case", "median MiB/s", "vs raw TCP");
-    for (case, m) in cases.iter().zip(&medians) {
-        println!("{:<34} {m:>12.0} {:>9.2}x", case.name(), m / baseline);
+    println!(
+        "{:<34} {:>12} {:>10} {:>13}",
+        "case", "median MiB/s", "vs raw TCP", "min..max"
+    );
+    for ((case, m), r) in cases.iter().zip(&medians).zip(&rates) {
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{:<34} {m:>12.0} {:>9.2}x {lo:>6.0}..{hi:<6.0}",
+            case.name(),
+            m / baseline
+        );
+    }
+
+    // The suites against each other, without the loopback: the last
+    // suite considered is the baseline of this table.
+    let mut core_rates: Vec<Vec<f64>> = vec![Vec::new(); Suite::ALL.len()];
+    for _ in 0..args.runs {
+        for (i, suite) in Suite::ALL.into_iter().enumerate() {
+            core_rates[i].push(mib_per_sec(total, in_memory(suite, total)?));
+        }
+    }
+    let core_medians: Vec<f64> = core_rates
+        .iter()
+        .map(|r| median(r).context("no runs"))
+        .collect::<Result<_>>()?;
+    let alternative = core_medians.last().copied().context("no suites")?;
+    println!();
+    println!(
+        "{:<34} {:>12} {:>10}",
+        "sans-I/O core, one thread, in memory", "median MiB/s", "vs last"
+    );
+    for (suite, m) in Suite::ALL.into_iter().zip(&core_medians) {
+        println!(
+            "{:<34} {m:>12.0} {:>9.2}x",
+            suite.protocol_name(),
+            m / alternative
+        );
     }
 
     let mut setups = vec![Vec::new(); cases.len()];
