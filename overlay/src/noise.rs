@@ -2,9 +2,9 @@
 //! anonymous initiator and a responder known by its static key.
 //!
 //! The responder (a rendezvous, or a peer serving items) has a static X25519
-//! key, [`PeerKey`], that the initiator knows in advance (pinned in the
-//! policy or published in a directory). The initiator has no static key and
-//! so stays anonymous. The handshake is Noise NK:
+//! key, a [`PeerKey`](anonmirror_core::PeerKey), that the initiator knows in
+//! advance (pinned in the policy or published in a directory). The
+//! initiator has no static key and so stays anonymous. The handshake is Noise NK:
 //!
 //! ```text
 //! <- s            (pre-message: the initiator knows the responder's key)
