@@ -990,4 +990,74 @@ mod tests {
         assert_eq!(again.to_string(), e.to_string());
         assert!(tx.outgoing().is_empty());
     }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// However the stream is cut into reads, the same messages come
+            /// out, with their boundaries.
+            #[test]
+            fn any_chunking_delivers_the_same_messages(
+                messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8),
+                chunks in prop::collection::vec(1usize..80, 1..16),
+            ) {
+                let (mut i, mut r) = established();
+                for m in &messages {
+                    i.write_message(m).expect("send");
+                }
+                let bytes = i.outgoing().to_vec();
+                let mut got = Vec::new();
+                let mut plain = Vec::new();
+                let (mut at, mut k) = (0, 0);
+                while at < bytes.len() {
+                    let end = (at + chunks[k % chunks.len()]).min(bytes.len());
+                    k += 1;
+                    let mut piece = &bytes[at..end];
+                    while !piece.is_empty() {
+                        let p = r.handle_input(piece, &mut plain).expect("valid stream");
+                        piece = &piece[p.consumed..];
+                        if p.event == Some(Event::Message) {
+                            got.push(plain.clone());
+                        }
+                    }
+                    at = end;
+                }
+                r.handle_eof().expect("ends between frames");
+                prop_assert_eq!(got, messages);
+            }
+
+            /// Garbage never panics and never yields a message; once it
+            /// fails, the session stays failed with the same error.
+            #[test]
+            fn garbage_fails_cleanly(
+                garbage in prop::collection::vec(any::<u8>(), 0..400),
+                handshaking in any::<bool>(),
+            ) {
+                let mut s = if handshaking { pair().1 } else { established().1 };
+                let mut plain = Vec::new();
+                let mut rest = &garbage[..];
+                let outcome = loop {
+                    match s.handle_input(rest, &mut plain) {
+                        Err(e) => break Some(e),
+                        Ok(p) => {
+                            prop_assert_ne!(p.event, Some(Event::Message));
+                            // Progress on every call, so the loop ends.
+                            prop_assert!(p.consumed > 0 || rest.is_empty());
+                            rest = &rest[p.consumed..];
+                            if p.event.is_none() && rest.is_empty() {
+                                break s.handle_eof().err();
+                            }
+                        }
+                    }
+                };
+                if let Some(e) = outcome {
+                    assert_poisoned(&mut s, &e);
+                }
+            }
+        }
+    }
 }
