@@ -11,10 +11,11 @@
 
 mod err;
 pub mod noise;
+pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use err::{Error, Result};
 pub use noise::{Channel, ChannelParams, StaticKeypair, Suite, accept, connect};
+pub use store::{ItemMeta, ItemReader, Origin, Store, StoreError};
 pub use transport::{Contact, Listener, TcpTransport, Transport};
-
-pub mod wire;

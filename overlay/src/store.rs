@@ -1,0 +1,945 @@
+//! The verified content store: items on disk, metadata in redb.
+//!
+//! Items are files named by their SHA-256 (lower-case hex) under
+//! `<dir>/items/`; their metadata (size, BLAKE3 root, last use, origin) and
+//! their bao outboard (16 KiB chunk groups) live in `<dir>/store.redb`.
+//!
+//! The store must never hold an unverified byte, nor show an item whose
+//! metadata and file disagree. Insertion is therefore:
+//!
+//! 1. stream the bytes into `<dir>/tmp/<random>` while hashing them
+//!    (SHA-256 and the bao outboard in the same pass);
+//! 2. check the size and the SHA-256 against the caller's (the index's);
+//! 3. fsync the file, rename it into `items/`, fsync the directory;
+//! 4. commit the metadata, durably.
+//!
+//! A crash before 3 leaves only a file in `tmp/`, which [`Store::open`]
+//! deletes; a crash between 3 and 4 leaves a file without metadata, which
+//! `open` deletes too; metadata is never committed before its file exists.
+//! `open` also drops metadata whose file went missing or changed size.
+//!
+//! A size cap is kept by evicting the least recently used items, never one
+//! that is pinned (being served) or being written.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anonmirror_core::{Clock, ErrorKind, HasKind, ItemKey, Sensitive};
+use bao_tree::BlockSize;
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::CreateOutboard;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// The chunk group size of every outboard: 2^4 BLAKE3 chunks of 1 KiB.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
+
+const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("items");
+const OUTBOARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outboards");
+
+/// Version byte of the metadata record, so the layout can change later.
+const META_V1: u8 = 1;
+const META_LEN: usize = 1 + 8 + 32 + 8 + 1;
+
+/// Where an item came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Downloaded from peers.
+    Peer,
+    /// Downloaded from the upstream mirror.
+    Upstream,
+    /// Imported from a local package cache or added by hand.
+    Import,
+}
+
+impl Origin {
+    fn to_byte(self) -> u8 {
+        match self {
+            Origin::Peer => 0,
+            Origin::Upstream => 1,
+            Origin::Import => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Origin> {
+        match b {
+            0 => Some(Origin::Peer),
+            1 => Some(Origin::Upstream),
+            2 => Some(Origin::Import),
+            _ => None,
+        }
+    }
+}
+
+/// What the store knows of an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 root of the bao tree (16 KiB chunk groups).
+    pub root: [u8; 32],
+    /// Last time it was inserted or opened, in Unix seconds.
+    pub last_use: u64,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+impl ItemMeta {
+    fn encode(&self) -> [u8; META_LEN] {
+        let mut out = [0u8; META_LEN];
+        out[0] = META_V1;
+        out[1..9].copy_from_slice(&self.size.to_le_bytes());
+        out[9..41].copy_from_slice(&self.root);
+        out[41..49].copy_from_slice(&self.last_use.to_le_bytes());
+        out[49] = self.origin.to_byte();
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<ItemMeta> {
+        if b.len() != META_LEN || b[0] != META_V1 {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let mut root = [0u8; 32];
+        root.copy_from_slice(&b[9..41]);
+        Some(ItemMeta {
+            size: u64_at(1),
+            root,
+            last_use: u64_at(41),
+            origin: Origin::from_byte(b[49])?,
+        })
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The bytes offered are not the item the index names.
+    #[error("item {key}: {what}")]
+    Mismatch {
+        /// The item.
+        key: Sensitive<ItemKey>,
+        /// What did not match.
+        what: String,
+    },
+    /// The item cannot fit: larger than the cap, or everything else is in use.
+    #[error(
+        "item {key} of {size} bytes does not fit under the cap of {cap} bytes ({pinned} bytes in use)"
+    )]
+    Full {
+        /// The item.
+        key: Sensitive<ItemKey>,
+        /// Its size.
+        size: u64,
+        /// The store's cap.
+        cap: u64,
+        /// Bytes held by pinned items that cannot be evicted.
+        pinned: u64,
+    },
+    /// The same item is already being written by someone else.
+    #[error("item {0} is already being written")]
+    Busy(Sensitive<ItemKey>),
+    /// A file system operation failed.
+    #[error("store {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The metadata database failed.
+    #[error("store database: {0}")]
+    Db(String),
+    /// The metadata database holds a record we cannot read.
+    #[error("store database holds a malformed record for item {0}")]
+    Corrupt(Sensitive<ItemKey>),
+}
+
+impl HasKind for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Mismatch { .. } => ErrorKind::BadInput,
+            StoreError::Full { .. } | StoreError::Busy(_) => ErrorKind::LocalIo,
+            StoreError::Io { .. } | StoreError::Db(_) => ErrorKind::LocalIo,
+            StoreError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// In-memory bookkeeping, guarded by one mutex.
+#[derive(Default)]
+struct State {
+    /// Bytes of all committed items.
+    used: u64,
+    /// Items currently open for reading, with their open count.
+    pins: HashMap<ItemKey, usize>,
+    /// Items currently being written (their bytes are reserved in `used`).
+    writing: HashSet<ItemKey>,
+    /// Bytes reserved for items being written.
+    reserved: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: Database,
+    cap: u64,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+/// The verified content store. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("cap", &self.inner.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An item open for reading. The item stays pinned (never evicted) until
+/// this is dropped.
+#[derive(Debug)]
+pub struct ItemReader {
+    store: Store,
+    key: ItemKey,
+    /// The item's metadata.
+    pub meta: ItemMeta,
+    /// The open file; its bytes were verified when inserted.
+    pub file: File,
+}
+
+impl Drop for ItemReader {
+    fn drop(&mut self) {
+        let mut state = self.store.lock();
+        if let Some(n) = state.pins.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                state.pins.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Releases a write reservation however an insert ends.
+struct WriteGuard<'a> {
+    store: &'a Store,
+    key: ItemKey,
+    size: u64,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.store.lock();
+        state.writing.remove(&self.key);
+        state.reserved -= self.size;
+    }
+}
+
+/// Copies everything read into a file and a SHA-256, so the outboard, the
+/// SHA-256 and the file come from one pass over the bytes.
+struct Tee<'a, R> {
+    src: R,
+    file: &'a mut io::BufWriter<File>,
+    sha: ring::digest::Context,
+    count: u64,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.src.read(buf)?;
+        self.file.write_all(&buf[..n])?;
+        self.sha.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir` with a cap of `cap` bytes, and
+    /// bring it back to a consistent state after any crash.
+    pub fn open(dir: &Path, cap: u64, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        for sub in ["items", "tmp"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let db_path = dir.join("store.redb");
+        let db = Database::create(&db_path).map_err(db_err)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                db,
+                cap,
+                clock,
+                state: Mutex::new(State::default()),
+            }),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is plain counters; a panic elsewhere cannot leave it
+        // half-updated in a way that matters more than losing the store.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn item_path(&self, key: &ItemKey) -> PathBuf {
+        self.inner.dir.join("items").join(key.to_hex())
+    }
+
+    /// Delete leftovers of interrupted inserts and reconcile metadata with
+    /// files, then count the bytes in use.
+    fn recover(&self) -> Result<(), StoreError> {
+        let tmp = self.inner.dir.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let path = entry.map_err(io_err("list", &tmp))?.path();
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+        let mut known: HashMap<ItemKey, ItemMeta> = HashMap::new();
+        let mut stale: Vec<ItemKey> = Vec::new();
+        {
+            let rtx = self.inner.db.begin_read().map_err(db_err)?;
+            if let Ok(table) = rtx.open_table(ITEMS) {
+                for row in table.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let Ok(raw) = <[u8; 32]>::try_from(k.value()) else {
+                        continue;
+                    };
+                    let key = ItemKey(raw);
+                    match ItemMeta::decode(v.value()) {
+                        Some(meta)
+                            if fs::metadata(self.item_path(&key))
+                                .is_ok_and(|m| m.is_file() && m.len() == meta.size) =>
+                        {
+                            known.insert(key, meta);
+                        }
+                        _ => stale.push(key),
+                    }
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let wtx = self.inner.db.begin_write().map_err(db_err)?;
+            {
+                let mut items = wtx.open_table(ITEMS).map_err(db_err)?;
+                let mut obs = wtx.open_table(OUTBOARDS).map_err(db_err)?;
+                for key in &stale {
+                    items.remove(&key.0[..]).map_err(db_err)?;
+                    obs.remove(&key.0[..]).map_err(db_err)?;
+                    // The file, if any, no longer matches its record.
+                    let _ = fs::remove_file(self.item_path(key));
+                }
+            }
+            wtx.commit().map_err(db_err)?;
+        }
+        let items = self.inner.dir.join("items");
+        for entry in fs::read_dir(&items).map_err(io_err("list", &items))? {
+            let entry = entry.map_err(io_err("list", &items))?;
+            let name = entry.file_name();
+            let keep = name
+                .to_str()
+                .and_then(|n| n.parse::<ItemKey>().ok())
+                .is_some_and(|k| known.contains_key(&k));
+            if !keep {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+        self.lock().used = known.values().map(|m| m.size).sum();
+        Ok(())
+    }
+
+    /// The store's cap in bytes.
+    pub fn cap(&self) -> u64 {
+        self.inner.cap
+    }
+
+    /// Bytes held by committed items.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// The metadata of an item, if held.
+    pub fn meta(&self, key: &ItemKey) -> Result<Option<ItemMeta>, StoreError> {
+        let rtx = self.inner.db.begin_read().map_err(db_err)?;
+        let table = match rtx.open_table(ITEMS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        match table.get(&key.0[..]).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => ItemMeta::decode(v.value())
+                .map(Some)
+                .ok_or(StoreError::Corrupt(Sensitive::new(*key))),
+        }
+    }
+
+    /// The bao outboard of an item (pre-order hash pairs, no size prefix).
+    pub fn outboard(&self, key: &ItemKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let rtx = self.inner.db.begin_read().map_err(db_err)?;
+        let table = match rtx.open_table(OUTBOARDS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table
+            .get(&key.0[..])
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Every item held, with its metadata.
+    pub fn list(&self) -> Result<Vec<(ItemKey, ItemMeta)>, StoreError> {
+        let rtx = self.inner.db.begin_read().map_err(db_err)?;
+        let table = match rtx.open_table(ITEMS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let raw = <[u8; 32]>::try_from(k.value()).map_err(db_err)?;
+            let key = ItemKey(raw);
+            let meta =
+                ItemMeta::decode(v.value()).ok_or(StoreError::Corrupt(Sensitive::new(key)))?;
+            out.push((key, meta));
+        }
+        Ok(out)
+    }
+
+    /// Open an item for reading, pinning it and marking it used now.
+    pub fn open_item(&self, key: &ItemKey) -> Result<Option<ItemReader>, StoreError> {
+        // Pin first, so eviction cannot remove the file between the lookup
+        // and the open.
+        *self.lock().pins.entry(*key).or_insert(0) += 1;
+        let mut reader = ItemReader {
+            store: self.clone(),
+            key: *key,
+            meta: ItemMeta {
+                size: 0,
+                root: [0; 32],
+                last_use: 0,
+                origin: Origin::Import,
+            },
+            file: match File::open(self.item_path(key)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.unpin(key);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.unpin(key);
+                    return Err(io_err("open", &self.item_path(key))(e));
+                }
+            },
+        };
+        let Some(mut meta) = self.meta(key)? else {
+            return Ok(None);
+        };
+        meta.last_use = self.inner.clock.unix_secs();
+        self.put_meta(key, &meta, Durability::None)?;
+        reader.meta = meta;
+        Ok(Some(reader))
+    }
+
+    fn unpin(&self, key: &ItemKey) {
+        let mut state = self.lock();
+        if let Some(n) = state.pins.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                state.pins.remove(key);
+            }
+        }
+    }
+
+    fn put_meta(
+        &self,
+        key: &ItemKey,
+        meta: &ItemMeta,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let mut wtx = self.inner.db.begin_write().map_err(db_err)?;
+        wtx.set_durability(durability).map_err(db_err)?;
+        {
+            let mut items = wtx.open_table(ITEMS).map_err(db_err)?;
+            items
+                .insert(&key.0[..], &meta.encode()[..])
+                .map_err(db_err)?;
+        }
+        wtx.commit().map_err(db_err)
+    }
+
+    /// Reserve room for `size` bytes, evicting least recently used items
+    /// that are neither pinned nor being written.
+    fn reserve(&self, key: &ItemKey, size: u64) -> Result<(), StoreError> {
+        let cap = self.inner.cap;
+        loop {
+            let victim = {
+                let mut state = self.lock();
+                if state.writing.contains(key) {
+                    return Err(StoreError::Busy(Sensitive::new(*key)));
+                }
+                if state.used + state.reserved + size <= cap {
+                    state.writing.insert(*key);
+                    state.reserved += size;
+                    return Ok(());
+                }
+                let pinned: HashSet<ItemKey> = state
+                    .pins
+                    .keys()
+                    .chain(state.writing.iter())
+                    .copied()
+                    .collect();
+                drop(state);
+                let candidates = self.list()?;
+                let victim = candidates
+                    .iter()
+                    .filter(|(k, _)| !pinned.contains(k))
+                    .min_by_key(|(k, m)| (m.last_use, *k))
+                    .map(|(k, _)| *k);
+                match victim {
+                    Some(v) => v,
+                    None => {
+                        let pinned_bytes = candidates
+                            .iter()
+                            .filter(|(k, _)| pinned.contains(k))
+                            .map(|(_, m)| m.size)
+                            .sum();
+                        return Err(StoreError::Full {
+                            key: Sensitive::new(*key),
+                            size,
+                            cap,
+                            pinned: pinned_bytes,
+                        });
+                    }
+                }
+            };
+            self.evict(&victim)?;
+        }
+    }
+
+    /// Remove an item unless it is pinned or being written; returns whether
+    /// it was removed.
+    pub fn evict(&self, key: &ItemKey) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        if state.pins.contains_key(key) || state.writing.contains(key) {
+            return Ok(false);
+        }
+        // Metadata goes first: a crash after this leaves a file without
+        // metadata, which `open` removes.
+        let wtx = self.inner.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut items = wtx.open_table(ITEMS).map_err(db_err)?;
+            let mut obs = wtx.open_table(OUTBOARDS).map_err(db_err)?;
+            obs.remove(&key.0[..]).map_err(db_err)?;
+            let old = items.remove(&key.0[..]).map_err(db_err)?;
+            old.and_then(|v| ItemMeta::decode(v.value()))
+        };
+        wtx.commit().map_err(db_err)?;
+        let Some(meta) = removed else {
+            return Ok(false);
+        };
+        state.used -= meta.size;
+        drop(state);
+        let path = self.item_path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+
+    /// Insert an item from a byte stream, verified against the size and
+    /// SHA-256 (the item key) the index states. Nothing is visible unless
+    /// the whole item verified.
+    pub fn insert(
+        &self,
+        key: &ItemKey,
+        size: u64,
+        origin: Origin,
+        src: impl Read,
+    ) -> Result<ItemMeta, StoreError> {
+        if let Some(meta) = self.meta(key)? {
+            return Ok(meta);
+        }
+        self.reserve(key, size)?;
+        let _guard = WriteGuard {
+            store: self,
+            key: *key,
+            size,
+        };
+        let tmp = self.tmp_path();
+        let file = File::create_new(&tmp).map_err(io_err("create", &tmp))?;
+        let result = self.write_verified(key, size, origin, src, file, &tmp);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let mut name = [0u8; 16];
+        anonmirror_core::Entropy::fill(&mut anonmirror_core::OsEntropy, &mut name);
+        self.inner.dir.join("tmp").join(hex::encode(name))
+    }
+
+    fn write_verified(
+        &self,
+        key: &ItemKey,
+        size: u64,
+        origin: Origin,
+        src: impl Read,
+        file: File,
+        tmp: &Path,
+    ) -> Result<ItemMeta, StoreError> {
+        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+        let mut tee = Tee {
+            src: src.take(size.saturating_add(1)),
+            file: &mut writer,
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            count: 0,
+        };
+        let outboard = match PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE) {
+            Ok(outboard) => outboard,
+            // The source ended before `size` bytes.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Mismatch {
+                    key: Sensitive::new(*key),
+                    what: format!("expected {size} bytes, got {}", tee.count),
+                });
+            }
+            Err(e) => return Err(io_err("stream into", tmp)(e)),
+        };
+        // The outboard reader stops at `size`; one more byte means the
+        // source is longer than the index says.
+        let mut extra = [0u8; 1];
+        let more = tee
+            .read(&mut extra)
+            .map_err(io_err("read source for", tmp))?;
+        let (count, sha) = (tee.count, tee.sha.finish());
+        if count != size || more != 0 {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(*key),
+                what: format!(
+                    "expected {size} bytes, got {}",
+                    if more != 0 {
+                        "more".to_owned()
+                    } else {
+                        count.to_string()
+                    }
+                ),
+            });
+        }
+        if sha.as_ref() != key.as_bytes() {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(*key),
+                what: "SHA-256 of the bytes differs from the index".to_owned(),
+            });
+        }
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_err("write", tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_err("fsync", tmp))?;
+        drop(file);
+        self.commit(key, size, origin, tmp, outboard.root.into(), &outboard.data)
+    }
+
+    /// Move a verified file into place and commit its metadata.
+    fn commit(
+        &self,
+        key: &ItemKey,
+        size: u64,
+        origin: Origin,
+        tmp: &Path,
+        root: [u8; 32],
+        outboard: &[u8],
+    ) -> Result<ItemMeta, StoreError> {
+        let dest = self.item_path(key);
+        fs::rename(tmp, &dest).map_err(io_err("rename into", &dest))?;
+        let items_dir = self.inner.dir.join("items");
+        File::open(&items_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &items_dir))?;
+        let meta = ItemMeta {
+            size,
+            root,
+            last_use: self.inner.clock.unix_secs(),
+            origin,
+        };
+        let mut wtx = self.inner.db.begin_write().map_err(db_err)?;
+        wtx.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut items = wtx.open_table(ITEMS).map_err(db_err)?;
+            items
+                .insert(&key.0[..], &meta.encode()[..])
+                .map_err(db_err)?;
+            let mut obs = wtx.open_table(OUTBOARDS).map_err(db_err)?;
+            obs.insert(&key.0[..], outboard).map_err(db_err)?;
+        }
+        if let Err(e) = wtx.commit() {
+            let _ = fs::remove_file(&dest);
+            return Err(db_err(e));
+        }
+        self.lock().used += size;
+        Ok(meta)
+    }
+
+    /// Add an existing file, by hard link when it is on the same file
+    /// system (no copy), else by copy; verified like any insert.
+    pub fn import(&self, key: &ItemKey, size: u64, path: &Path) -> Result<ItemMeta, StoreError> {
+        if let Some(meta) = self.meta(key)? {
+            return Ok(meta);
+        }
+        self.reserve(key, size)?;
+        let _guard = WriteGuard {
+            store: self,
+            key: *key,
+            size,
+        };
+        let tmp = self.tmp_path();
+        let result = (|| {
+            if fs::hard_link(path, &tmp).is_err() {
+                fs::copy(path, &tmp).map_err(io_err("copy", path))?;
+            }
+            let file = File::open(&tmp).map_err(io_err("open", &tmp))?;
+            let len = file.metadata().map_err(io_err("stat", &tmp))?.len();
+            if len != size {
+                return Err(StoreError::Mismatch {
+                    key: Sensitive::new(*key),
+                    what: format!("expected {size} bytes, the file has {len}"),
+                });
+            }
+            let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut tee = HashingReader {
+                src: io::BufReader::with_capacity(1 << 20, file),
+                sha: &mut sha,
+            };
+            let outboard = PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE)
+                .map_err(io_err("read", &tmp))?;
+            if sha.finish().as_ref() != key.as_bytes() {
+                return Err(StoreError::Mismatch {
+                    key: Sensitive::new(*key),
+                    what: "SHA-256 of the file differs from the index".to_owned(),
+                });
+            }
+            self.commit(
+                key,
+                size,
+                Origin::Import,
+                &tmp,
+                outboard.root.into(),
+                &outboard.data,
+            )
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Hashes what passes through, for imports (the bytes are already on disk).
+struct HashingReader<'a, R> {
+    src: R,
+    sha: &'a mut ring::digest::Context,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.src.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use anonmirror_core::{Entropy, ManualClock, SeededEntropy};
+
+    use super::*;
+
+    fn item(seed: u64, len: usize) -> (ItemKey, Vec<u8>) {
+        let mut data = vec![0u8; len];
+        SeededEntropy::new(seed).fill(&mut data);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+        let key = ItemKey(digest.as_ref().try_into().expect("32 bytes"));
+        (key, data)
+    }
+
+    fn open(dir: &Path, cap: u64) -> (Store, ManualClock) {
+        let clock = ManualClock::at_unix(1_000_000);
+        let store = Store::open(dir, cap, Arc::new(clock.clone())).expect("store opens");
+        (store, clock)
+    }
+
+    fn files_in(dir: &Path) -> usize {
+        fs::read_dir(dir).expect("dir").count()
+    }
+
+    #[test]
+    fn insert_verifies_and_reads_back_with_outboard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path(), 1 << 30);
+        let (key, data) = item(1, 200_000);
+        let meta = store
+            .insert(&key, data.len() as u64, Origin::Peer, &data[..])
+            .expect("insert");
+        assert_eq!(meta.size, 200_000);
+        assert_eq!(
+            meta.root,
+            *blake3::hash(&data).as_bytes(),
+            "bao root equals BLAKE3 of the file"
+        );
+        let mut reader = store.open_item(&key).expect("open").expect("held");
+        let mut back = Vec::new();
+        reader.file.read_to_end(&mut back).expect("read");
+        assert_eq!(back, data);
+        // 200,000 bytes span 13 chunk groups of 16 KiB: 12 parent nodes of 64 bytes.
+        assert_eq!(
+            store.outboard(&key).expect("ob").expect("held").len(),
+            12 * 64
+        );
+        assert_eq!(store.used_bytes(), 200_000);
+    }
+
+    #[test]
+    fn wrong_bytes_leave_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path(), 1 << 30);
+        let (key, mut data) = item(2, 50_000);
+        data[40_000] ^= 1;
+        let err = store
+            .insert(&key, 50_000, Origin::Peer, &data[..])
+            .expect_err("corrupt");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        let short = store
+            .insert(&key, 50_001, Origin::Peer, &data[..])
+            .expect_err("short");
+        assert!(
+            short
+                .to_string()
+                .contains("expected 50001 bytes, got 50000"),
+            "{short}"
+        );
+        let long = store
+            .insert(&key, 49_999, Origin::Peer, &data[..])
+            .expect_err("long");
+        assert!(long.to_string().contains("got more"), "{long}");
+        assert_eq!(store.meta(&key).expect("meta"), None);
+        assert_eq!(files_in(&dir.path().join("items")), 0);
+        assert_eq!(files_in(&dir.path().join("tmp")), 0);
+        assert_eq!(store.used_bytes(), 0);
+    }
+
+    #[test]
+    fn eviction_keeps_under_cap_and_spares_pinned_items() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, clock) = open(dir.path(), 100_000);
+        let items: Vec<_> = (10..14).map(|s| item(s, 30_000)).collect();
+        for (key, data) in &items[..3] {
+            store
+                .insert(key, 30_000, Origin::Upstream, &data[..])
+                .expect("insert");
+            clock.advance(std::time::Duration::from_secs(10));
+        }
+        // The oldest is in use: the next oldest goes instead.
+        let pinned = store.open_item(&items[0].0).expect("open").expect("held");
+        store
+            .insert(&items[3].0, 30_000, Origin::Upstream, &items[3].1[..])
+            .expect("insert");
+        assert!(store.meta(&items[0].0).expect("meta").is_some());
+        assert!(store.meta(&items[1].0).expect("meta").is_none());
+        assert!(store.used_bytes() <= store.cap());
+        assert_eq!(files_in(&dir.path().join("items")), 3);
+        drop(pinned);
+        let (big, big_data) = item(20, 120_000);
+        let err = store
+            .insert(&big, 120_000, Origin::Peer, &big_data[..])
+            .expect_err("too big");
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_cleans_up_every_crash_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (kept, kept_data) = item(30, 10_000);
+        let (gone, gone_data) = item(31, 10_000);
+        {
+            let (store, _) = open(dir.path(), 1 << 30);
+            store
+                .insert(&kept, 10_000, Origin::Peer, &kept_data[..])
+                .expect("insert");
+            store
+                .insert(&gone, 10_000, Origin::Peer, &gone_data[..])
+                .expect("insert");
+        }
+        // A crash mid-write: a partial temporary file.
+        fs::write(dir.path().join("tmp").join("partial"), b"half").expect("write");
+        // A crash between rename and commit: a file without metadata.
+        let (orphan, orphan_data) = item(32, 5_000);
+        fs::write(dir.path().join("items").join(orphan.to_hex()), &orphan_data).expect("write");
+        // Metadata whose file vanished.
+        fs::remove_file(dir.path().join("items").join(gone.to_hex())).expect("rm");
+        let (store, _) = open(dir.path(), 1 << 30);
+        assert_eq!(files_in(&dir.path().join("tmp")), 0);
+        assert!(store.meta(&kept).expect("meta").is_some());
+        assert!(store.meta(&orphan).expect("meta").is_none());
+        assert!(store.meta(&gone).expect("meta").is_none());
+        assert_eq!(files_in(&dir.path().join("items")), 1);
+        assert_eq!(store.used_bytes(), 10_000);
+    }
+
+    #[test]
+    fn import_hard_links_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(&dir.path().join("store"), 1 << 30);
+        let (key, data) = item(40, 70_000);
+        let src = dir.path().join("pkg.tar.zst");
+        fs::write(&src, &data).expect("write");
+        let meta = store.import(&key, 70_000, &src).expect("import");
+        assert_eq!(meta.origin, Origin::Import);
+        let stored = fs::metadata(store.item_path(&key)).expect("stat");
+        assert_eq!(
+            stored.ino(),
+            fs::metadata(&src).expect("stat").ino(),
+            "hard link, no copy"
+        );
+        let (other, _) = item(41, 70_000);
+        let err = store.import(&other, 70_000, &src).expect_err("wrong key");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        assert!(store.meta(&other).expect("meta").is_none());
+        assert!(src.exists(), "the source is never touched");
+    }
+}
