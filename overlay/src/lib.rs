@@ -13,6 +13,7 @@ mod err;
 pub mod noise;
 pub mod store;
 pub mod transport;
+pub mod verify;
 pub mod wire;
 
 pub use err::{Error, Result};
