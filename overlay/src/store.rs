@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anonmirror_core::{Clock, ErrorKind, HasKind, ItemKey, Sensitive};
+
+use crate::verify::Tree;
 use bao_tree::BlockSize;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
@@ -248,14 +250,16 @@ impl Drop for ItemReader {
     }
 }
 
-/// Releases a write reservation however an insert ends.
-struct WriteGuard<'a> {
-    store: &'a Store,
+/// Room reserved under the cap for an item being written; released
+/// however the write ends.
+#[derive(Debug)]
+struct Reservation {
+    store: Store,
     key: ItemKey,
     size: u64,
 }
 
-impl Drop for WriteGuard<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         let mut state = self.store.lock();
         state.writing.remove(&self.key);
@@ -263,21 +267,132 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-/// Copies everything read into a file and a SHA-256, so the outboard, the
-/// SHA-256 and the file come from one pass over the bytes.
+/// An item being written: bytes go to a temporary file, in order, while
+/// their SHA-256 is computed; nothing is visible until [`ItemWriter::finish`]
+/// has checked size and SHA-256 against the index and committed. Dropped
+/// unfinished, it deletes its file and releases its room in the cap.
+pub struct ItemWriter {
+    reservation: Reservation,
+    key: ItemKey,
+    size: u64,
+    origin: Origin,
+    tmp: PathBuf,
+    file: io::BufWriter<File>,
+    sha: ring::digest::Context,
+    written: u64,
+    committed: bool,
+}
+
+impl std::fmt::Debug for ItemWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemWriter")
+            .field("size", &self.size)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ItemWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The item being written.
+    pub fn key(&self) -> &ItemKey {
+        &self.key
+    }
+
+    /// Append the next bytes of the item.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.written + bytes.len() as u64 > self.size {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(self.key),
+                what: format!("expected {} bytes, got more", self.size),
+            });
+        }
+        self.file
+            .write_all(bytes)
+            .map_err(io_err("write", &self.tmp))?;
+        self.sha.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Check the whole item against the index (size and SHA-256) and commit
+    /// it with `tree`'s root and outboard. The caller vouches that the tree
+    /// describes these bytes (the swarm checked every chunk group against
+    /// it); the SHA-256 the store checks itself.
+    pub fn finish(self, tree: &Tree) -> Result<ItemMeta, StoreError> {
+        if tree.size() != self.size {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(self.key),
+                what: format!("tree for {} bytes, item of {}", tree.size(), self.size),
+            });
+        }
+        self.finish_with(tree.root(), tree.outboard())
+    }
+
+    fn finish_with(mut self, root: [u8; 32], outboard: &[u8]) -> Result<ItemMeta, StoreError> {
+        if self.written != self.size {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(self.key),
+                what: format!("expected {} bytes, got {}", self.size, self.written),
+            });
+        }
+        let sha = std::mem::replace(
+            &mut self.sha,
+            ring::digest::Context::new(&ring::digest::SHA256),
+        )
+        .finish();
+        if sha.as_ref() != self.key.as_bytes() {
+            return Err(StoreError::Mismatch {
+                key: Sensitive::new(self.key),
+                what: "SHA-256 of the bytes differs from the index".to_owned(),
+            });
+        }
+        self.file.flush().map_err(io_err("write", &self.tmp))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(io_err("fsync", &self.tmp))?;
+        let meta = self.reservation.store.commit(
+            &self.key,
+            self.size,
+            self.origin,
+            &self.tmp,
+            root,
+            outboard,
+        )?;
+        self.committed = true;
+        Ok(meta)
+    }
+}
+
+impl Drop for ItemWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Feeds what it reads into an [`ItemWriter`], so the outboard, the SHA-256
+/// and the file come from one pass over the bytes.
 struct Tee<'a, R> {
     src: R,
-    file: &'a mut io::BufWriter<File>,
-    sha: ring::digest::Context,
-    count: u64,
+    writer: &'a mut ItemWriter,
+    failed: Option<StoreError>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.src.read(buf)?;
-        self.file.write_all(&buf[..n])?;
-        self.sha.update(&buf[..n]);
-        self.count += n as u64;
+        if let Err(e) = self.writer.write(&buf[..n]) {
+            let msg = e.to_string();
+            self.failed = Some(e);
+            return Err(io::Error::other(msg));
+        }
         Ok(n)
     }
 }
@@ -501,7 +616,7 @@ impl Store {
 
     /// Reserve room for `size` bytes, evicting least recently used items
     /// that are neither pinned nor being written.
-    fn reserve(&self, key: &ItemKey, size: u64) -> Result<(), StoreError> {
+    fn reserve(&self, key: &ItemKey, size: u64) -> Result<Reservation, StoreError> {
         let cap = self.inner.cap;
         loop {
             let victim = {
@@ -512,7 +627,11 @@ impl Store {
                 if state.used + state.reserved + size <= cap {
                     state.writing.insert(*key);
                     state.reserved += size;
-                    return Ok(());
+                    return Ok(Reservation {
+                        store: self.clone(),
+                        key: *key,
+                        size,
+                    });
                 }
                 let pinned: HashSet<ItemKey> = state
                     .pins
@@ -579,9 +698,33 @@ impl Store {
         }
     }
 
+    /// Start writing an item of `size` bytes, reserving room for it under
+    /// the cap (evicting least recently used items if needed).
+    pub fn writer(
+        &self,
+        key: &ItemKey,
+        size: u64,
+        origin: Origin,
+    ) -> Result<ItemWriter, StoreError> {
+        let reservation = self.reserve(key, size)?;
+        let tmp = self.tmp_path();
+        let file = File::create_new(&tmp).map_err(io_err("create", &tmp))?;
+        Ok(ItemWriter {
+            reservation,
+            key: *key,
+            size,
+            origin,
+            tmp,
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            written: 0,
+            committed: false,
+        })
+    }
+
     /// Insert an item from a byte stream, verified against the size and
-    /// SHA-256 (the item key) the index states. Nothing is visible unless
-    /// the whole item verified.
+    /// SHA-256 (the item key) the index states, computing its outboard on
+    /// the way. Nothing is visible unless the whole item verified.
     pub fn insert(
         &self,
         key: &ItemKey,
@@ -592,86 +735,41 @@ impl Store {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
         }
-        self.reserve(key, size)?;
-        let _guard = WriteGuard {
-            store: self,
-            key: *key,
-            size,
+        let mut writer = self.writer(key, size, origin)?;
+        let mut tee = Tee {
+            src: src.take(size.saturating_add(1)),
+            writer: &mut writer,
+            failed: None,
         };
-        let tmp = self.tmp_path();
-        let file = File::create_new(&tmp).map_err(io_err("create", &tmp))?;
-        let result = self.write_verified(key, size, origin, src, file, &tmp);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let created = PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE);
+        // The outboard reader stops at `size`; one more byte means the
+        // source is longer than the index says (the writer refuses it).
+        let mut extra = [0u8; 1];
+        let more = created.as_ref().ok().map(|_| tee.read(&mut extra));
+        if let Some(e) = tee.failed.take() {
+            return Err(e);
         }
-        result
+        let outboard = match created {
+            Ok(outboard) => outboard,
+            // The source ended before `size` bytes.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Mismatch {
+                    key: Sensitive::new(*key),
+                    what: format!("expected {size} bytes, got {}", writer.written()),
+                });
+            }
+            Err(e) => return Err(io_err("read the source of", &writer.tmp)(e)),
+        };
+        if let Some(Err(e)) = more {
+            return Err(io_err("read the source of", &writer.tmp)(e));
+        }
+        writer.finish_with(outboard.root.into(), &outboard.data)
     }
 
     fn tmp_path(&self) -> PathBuf {
         let mut name = [0u8; 16];
         anonmirror_core::Entropy::fill(&mut anonmirror_core::OsEntropy, &mut name);
         self.inner.dir.join("tmp").join(hex::encode(name))
-    }
-
-    fn write_verified(
-        &self,
-        key: &ItemKey,
-        size: u64,
-        origin: Origin,
-        src: impl Read,
-        file: File,
-        tmp: &Path,
-    ) -> Result<ItemMeta, StoreError> {
-        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
-        let mut tee = Tee {
-            src: src.take(size.saturating_add(1)),
-            file: &mut writer,
-            sha: ring::digest::Context::new(&ring::digest::SHA256),
-            count: 0,
-        };
-        let outboard = match PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE) {
-            Ok(outboard) => outboard,
-            // The source ended before `size` bytes.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(StoreError::Mismatch {
-                    key: Sensitive::new(*key),
-                    what: format!("expected {size} bytes, got {}", tee.count),
-                });
-            }
-            Err(e) => return Err(io_err("stream into", tmp)(e)),
-        };
-        // The outboard reader stops at `size`; one more byte means the
-        // source is longer than the index says.
-        let mut extra = [0u8; 1];
-        let more = tee
-            .read(&mut extra)
-            .map_err(io_err("read source for", tmp))?;
-        let (count, sha) = (tee.count, tee.sha.finish());
-        if count != size || more != 0 {
-            return Err(StoreError::Mismatch {
-                key: Sensitive::new(*key),
-                what: format!(
-                    "expected {size} bytes, got {}",
-                    if more != 0 {
-                        "more".to_owned()
-                    } else {
-                        count.to_string()
-                    }
-                ),
-            });
-        }
-        if sha.as_ref() != key.as_bytes() {
-            return Err(StoreError::Mismatch {
-                key: Sensitive::new(*key),
-                what: "SHA-256 of the bytes differs from the index".to_owned(),
-            });
-        }
-        let file = writer
-            .into_inner()
-            .map_err(|e| io_err("write", tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err("fsync", tmp))?;
-        drop(file);
-        self.commit(key, size, origin, tmp, outboard.root.into(), &outboard.data)
     }
 
     /// Move a verified file into place and commit its metadata.
@@ -720,12 +818,7 @@ impl Store {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
         }
-        self.reserve(key, size)?;
-        let _guard = WriteGuard {
-            store: self,
-            key: *key,
-            size,
-        };
+        let _reservation = self.reserve(key, size)?;
         let tmp = self.tmp_path();
         let result = (|| {
             if fs::hard_link(path, &tmp).is_err() {
@@ -941,5 +1034,51 @@ mod tests {
         assert!(err.to_string().contains("SHA-256"), "{err}");
         assert!(store.meta(&other).expect("meta").is_none());
         assert!(src.exists(), "the source is never touched");
+    }
+
+    #[test]
+    fn writer_takes_pieces_and_a_tree_and_cleans_up_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path(), 1 << 30);
+        let (key, data) = item(50, 100_000);
+        let ob =
+            PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], 100_000, BLOCK_SIZE).expect("ob");
+        let tree = Tree::new(100_000, ob.root.into(), ob.data).expect("tree");
+        {
+            let mut w = store.writer(&key, 100_000, Origin::Peer).expect("writer");
+            w.write(&data[..40_000]).expect("write");
+            assert!(matches!(
+                store.writer(&key, 100_000, Origin::Peer),
+                Err(StoreError::Busy(_))
+            ));
+            // Dropped half-way: nothing stays, the room is given back.
+        }
+        assert_eq!(files_in(&dir.path().join("tmp")), 0);
+        let mut w = store
+            .writer(&key, 100_000, Origin::Peer)
+            .expect("writer again");
+        for piece in data.chunks(30_000) {
+            w.write(piece).expect("write");
+        }
+        assert!(w.write(b"x").is_err(), "no byte past the size");
+        let meta = w.finish(&tree).expect("finish");
+        assert_eq!(meta.root, tree.root());
+        assert_eq!(
+            store.outboard(&key).expect("ob").as_deref(),
+            Some(tree.outboard())
+        );
+        // Wrong bytes under a right tree: the SHA-256 refuses them.
+        let (other, mut bad) = item(51, 100_000);
+        bad[0] ^= 1;
+        let mut w = store.writer(&other, 100_000, Origin::Peer).expect("writer");
+        w.write(&bad).expect("write");
+        assert!(
+            w.finish(&tree)
+                .expect_err("sha")
+                .to_string()
+                .contains("SHA-256")
+        );
+        assert!(store.meta(&other).expect("meta").is_none());
+        assert_eq!(store.used_bytes(), 100_000);
     }
 }
