@@ -102,7 +102,7 @@ impl Tree {
             outboard,
         };
         if size > GROUP_SIZE {
-            tree.check_node(0, size, 0, true, root)?;
+            tree.check_node(size, 0, true, root)?;
         }
         Ok(tree)
     }
@@ -150,11 +150,10 @@ impl Tree {
         }
     }
 
-    /// Recursively check the subtree over `[start, start + len)` whose
+    /// Recursively check the subtree over `len` bytes whose
     /// pre-order index is `preorder`.
     fn check_node(
         &self,
-        start: u64,
         len: u64,
         preorder: u64,
         is_root: bool,
@@ -166,17 +165,11 @@ impl Tree {
         }
         let left = left_len(len);
         if left > GROUP_SIZE {
-            self.check_node(start, left, preorder + 1, false, l)?;
+            self.check_node(left, preorder + 1, false, l)?;
         }
         if len - left > GROUP_SIZE {
             let left_parents = left.div_ceil(GROUP_SIZE) - 1;
-            self.check_node(
-                start + left,
-                len - left,
-                preorder + 1 + left_parents,
-                false,
-                r,
-            )?;
+            self.check_node(len - left, preorder + 1 + left_parents, false, r)?;
         }
         Ok(())
     }
@@ -253,9 +246,8 @@ mod tests {
             let tree = Tree::new(size, root, ob).expect("consistent");
             for g in 0..tree.groups() {
                 let r = tree.group_range(g);
-                assert_eq!(
+                assert!(
                     tree.verify_group(g, &d[r.start as usize..r.end as usize]),
-                    true,
                     "size {len} group {g}"
                 );
             }
@@ -272,10 +264,7 @@ mod tests {
                 let r = tree.group_range(g);
                 let at = (r.start + (r.end - r.start) / 2) as usize;
                 d[at] ^= 0x40;
-                assert_eq!(
-                    tree.verify_group(g, &d[r.start as usize..r.end as usize]),
-                    false
-                );
+                assert!(!tree.verify_group(g, &d[r.start as usize..r.end as usize]));
                 d[at] ^= 0x40;
             }
             // A group given at the wrong index, or cut short, fails too.
