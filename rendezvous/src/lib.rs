@@ -1,13 +1,35 @@
-//! The rendezvous: the tracker of anonmirror.
+//! The rendezvous: the tracker of anonmirror, server and client library.
 //!
-//! This crate will hold credential registration (proof-of-work, expiry,
-//! blacklist), Privacy Pass token issuance and redemption (RFC 9578 type
-//! 0x0002), unlinkable announcement sessions kept alive by pings, anonymous
-//! lookup and signed directory snapshots, reports of bad peers, popularity
-//! aggregation, and push of new-snapshot notices; as a server and as the
-//! client library volunteers use.
+//! It registers anonymous, expiring credentials ([`credential`], with a
+//! proof-of-work, [`pow`]); sells each credential a bounded number of
+//! blinded Privacy Pass tokens per epoch ([`token`], keys in [`store`]);
+//! lets a peer open an announcement session by spending one token
+//! ([`session`]); answers anonymous lookups and serves signed directory
+//! snapshots ([`directory`]); takes reports of sessions that served bad
+//! data; and pushes new-snapshot notices to every live session.
 //!
-//! It must never store anything that links two sessions of one peer, or a
-//! session to a credential.
+//! It must never store or log anything that links two sessions of one
+//! peer, or a session to a credential: the stored state is credentials
+//! (by hash), the blacklist, epoch keys and spent token nonces; sessions
+//! are soft state that carry nothing of the credential that bought their
+//! token. It must never accept a token twice, nor a token under a retired
+//! key.
+//!
+//! # Seams
+//!
+//! The announcement filter and popularity reports are announce/'s formats;
+//! this crate may not depend on announce (the layering test enforces it),
+//! so it treats both as bounded opaque bytes and takes two hooks:
+//! [`FilterCheck`] (does this filter hold this item?) and [`ReportSink`]
+//! (take this popularity report). The root package plugs announce's filter
+//! test and aggregator into them; [`SortedKeysFilter`] and
+//! [`CollectingSink`] are the test doubles used here.
 
 #![forbid(unsafe_code)]
+
+pub mod err;
+pub mod msg;
+pub mod pow;
+pub mod token;
+
+pub use err::{Error, Result};

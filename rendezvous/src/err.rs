@@ -1,0 +1,166 @@
+//! Errors of the rendezvous, server and client side, and who is to blame.
+//!
+//! Messages never contain a credential, a token, a contact or an item key:
+//! those reach a log only through [`anonmirror_core::Sensitive`], and an
+//! error is the kind of thing that gets logged.
+
+use anonmirror_core::{ErrorKind, HasKind};
+
+use crate::msg::Refusal;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message from the other end did not decode (the other end is at
+    /// fault: it sent something no honest implementation sends).
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which message or field.
+        what: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The other end sent a well-formed message that makes no sense at this
+    /// point of the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// A registration's proof-of-work was wrong, stale or already used
+    /// (the registering peer is at fault).
+    #[error("proof-of-work refused: {0}")]
+    ProofOfWork(&'static str),
+    /// A credential was unknown, expired, revoked or blacklisted, or asked
+    /// for more tokens than its quota (the peer presenting it is at fault).
+    #[error("credential refused: {0}")]
+    Credential(&'static str),
+    /// A token did not verify, was spent already, or was signed by a key
+    /// that is not (or no longer) accepted (the redeeming peer is at fault).
+    #[error("token refused: {0}")]
+    Token(&'static str),
+    /// A session's contact is refused for a cooling-off period after
+    /// reports of bad data.
+    #[error("contact refused: reported for serving bad data")]
+    ContactRefused,
+    /// A `notify` came without the distribution's secret.
+    #[error("notify refused: not authenticated")]
+    NotifyUnauthorized,
+    /// The rendezvous refused a request; the refusal names the reason
+    /// (client side).
+    #[error("the rendezvous refused: {0}")]
+    Refused(Refusal),
+    /// The Noise channel failed; its own error says who is to blame.
+    #[error("channel: {0}")]
+    Channel(#[from] anonmirror_overlay::Error),
+    /// The other end went away or did not answer in time.
+    #[error("the other end went away: {0}")]
+    Gone(&'static str),
+    /// Opening a stream failed.
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The rendezvous configuration is wrong (the operator must fix it).
+    #[error("configuration `{key}`: {reason}")]
+    Config {
+        /// The offending key or option.
+        key: &'static str,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// The durable store failed (disk, permissions, corruption).
+    #[error("store: {0}")]
+    Store(String),
+    /// Local I/O failed (sockets, files).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cryptographic library failed on input we produced ourselves, or an
+    /// owner task vanished: a bug.
+    #[error("internal: {0}")]
+    Internal(String),
+    /// The rendezvous is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub(crate) fn store(e: impl std::fmt::Display) -> Error {
+        Error::Store(e.to_string())
+    }
+
+    pub(crate) fn malformed(what: &'static str, reason: impl std::fmt::Display) -> Error {
+        Error::Malformed {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl HasKind for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Malformed { .. }
+            | Error::Protocol(_)
+            | Error::ProofOfWork(_)
+            | Error::Credential(_)
+            | Error::Token(_)
+            | Error::ContactRefused
+            | Error::NotifyUnauthorized => ErrorKind::PeerMisbehaved,
+            Error::Refused(_) | Error::Gone(_) | Error::Connect(_) => ErrorKind::PeerUnavailable,
+            Error::Channel(e) => e.kind(),
+            Error::Config { .. } => ErrorKind::LocalConfig,
+            Error::Store(_) | Error::Io { .. } => ErrorKind::LocalIo,
+            Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,
+        }
+    }
+}
+
+/// This crate's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::store(e)
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blame_is_assigned() {
+        assert_eq!(
+            Error::Token("spent").kind(),
+            ErrorKind::PeerMisbehaved,
+            "a double spend is the redeemer's fault"
+        );
+        assert_eq!(
+            Error::Config {
+                key: "x",
+                reason: "y".into()
+            }
+            .kind(),
+            ErrorKind::LocalConfig
+        );
+        assert_eq!(Error::Store("disk".into()).kind(), ErrorKind::LocalIo);
+        assert_eq!(Error::Gone("ping").kind(), ErrorKind::PeerUnavailable);
+    }
+}

@@ -1,0 +1,678 @@
+//! The rendezvous protocol: what peers and clients say to the rendezvous
+//! inside a Noise NK channel, and what it answers.
+//!
+//! This module is a codec and nothing else. It does no I/O, keeps no state
+//! and trusts nothing it decodes.
+//!
+//! # Framing
+//!
+//! One message per Noise channel message, so at most [`MAX_MESSAGE`] =
+//! 65,519 bytes; the channel's framing delimits it. Peers open a channel
+//! with NK to the rendezvous's pinned key, with [`crate::channel_params`]
+//! in the prologue. The first transport message of the initiator says what
+//! the connection is for, and (for a session or a popularity report) it
+//! carries the token: tokens never travel in a handshake message.
+//!
+//! # Encoding
+//!
+//! [postcard] 1 of the serde-derived types below, which comes down to:
+//! `varint` (unsigned LEB128, minimal: 7 bits a byte, low group first, high
+//! bit on all but the last byte; u16 ≤ 3 bytes, u32 ≤ 5, u64 ≤ 10); `bool`
+//! (`00`/`01`); `[n]` (n raw bytes, no length); `bytes` and `str` (`varint`
+//! length, then the bytes; `str` must be UTF-8); `opt<T>` (`00`, or `01`
+//! then T); `seq<T>` (`varint` count then the elements); an enum is its
+//! variant index as a `varint` then its fields in order.
+//!
+//! ## Initiator to rendezvous: [`Up`]
+//!
+//! | tag | message | fields after the tag |
+//! |-----|---------|----------------------|
+//! | `00` | `Register` | time `varint`(u64), random `[16]`, counter `varint`(u64): a [`Stamp`] |
+//! | `01` | `Keys` | — |
+//! | `02` | `Issue` | credential `[32]`, epoch `varint`, requests `seq<bytes>` (1 ..= [`MAX_ISSUE`], each exactly 259 bytes) |
+//! | `03` | `OpenSession` | token `bytes` (354), announcement [`Announcement`] |
+//! | `04` | `Pong` | nonce `varint`(u64) |
+//! | `05` | `Lookup` | item `[32]`, repository `str`, version `varint`, region `opt<str>`, want `varint`(u8, 1 ..= [`MAX_WANT`]) |
+//! | `06` | `Directory` | region `opt<str>` |
+//! | `07` | `Report` | session key `[32]`, item `[32]`, offset `varint`, len `varint` |
+//! | `08` | `Notify` | secret `[32]`, repository `str`, version `varint` |
+//! | `09` | `Popularity` | token `bytes` (354), report `bytes` (1 ..= [`MAX_REPORT`]) |
+//!
+//! [`Announcement`]: contact [`Contact`], key `[32]` (this session's Noise
+//! static key), max_clients `varint`(u32, ≥ 1), upload_rate `varint`(u64
+//! bytes/s, ≥ 1), region `opt<str>` (1 ..= 16 bytes, `[a-z0-9-]`),
+//! snapshots `seq<(str, varint)>` (≤ [`MAX_REPOSITORIES`], repository
+//! names 1 ..= [`MAX_NAME`] bytes, strictly ascending), filter `bytes`
+//! (≤ [`MAX_FILTER`]).
+//!
+//! [`Contact`]: `00` `Tcp` then ip ([`Ip`]: `00` then `[4]`, or `01` then
+//! `[16]`) and port `varint`(u16, ≠ 0); or `01` `Onion` then host `str` (a
+//! v3 onion address: 56 characters `[a-z2-7]` and `.onion`) and port.
+//!
+//! ## Rendezvous to initiator: [`Down`]
+//!
+//! | tag | message | fields after the tag |
+//! |-----|---------|----------------------|
+//! | `00` | `Registered` | credential `[32]`, expires `varint` (Unix s) |
+//! | `01` | `Keys` | keys `seq<`[`PublishedKey`]`>` (≤ 3): epoch `varint`, key `bytes` (DER SPKI, ≤ 512) |
+//! | `02` | `Issued` | epoch `varint`, responses `seq<bytes>` (each 256 bytes) |
+//! | `03` | `SessionOpened` | ping_secs `varint`(u32), silence_secs `varint`(u32) |
+//! | `04` | `Ping` | nonce `varint`(u64) |
+//! | `05` | `SnapshotChanged` | repository `str`, version `varint` |
+//! | `06` | `Peers` | candidates `seq<`[`Candidate`]`>` (≤ [`MAX_WANT`]): contact, key `[32]`, region `opt<str>` |
+//! | `07` | `DirectoryHead` | total `varint`(u64 bytes, ≤ [`MAX_DIRECTORY`]), signature `[64]` (Ed25519) |
+//! | `08` | `DirectoryPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
+//! | `09` | `Ack` | — |
+//! | `0a` | `Refused` | refusal `varint` (a [`Refusal`], `00` ..= `0c`) |
+//!
+//! A directory travels as one `DirectoryHead` then parts whose bytes, in
+//! order, make `total` bytes: the postcard encoding of a
+//! [`crate::directory::Snapshot`], signed as that module says.
+//!
+//! # Decoding and its bounds
+//!
+//! [`Up::decode`] and [`Down::decode`] refuse, in this order: input
+//! longer than [`MAX_MESSAGE`] or empty; anything postcard cannot parse
+//! (a cut anywhere is "truncated"; postcard checks a length's bytes remain
+//! before taking them, and the input is at most 64 KiB, so no length field
+//! can make it allocate much); bytes after the message; a non-canonical
+//! encoding (over-long varints: the input must equal the re-encoding of
+//! what it decoded to, so every message has exactly one encoding); then
+//! the per-field bounds listed above.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anonmirror_core::{ItemKey, PeerKey};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::err::{Error, Result};
+use crate::pow::Stamp;
+use crate::token::{TOKEN_LEN, TOKEN_REQUEST_LEN, TOKEN_RESPONSE_LEN};
+
+/// The most bytes one message may take (a Noise message minus its tag).
+pub const MAX_MESSAGE: usize = 65_535 - 16;
+/// The most token requests in one `Issue`.
+pub const MAX_ISSUE: usize = 64;
+/// The most candidates a lookup may ask for.
+pub const MAX_WANT: u8 = 32;
+/// The most repositories an announcement lists snapshot versions for.
+pub const MAX_REPOSITORIES: usize = 16;
+/// The longest repository name.
+pub const MAX_NAME: usize = 64;
+/// The largest announcement filter (opaque here; announce/ defines it).
+pub const MAX_FILTER: usize = 32 * 1024;
+/// The largest popularity report (opaque here; announce/ defines it).
+pub const MAX_REPORT: usize = 32 * 1024;
+/// The largest directory snapshot, in bytes.
+pub const MAX_DIRECTORY: u64 = 1 << 30;
+/// The most bytes of a directory in one part.
+pub const MAX_PART: usize = 60 * 1024;
+/// The longest region name (as the policy's `announce.region`).
+pub const MAX_REGION: usize = 16;
+/// The longest encoded public token key (2048-bit RSA-PSS SPKI is ~ 300).
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// An IP address, encoded without serde's human-readable detour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Ip {
+    /// IPv4.
+    V4([u8; 4]),
+    /// IPv6.
+    V6([u8; 16]),
+}
+
+/// Where a serving peer takes connections, for this session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Contact {
+    /// Clearnet TCP.
+    Tcp {
+        /// The address.
+        ip: Ip,
+        /// The port (not 0).
+        port: u16,
+    },
+    /// A Tor v3 onion service.
+    Onion {
+        /// `<56 base32 characters>.onion`.
+        host: String,
+        /// The virtual port (not 0).
+        port: u16,
+    },
+}
+
+impl Contact {
+    /// The TCP socket address, if it is one.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Contact::Tcp { ip, port } => Some(SocketAddr::new(
+                match ip {
+                    Ip::V4(b) => IpAddr::V4(Ipv4Addr::from(*b)),
+                    Ip::V6(b) => IpAddr::V6(Ipv6Addr::from(*b)),
+                },
+                *port,
+            )),
+            Contact::Onion { .. } => None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            Contact::Tcp { port, .. } if *port == 0 => Err(bound("contact port 0")),
+            Contact::Tcp { .. } => Ok(()),
+            Contact::Onion { host, port } => {
+                let name = host.strip_suffix(".onion").unwrap_or("");
+                let ok = *port != 0
+                    && name.len() == 56
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(bound("not a v3 onion address and port"))
+                }
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for Contact {
+    fn from(a: SocketAddr) -> Contact {
+        let ip = match a.ip() {
+            IpAddr::V4(v) => Ip::V4(v.octets()),
+            IpAddr::V6(v) => Ip::V6(v.octets()),
+        };
+        Contact::Tcp { ip, port: a.port() }
+    }
+}
+
+impl std::fmt::Display for Contact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self, self.socket_addr()) {
+            (_, Some(a)) => write!(f, "tcp:{a}"),
+            (Contact::Onion { host, port }, None) => write!(f, "onion:{host}:{port}"),
+            _ => f.write_str("?"),
+        }
+    }
+}
+
+/// What a serving peer announces when it opens a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Where clients reach it during this session.
+    pub contact: Contact,
+    /// Its Noise static key for this session only.
+    pub key: PeerKey,
+    /// Clients it serves at once.
+    pub max_clients: u32,
+    /// Its upload rate, bytes per second.
+    pub upload_rate: u64,
+    /// Its coarse region, if it declares one.
+    pub region: Option<String>,
+    /// Index snapshot version it holds, per repository, names ascending.
+    pub snapshots: Vec<(String, u64)>,
+    /// The announcement filter (announce/'s format; opaque here).
+    #[serde(with = "serde_bytes")]
+    pub filter: Vec<u8>,
+}
+
+impl Announcement {
+    fn check(&self) -> Result<()> {
+        self.contact.check()?;
+        if self.max_clients == 0 || self.upload_rate == 0 {
+            return Err(bound("limits must be at least 1"));
+        }
+        check_region(self.region.as_deref())?;
+        if self.snapshots.len() > MAX_REPOSITORIES {
+            return Err(bound("too many repositories"));
+        }
+        for (name, _) in &self.snapshots {
+            check_name(name)?;
+        }
+        if !self.snapshots.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(bound("repositories not strictly ascending"));
+        }
+        if self.filter.len() > MAX_FILTER {
+            return Err(bound("filter too large"));
+        }
+        Ok(())
+    }
+
+    /// The snapshot version announced for `repository`.
+    pub fn version_of(&self, repository: &str) -> Option<u64> {
+        self.snapshots
+            .binary_search_by(|(n, _)| n.as_str().cmp(repository))
+            .ok()
+            .map(|i| self.snapshots[i].1)
+    }
+}
+
+/// A token key the rendezvous publishes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedKey {
+    /// The epoch whose tokens it signs.
+    pub epoch: u64,
+    /// DER SubjectPublicKeyInfo.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+}
+
+/// A peer offered by a lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Where to reach it.
+    pub contact: Contact,
+    /// Its session's Noise static key, to pin in the NK handshake.
+    pub key: PeerKey,
+    /// Its region.
+    pub region: Option<String>,
+}
+
+/// Why the rendezvous said no.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request was malformed or out of place.
+    BadRequest,
+    /// The proof-of-work was wrong, stale or reused.
+    ProofOfWork,
+    /// No such credential (never issued, or swept as expired or dormant).
+    UnknownCredential,
+    /// The credential is past its validity.
+    CredentialExpired,
+    /// The credential was revoked for abuse and is cooling off.
+    CredentialBlacklisted,
+    /// The credential has had its tokens for this epoch.
+    QuotaExhausted,
+    /// The token does not verify.
+    TokenInvalid,
+    /// The token was spent already.
+    TokenSpent,
+    /// The token's key is not accepted (retired, or not yet current).
+    TokenKeyRetired,
+    /// The contact is cooling off after reports of bad data.
+    ContactRefused,
+    /// `notify` without the right secret.
+    NotifyUnauthorized,
+    /// Too many sessions or requests right now.
+    Busy,
+    /// The rendezvous is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Initiator to rendezvous. See the module docs for the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Up {
+    /// Register a new credential.
+    Register(Stamp),
+    /// Which token keys are published.
+    Keys,
+    /// Buy tokens for `epoch` with a credential.
+    Issue {
+        /// The credential (only its hash is stored).
+        credential: [u8; 32],
+        /// The epoch whose key should sign.
+        epoch: u64,
+        /// Blinded token requests.
+        requests: Vec<ByteBuf>,
+    },
+    /// Open an announcement session by spending a token.
+    OpenSession {
+        /// One token.
+        token: ByteBuf,
+        /// What the session announces.
+        announcement: Announcement,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Anonymous lookup of peers for an item.
+    Lookup {
+        /// The item.
+        item: ItemKey,
+        /// The repository the item belongs to.
+        repository: String,
+        /// The client's snapshot version of it: candidates are at least as
+        /// fresh.
+        version: u64,
+        /// Preferred region.
+        region: Option<String>,
+        /// Most candidates wanted.
+        want: u8,
+    },
+    /// The signed directory of a region (or of all peers).
+    Directory {
+        /// The region, or all.
+        region: Option<String>,
+    },
+    /// A session served bad data.
+    Report {
+        /// The session's Noise static key, as the client pinned it.
+        session: PeerKey,
+        /// The item.
+        item: ItemKey,
+        /// Start of the failing range.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The distribution announces a new index snapshot.
+    Notify {
+        /// The notify secret (the rendezvous stores only its hash).
+        secret: [u8; 32],
+        /// The repository.
+        repository: String,
+        /// The new version.
+        version: u64,
+    },
+    /// A popularity report, paid for with one token.
+    Popularity {
+        /// One token.
+        token: ByteBuf,
+        /// The report (announce/'s format; opaque here).
+        report: ByteBuf,
+    },
+}
+
+/// Rendezvous to initiator. See the module docs for the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Down {
+    /// A fresh credential.
+    Registered {
+        /// The credential; the peer keeps it secret.
+        credential: [u8; 32],
+        /// Unix time after which it is refused.
+        expires: u64,
+    },
+    /// Published token keys: previous, current, next.
+    Keys(Vec<PublishedKey>),
+    /// Blind signatures, in request order.
+    Issued {
+        /// The epoch of the signing key.
+        epoch: u64,
+        /// One response per request.
+        responses: Vec<ByteBuf>,
+    },
+    /// The session is open.
+    SessionOpened {
+        /// How often the rendezvous pings.
+        ping_secs: u32,
+        /// Silence after which it drops the session.
+        silence_secs: u32,
+    },
+    /// Are you there?
+    Ping {
+        /// Echo it in a `Pong`.
+        nonce: u64,
+    },
+    /// A repository has a new index snapshot.
+    SnapshotChanged {
+        /// The repository.
+        repository: String,
+        /// Its new version.
+        version: u64,
+    },
+    /// Lookup answer.
+    Peers(Vec<Candidate>),
+    /// Start of a signed directory.
+    DirectoryHead {
+        /// Bytes of the snapshot.
+        total: u64,
+        /// Ed25519 signature (see [`crate::directory`]).
+        signature: Sig,
+    },
+    /// A piece of the directory.
+    DirectoryPart(ByteBuf),
+    /// Done.
+    Ack,
+    /// No.
+    Refused(Refusal),
+}
+
+/// Owned bytes, encoded as `bytes`.
+pub type ByteBuf = serde_bytes::ByteBuf;
+
+/// A 64-byte signature (serde has no 64-byte array impl).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sig(pub [u8; 64]);
+
+impl std::fmt::Debug for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sig({})", hex::encode(self.0))
+    }
+}
+
+impl Serialize for Sig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(64)?;
+        for b in &self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Sig, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Sig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Sig, A::Error> {
+                let mut out = [0u8; 64];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Sig(out))
+            }
+        }
+        d.deserialize_tuple(64, V)
+    }
+}
+
+fn bound(what: &'static str) -> Error {
+    Error::malformed("rendezvous message", what)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(bound("repository name length"));
+    }
+    Ok(())
+}
+
+/// Regions are short, lower-case ASCII tags ("eu", "us-west").
+pub fn check_region(region: Option<&str>) -> Result<()> {
+    match region {
+        None => Ok(()),
+        Some(r)
+            if !r.is_empty()
+                && r.len() <= MAX_REGION
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(bound("region")),
+    }
+}
+
+fn decode_canonical<T: Serialize + DeserializeOwned>(
+    what: &'static str,
+    input: &[u8],
+) -> Result<T> {
+    if input.is_empty() {
+        return Err(Error::malformed(what, "empty"));
+    }
+    if input.len() > MAX_MESSAGE {
+        return Err(Error::malformed(what, "longer than a channel message"));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<T>(input).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => Error::malformed(what, "truncated"),
+        other => Error::malformed(what, other),
+    })?;
+    if !rest.is_empty() {
+        return Err(Error::malformed(what, "trailing bytes"));
+    }
+    let again = postcard::to_allocvec(&msg).map_err(|e| Error::Internal(e.to_string()))?;
+    if again != input {
+        return Err(Error::malformed(what, "non-canonical encoding"));
+    }
+    Ok(msg)
+}
+
+fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let bytes = postcard::to_allocvec(msg).map_err(|e| Error::Internal(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(Error::Internal(format!(
+            "a message of {} bytes does not fit a channel message",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+impl Up {
+    /// Encodes the message (after checking it against the bounds, so that
+    /// we never send what the other end must refuse).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        self.check()?;
+        encode(self)
+    }
+
+    /// Decodes and checks one message; see the module docs.
+    pub fn decode(input: &[u8]) -> Result<Up> {
+        let msg: Up = decode_canonical("rendezvous request", input)?;
+        msg.check()?;
+        Ok(msg)
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            Up::Register(_) | Up::Keys | Up::Pong { .. } | Up::Report { .. } => Ok(()),
+            Up::Issue { requests, .. } => {
+                if requests.is_empty() || requests.len() > MAX_ISSUE {
+                    return Err(bound("token request count"));
+                }
+                if requests.iter().any(|r| r.len() != TOKEN_REQUEST_LEN) {
+                    return Err(bound("token request length"));
+                }
+                Ok(())
+            }
+            Up::OpenSession {
+                token,
+                announcement,
+            } => {
+                if token.len() != TOKEN_LEN {
+                    return Err(bound("token length"));
+                }
+                announcement.check()
+            }
+            Up::Lookup {
+                repository,
+                region,
+                want,
+                ..
+            } => {
+                check_name(repository)?;
+                check_region(region.as_deref())?;
+                if *want == 0 || *want > MAX_WANT {
+                    return Err(bound("want"));
+                }
+                Ok(())
+            }
+            Up::Directory { region } => check_region(region.as_deref()),
+            Up::Notify { repository, .. } => check_name(repository),
+            Up::Popularity { token, report } => {
+                if token.len() != TOKEN_LEN {
+                    return Err(bound("token length"));
+                }
+                if report.is_empty() || report.len() > MAX_REPORT {
+                    return Err(bound("report length"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Down {
+    /// Encodes the message after checking its bounds.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        self.check()?;
+        encode(self)
+    }
+
+    /// Decodes and checks one message; see the module docs.
+    pub fn decode(input: &[u8]) -> Result<Down> {
+        let msg: Down = decode_canonical("rendezvous answer", input)?;
+        msg.check()?;
+        Ok(msg)
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            Down::Registered { .. }
+            | Down::SessionOpened { .. }
+            | Down::Ping { .. }
+            | Down::Ack
+            | Down::Refused(_) => Ok(()),
+            Down::Keys(keys) => {
+                if keys.len() > 3 || keys.iter().any(|k| k.key.len() > MAX_KEY_BYTES) {
+                    return Err(bound("published keys"));
+                }
+                Ok(())
+            }
+            Down::Issued { responses, .. } => {
+                if responses.len() > MAX_ISSUE
+                    || responses.iter().any(|r| r.len() != TOKEN_RESPONSE_LEN)
+                {
+                    return Err(bound("token responses"));
+                }
+                Ok(())
+            }
+            Down::SnapshotChanged { repository, .. } => check_name(repository),
+            Down::Peers(c) => {
+                if c.len() > usize::from(MAX_WANT) {
+                    return Err(bound("too many candidates"));
+                }
+                for cand in c {
+                    cand.contact.check()?;
+                    check_region(cand.region.as_deref())?;
+                }
+                Ok(())
+            }
+            Down::DirectoryHead { total, .. } => {
+                if *total > MAX_DIRECTORY {
+                    return Err(bound("directory too large"));
+                }
+                Ok(())
+            }
+            Down::DirectoryPart(b) => {
+                if b.is_empty() || b.len() > MAX_PART {
+                    return Err(bound("directory part length"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
