@@ -27,9 +27,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod credential;
 pub mod err;
 pub mod msg;
 pub mod pow;
+pub mod store;
 pub mod token;
 
 pub use err::{Error, Result};
