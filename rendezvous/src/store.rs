@@ -57,6 +57,9 @@ pub struct Swept {
     pub unblacklisted: usize,
 }
 
+/// One stored row: table name, key, value.
+pub type Row = (String, Vec<u8>, Vec<u8>);
+
 /// The durable store.
 #[derive(Debug)]
 pub struct Store {
@@ -144,10 +147,10 @@ impl Store {
         let tx = self.write()?;
         let outcome = {
             let bl = tx.open_table(BLACKLIST)?;
-            if let Some(until) = bl.get(&hash[..])? {
-                if now < be_u64(until.value()) {
-                    return Ok(Err(Refusal::CredentialBlacklisted));
-                }
+            if let Some(until) = bl.get(&hash[..])?
+                && now < be_u64(until.value())
+            {
+                return Ok(Err(Refusal::CredentialBlacklisted));
             }
             drop(bl);
             let mut creds = tx.open_table(CREDENTIALS)?;
@@ -360,7 +363,7 @@ impl Store {
 
     /// Every row of every table, as (table, key, value): the rendezvous's
     /// complete stored state, for the unlinkability harness and audits.
-    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+    pub fn dump(&self) -> Result<Vec<Row>> {
         let tx = self.db.begin_read()?;
         let mut out = Vec::new();
         let names: Vec<String> = tx.list_tables()?.map(|h| h.name().to_owned()).collect();
