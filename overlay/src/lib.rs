@@ -10,8 +10,11 @@
 #![forbid(unsafe_code)]
 
 mod err;
+pub mod limit;
+pub mod server;
 pub mod noise;
 pub mod store;
+pub mod swarm;
 pub mod transport;
 pub mod verify;
 pub mod wire;

@@ -1,0 +1,480 @@
+//! The peer server: serves items from the store over Noise channels.
+//!
+//! A client opens a channel (Noise NK to this session's static key) and
+//! sends [`Message::Request`]s, one at a time or pipelined; each is answered
+//! in order:
+//!
+//! - the item is not held (a Bloom false positive, or evicted):
+//!   `NotFound { item }`;
+//! - the range is not inside the item: `Error { RangeNotSatisfiable }`;
+//!   longer than [`ServerConfig::max_request_len`]:
+//!   `Error { RequestTooLarge }`;
+//! - otherwise, if `want_meta`: `Meta { item, size, root, outboard_len }`
+//!   then the outboard in `Outboard` parts; then the range in `Data`
+//!   messages, in order, each at most [`MAX_DATA_PAYLOAD`] bytes.
+//!
+//! `Ping { nonce }` gets `Pong { nonce }`. A message a client may not send,
+//! or one that does not decode, gets `Error { Malformed }` and the channel
+//! closes.
+//!
+//! Limits: at most [`ServerConfig::max_clients`] channels are served at
+//! once; a client beyond that completes the handshake, receives `Busy` at
+//! once and is closed (handshakes of such clients are themselves bounded,
+//! to 4 × max_clients and at least 64;
+//! beyond that bound the TCP connection is just closed). Every `Data` and
+//! `Outboard` byte passes one token bucket shared by all clients
+//! ([`RateLimiter`]). A client silent for [`ServerConfig::idle_timeout`] is
+//! closed.
+//!
+//! Shutdown is graceful: the server stops accepting, each channel finishes
+//! the message it is sending, tells its client `Error { ShuttingDown }`, and
+//! closes; [`ServerHandle::shutdown`] returns when all have.
+//!
+//! The server must never log an item key or a client address unredacted,
+//! and never serve a byte the store does not hold.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anonmirror_core::{ItemKey, Sensitive};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::limit::RateLimiter;
+use crate::noise::{Channel, ChannelParams, StaticKeypair};
+use crate::store::{ItemReader, Store};
+use crate::transport::{Contact, Listener};
+use crate::wire::{
+    ErrorCode, MAX_DATA_PAYLOAD, MAX_OUTBOARD_PART, Message, Sender, encode_data_header,
+};
+
+/// How a peer server behaves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Channels served at once; more get `Busy`.
+    pub max_clients: usize,
+    /// Upload rate across all clients, bytes per second; `None`: unlimited.
+    pub upload_rate: Option<u64>,
+    /// The longest range one request may ask for.
+    pub max_request_len: u64,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long a client may stay silent between requests.
+    pub idle_timeout: Duration,
+    /// What `Busy` tells clients to wait before retrying.
+    pub busy_retry_after: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_clients: 8,
+            upload_rate: None,
+            max_request_len: 64 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            busy_retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a server has done so far.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Data bytes sent (payload only).
+    pub bytes_served: AtomicU64,
+    /// Channels served (handshake done, under the limit).
+    pub clients_served: AtomicU64,
+    /// Clients told `Busy`.
+    pub clients_busy: AtomicU64,
+    /// Requests answered `NotFound`.
+    pub not_found: AtomicU64,
+    /// The most channels ever served at once.
+    pub peak_clients: AtomicU64,
+}
+
+/// A running peer server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    contact: Contact,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    stats: Arc<ServerStats>,
+}
+
+impl ServerHandle {
+    /// Where the server listens.
+    pub fn contact(&self) -> &Contact {
+        &self.contact
+    }
+
+    /// Counters of what the server has done.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Stop accepting, let every channel close cleanly, and wait for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct Shared {
+    store: Store,
+    keypair: StaticKeypair,
+    params: ChannelParams,
+    config: ServerConfig,
+    limiter: Option<RateLimiter>,
+    clients: Arc<Semaphore>,
+    /// Handshakes of clients that will only be told `Busy`.
+    busy_handshakes: Arc<Semaphore>,
+    stats: Arc<ServerStats>,
+}
+
+/// Start serving `store` on `listener` as the holder of `keypair`.
+pub fn spawn<L>(
+    listener: L,
+    store: Store,
+    keypair: StaticKeypair,
+    params: ChannelParams,
+    config: ServerConfig,
+) -> std::io::Result<ServerHandle>
+where
+    L: Listener + 'static,
+    L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let contact = listener.local_contact()?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let stats = Arc::new(ServerStats::default());
+    let limiter = config
+        .upload_rate
+        // A burst of a tenth of a second, and at least one whole message.
+        .map(|rate| RateLimiter::new(rate, (rate / 10).max(MAX_DATA_PAYLOAD as u64)));
+    let shared = Arc::new(Shared {
+        store,
+        keypair,
+        params,
+        clients: Arc::new(Semaphore::new(config.max_clients)),
+        busy_handshakes: Arc::new(Semaphore::new((4 * config.max_clients).max(64))),
+        config,
+        limiter,
+        stats: stats.clone(),
+    });
+    tracker.spawn(accept_loop(
+        listener,
+        shared,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    Ok(ServerHandle {
+        contact,
+        cancel,
+        tracker,
+        stats,
+    })
+}
+
+async fn accept_loop<L>(
+    mut listener: L,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) where
+    L: Listener,
+    L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly
+                // rather than spin.
+                tracing::warn!(error = %e, "peer server: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = shared.clients.clone().try_acquire_owned().ok();
+        let busy_permit = match permit {
+            Some(_) => None,
+            None => match shared.busy_handshakes.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                // Too many clients even to say Busy to: close at once.
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let channel = tokio::select! {
+                _ = cancel.cancelled() => return,
+                c = crate::noise::accept(stream, &shared.keypair, &shared.params, shared.config.handshake_timeout) => c,
+            };
+            let mut channel = match channel {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer server: handshake failed");
+                    return;
+                }
+            };
+            if permit.is_none() {
+                drop(busy_permit);
+                shared.stats.clients_busy.fetch_add(1, Ordering::Relaxed);
+                let retry = shared.config.busy_retry_after.as_millis().min(u32::MAX as u128) as u32;
+                let _ = send(&mut channel, &Message::Busy { retry_after_ms: retry }).await;
+                linger(&mut channel).await;
+                return;
+            }
+            shared.stats.clients_served.fetch_add(1, Ordering::Relaxed);
+            let active = shared.config.max_clients - shared.clients.available_permits();
+            shared.stats.peak_clients.fetch_max(active as u64, Ordering::Relaxed);
+            if let Err(e) = serve_channel(&mut channel, &shared, &cancel).await {
+                tracing::debug!(error = %e, "peer server: channel ended");
+            }
+            linger(&mut channel).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Close our direction, then read until the client closes too (briefly):
+/// closing a socket with unread input resets the connection, and the reset
+/// can overtake our last message (`Busy`, an error) before the client has
+/// read it.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin + Send>(channel: &mut Channel<S>) {
+    if channel.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(true) = channel.recv_into(&mut sink).await {}
+    })
+    .await;
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    msg: &Message<'_>,
+) -> crate::Result<()> {
+    let bytes = msg
+        .encode()
+        .map_err(|_| crate::Error::Misuse("could not encode a message"))?;
+    channel.send(&bytes).await
+}
+
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    code: ErrorCode,
+    text: &str,
+) -> crate::Result<()> {
+    send(
+        channel,
+        &Message::Error {
+            code,
+            message: text.into(),
+        },
+    )
+    .await
+}
+
+/// Answer one channel's requests until it closes, misbehaves, idles out or
+/// the server shuts down.
+async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> crate::Result<()> {
+    let mut inbound = Vec::new();
+    let mut outbound = Vec::with_capacity(crate::wire::MAX_MESSAGE);
+    let mut block = Vec::new();
+    loop {
+        let got = tokio::select! {
+            _ = cancel.cancelled() => {
+                return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
+            }
+            got = tokio::time::timeout(shared.config.idle_timeout, channel.recv_into(&mut inbound)) => got,
+        };
+        match got {
+            Err(_) => return Ok(()),
+            Ok(Ok(false)) => return Ok(()),
+            Ok(Ok(true)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+        let msg = match Message::decode_from(Sender::Client, &inbound) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer server: client sent a bad message");
+                return send_error(
+                    channel,
+                    ErrorCode::Malformed,
+                    "malformed or unexpected message",
+                )
+                .await;
+            }
+        };
+        match msg {
+            Message::Ping { nonce } => send(channel, &Message::Pong { nonce }).await?,
+            Message::Request {
+                item,
+                offset,
+                len,
+                want_meta,
+            } => {
+                let reader = match shared.store.open_item(&item) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        shared.stats.not_found.fetch_add(1, Ordering::Relaxed);
+                        send(channel, &Message::NotFound { item }).await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "peer server: store failed");
+                        send_error(channel, ErrorCode::Internal, "store failure").await?;
+                        continue;
+                    }
+                };
+                let size = reader.meta.size;
+                if offset.checked_add(len).is_none_or(|end| end > size) {
+                    send_error(
+                        channel,
+                        ErrorCode::RangeNotSatisfiable,
+                        "range beyond the item",
+                    )
+                    .await?;
+                    continue;
+                }
+                if len > shared.config.max_request_len {
+                    send_error(channel, ErrorCode::RequestTooLarge, "ask for less").await?;
+                    continue;
+                }
+                tracing::trace!(item = %Sensitive::new(item), offset, len, "peer server: request");
+                if want_meta {
+                    send_meta(channel, shared, &item, &reader, &mut outbound).await?;
+                }
+                let reader = Arc::new(reader);
+                send_range(
+                    channel,
+                    shared,
+                    cancel,
+                    reader,
+                    offset,
+                    len,
+                    &mut outbound,
+                    &mut block,
+                )
+                .await?;
+            }
+            // decode_from(Sender::Client) refuses everything else.
+            _ => return send_error(channel, ErrorCode::Unexpected, "unexpected message").await,
+        }
+    }
+}
+
+async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    shared: &Shared,
+    item: &ItemKey,
+    reader: &ItemReader,
+    outbound: &mut Vec<u8>,
+) -> crate::Result<()> {
+    let outboard = match shared.store.outboard(item) {
+        Ok(Some(ob)) => ob,
+        Ok(None) | Err(_) => {
+            return send_error(channel, ErrorCode::Internal, "store failure").await;
+        }
+    };
+    send(
+        channel,
+        &Message::Meta {
+            item: *item,
+            size: reader.meta.size,
+            root: reader.meta.root,
+            outboard_len: outboard.len() as u64,
+        },
+    )
+    .await?;
+    let mut offset = 0u64;
+    for part in outboard.chunks(MAX_OUTBOARD_PART) {
+        if let Some(l) = &shared.limiter {
+            l.acquire(part.len() as u64).await;
+        }
+        outbound.clear();
+        Message::Outboard {
+            offset,
+            bytes: part.into(),
+        }
+        .encode_into(outbound)
+        .map_err(|_| crate::Error::Misuse("could not encode an outboard part"))?;
+        channel.send(outbound).await?;
+        offset += part.len() as u64;
+    }
+    Ok(())
+}
+
+/// Bytes read from disk per blocking read.
+const BLOCK: usize = 1 << 20;
+
+#[allow(clippy::too_many_arguments)]
+async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    shared: &Shared,
+    cancel: &CancellationToken,
+    reader: Arc<ItemReader>,
+    offset: u64,
+    len: u64,
+    outbound: &mut Vec<u8>,
+    block: &mut Vec<u8>,
+) -> crate::Result<()> {
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        if cancel.is_cancelled() {
+            return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
+        }
+        let want = ((end - at) as usize).min(BLOCK);
+        let mut buf = std::mem::take(block);
+        let r = reader.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            buf.resize(want, 0);
+            r.file.read_exact_at(&mut buf, at).map(|()| buf)
+        })
+        .await;
+        let buf = match read {
+            Ok(Ok(buf)) => buf,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "peer server: reading an item failed");
+                return send_error(channel, ErrorCode::Internal, "store failure").await;
+            }
+            Err(_) => return Err(crate::Error::Misuse("the disk read task panicked")),
+        };
+        for (i, piece) in buf.chunks(MAX_DATA_PAYLOAD).enumerate() {
+            let piece_at = at + (i * MAX_DATA_PAYLOAD) as u64;
+            if let Some(l) = &shared.limiter {
+                l.acquire(piece.len() as u64).await;
+            }
+            outbound.clear();
+            encode_data_header(outbound, piece_at, piece.len())
+                .map_err(|_| crate::Error::Misuse("could not encode a data header"))?;
+            outbound.extend_from_slice(piece);
+            channel.send(outbound).await?;
+            shared
+                .stats
+                .bytes_served
+                .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
+        at += buf.len() as u64;
+        *block = buf;
+    }
+    Ok(())
+}

@@ -1,0 +1,546 @@
+//! Peer server and swarm download over real sockets on 127.0.0.1: honest
+//! peers, misbehaving peers, limits.
+//!
+//! Misbehaving peers are small servers written here that speak the real
+//! Noise channel and wire protocol but lie in one chosen way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_core::{Entropy, Epoch, ItemKey, ManualClock, SeededEntropy};
+use anonmirror_overlay::noise::{ChannelParams, StaticKeypair};
+use anonmirror_overlay::server::{self, ServerConfig, ServerHandle};
+use anonmirror_overlay::store::{Origin, Store};
+use anonmirror_overlay::swarm::{self, Blame, Outcome, PeerAddr, SwarmConfig};
+use anonmirror_overlay::transport::{Contact, Listener, TcpTransport, Transport};
+use anonmirror_overlay::verify::outboard_len;
+use anonmirror_overlay::wire::{MAX_DATA_PAYLOAD, Message, Sender};
+use anonmirror_privacy::Level;
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::CreateOutboard;
+
+const LOCAL: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
+
+fn params() -> ChannelParams {
+    ChannelParams::new(Level::Open, Epoch(7))
+}
+
+fn item_bytes(len: usize, seed: u64) -> (ItemKey, Vec<u8>) {
+    let mut data = vec![0u8; len];
+    SeededEntropy::new(seed).fill(&mut data);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+    (ItemKey(digest.as_ref().try_into().expect("32 bytes")), data)
+}
+
+fn config() -> SwarmConfig {
+    let mut c = SwarmConfig::new(params());
+    c.piece_size = 256 * 1024;
+    c.stall_timeout = Duration::from_secs(2);
+    c.connect_timeout = Duration::from_secs(5);
+    c
+}
+
+/// An honest peer: a store holding `items`, served by the real server.
+async fn honest(
+    dir: &std::path::Path,
+    items: &[(&ItemKey, &[u8])],
+    cfg: ServerConfig,
+) -> (ServerHandle, PeerAddr) {
+    let store = Store::open(dir, 1 << 34, Arc::new(ManualClock::at_unix(1_000))).expect("store");
+    for (key, data) in items {
+        store
+            .insert(key, data.len() as u64, Origin::Import, *data)
+            .expect("insert");
+    }
+    let keypair = StaticKeypair::generate().expect("keypair");
+    let key = keypair.public();
+    let listener = TcpTransport
+        .listen(&Contact::from(SocketAddr::from(LOCAL)))
+        .await
+        .expect("bind");
+    let handle = server::spawn(listener, store, keypair, params(), cfg).expect("spawn");
+    let addr = PeerAddr {
+        contact: handle.contact().clone(),
+        key,
+    };
+    (handle, addr)
+}
+
+/// Ways a fake peer lies.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Flip one byte of the data at this offset.
+    CorruptAt(u64),
+    /// Flip one byte of the outboard.
+    BadOutboard,
+    /// Serve a valid tree, and matching data, of other content.
+    OtherContent,
+    /// Send half of the first data request, then close.
+    Truncate,
+    /// Complete the handshake, then never answer.
+    Stall,
+}
+
+/// A peer that speaks the protocol but lies as told.
+async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
+    let data = match lie {
+        Lie::OtherContent => item_bytes(data.len(), 999).1,
+        _ => data,
+    };
+    let ob = PreOrderOutboard::<Vec<u8>>::create_sized(
+        &data[..],
+        data.len() as u64,
+        anonmirror_overlay::store::BLOCK_SIZE,
+    )
+    .expect("outboard");
+    let root: [u8; 32] = ob.root.into();
+    let mut outboard = ob.data;
+    if let Lie::BadOutboard = lie {
+        let n = outboard.len();
+        outboard[n / 2] ^= 1;
+    }
+    let keypair = StaticKeypair::generate().expect("keypair");
+    let key = keypair.public();
+    let mut listener = TcpTransport
+        .listen(&Contact::from(SocketAddr::from(LOCAL)))
+        .await
+        .expect("bind");
+    let contact = listener.local_contact().expect("addr");
+    let shared = Arc::new((data, root, outboard, keypair));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (data, root, outboard, keypair) = &*shared;
+                let Ok(mut ch) = anonmirror_overlay::noise::accept(
+                    stream,
+                    keypair,
+                    &params(),
+                    Duration::from_secs(5),
+                )
+                .await
+                else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                while let Ok(true) = ch.recv_into(&mut buf).await {
+                    if let Lie::Stall = lie {
+                        // Hold the connection open, say nothing, for longer
+                        // than any test runs; dropped with the runtime.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let Ok(Message::Request {
+                        item,
+                        offset,
+                        len,
+                        want_meta,
+                    }) = Message::decode_from(Sender::Client, &buf)
+                    else {
+                        return;
+                    };
+                    if want_meta {
+                        let meta = Message::Meta {
+                            item,
+                            size: data.len() as u64,
+                            root: *root,
+                            outboard_len: outboard.len() as u64,
+                        };
+                        ch.send(&meta.encode().expect("encode"))
+                            .await
+                            .expect("send");
+                        let mut at = 0;
+                        for part in outboard.chunks(MAX_DATA_PAYLOAD) {
+                            let m = Message::Outboard {
+                                offset: at,
+                                bytes: part.into(),
+                            };
+                            ch.send(&m.encode().expect("encode")).await.expect("send");
+                            at += part.len() as u64;
+                        }
+                    }
+                    let end = offset + len;
+                    let mut at = offset;
+                    while at < end {
+                        let n = ((end - at) as usize).min(MAX_DATA_PAYLOAD);
+                        let mut piece = data[at as usize..at as usize + n].to_vec();
+                        if let Lie::CorruptAt(bad) = lie
+                            && (at..at + n as u64).contains(&bad)
+                        {
+                            piece[(bad - at) as usize] ^= 0x80;
+                        }
+                        if let Lie::Truncate = lie
+                            && at >= offset + len / 2
+                        {
+                            return;
+                        }
+                        let m = Message::Data {
+                            offset: at,
+                            bytes: piece.into(),
+                        };
+                        if ch.send(&m.encode().expect("encode")).await.is_err() {
+                            return;
+                        }
+                        at += n as u64;
+                    }
+                }
+            });
+        }
+    });
+    PeerAddr { contact, key }
+}
+
+async fn fetch(key: ItemKey, size: u64, peers: &[PeerAddr]) -> (Vec<u8>, swarm::SwarmReport) {
+    let mut out = Vec::new();
+    let report = swarm::download(&TcpTransport, &config(), key, size, peers, &mut out)
+        .await
+        .expect("download completes");
+    (out, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_and_four_peers_deliver_the_item() {
+    let (key, data) = item_bytes(6 * 1024 * 1024 + 12_345, 1);
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut peers = Vec::new();
+    let mut handles = Vec::new();
+    for d in &dirs {
+        let (h, p) = honest(d.path(), &[(&key, &data)], ServerConfig::default()).await;
+        handles.push(h);
+        peers.push(p);
+    }
+    let (one, report) = fetch(key, data.len() as u64, &peers[..1]).await;
+    assert!(one == data, "one peer: bytes differ");
+    assert_eq!(report.peers[0].outcome, Outcome::Served);
+    assert_eq!(report.peers[0].bytes, data.len() as u64);
+
+    let (four, report) = fetch(key, data.len() as u64, &peers).await;
+    assert!(four == data, "four peers: bytes differ");
+    assert!(report.culprits().next().is_none());
+    let total: u64 = report.peers.iter().map(|p| p.bytes).sum();
+    assert!(total >= data.len() as u64);
+    let contributors = report.peers.iter().filter(|p| p.bytes > 0).count();
+    assert!(
+        contributors >= 2,
+        "pieces spread over peers: {:?}",
+        report.peers
+    );
+    for h in handles {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_peers_are_named_and_the_item_still_arrives() {
+    let (key, data) = item_bytes(3 * 1024 * 1024 + 777, 2);
+    let size = data.len() as u64;
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (h1, good1) = honest(dirs[0].path(), &[(&key, &data)], ServerConfig::default()).await;
+    let (h2, good2) = honest(dirs[1].path(), &[(&key, &data)], ServerConfig::default()).await;
+
+    // (a) a corrupted chunk: caught at its chunk group, the peer blamed.
+    let corrupt = liar(data.clone(), Lie::CorruptAt(1_000_000)).await;
+    let (got, report) = fetch(key, size, &[corrupt.clone(), good1.clone()]).await;
+    assert!(got == data);
+    let blamed: Vec<_> = report.culprits().collect();
+    assert_eq!(blamed.len(), 1, "{:?}", report.peers);
+    assert_eq!(blamed[0].0, &corrupt);
+    assert_eq!(
+        *blamed[0].1,
+        Blame::BadData {
+            offset: 1_000_000 / 16_384 * 16_384
+        }
+    );
+
+    // (b) an outboard that does not hash to its root: refused at once.
+    let bad_ob = liar(data.clone(), Lie::BadOutboard).await;
+    let (got, report) = fetch(key, size, &[bad_ob.clone(), good1.clone()]).await;
+    assert!(got == data);
+    assert_eq!(report.peers[0].outcome, Outcome::Blamed(Blame::BadOutboard));
+    assert_eq!(report.restarts, 0);
+
+    // (b') a valid tree of other content, with matching data: honest peers
+    // fail under it, the whole SHA-256 fails, the tree's sender is blamed,
+    // the honest peers' blames are withdrawn, and the download restarts.
+    let other = liar(data.clone(), Lie::OtherContent).await;
+    let (got, report) = fetch(key, size, &[other.clone(), good1.clone(), good2.clone()]).await;
+    assert!(got == data);
+    assert_eq!(report.peers[0].outcome, Outcome::Blamed(Blame::BadOutboard));
+    assert_eq!(report.culprits().count(), 1, "{:?}", report.peers);
+    assert!(report.restarts >= 1);
+
+    // (c) a peer that stops half-way: named, not blamed.
+    let cut = liar(data.clone(), Lie::Truncate).await;
+    let (got, report) = fetch(key, size, &[cut.clone(), good1.clone()]).await;
+    assert!(got == data);
+    assert!(
+        matches!(report.peers[0].outcome, Outcome::Unavailable(_)),
+        "{:?}",
+        report.peers[0]
+    );
+    assert!(report.culprits().next().is_none());
+
+    // (d) a peer that stalls forever after answering the tree request of
+    // another: its pieces go to the honest peer.
+    let stall = liar(data.clone(), Lie::Stall).await;
+    let (got, report) = fetch(key, size, &[good1.clone(), stall.clone()]).await;
+    assert!(got == data);
+    assert!(
+        matches!(report.peers[1].outcome, Outcome::Stalled | Outcome::Slow),
+        "{:?}",
+        report.peers[1]
+    );
+    assert_eq!(report.peers[1].bytes, 0);
+
+    // (e) a busy peer and (f) a peer without the item.
+    let busy_dir = tempfile::tempdir().expect("tempdir");
+    let busy_cfg = ServerConfig {
+        max_clients: 0,
+        ..ServerConfig::default()
+    };
+    let (h3, busy) = honest(busy_dir.path(), &[(&key, &data)], busy_cfg).await;
+    let empty_dir = tempfile::tempdir().expect("tempdir");
+    let (h4, empty) = honest(empty_dir.path(), &[], ServerConfig::default()).await;
+    let (got, report) = fetch(key, size, &[busy.clone(), empty.clone(), good2.clone()]).await;
+    assert!(got == data);
+    assert_eq!(report.peers[0].outcome, Outcome::Busy);
+    assert_eq!(report.peers[1].outcome, Outcome::NotFound);
+    assert_eq!(report.peers[2].outcome, Outcome::Served);
+
+    // Every liar at once, with one honest peer last.
+    let (got, report) = fetch(
+        key,
+        size,
+        &[bad_ob, corrupt.clone(), cut, busy, empty, good2],
+    )
+    .await;
+    assert!(got == data);
+    assert_eq!(report.peers[0].outcome, Outcome::Blamed(Blame::BadOutboard));
+    // The corrupting peer is blamed only if it was the one to serve its
+    // corrupt chunk group; nobody else is ever blamed.
+    assert!(
+        report
+            .culprits()
+            .all(|(p, _)| *p == report.peers[0].peer || *p == corrupt)
+    );
+    assert_eq!(report.peers[3].outcome, Outcome::Busy);
+    assert_eq!(report.peers[4].outcome, Outcome::NotFound);
+    for h in [h1, h2, h3, h4] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_honest_peer_means_an_error_and_nothing_delivered() {
+    let (key, data) = item_bytes(500_000, 3);
+    let corrupt = liar(data.clone(), Lie::CorruptAt(0)).await;
+    let bad_ob = liar(data.clone(), Lie::BadOutboard).await;
+    let mut out = Vec::new();
+    let err = swarm::download(
+        &TcpTransport,
+        &config(),
+        key,
+        data.len() as u64,
+        &[bad_ob, corrupt],
+        &mut out,
+    )
+    .await
+    .expect_err("no honest peer");
+    assert!(out.is_empty(), "nothing unverified reached the sink");
+    assert!(err.to_string().contains("no peer could serve it"), "{err}");
+    assert_eq!(
+        err.report().peers[0].outcome,
+        Outcome::Blamed(Blame::BadOutboard)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_bad_ranges_and_pings() {
+    let (key, data) = item_bytes(100_000, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = ServerConfig {
+        max_request_len: 50_000,
+        ..ServerConfig::default()
+    };
+    let (h, peer) = honest(dir.path(), &[(&key, &data)], cfg).await;
+    let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
+    let mut ch =
+        anonmirror_overlay::noise::connect(stream, &peer.key, &params(), Duration::from_secs(5))
+            .await
+            .expect("handshake");
+    let mut ask = async |m: Message<'_>| {
+        ch.send(&m.encode().expect("encode")).await.expect("send");
+        let got = ch.recv().await.expect("recv").expect("answer");
+        Message::decode_from(Sender::Server, &got)
+            .expect("decode")
+            .into_owned()
+    };
+    let beyond = ask(Message::Request {
+        item: key,
+        offset: 90_000,
+        len: 20_000,
+        want_meta: false,
+    })
+    .await;
+    assert!(
+        matches!(
+            beyond,
+            Message::Error {
+                code: anonmirror_overlay::wire::ErrorCode::RangeNotSatisfiable,
+                ..
+            }
+        ),
+        "{beyond:?}"
+    );
+    let big = ask(Message::Request {
+        item: key,
+        offset: 0,
+        len: 60_000,
+        want_meta: false,
+    })
+    .await;
+    assert!(
+        matches!(
+            big,
+            Message::Error {
+                code: anonmirror_overlay::wire::ErrorCode::RequestTooLarge,
+                ..
+            }
+        ),
+        "{big:?}"
+    );
+    assert_eq!(
+        ask(Message::Ping { nonce: 42 }).await,
+        Message::Pong { nonce: 42 }
+    );
+    let meta = ask(Message::Request {
+        item: key,
+        offset: 0,
+        len: 0,
+        want_meta: true,
+    })
+    .await;
+    assert_eq!(
+        meta,
+        Message::Meta {
+            item: key,
+            size: 100_000,
+            root: *blake3::hash(&data).as_bytes(),
+            outboard_len: outboard_len(100_000),
+        }
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_under_fifty_concurrent_clients() {
+    let (key, data) = item_bytes(200_000, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = ServerConfig {
+        max_clients: 8,
+        upload_rate: Some(4 << 20),
+        ..ServerConfig::default()
+    };
+    let (h, peer) = honest(dir.path(), &[(&key, &data)], cfg).await;
+    let open = || async {
+        let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
+        anonmirror_overlay::noise::connect(stream, &peer.key, &params(), Duration::from_secs(10))
+            .await
+            .expect("handshake")
+    };
+    // Eight clients, each known to be served (they got a Pong)...
+    let mut held = Vec::new();
+    for nonce in 0..8 {
+        let mut ch = open().await;
+        ch.send(&Message::Ping { nonce }.encode().expect("encode"))
+            .await
+            .expect("send");
+        let got = ch.recv().await.expect("recv").expect("pong");
+        assert_eq!(
+            Message::decode(&got).expect("decode"),
+            Message::Pong { nonce }
+        );
+        held.push(ch);
+    }
+    // ...so the ninth is told Busy at once.
+    let mut ninth = open().await;
+    let got = ninth.recv().await.expect("recv").expect("busy");
+    assert!(matches!(
+        Message::decode(&got).expect("decode"),
+        Message::Busy { .. }
+    ));
+    drop(held);
+    drop(ninth);
+
+    // Fifty at once: each either gets the whole item right or is told Busy;
+    // never more than eight are served at a time.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let peer = peer.clone();
+        let data = data.clone();
+        tasks.spawn(async move {
+            let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
+            let mut ch = anonmirror_overlay::noise::connect(
+                stream,
+                &peer.key,
+                &params(),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("handshake");
+            let req = Message::Request {
+                item: key,
+                offset: 0,
+                len: data.len() as u64,
+                want_meta: false,
+            };
+            ch.send(&req.encode().expect("encode")).await.expect("send");
+            let mut got = Vec::new();
+            while got.len() < data.len() {
+                let Some(msg) = ch.recv().await.expect("recv") else {
+                    return false;
+                };
+                match Message::decode_from(Sender::Server, &msg).expect("decode") {
+                    Message::Busy { .. } => return false,
+                    Message::Data { offset, bytes } => {
+                        assert_eq!(offset, got.len() as u64);
+                        got.extend_from_slice(&bytes);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(got == data);
+            true
+        });
+    }
+    let mut served = 0;
+    while let Some(r) = tasks.join_next().await {
+        served += usize::from(r.expect("client task"));
+    }
+    let stats = h.stats();
+    assert!(served >= 8, "at least the first eight are served: {served}");
+    assert_eq!(
+        stats
+            .clients_served
+            .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        8 + served
+    );
+    assert!(
+        stats
+            .peak_clients
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 8
+    );
+    assert_eq!(
+        stats
+            .clients_busy
+            .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        1 + 50 - served
+    );
+    h.shutdown().await;
+}
