@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod fetch;
 mod policy;
+mod serve;
+mod store;
 
 /// Exit code: the command line, configuration or input is invalid.
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -37,6 +40,13 @@ enum Command {
     /// Check or show the privacy policy.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Manage a content store.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
+    /// Serve a store's items to peers.
+    Serve(serve::ServeCmd),
+    /// Download one item from peers, verified.
+    Fetch(fetch::FetchCmd),
 }
 
 /// Parse the command line, run the subcommand, and return its exit code.
@@ -56,5 +66,35 @@ pub fn run() -> ExitCode {
     anonmirror_core::set_log_sensitive(cli.dangerous_log_sensitive);
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Store(cmd) => store::run(cmd),
+        Command::Serve(cmd) => serve::run(cmd),
+        Command::Fetch(cmd) => fetch::run(cmd),
+    }
+}
+
+/// The async runtime of a subcommand.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -115,6 +115,40 @@ impl Sink for Vec<u8> {
     }
 }
 
+/// A sink writing to a file (restarts truncate it).
+#[derive(Debug)]
+pub struct FileSink {
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl FileSink {
+    /// Write into `file`, from its start.
+    pub fn new(file: std::fs::File) -> FileSink {
+        FileSink {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+        }
+    }
+
+    /// Flush and hand back the file.
+    pub fn into_file(self) -> std::io::Result<std::fs::File> {
+        self.file.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.file, bytes)
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        self.file.flush()?;
+        self.file.get_ref().set_len(0)?;
+        self.file.get_mut().seek(std::io::SeekFrom::Start(0))?;
+        Ok(())
+    }
+}
+
 /// What a peer did wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blame {
