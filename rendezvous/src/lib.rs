@@ -29,9 +29,12 @@
 
 pub mod credential;
 pub mod err;
+pub mod hooks;
 pub mod msg;
 pub mod pow;
+pub mod session;
 pub mod store;
 pub mod token;
 
 pub use err::{Error, Result};
+pub use hooks::{CollectingSink, FilterCheck, ReportSink, SortedKeysFilter};

@@ -1,0 +1,191 @@
+use super::*;
+use crate::hooks::SortedKeysFilter;
+use anonmirror_core::SeededEntropy;
+use std::net::SocketAddr;
+
+const ITEM: ItemKey = ItemKey([0xab; 32]);
+
+fn ann(i: u16, region: Option<&str>, version: u64, max_clients: u32, holds: bool) -> Announcement {
+    let items = if holds {
+        vec![ITEM, ItemKey([1; 32])]
+    } else {
+        vec![ItemKey([1; 32])]
+    };
+    Announcement {
+        contact: Contact::from(SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7879))),
+        key: PeerKey(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+        max_clients,
+        upload_rate: 1 << 20,
+        region: region.map(str::to_owned),
+        snapshots: vec![("core".into(), version)],
+        filter: SortedKeysFilter::encode(&items),
+    }
+}
+
+fn q(version: u64, region: Option<&str>, want: usize) -> Query<'_> {
+    Query {
+        item: &ITEM,
+        repository: "core",
+        version,
+        region,
+        want,
+    }
+}
+
+#[test]
+fn silent_session_is_dropped_at_the_ping_deadline() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(1);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let quiet = t
+        .open(ann(1, None, 1, 4, true), t0, &mut rng)
+        .expect("open");
+    let chatty = t
+        .open(ann(2, None, 1, 4, true), t0, &mut rng)
+        .expect("open");
+    assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(90)));
+    for s in [30, 60, 90] {
+        t.heard(chatty, t0 + Duration::from_secs(s));
+        assert!(t.expire(t0 + Duration::from_secs(s)).is_empty(), "{s}s");
+    }
+    assert_eq!(t.expire(t0 + Duration::from_secs(91)), vec![quiet]);
+    assert!(!t.contains(quiet) && t.contains(chatty));
+    assert_eq!(t.len(), 1);
+    assert!(t.expire(t0 + Duration::from_secs(180)).is_empty());
+    assert_eq!(t.expire(t0 + Duration::from_secs(181)), vec![chatty]);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn lookup_obeys_holding_freshness_limits_and_region() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(2);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    // 1: eu, fresh, holds. 2: us, fresh, holds. 3: eu, stale. 4: eu, fresh,
+    // does not hold. 5: eu, fresh, holds, limit 1.
+    t.open(ann(1, Some("eu"), 10, 8, true), t0, &mut rng)
+        .expect("open");
+    t.open(ann(2, Some("us"), 10, 8, true), t0, &mut rng)
+        .expect("open");
+    t.open(ann(3, Some("eu"), 9, 8, true), t0, &mut rng)
+        .expect("open");
+    t.open(ann(4, Some("eu"), 10, 8, false), t0, &mut rng)
+        .expect("open");
+    t.open(ann(5, Some("eu"), 11, 1, true), t0, &mut rng)
+        .expect("open");
+    let key = |i: u16| ann(i, None, 0, 1, true).key;
+
+    let got = t.lookup(&q(10, Some("eu"), 3), t0, &mut rng, &SortedKeysFilter);
+    let keys: Vec<PeerKey> = got.iter().map(|c| c.key).collect();
+    assert_eq!(keys.len(), 3, "two eu holders then the us one");
+    assert!(keys[..2].contains(&key(1)) && keys[..2].contains(&key(5)));
+    assert_eq!(keys[2], key(2), "other regions only after the client's");
+    assert!(!keys.contains(&key(3)), "stale");
+    assert!(!keys.contains(&key(4)), "does not hold");
+
+    // 5 is at its limit of 1 now; 1 and 2 have room.
+    let got = t.lookup(&q(10, Some("eu"), 5), t0, &mut rng, &SortedKeysFilter);
+    let keys: Vec<PeerKey> = got.iter().map(|c| c.key).collect();
+    assert_eq!(keys, vec![key(1), key(2)]);
+    assert_eq!(t.assignments_of(&key(5)), 1);
+    // After the window, 5 has room again.
+    let later = t0 + Duration::from_secs(61);
+    let got = t.lookup(&q(11, Some("eu"), 5), later, &mut rng, &SortedKeysFilter);
+    assert_eq!(
+        got.iter().map(|c| c.key).collect::<Vec<_>>(),
+        vec![key(5)],
+        "only 5 is that fresh"
+    );
+    // A client in no region, of any version, gets every holder with room
+    // (1, 2 and the stale 3; 5 is full again).
+    assert_eq!(
+        t.lookup(&q(0, None, 32), later, &mut rng, &SortedKeysFilter)
+            .len(),
+        3
+    );
+}
+
+/// Two random choices spread assignments: with 20 equal peers and 200
+/// picks of one candidate, no peer gets far more than its share (10).
+#[test]
+fn two_choices_balance_load() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(3);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    for i in 0..20 {
+        t.open(ann(i, None, 1, 1_000, true), t0, &mut rng)
+            .expect("open");
+    }
+    for _ in 0..200 {
+        assert_eq!(
+            t.lookup(&q(1, None, 1), t0, &mut rng, &SortedKeysFilter)
+                .len(),
+            1
+        );
+    }
+    let loads: Vec<usize> = (0..20)
+        .map(|i| t.assignments_of(&ann(i, None, 0, 1, true).key))
+        .collect();
+    assert_eq!(loads.iter().sum::<usize>(), 200);
+    // One random choice would give a max around 17 here; two choices keep
+    // it within a few of 10.
+    assert!(*loads.iter().max().expect("some") <= 13, "{loads:?}");
+}
+
+#[test]
+fn strikes_drop_the_session_and_refuse_its_contact() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(4);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let a = ann(1, None, 1, 4, true);
+    let id = t.open(a.clone(), t0, &mut rng).expect("open");
+    assert_eq!(t.report(&PeerKey([0; 32]), t0), ReportOutcome::Unknown);
+    assert_eq!(t.report(&a.key, t0), ReportOutcome::Struck(1));
+    assert_eq!(t.report(&a.key, t0), ReportOutcome::Struck(2));
+    assert_eq!(t.report(&a.key, t0), ReportOutcome::Dropped(id));
+    assert!(t.is_empty());
+    // Same contact, fresh key: refused during the cooling-off, then fine.
+    let mut again = a.clone();
+    again.key = PeerKey([9; 32]);
+    assert_eq!(
+        t.open(again.clone(), t0 + Duration::from_secs(3600), &mut rng),
+        Err(Refusal::ContactRefused)
+    );
+    let after = t0 + Duration::from_secs(7 * 86_400 + 1);
+    assert!(t.open(again, after, &mut rng).is_ok());
+    // A repeated session key is refused.
+    let mut dup = ann(2, None, 1, 4, true);
+    dup.key = PeerKey([9; 32]);
+    assert_eq!(t.open(dup, after, &mut rng), Err(Refusal::BadRequest));
+}
+
+#[test]
+fn close_keeps_indices_consistent() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(5);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let ids: Vec<SessionId> = (0..50)
+        .map(|i| {
+            t.open(
+                ann(i, Some(if i % 2 == 0 { "eu" } else { "us" }), 1, 4, true),
+                t0,
+                &mut rng,
+            )
+            .expect("open")
+        })
+        .collect();
+    for id in ids.iter().step_by(3) {
+        assert!(t.close(*id));
+        assert!(!t.close(*id));
+    }
+    assert_eq!(t.len(), 50 - 17);
+    assert_eq!(t.announcements(None).len(), t.len());
+    let eu = t.announcements(Some("eu")).len();
+    let us = t.announcements(Some("us")).len();
+    assert_eq!(eu + us, t.len());
+    assert_eq!(
+        t.lookup(&q(1, None, 32), t0, &mut rng, &SortedKeysFilter)
+            .len(),
+        32
+    );
+}
