@@ -3,3 +3,4 @@
 
 mod cli_policy;
 mod layering;
+mod transfer;
