@@ -34,6 +34,38 @@ impl StaticKeypair {
         })
     }
 
+    /// A keypair from stored halves (a long-lived responder, such as the
+    /// rendezvous, keeps its key across restarts so that its pinned key
+    /// stays valid). The halves are checked against each other with an
+    /// in-memory handshake, so a corrupted store is refused rather than
+    /// producing a key that no initiator can reach.
+    pub fn from_parts(public: PeerKey, secret: [u8; 32]) -> Result<StaticKeypair> {
+        const CHECK: &[u8] = b"anonmirror static key check";
+        let mut init = super::builder(SUITE, CHECK)?
+            .remote_public_key(public.as_bytes())
+            .map_err(|e| Error::noise("checking a stored static key", e))?
+            .build_initiator()
+            .map_err(|e| Error::noise("checking a stored static key", e))?;
+        let mut resp = super::builder(SUITE, CHECK)?
+            .local_private_key(&secret)
+            .map_err(|e| Error::noise("checking a stored static key", e))?
+            .build_responder()
+            .map_err(|e| Error::noise("checking a stored static key", e))?;
+        let (mut msg, mut out) = ([0u8; 128], [0u8; 128]);
+        let n = init
+            .write_message(&[], &mut msg)
+            .map_err(|e| Error::noise("checking a stored static key", e))?;
+        resp.read_message(&msg[..n], &mut out)
+            .map_err(|_| Error::Misuse("the stored secret does not match the stored public key"))?;
+        Ok(StaticKeypair { public, secret })
+    }
+
+    /// The secret half, for the owner's own key store only: never log,
+    /// print or send it.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret
+    }
+
     /// The public key, as initiators know it.
     pub fn public(&self) -> PeerKey {
         self.public
@@ -65,6 +97,16 @@ impl Drop for StaticKeypair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_parts_round_trips_and_refuses_mismatched_halves() {
+        let a = StaticKeypair::generate().expect("keypair");
+        let b = StaticKeypair::generate().expect("keypair");
+        let again = StaticKeypair::from_parts(a.public(), a.secret_bytes()).expect("matches");
+        assert_eq!(again.public(), a.public());
+        assert_eq!(again.secret(), a.secret());
+        assert!(StaticKeypair::from_parts(a.public(), b.secret_bytes()).is_err());
+    }
 
     #[test]
     fn fresh_keys_differ_and_debug_hides_the_secret() {
