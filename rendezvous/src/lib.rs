@@ -27,14 +27,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod credential;
+pub mod directory;
 pub mod err;
 pub mod hooks;
 pub mod msg;
 pub mod pow;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod token;
 
+pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
 pub use err::{Error, Result};
 pub use hooks::{CollectingSink, FilterCheck, ReportSink, SortedKeysFilter};
+pub use server::{Rendezvous, ServerConfig, channel_params};

@@ -1,0 +1,389 @@
+//! The client library volunteers and clients use to talk to a rendezvous.
+//!
+//! Every call opens a fresh NK channel to the pinned key (so calls are not
+//! linked by a connection), sends one request and reads the answer. A
+//! session keeps its channel open and answers pings ([`LiveSession`]);
+//! [`Backoff`] spaces reconnections after a session ends.
+
+use std::time::Duration;
+
+use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
+use tokio::net::TcpStream;
+
+use crate::credential::ClientCredential;
+use crate::directory::{self, Snapshot};
+use crate::err::{Error, Result};
+use crate::msg::{Announcement, ByteBuf, Candidate, Down, Up};
+use crate::pow::Stamp;
+use crate::server::channel_params;
+use crate::token::{Scheme, TokenScheme};
+
+/// A token bought for an epoch.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The epoch of the key that signed it.
+    pub epoch: Epoch,
+    /// The 354 token bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}, [never printed])", self.epoch)
+    }
+}
+
+/// A rendezvous, as a client knows it.
+#[derive(Clone, Debug)]
+pub struct Client {
+    addr: std::net::SocketAddr,
+    key: PeerKey,
+    timeout: Duration,
+}
+
+impl Client {
+    /// The rendezvous at `addr` with the pinned Noise `key`.
+    pub fn new(addr: std::net::SocketAddr, key: PeerKey) -> Self {
+        Client {
+            addr,
+            key,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    async fn open(&self) -> Result<anonmirror_overlay::Channel<TcpStream>> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| Error::Gone("connect timed out"))?
+            .map_err(Error::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(anonmirror_overlay::connect(stream, &self.key, &channel_params(), self.timeout).await?)
+    }
+
+    async fn recv(ch: &mut anonmirror_overlay::Channel<TcpStream>, t: Duration) -> Result<Down> {
+        let bytes = tokio::time::timeout(t, ch.recv())
+            .await
+            .map_err(|_| Error::Gone("no answer in time"))??
+            .ok_or(Error::Gone("closed without an answer"))?;
+        match Down::decode(&bytes)? {
+            Down::Refused(r) => Err(Error::Refused(r)),
+            d => Ok(d),
+        }
+    }
+
+    /// One request, all answers until the rendezvous closes.
+    async fn call(&self, up: &Up) -> Result<Down> {
+        let mut ch = self.open().await?;
+        ch.send(&up.encode()?).await?;
+        Self::recv(&mut ch, self.timeout).await
+    }
+
+    /// Registers: solves the proof-of-work (on a blocking thread) and
+    /// returns the new credential.
+    pub async fn register(
+        &self,
+        now: u64,
+        difficulty: u8,
+        mut entropy: impl Entropy + 'static,
+    ) -> Result<ClientCredential> {
+        let key = self.key;
+        let stamp =
+            tokio::task::spawn_blocking(move || Stamp::solve(&key, now, difficulty, &mut entropy))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        match self.call(&Up::Register(stamp)).await? {
+            Down::Registered {
+                credential,
+                expires,
+            } => Ok(ClientCredential {
+                credential,
+                expires,
+            }),
+            _ => Err(Error::Protocol("expected Registered")),
+        }
+    }
+
+    /// The published token keys, by epoch.
+    pub async fn keys(&self) -> Result<Vec<(Epoch, <Scheme as TokenScheme>::Public)>> {
+        match self.call(&Up::Keys).await? {
+            Down::Keys(keys) => keys
+                .iter()
+                .map(|k| Ok((Epoch(k.epoch), Scheme::default().public_from_bytes(&k.key)?)))
+                .collect(),
+            _ => Err(Error::Protocol("expected Keys")),
+        }
+    }
+
+    /// Buys `n` tokens for the current `epoch` with `cred` (refused locally
+    /// once the credential is past its validity).
+    pub async fn buy_tokens(
+        &self,
+        cred: &ClientCredential,
+        now: u64,
+        epoch: Epoch,
+        n: usize,
+    ) -> Result<Vec<Token>> {
+        if !cred.usable(now) {
+            return Err(Error::Credential("expired; register anew"));
+        }
+        let keys = self.keys().await?;
+        let public = keys
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, k)| k.clone())
+            .ok_or(Error::Protocol("no key published for the epoch"))?;
+        let scheme = Scheme::default();
+        let mut pending = Vec::with_capacity(n);
+        let mut requests = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (req, p) = scheme.request(&public)?;
+            requests.push(ByteBuf::from(req));
+            pending.push(p);
+        }
+        let up = Up::Issue {
+            credential: cred.credential,
+            epoch: epoch.0,
+            requests,
+        };
+        match self.call(&up).await? {
+            Down::Issued { responses, .. } if responses.len() == n => pending
+                .into_iter()
+                .zip(responses)
+                .map(|(p, r)| {
+                    Ok(Token {
+                        epoch,
+                        bytes: scheme.finalize(p, &r)?,
+                    })
+                })
+                .collect(),
+            _ => Err(Error::Protocol(
+                "expected Issued with one response per request",
+            )),
+        }
+    }
+
+    /// Peers for an item.
+    pub async fn lookup(
+        &self,
+        item: ItemKey,
+        repository: &str,
+        version: u64,
+        region: Option<&str>,
+        want: u8,
+    ) -> Result<Vec<Candidate>> {
+        let up = Up::Lookup {
+            item,
+            repository: repository.to_owned(),
+            version,
+            region: region.map(str::to_owned),
+            want,
+        };
+        match self.call(&up).await? {
+            Down::Peers(p) => Ok(p),
+            _ => Err(Error::Protocol("expected Peers")),
+        }
+    }
+
+    /// The signed directory of `region`, checked against the pinned
+    /// directory key.
+    pub async fn directory(&self, region: Option<&str>, pinned: &[u8; 32]) -> Result<Snapshot> {
+        let mut ch = self.open().await?;
+        ch.send(
+            &Up::Directory {
+                region: region.map(str::to_owned),
+            }
+            .encode()?,
+        )
+        .await?;
+        let Down::DirectoryHead { total, signature } = Self::recv(&mut ch, self.timeout).await?
+        else {
+            return Err(Error::Protocol("expected DirectoryHead"));
+        };
+        let mut bytes = Vec::new();
+        while (bytes.len() as u64) < total {
+            match Self::recv(&mut ch, self.timeout).await? {
+                Down::DirectoryPart(p) if bytes.len() as u64 + p.len() as u64 <= total => {
+                    bytes.extend_from_slice(&p)
+                }
+                _ => return Err(Error::Protocol("bad directory part")),
+            }
+        }
+        directory::verify(pinned, &bytes, &signature.0)
+    }
+
+    /// Reports a session that served bad data.
+    pub async fn report(
+        &self,
+        session: PeerKey,
+        item: ItemKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        match self
+            .call(&Up::Report {
+                session,
+                item,
+                offset,
+                len,
+            })
+            .await?
+        {
+            Down::Ack => Ok(()),
+            _ => Err(Error::Protocol("expected Ack")),
+        }
+    }
+
+    /// Tells the rendezvous of a new snapshot (distribution side).
+    pub async fn notify(&self, secret: [u8; 32], repository: &str, version: u64) -> Result<()> {
+        let up = Up::Notify {
+            secret,
+            repository: repository.to_owned(),
+            version,
+        };
+        match self.call(&up).await? {
+            Down::Ack => Ok(()),
+            _ => Err(Error::Protocol("expected Ack")),
+        }
+    }
+
+    /// Sends a popularity report paid with `token`.
+    pub async fn popularity(&self, token: &Token, report: Vec<u8>) -> Result<()> {
+        let up = Up::Popularity {
+            token: ByteBuf::from(token.bytes.clone()),
+            report: ByteBuf::from(report),
+        };
+        match self.call(&up).await? {
+            Down::Ack => Ok(()),
+            _ => Err(Error::Protocol("expected Ack")),
+        }
+    }
+
+    /// Opens a session with one token.
+    pub async fn open_session(
+        &self,
+        token: &Token,
+        announcement: Announcement,
+    ) -> Result<LiveSession> {
+        let mut ch = self.open().await?;
+        let up = Up::OpenSession {
+            token: ByteBuf::from(token.bytes.clone()),
+            announcement,
+        };
+        ch.send(&up.encode()?).await?;
+        match Self::recv(&mut ch, self.timeout).await? {
+            Down::SessionOpened { silence_secs, .. } => Ok(LiveSession {
+                ch,
+                silence: Duration::from_secs(u64::from(silence_secs)),
+            }),
+            _ => Err(Error::Protocol("expected SessionOpened")),
+        }
+    }
+}
+
+/// What a live session hears besides pings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A repository has a new snapshot.
+    SnapshotChanged {
+        /// The repository.
+        repository: String,
+        /// The version.
+        version: u64,
+    },
+}
+
+/// An open session: answers pings, yields pushes.
+#[derive(Debug)]
+pub struct LiveSession {
+    ch: anonmirror_overlay::Channel<TcpStream>,
+    silence: Duration,
+}
+
+impl LiveSession {
+    /// The next push, answering pings meanwhile. An error means the session
+    /// is over (reconnect with a fresh token, after [`Backoff`]).
+    pub async fn next_event(&mut self) -> Result<SessionEvent> {
+        loop {
+            match Client::recv(&mut self.ch, self.silence).await? {
+                Down::Ping { nonce } => self.ch.send(&Up::Pong { nonce }.encode()?).await?,
+                Down::SnapshotChanged {
+                    repository,
+                    version,
+                } => {
+                    return Ok(SessionEvent::SnapshotChanged {
+                        repository,
+                        version,
+                    });
+                }
+                _ => return Err(Error::Protocol("unexpected message in a session")),
+            }
+        }
+    }
+
+    /// Closes the session.
+    pub async fn close(mut self) {
+        let _ = self.ch.shutdown().await;
+    }
+}
+
+/// Exponential backoff with full jitter for reconnecting: sans-I/O, the
+/// caller sleeps.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starting at `base`, capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt: uniform in [0, min(max,
+    /// base·2^attempt)].
+    pub fn next_delay(&mut self, entropy: &mut dyn Entropy) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(entropy.below(ms.saturating_add(1)))
+    }
+
+    /// A session stayed up: start over.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anonmirror_core::SeededEntropy;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut e = SeededEntropy::new(1);
+        let caps = [1, 2, 4, 8, 16, 32, 60, 60];
+        for cap in caps {
+            let d = b.next_delay(&mut e);
+            assert!(d <= Duration::from_secs(cap), "{d:?} > {cap}");
+        }
+        // Over many draws the capped delay averages about half the cap.
+        let mean: f64 = (0..400)
+            .map(|_| b.next_delay(&mut e).as_secs_f64())
+            .sum::<f64>()
+            / 400.0;
+        assert!((25.0..35.0).contains(&mean), "{mean}");
+        b.reset();
+        assert!(b.next_delay(&mut e) <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,274 @@
+//! The rendezvous over real sockets on 127.0.0.1: tokens, sessions, push.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_core::{Clock, Epoch, ManualClock, PeerKey, SeededEntropy};
+use anonmirror_rendezvous::msg::{Announcement, Contact, Refusal};
+use anonmirror_rendezvous::{
+    Client, CollectingSink, Error, Rendezvous, ServerConfig, SessionEvent, SortedKeysFilter,
+};
+
+const EPOCH_SECS: u64 = 1_000;
+
+async fn start(clock: &ManualClock, dir: &std::path::Path) -> Rendezvous {
+    let mut cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        dir.to_path_buf(),
+        Arc::new(SortedKeysFilter),
+        Arc::new(CollectingSink::default()),
+    );
+    cfg.clock = Arc::new(clock.clone());
+    cfg.epoch_secs = EPOCH_SECS;
+    cfg.credentials.pow_difficulty = 4;
+    cfg.credentials.tokens_per_epoch = 256;
+    cfg.maintenance_interval = Duration::from_millis(50);
+    cfg.notify_secret_hash = Some(*blake3::hash(&[5; 32]).as_bytes());
+    Rendezvous::start(cfg).await.expect("start")
+}
+
+fn ann(i: u32) -> Announcement {
+    Announcement {
+        contact: Contact::from(std::net::SocketAddr::from((
+            [10, 1, (i >> 8) as u8, i as u8],
+            7879,
+        ))),
+        key: PeerKey(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+        max_clients: 8,
+        upload_rate: 1 << 20,
+        region: None,
+        snapshots: vec![("core".into(), 1)],
+        filter: Vec::new(),
+    }
+}
+
+fn epoch(clock: &ManualClock) -> Epoch {
+    Epoch::containing(clock.unix_secs(), EPOCH_SECS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_spend_is_refused_and_one_of_32_concurrent_redemptions_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(1))
+        .await
+        .expect("register");
+    let tokens = c
+        .buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 2)
+        .await
+        .expect("buy");
+
+    let s = c.open_session(&tokens[0], ann(0)).await.expect("first use");
+    let again = c.open_session(&tokens[0], ann(1)).await;
+    assert!(
+        matches!(again, Err(Error::Refused(Refusal::TokenSpent))),
+        "{again:?}"
+    );
+    s.close().await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (c, t) = (c.clone(), tokens[1].clone());
+        tasks.spawn(async move { c.open_session(&t, ann(100 + i)).await });
+    }
+    let (mut won, mut spent) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(s) => {
+                won += 1;
+                s.close().await;
+            }
+            Err(Error::Refused(Refusal::TokenSpent)) => spent += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((won, spent), (1, 31));
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_under_a_retired_key_are_refused_and_its_spent_set_pruned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(2))
+        .await
+        .expect("register");
+    let e0 = epoch(&clock);
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), e0, 3)
+        .await
+        .expect("buy");
+    c.open_session(&t[0], ann(1))
+        .await
+        .expect("current key")
+        .close()
+        .await;
+
+    let wait_for_epoch = |want: Epoch| {
+        let c = c.clone();
+        async move {
+            for _ in 0..400 {
+                let keys = c.keys().await.expect("keys");
+                if keys.iter().any(|(e, _)| *e == want.next()) {
+                    return keys;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("keys never rotated to {want}");
+        }
+    };
+    clock.advance(Duration::from_secs(EPOCH_SECS));
+    let keys = wait_for_epoch(e0.next()).await;
+    assert!(
+        keys.iter().any(|(e, _)| *e == e0),
+        "previous still published"
+    );
+    c.open_session(&t[1], ann(2))
+        .await
+        .expect("previous epoch's key still accepted")
+        .close()
+        .await;
+
+    clock.advance(Duration::from_secs(EPOCH_SECS));
+    let keys = wait_for_epoch(e0.next().next()).await;
+    assert!(keys.iter().all(|(e, _)| *e > e0), "retired key unpublished");
+    let late = c.open_session(&t[2], ann(3)).await;
+    assert!(
+        matches!(late, Err(Error::Refused(Refusal::TokenKeyRetired))),
+        "{late:?}"
+    );
+    let spent_table = format!("spent_{:020}", e0.0);
+    let dump = r.dump_store().await.expect("dump");
+    assert!(
+        dump.iter().all(|(t, _, _)| *t != spent_table),
+        "spent set pruned"
+    );
+    r.shutdown().await;
+}
+
+/// A push reaches every one of 100 live sessions over real sockets. (The
+/// latency is measured in the benchmark, not asserted here; the 1 s push
+/// deadline is enforced by the server, which drops a session that cannot
+/// take a push within it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_100_live_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(3))
+        .await
+        .expect("register");
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        tokens.extend(
+            c.buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 50)
+                .await
+                .expect("buy"),
+        );
+    }
+    let mut sessions = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        sessions.push(c.open_session(t, ann(i as u32)).await.expect("open"));
+    }
+    assert_eq!(r.session_count().await.expect("count"), 100);
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in sessions {
+        tasks.spawn(async move { s.next_event().await });
+    }
+    // A wrong secret is refused; the right one pushes to all.
+    let bad = c.notify([6; 32], "core", 2).await;
+    assert!(matches!(
+        bad,
+        Err(Error::Refused(Refusal::NotifyUnauthorized))
+    ));
+    c.notify([5; 32], "core", 2).await.expect("notify");
+    let mut got = 0;
+    while let Some(ev) = tasks.join_next().await {
+        assert_eq!(
+            ev.expect("task").expect("event"),
+            SessionEvent::SnapshotChanged {
+                repository: "core".into(),
+                version: 2
+            }
+        );
+        got += 1;
+    }
+    assert_eq!(got, 100);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_directory_report_and_popularity_end_to_end() {
+    use anonmirror_core::ItemKey;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(4))
+        .await
+        .expect("register");
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 4)
+        .await
+        .expect("buy");
+    let item = ItemKey([7; 32]);
+    let mut a = ann(1);
+    a.filter = SortedKeysFilter::encode(&[item]);
+    a.region = Some("eu".into());
+    let s = c.open_session(&t[0], a.clone()).await.expect("open");
+    let got = c
+        .lookup(item, "core", 1, Some("eu"), 4)
+        .await
+        .expect("lookup");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, a.key);
+    assert!(
+        c.lookup(item, "core", 2, None, 4)
+            .await
+            .expect("lookup")
+            .is_empty(),
+        "too stale"
+    );
+    let snap = c
+        .directory(Some("eu"), &r.directory_key())
+        .await
+        .expect("directory");
+    assert_eq!(snap.peers, vec![a.clone()]);
+    assert!(
+        c.directory(None, &[0; 32]).await.is_err(),
+        "wrong pinned key"
+    );
+    c.popularity(&t[1], b"report".to_vec())
+        .await
+        .expect("report");
+    assert!(
+        c.popularity(&t[1], b"again".to_vec()).await.is_err(),
+        "one report per token"
+    );
+    for _ in 0..3 {
+        c.report(a.key, item, 0, 16_384).await.expect("report");
+    }
+    assert_eq!(
+        r.session_count().await.expect("count"),
+        0,
+        "dropped after 3 strikes"
+    );
+    let mut b = ann(2);
+    b.contact = a.contact.clone();
+    let refused = c.open_session(&t[2], b).await;
+    assert!(
+        matches!(refused, Err(Error::Refused(Refusal::ContactRefused))),
+        "{refused:?}"
+    );
+    drop(s);
+    r.shutdown().await;
+}
