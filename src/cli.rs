@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod fetch;
 mod policy;
 mod serve;
@@ -47,6 +48,9 @@ enum Command {
     Serve(serve::ServeCmd),
     /// Download one item from peers, verified.
     Fetch(fetch::FetchCmd),
+    /// Show what this machine's announcement would reveal (0 within the
+    /// exposure budget, 1 over it, 2 bad input).
+    Audit(audit::AuditCmd),
 }
 
 /// Parse the command line, run the subcommand, and return its exit code.
@@ -66,6 +70,7 @@ pub fn run() -> ExitCode {
     anonmirror_core::set_log_sensitive(cli.dangerous_log_sensitive);
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Store(cmd) => store::run(cmd),
         Command::Serve(cmd) => serve::run(cmd),
         Command::Fetch(cmd) => fetch::run(cmd),

@@ -1,6 +1,7 @@
 //! anonmirror's end-to-end tests: one integration-test binary, one module
 //! per capability. Network tests stay on 127.0.0.1 with ephemeral ports.
 
+mod cli_audit;
 mod cli_policy;
 mod layering;
 mod transfer;

@@ -1,0 +1,342 @@
+//! The audit report: what a volunteer's announcement reveals this epoch,
+//! as text for people and JSON for machines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anonmirror_announce::exposure::Exposure;
+use anonmirror_announce::selection::DropReason;
+use anonmirror_announce::{PopularitySnapshot, ReportParams, Selection};
+use anonmirror_core::Epoch;
+use anonmirror_privacy::{Level, Policy, Transport};
+use serde::Serialize;
+
+use crate::err::Error;
+
+/// Fewer peers than this and every estimate, and the anonymity set, is
+/// too small to mean much.
+pub const TINY_POPULATION: u64 = 100;
+/// Fewer peers than this at one's own level, likewise.
+pub const TINY_LEVEL_POPULATION: u64 = 20;
+
+/// What the credential line says until the rendezvous issue provides
+/// credentials and tokens: the audit does not invent an age.
+pub const NO_CREDENTIAL: &str = "no credential yet";
+
+/// One pipeline stage, as reported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageReport {
+    /// The stage.
+    pub name: String,
+    /// Held items surviving it.
+    pub kept: usize,
+    /// Held items it dropped.
+    pub dropped: usize,
+    /// Dropped items by reason.
+    pub dropped_by_reason: BTreeMap<DropReason, usize>,
+}
+
+/// The ε of this peer's popularity reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReportPrivacy {
+    /// Bits per report.
+    pub m: u32,
+    /// Positions per item.
+    pub h: u8,
+    /// Permanent randomized response.
+    pub f: f64,
+    /// Instantaneous response for a clear bit.
+    pub p: f64,
+    /// … for a set bit.
+    pub q: f64,
+    /// ε∞ (`null` in JSON when infinite).
+    pub epsilon_inf: Option<f64>,
+    /// ε₁ (`null` when infinite).
+    pub epsilon_one: Option<f64>,
+}
+
+/// Where the popularity came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SnapshotSummary {
+    /// The source label.
+    pub source: String,
+    /// A prior from install statistics, not measured from reports.
+    pub prior: bool,
+    /// The snapshot's epoch.
+    pub epoch: u64,
+    /// N.
+    pub peers: u64,
+    /// N_L, when known.
+    pub level_peers: Option<u64>,
+}
+
+/// The whole audit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditReport {
+    /// The level audited (possibly a `--level` preview).
+    pub level: Level,
+    /// Peer transport.
+    pub transport: Transport,
+    /// Whether TCP is used when Tor is not available.
+    pub tcp_fallback: bool,
+    /// The epoch selected for.
+    pub epoch: u64,
+    /// The popularity used.
+    pub snapshot: SnapshotSummary,
+    /// The pipeline.
+    pub stages: Vec<StageReport>,
+    /// The level's canonical set size.
+    pub canonical: usize,
+    /// Items announced (held and padding).
+    pub announced: usize,
+    /// Of which not held.
+    pub padding: usize,
+    /// I(A) and its parts.
+    pub exposure: Exposure,
+    /// I(A).
+    pub exposure_bits: f64,
+    /// The budget, as the policy says it.
+    pub budget: String,
+    /// Whether I(A) is within it (exit code 0, else 1).
+    pub within_budget: bool,
+    /// About N·2^−I peers.
+    pub anonymity_set: f64,
+    /// ε of popularity reports.
+    pub reports: ReportPrivacy,
+    /// Credential and token age.
+    pub credential: String,
+    /// Things the operator should know.
+    pub warnings: Vec<String>,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+impl AuditReport {
+    /// Assemble the report from a selection already made.
+    pub fn new(
+        policy: &Policy,
+        epoch: Epoch,
+        snapshot: &PopularitySnapshot,
+        selection: &Selection,
+    ) -> Result<AuditReport, Error> {
+        let level = policy.level;
+        let params = ReportParams::from_policy(&policy.popularity.randomization)?;
+        let stages = selection
+            .stages
+            .iter()
+            .map(|s| {
+                let mut by_reason = BTreeMap::new();
+                for (_, r) in &s.dropped {
+                    *by_reason.entry(*r).or_insert(0) += 1;
+                }
+                StageReport {
+                    name: s.name.to_owned(),
+                    kept: s.kept,
+                    dropped: s.dropped.len(),
+                    dropped_by_reason: by_reason,
+                }
+            })
+            .collect();
+        let level_peers = snapshot.level_peers.get(level);
+        let mut warnings = Vec::new();
+        let t = &policy.transport;
+        if level == Level::Strict
+            && (t.kind != Transport::Tor || t.allow_tcp_fallback || t.dangerous_allow_clearnet)
+        {
+            warnings.push("strict without Tor: clearnet TCP is allowed, so peers may learn this machine's address".into());
+        }
+        if !selection.below_floor_announced.is_empty() {
+            warnings.push(format!(
+                "{} announced items are below the level's popularity floor",
+                selection.below_floor_announced.len()
+            ));
+        }
+        if snapshot.prior {
+            warnings.push(format!(
+                "popularity is a prior from {}, not measured from peers' reports",
+                snapshot.source
+            ));
+        }
+        if snapshot.peers < TINY_POPULATION {
+            warnings.push(format!(
+                "tiny population: {} peers (below {TINY_POPULATION}); estimates and the anonymity set mean little",
+                snapshot.peers
+            ));
+        }
+        match level_peers {
+            Some(n) if n < TINY_LEVEL_POPULATION && level.serves() => warnings.push(format!(
+                "tiny population: {n} peers at level {level} (below {TINY_LEVEL_POPULATION})"
+            )),
+            None if level.serves() => warnings.push(format!(
+                "peers at level {level} unknown: the level's own share is left out of I(A)"
+            )),
+            _ => {}
+        }
+        if level == Level::Strict && !selection.canonical_denied.is_empty() {
+            warnings.push(format!(
+                "the policy forbids announcing {} canonical items: this strict filter differs from its level's",
+                selection.canonical_denied.len()
+            ));
+        }
+        if !selection.within_budget {
+            warnings.push("over the exposure budget: nothing is announced this epoch".into());
+        }
+        Ok(AuditReport {
+            level,
+            transport: t.kind,
+            tcp_fallback: t.allow_tcp_fallback,
+            epoch: epoch.0,
+            snapshot: SnapshotSummary {
+                source: snapshot.source.clone(),
+                prior: snapshot.prior,
+                epoch: snapshot.epoch.0,
+                peers: snapshot.peers,
+                level_peers,
+            },
+            stages,
+            canonical: selection.canonical.len(),
+            announced: selection.announced.len(),
+            padding: selection.padding.len(),
+            exposure: selection.exposure,
+            exposure_bits: selection.exposure.total(),
+            budget: policy.announce.exposure_budget_bits.to_string(),
+            within_budget: selection.within_budget,
+            anonymity_set: selection.exposure.anonymity_set(snapshot.peers),
+            reports: ReportPrivacy {
+                m: params.m,
+                h: params.h,
+                f: params.f.get(),
+                p: params.p.get(),
+                q: params.q.get(),
+                epsilon_inf: finite(params.epsilon_inf()),
+                epsilon_one: finite(params.epsilon_one()),
+            },
+            credential: NO_CREDENTIAL.into(),
+            warnings,
+        })
+    }
+
+    /// The report for people.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let eps = |e: Option<f64>| e.map_or("infinite".to_owned(), |e| format!("{e:.3}"));
+        let _ = writeln!(s, "anonmirror audit");
+        let _ = writeln!(s, "level:        {}", self.level);
+        let _ = writeln!(
+            s,
+            "transport:    {}{}",
+            self.transport.as_str(),
+            if self.tcp_fallback {
+                " (TCP fallback allowed)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(s, "epoch:        {}", self.epoch);
+        let sn = &self.snapshot;
+        let _ = writeln!(
+            s,
+            "popularity:   {}{}, epoch {}, N = {}, N_L = {}",
+            sn.source,
+            if sn.prior { " (PRIOR)" } else { "" },
+            sn.epoch,
+            sn.peers,
+            sn.level_peers
+                .map_or("unknown".to_owned(), |n| n.to_string())
+        );
+        let _ = writeln!(s, "credential:   {}", self.credential);
+        let _ = writeln!(s);
+        let _ = writeln!(s, "selection pipeline (held items)");
+        for st in &self.stages {
+            let reasons: Vec<String> = st
+                .dropped_by_reason
+                .iter()
+                .map(|(r, n)| format!("{} {n}", reason_name(*r)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<36}{:>7} kept{}",
+                st.name,
+                st.kept,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(", dropped: {}", reasons.join(", "))
+                }
+            );
+        }
+        let _ = writeln!(s, "canonical set: {} items", self.canonical);
+        let _ = writeln!(
+            s,
+            "announced:     {} items ({} padding, not held)",
+            self.announced, self.padding
+        );
+        let _ = writeln!(s);
+        let e = &self.exposure;
+        let _ = writeln!(
+            s,
+            "exposure I(A): {:.2} bits (budget {})",
+            self.exposure_bits, self.budget
+        );
+        let _ = writeln!(s, "  level share:         {:.2} bits", e.level_bits);
+        let _ = writeln!(s, "  announced items:     {:.2} bits", e.announced_bits);
+        let _ = writeln!(s, "  items not announced: {:.2} bits", e.omitted_bits);
+        let _ = writeln!(s, "anonymity set: about {:.1} peers", self.anonymity_set);
+        let r = &self.reports;
+        let _ = writeln!(
+            s,
+            "popularity reports: eps_inf = {}, eps_1 = {} (m = {}, h = {}, f = {}, p = {}, q = {})",
+            eps(r.epsilon_inf),
+            eps(r.epsilon_one),
+            r.m,
+            r.h,
+            r.f,
+            r.p,
+            r.q
+        );
+        let _ = writeln!(s);
+        if self.warnings.is_empty() {
+            let _ = writeln!(s, "warnings: none");
+        } else {
+            let _ = writeln!(s, "warnings:");
+            for w in &self.warnings {
+                let _ = writeln!(s, "  - {w}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "result: {}",
+            if self.within_budget {
+                "within budget"
+            } else {
+                "OVER BUDGET"
+            }
+        );
+        s
+    }
+
+    /// The report for machines (pretty JSON, one trailing newline).
+    pub fn to_json(&self) -> Result<String, Error> {
+        serde_json::to_string_pretty(self)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+fn reason_name(r: DropReason) -> &'static str {
+    match r {
+        DropReason::NotInIndex => "not in index",
+        DropReason::Superseded => "superseded",
+        DropReason::RepositoryNotConfigured => "repository not configured",
+        DropReason::Denied => "denied",
+        DropReason::MetadataForbids => "metadata forbids",
+        DropReason::BelowFloor => "below floor",
+        DropReason::OverBudget => "over budget",
+        DropReason::FixedCount => "fixed count",
+    }
+}

@@ -1,0 +1,133 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anonmirror_announce::IndexEntry;
+use anonmirror_announce::snapshot::{Estimate, LevelPeers};
+use anonmirror_privacy::Level;
+
+use super::*;
+
+const RENDEZVOUS: &str = "[rendezvous]\naddress = \"rendezvous.example.org:7880\"\n\
+    key = \"5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a\"\n\
+    [[repository]]\nname = \"deb\"\nkind = \"apt\"\nurl = \"https://deb.example.org/debian/\"\n";
+
+fn policy(level: &str, extra: &str) -> Policy {
+    Policy::from_toml_str(&format!("level = \"{level}\"\n{extra}{RENDEZVOUS}"))
+        .expect("valid policy")
+}
+
+fn key(i: u8) -> ItemKey {
+    ItemKey([i; 32])
+}
+
+fn index(n: u8) -> CurrentIndex {
+    CurrentIndex::new((1..=n).map(|i| IndexEntry {
+        key: key(i),
+        repo: "deb".into(),
+        name: format!("pkg{i}"),
+        version: "1".into(),
+        no_announce: false,
+    }))
+}
+
+fn snapshot(peers: u64, level_peers: LevelPeers, holders: &[(u8, f64)]) -> PopularitySnapshot {
+    PopularitySnapshot {
+        epoch: Epoch(7),
+        prior: false,
+        source: "popularity reports".into(),
+        peers,
+        level_peers,
+        params: None,
+        z: 3.0,
+        items: holders
+            .iter()
+            .map(|(i, h)| {
+                (
+                    key(*i),
+                    Estimate {
+                        holders: *h,
+                        se: 1.0,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// The golden values of issue 5, through the whole audit.
+#[test]
+fn audit_golden_values() {
+    let open = policy("open", "");
+    let all_open = LevelPeers([0, 1_000, 0, 0]);
+    let two_halves = snapshot(1_000, all_open, &[(1, 500.0), (2, 500.0)]);
+    let r = audit(&open, Epoch(7), &[key(1), key(2)], &index(2), &two_halves).expect("audits");
+    assert!((r.exposure_bits - 2.0).abs() < 1e-9, "{r:?}");
+    assert!((r.anonymity_set - 250.0).abs() < 1e-6);
+
+    let common = snapshot(1_000, all_open, &[(1, 990.0)]);
+    let r = audit(&open, Epoch(7), &[], &index(1), &common).expect("audits");
+    assert!((r.exposure.omitted_bits - 6.64).abs() < 0.005, "{r:?}");
+    assert!((r.exposure_bits - 6.64).abs() < 0.005);
+
+    let quarter = snapshot(1_000, LevelPeers([0, 250, 0, 0]), &[]);
+    let r = audit(&open, Epoch(7), &[], &CurrentIndex::default(), &quarter).expect("audits");
+    assert!((r.exposure_bits - 2.0).abs() < 1e-9);
+
+    // p = 0 announced and p = 1 omitted: clamped to 1/N, log2 N bits each.
+    let extremes = snapshot(
+        1_024,
+        LevelPeers([0, 1_024, 0, 0]),
+        &[(1, 0.0), (2, 1_024.0)],
+    );
+    let r = audit(&open, Epoch(7), &[key(1)], &index(2), &extremes).expect("audits");
+    assert!((r.exposure_bits - 20.0).abs() < 1e-9, "{r:?}");
+    assert_eq!(r.credential, "no credential yet");
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it (review the
+/// diff before committing).
+fn golden(name: &str, actual: &str) {
+    let path = data(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs; rerun with UPDATE_GOLDEN=1 to review",
+        path.display()
+    );
+}
+
+#[test]
+fn report_snapshots() {
+    let idx = index(10);
+    let holders: Vec<(u8, f64)> = (1..=10)
+        .map(|i| (i, 1_000.0 - 100.0 * f64::from(i - 1)))
+        .collect();
+    let snap = snapshot(1_000, LevelPeers([100, 0, 500, 400]), &holders);
+    let balanced = policy("balanced", "[serve]\ndeny = [\"pkg2\"]\n");
+    let inventory = [1, 2, 9, 10, 77].map(key);
+    let r = audit(&balanced, Epoch(8), &inventory, &idx, &snap).expect("audits");
+    golden("balanced.txt", &r.to_text());
+    golden("balanced.json", &r.to_json().expect("json"));
+
+    let strict = Policy::from_toml_str_with_level(
+        &format!("level = \"balanced\"\n[transport]\ndangerous_allow_clearnet = true\nkind = \"tcp\"\n{RENDEZVOUS}"),
+        Level::Strict,
+    )
+    .expect("valid");
+    let mut prior = snapshot(50, LevelPeers::default(), &[(1, 49.0), (2, 40.0)]);
+    prior.prior = true;
+    prior.source = "debian popcon by_inst".into();
+    let r = audit(&strict, Epoch(8), &inventory, &idx, &prior).expect("audits");
+    golden("strict-prior.txt", &r.to_text());
+}

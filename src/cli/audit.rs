@@ -1,0 +1,154 @@
+//! `anonmirror audit`: what this machine's announcement would reveal.
+//!
+//! Reads the policy (`--policy`, else the default path), the inventory and
+//! index files (formats in `anonmirror_audit::inputs`), and the popularity:
+//! a snapshot file (`--snapshot`, the binary format of
+//! `anonmirror_announce::snapshot`) or, to bootstrap, published install
+//! statistics (`--popcon` by_inst, `--pkgstats` JSON) as a prior. Until the
+//! daemon keeps a state directory (issue 6), every input is named on the
+//! command line.
+//!
+//! Exit codes: 0 the announcement is within the exposure budget; 1 it is
+//! over budget (nothing would be announced); 2 bad policy, input or
+//! command line; 3 a bug while printing.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anonmirror_announce::prior::{parse_pkgstats_json, parse_popcon_by_inst, prior_snapshot};
+use anonmirror_announce::{CurrentIndex, PopularitySnapshot};
+use anonmirror_core::{Clock, Epoch, ErrorKind, HasKind, SystemClock};
+use anonmirror_privacy::{DEFAULT_POLICY_PATH, Level, Policy};
+use clap::Args;
+
+use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
+
+/// `anonmirror audit …`
+#[derive(Debug, Args)]
+pub struct AuditCmd {
+    /// The policy file.
+    #[arg(long, default_value = DEFAULT_POLICY_PATH)]
+    policy: PathBuf,
+    /// Preview another level (keys the file sets still apply).
+    #[arg(long)]
+    level: Option<Level>,
+    /// The store's inventory: one SHA-256 per line.
+    #[arg(long)]
+    inventory: PathBuf,
+    /// A current index: `SHA256 REPOSITORY NAME VERSION [no-announce]` per
+    /// line. Repeat for several repositories.
+    #[arg(long = "index", required = true)]
+    indexes: Vec<PathBuf>,
+    /// The latest popularity snapshot (binary).
+    #[arg(long, group = "popularity", required = true)]
+    snapshot: Option<PathBuf>,
+    /// Debian popcon `by_inst`, as a prior instead of a snapshot.
+    #[arg(long, group = "popularity")]
+    popcon: Option<PathBuf>,
+    /// Arch pkgstats `/api/packages` JSON, as a prior instead of a snapshot.
+    #[arg(long, group = "popularity")]
+    pkgstats: Option<PathBuf>,
+    /// The epoch to select for (default: the current one, by the policy's
+    /// `announce.epoch_secs`).
+    #[arg(long)]
+    epoch: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `audit`.
+pub fn run(cmd: AuditCmd) -> ExitCode {
+    match report(&cmd) {
+        Ok((text, within)) => {
+            print!("{text}");
+            if within {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err((msg, kind)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(if kind == ErrorKind::Internal {
+                EXIT_RUNTIME
+            } else {
+                EXIT_BAD_INPUT
+            })
+        }
+    }
+}
+
+type Failure = (String, ErrorKind);
+
+fn fail<E: std::fmt::Display + HasKind>(e: E) -> Failure {
+    let kind = e.kind();
+    (e.to_string(), kind)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    // A missing or unreadable input file is a bad command line here.
+    std::fs::read(path).map_err(|e| {
+        (
+            format!("cannot read {}: {e}", path.display()),
+            ErrorKind::BadInput,
+        )
+    })
+}
+
+fn read_text(path: &Path) -> Result<String, Failure> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        (
+            format!("{}: not UTF-8", path.display()),
+            ErrorKind::BadInput,
+        )
+    })
+}
+
+fn in_file<E: std::fmt::Display + HasKind>(path: &Path) -> impl Fn(E) -> Failure + '_ {
+    move |e| (format!("{}: {e}", path.display()), e.kind())
+}
+
+fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
+    let policy = match cmd.level {
+        Some(level) => Policy::load_with_level(&cmd.policy, level),
+        None => Policy::load(&cmd.policy),
+    }
+    .map_err(|e| (e.to_string(), ErrorKind::LocalConfig))?;
+    let inventory = anonmirror_audit::inputs::parse_inventory(&read_text(&cmd.inventory)?)
+        .map_err(in_file(&cmd.inventory))?;
+    let mut entries = Vec::new();
+    for path in &cmd.indexes {
+        entries.extend(
+            anonmirror_audit::inputs::parse_index(&read_text(path)?).map_err(in_file(path))?,
+        );
+    }
+    let index = CurrentIndex::new(entries);
+    let epoch = cmd
+        .epoch
+        .map(Epoch)
+        .unwrap_or_else(|| Epoch::containing(SystemClock.unix_secs(), policy.announce.epoch_secs));
+    let snapshot = if let Some(path) = &cmd.snapshot {
+        PopularitySnapshot::from_bytes(&read(path)?)
+            .map_err(|e| (format!("{}: {e}", path.display()), ErrorKind::BadInput))?
+    } else if let Some(path) = &cmd.popcon {
+        let stats = parse_popcon_by_inst(&read_text(path)?).map_err(in_file(path))?;
+        prior_snapshot(&stats, &index, epoch)
+    } else if let Some(path) = &cmd.pkgstats {
+        let stats = parse_pkgstats_json(&read_text(path)?).map_err(in_file(path))?;
+        prior_snapshot(&stats, &index, epoch)
+    } else {
+        return Err((
+            "one of --snapshot, --popcon, --pkgstats is required".into(),
+            ErrorKind::BadInput,
+        ));
+    };
+    let report =
+        anonmirror_audit::audit(&policy, epoch, &inventory, &index, &snapshot).map_err(fail)?;
+    let text = if cmd.json {
+        report.to_json().map_err(fail)?
+    } else {
+        report.to_text()
+    };
+    Ok((text, report.within_budget))
+}
