@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod fetch;
 mod policy;
+mod rendezvous;
 mod serve;
 mod store;
 
@@ -38,6 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the rendezvous: credentials, tokens, sessions, lookup, push.
+    Rendezvous(rendezvous::RendezvousCmd),
     /// Check or show the privacy policy.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -70,6 +73,7 @@ pub fn run() -> ExitCode {
     anonmirror_core::set_log_sensitive(cli.dangerous_log_sensitive);
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Rendezvous(cmd) => rendezvous::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Store(cmd) => store::run(cmd),
         Command::Serve(cmd) => serve::run(cmd),

@@ -4,4 +4,5 @@
 mod cli_audit;
 mod cli_policy;
 mod layering;
+mod rendezvous_crash;
 mod transfer;

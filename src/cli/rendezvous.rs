@@ -1,0 +1,137 @@
+//! `anonmirror rendezvous`: run the rendezvous (tokens, sessions, lookup,
+//! directory, push) until SIGINT or SIGTERM.
+//!
+//! On start it prints one line to stdout, for operators and scripts:
+//! `rendezvous listening on ADDR key NOISE_KEY_HEX directory-key ED25519_HEX`.
+//!
+//! Exit codes: 0 stopped on a signal; 2 bad command line or configuration;
+//! 3 runtime failure (the store cannot be opened, the address cannot be
+//! bound).
+//!
+//! Seams: the announcement filter test and the popularity aggregator come
+//! from announce/ once it lands; until then this wires the rendezvous's
+//! exact test doubles (`SortedKeysFilter`, `CollectingSink`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_core::{ErrorKind, HasKind};
+use anonmirror_rendezvous::{CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter};
+use clap::Args;
+
+use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
+
+/// `anonmirror rendezvous …`
+#[derive(Debug, Args)]
+pub struct RendezvousCmd {
+    /// Where the durable state (redb) lives.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7880")]
+    listen: SocketAddr,
+    /// Epoch length in seconds (token keys rotate at its boundaries).
+    #[arg(long, default_value_t = 86_400)]
+    epoch_secs: u64,
+    /// Tokens a credential may buy per epoch.
+    #[arg(long, default_value_t = 8)]
+    tokens_per_epoch: u32,
+    /// Leading zero bits of the registration proof-of-work.
+    #[arg(long, default_value_t = 20)]
+    pow_difficulty: u8,
+    /// Ping interval of sessions, seconds.
+    #[arg(long, default_value_t = 30)]
+    ping_secs: u64,
+    /// Silence after which a session is dropped, seconds.
+    #[arg(long, default_value_t = 90)]
+    silence_secs: u64,
+    /// BLAKE3 (hex) of the distribution's notify secret; without it,
+    /// `notify` is refused.
+    #[arg(long)]
+    notify_secret_hash: Option<String>,
+}
+
+/// Runs the rendezvous.
+pub fn run(cmd: RendezvousCmd) -> ExitCode {
+    let notify = match cmd
+        .notify_secret_hash
+        .as_deref()
+        .map(parse_hash)
+        .transpose()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: --notify-secret-hash: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async move {
+        let mut cfg = ServerConfig::new(
+            cmd.listen,
+            cmd.state_dir,
+            Arc::new(SortedKeysFilter),
+            Arc::new(CollectingSink::default()),
+        );
+        cfg.epoch_secs = cmd.epoch_secs;
+        cfg.credentials.tokens_per_epoch = cmd.tokens_per_epoch;
+        cfg.credentials.pow_difficulty = cmd.pow_difficulty;
+        cfg.sessions.ping_interval = Duration::from_secs(cmd.ping_secs);
+        cfg.sessions.silence = Duration::from_secs(cmd.silence_secs);
+        cfg.notify_secret_hash = notify;
+        let r = match Rendezvous::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(match e.kind() {
+                    ErrorKind::LocalConfig | ErrorKind::BadInput => EXIT_BAD_INPUT,
+                    _ => EXIT_RUNTIME,
+                });
+            }
+        };
+        println!(
+            "rendezvous listening on {} key {} directory-key {}",
+            r.local_addr(),
+            r.key().to_hex(),
+            hex_encode(&r.directory_key())
+        );
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        r.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let key: anonmirror_core::PeerKey = s.parse().map_err(|e| format!("{e}"))?;
+    Ok(key.0)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
