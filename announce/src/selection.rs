@@ -252,68 +252,62 @@ pub fn select(
         Exposure::default()
     };
     if !budget.allows(exp.total()) {
+        // Both repairs walk items once in sorted order and update I(A) by
+        // the change each step makes, rather than recomputing the sums.
+        // Cost of announcing rather than omitting: positive for items held
+        // by fewer than half the peers.
+        let gain = |k: &ItemKey| {
+            if popularity.contains_key(k) {
+                item_bits(clamped(k), true) - item_bits(clamped(k), false)
+            } else {
+                0.0
+            }
+        };
+        let mut rarest_first: Vec<(f64, ItemKey)> =
+            announced.iter().map(|k| (gain(k), *k)).collect();
+        rarest_first.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut total = exp.total();
         match level {
             Level::Balanced => {
-                // Cost of announcing rather than omitting: positive for
-                // items held by fewer than half the peers.
-                let gain = |k: &ItemKey| item_bits(clamped(k), true) - item_bits(clamped(k), false);
-                while !budget.allows(exp.total()) {
-                    let rarest = announced
-                        .iter()
-                        .copied()
-                        .max_by(|a, b| gain(a).total_cmp(&gain(b)));
-                    let commonest = announceable
-                        .difference(&announced)
-                        .copied()
-                        .min_by(|a, b| gain(a).total_cmp(&gain(b)));
-                    let (Some(out), Some(inn)) = (rarest, commonest) else {
-                        break;
-                    };
-                    if gain(&inn) >= gain(&out) {
+                let mut commonest_first: Vec<(f64, ItemKey)> = announceable
+                    .difference(&announced)
+                    .map(|k| (gain(k), *k))
+                    .collect();
+                commonest_first.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                for ((g_out, out), (g_in, inn)) in rarest_first.iter().zip(&commonest_first) {
+                    if budget.allows(total) || g_in >= g_out {
                         break;
                     }
-                    announced.remove(&out);
-                    announced.insert(inn);
-                    if held.contains(&out) {
-                        over_budget_dropped.push((out, DropReason::OverBudget));
+                    announced.remove(out);
+                    announced.insert(*inn);
+                    total += g_in - g_out;
+                    if held.contains(out) {
+                        over_budget_dropped.push((*out, DropReason::OverBudget));
                     }
-                    exp = exposure(level_peers, peers, &popularity, &announced);
                 }
             }
             Level::Open => {
-                let cost = |k: &ItemKey| {
-                    if popularity.contains_key(k) {
-                        item_bits(clamped(k), true) - item_bits(clamped(k), false)
-                    } else {
-                        0.0
-                    }
-                };
-                while !budget.allows(exp.total()) {
-                    let Some(out) = announced
-                        .iter()
-                        .copied()
-                        .max_by(|a, b| cost(a).total_cmp(&cost(b)))
-                    else {
-                        break;
-                    };
-                    if cost(&out) <= 0.0 {
+                for (g_out, out) in &rarest_first {
+                    if budget.allows(total) || *g_out <= 0.0 {
                         break;
                     }
-                    announced.remove(&out);
-                    over_budget_dropped.push((out, DropReason::OverBudget));
-                    exp = exposure(level_peers, peers, &popularity, &announced);
+                    announced.remove(out);
+                    total -= g_out;
+                    over_budget_dropped.push((*out, DropReason::OverBudget));
                 }
             }
             Level::Strict | Level::Off => {}
         }
+        exp = exposure(level_peers, peers, &popularity, &announced);
     }
     let within_budget = budget.allows(exp.total());
     let held_announced: BTreeSet<ItemKey> = announced.intersection(&held).copied().collect();
     let (kept, dropped) = if within_budget {
         let mut d = over_budget_dropped;
         // Held canonical items that the fixed count left out.
+        let already: BTreeSet<ItemKey> = d.iter().map(|(k, _)| *k).collect();
         for k in &held_canonical {
-            if !announced.contains(k) && !d.iter().any(|(x, _)| x == k) {
+            if !announced.contains(k) && !already.contains(k) {
                 d.push((*k, DropReason::FixedCount));
             }
         }
