@@ -65,6 +65,15 @@ pub enum Error {
         /// Why it is wrong.
         reason: String,
     },
+    /// An upstream index could not be fetched or answered nonsense (the
+    /// distribution's server is at fault, or unreachable).
+    #[error("upstream {what}: {reason}")]
+    Upstream {
+        /// What was being fetched.
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// The durable store failed (disk, permissions, corruption).
     #[error("store: {0}")]
     Store(String),
@@ -112,6 +121,7 @@ impl HasKind for Error {
             Error::Refused(_) | Error::Gone(_) | Error::Connect(_) => ErrorKind::PeerUnavailable,
             Error::Channel(e) => e.kind(),
             Error::Config { .. } => ErrorKind::LocalConfig,
+            Error::Upstream { .. } => ErrorKind::Upstream,
             Error::Store(_) | Error::Io { .. } => ErrorKind::LocalIo,
             Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,
         }

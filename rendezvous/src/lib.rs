@@ -6,7 +6,9 @@
 //! lets a peer open an announcement session by spending one token
 //! ([`session`]); answers anonymous lookups and serves signed directory
 //! snapshots ([`directory`]); takes reports of sessions that served bad
-//! data; and pushes new-snapshot notices to every live session.
+//! data; and pushes new-snapshot notices to every live session, learnt from
+//! the distribution's authenticated `notify` or by watching the upstream
+//! indexes ([`upstream`]).
 //!
 //! It must never store or log anything that links two sessions of one
 //! peer, or a session to a credential: the stored state is credentials
@@ -38,8 +40,10 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod token;
+pub mod upstream;
 
 pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
 pub use err::{Error, Result};
 pub use hooks::{CollectingSink, FilterCheck, ReportSink, SortedKeysFilter};
 pub use server::{Rendezvous, ServerConfig, channel_params};
+pub use upstream::{UpstreamIndex, WatchConfig};

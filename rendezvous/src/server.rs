@@ -47,6 +47,7 @@ use crate::pow::Stamp;
 use crate::session::{Query, ReportOutcome, SessionConfig, SessionId, SessionTable};
 use crate::store::{Row, Store};
 use crate::token::{IssuerKey, Scheme, TokenScheme, token_key_id};
+use crate::upstream::{WatchConfig, Watcher};
 
 /// The epoch bound into every rendezvous channel's prologue. Rendezvous
 /// channels are not per-epoch (a client at an epoch boundary must still
@@ -88,6 +89,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How often credentials are swept and keys rotated.
     pub maintenance_interval: Duration,
+    /// Upstream indexes to watch for new snapshots (none: only `notify`).
+    pub upstream: WatchConfig,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -98,6 +101,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("epoch_secs", &self.epoch_secs)
             .field("credentials", &self.credentials)
             .field("sessions", &self.sessions)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +127,7 @@ impl ServerConfig {
             clock: Arc::new(anonmirror_core::SystemClock),
             handshake_timeout: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(60),
+            upstream: WatchConfig::default(),
         }
     }
 
@@ -139,6 +144,7 @@ impl ServerConfig {
                 reason: format!("at most {}", crate::pow::MAX_DIFFICULTY),
             });
         }
+        self.upstream.check()?;
         if self.sessions.silence <= self.sessions.ping_interval {
             return Err(Error::Config {
                 key: "silence",
@@ -338,6 +344,10 @@ impl Rendezvous {
             session_rx,
             stop_rx.clone(),
         ));
+        if !cfg.upstream.indexes.is_empty() {
+            let watcher = Watcher::new(cfg.upstream.clone())?;
+            tasks.spawn(upstream_watch(watcher, shared.clone(), stop_rx.clone()));
+        }
         tasks.spawn(accept_loop(listener, shared.clone(), stop_rx));
         tracing::info!(%local, key = %key, "rendezvous listening");
         Ok(Rendezvous {
@@ -731,6 +741,34 @@ async fn session_owner(
         }
     }
     tracing::debug!("session owner stopped");
+}
+
+/// Polls the upstream indexes every interval and pushes each change to
+/// every live session.
+async fn upstream_watch(mut w: Watcher, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(w.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let now = shared.cfg.clock.unix_secs();
+        let changes = tokio::select! {
+            _ = stop.changed() => break,
+            c = w.poll(now) => c,
+        };
+        for (repository, version) in changes {
+            match push(&shared, repository, version).await {
+                Ok(n) => tracing::debug!(sessions = n, "upstream change pushed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream watcher stopping");
+                    return;
+                }
+            }
+        }
+    }
+    tracing::debug!("upstream watcher stopped");
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

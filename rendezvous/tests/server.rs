@@ -272,3 +272,200 @@ async fn lookup_directory_report_and_popularity_end_to_end() {
     drop(s);
     r.shutdown().await;
 }
+
+/// A request's `If-None-Match` and `If-Modified-Since`.
+type Conditional = (Option<String>, Option<String>);
+
+/// A tiny HTTP/1.1 index server: answers `200` with the current body, its
+/// ETag and Last-Modified, or `304` when `If-None-Match` names the current
+/// ETag; records every request's conditional headers.
+#[derive(Clone, Default)]
+struct TinyIndex {
+    /// (etag, last-modified, body) now served.
+    current: Arc<std::sync::Mutex<(String, String, Vec<u8>)>>,
+    /// (If-None-Match, If-Modified-Since) of every request, in order.
+    seen: Arc<std::sync::Mutex<Vec<Conditional>>>,
+}
+
+impl TinyIndex {
+    async fn serve(self) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(self.clone().connection(s));
+            }
+        });
+        addr
+    }
+
+    async fn connection(self, s: tokio::net::TcpStream) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut s = BufReader::new(s);
+        loop {
+            let (mut inm, mut ims) = (None, None);
+            let mut line = String::new();
+            // Request line, then headers up to the blank line (GETs have
+            // no body).
+            let mut first = true;
+            loop {
+                line.clear();
+                match s.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let l = line.trim_end();
+                if l.is_empty() && !first {
+                    break;
+                }
+                first = false;
+                if let Some((k, v)) = l.split_once(':') {
+                    match k.to_ascii_lowercase().as_str() {
+                        "if-none-match" => inm = Some(v.trim().to_owned()),
+                        "if-modified-since" => ims = Some(v.trim().to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            let (etag, lm, body) = self.current.lock().expect("lock").clone();
+            self.seen.lock().expect("lock").push((inm.clone(), ims));
+            let resp = if inm.as_deref() == Some(etag.as_str()) {
+                format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nLast-Modified: {lm}\r\n\r\n")
+                    .into_bytes()
+            } else {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nETag: {etag}\r\nLast-Modified: {lm}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&body);
+                r
+            };
+            if s.get_mut().write_all(&resp).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn requests(&self) -> Vec<Conditional> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    async fn wait_for_requests(&self, n: usize) {
+        for _ in 0..2_000 {
+            if self.requests().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the watcher stopped asking: {:?}", self.requests());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_index_change_is_pushed_to_live_sessions() {
+    const LM1: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    const LM2: &str = "Mon, 07 Nov 1994 08:49:37 GMT";
+    const LM2_UNIX: u64 = 784_111_777 + 86_400;
+    let index = TinyIndex::default();
+    *index.current.lock().expect("lock") = ("\"v1\"".into(), LM1.into(), b"core 1".to_vec());
+    let upstream = index.clone().serve().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let mut cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        dir.path().to_path_buf(),
+        Arc::new(SortedKeysFilter),
+        Arc::new(CollectingSink::default()),
+    );
+    cfg.clock = Arc::new(clock.clone());
+    cfg.epoch_secs = EPOCH_SECS;
+    cfg.credentials.pow_difficulty = 4;
+    cfg.notify_secret_hash = Some(*blake3::hash(&[5; 32]).as_bytes());
+    cfg.upstream.interval = Duration::from_millis(20);
+    cfg.upstream.indexes = vec![anonmirror_rendezvous::UpstreamIndex {
+        repository: "core".into(),
+        url: format!("http://{upstream}/core.db"),
+    }];
+    let r = Rendezvous::start(cfg).await.expect("start");
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(9))
+        .await
+        .expect("register");
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 3)
+        .await
+        .expect("buy");
+    let mut sessions = Vec::new();
+    for (i, t) in t.iter().enumerate() {
+        sessions.push(c.open_session(t, ann(i as u32)).await.expect("open"));
+    }
+    // The baseline and a few 304s, none of which pushes anything.
+    index.wait_for_requests(3).await;
+
+    *index.current.lock().expect("lock") = ("\"v2\"".into(), LM2.into(), b"core 2".to_vec());
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in sessions {
+        tasks.spawn(async move {
+            let first = s.next_event().await.expect("first push");
+            let second = s.next_event().await.expect("second push");
+            (first, second)
+        });
+    }
+    // Once the watcher has seen v2 and been answered 304 for it twice, the
+    // only push it may have made is v2's; a notify then marks the end, so
+    // each session's second event proves there was no spurious one.
+    for _ in 0..2_000 {
+        let n = index
+            .requests()
+            .iter()
+            .filter(|(inm, _)| inm.as_deref() == Some("\"v2\""))
+            .count();
+        if n >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.notify([5; 32], "sentinel", 1).await.expect("notify");
+    let mut got = 0;
+    while let Some(ev) = tasks.join_next().await {
+        let (first, second) = ev.expect("task");
+        assert_eq!(
+            first,
+            SessionEvent::SnapshotChanged {
+                repository: "core".into(),
+                version: LM2_UNIX
+            },
+            "versioned by the index's Last-Modified"
+        );
+        assert_eq!(
+            second,
+            SessionEvent::SnapshotChanged {
+                repository: "sentinel".into(),
+                version: 1
+            }
+        );
+        got += 1;
+    }
+    assert_eq!(got, 3);
+
+    // Conditional requests throughout: the first plain, every later one
+    // naming the last ETag and Last-Modified seen: v1's, then v2's.
+    let reqs = index.requests();
+    assert_eq!(reqs[0], (None, None), "the first request is unconditional");
+    let v1 = (Some("\"v1\"".to_owned()), Some(LM1.to_owned()));
+    let v2 = (Some("\"v2\"".to_owned()), Some(LM2.to_owned()));
+    let switch = reqs[1..]
+        .iter()
+        .position(|r| *r != v1)
+        .expect("v2 was fetched")
+        + 1;
+    assert!(switch >= 3, "{reqs:?}");
+    assert!(reqs[switch..].iter().all(|r| *r == v2), "{reqs:?}");
+    assert!(reqs.len() - switch >= 2);
+    r.shutdown().await;
+}

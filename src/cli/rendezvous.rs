@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{ErrorKind, HasKind};
-use anonmirror_rendezvous::{CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter};
+use anonmirror_rendezvous::{
+    CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter, UpstreamIndex,
+};
 use clap::Args;
 
 use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
@@ -53,6 +55,13 @@ pub struct RendezvousCmd {
     /// `notify` is refused.
     #[arg(long)]
     notify_secret_hash: Option<String>,
+    /// An upstream index to watch, as `REPOSITORY=http://HOST/PATH`
+    /// (repeatable); a change is pushed to every live session.
+    #[arg(long, value_name = "REPOSITORY=URL")]
+    upstream: Vec<String>,
+    /// Seconds between two conditional requests to each upstream index.
+    #[arg(long, default_value_t = 60)]
+    upstream_interval_secs: u64,
 }
 
 /// Runs the rendezvous.
@@ -69,6 +78,19 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let mut indexes = Vec::with_capacity(cmd.upstream.len());
+    for u in &cmd.upstream {
+        match u.split_once('=') {
+            Some((repository, url)) => indexes.push(UpstreamIndex {
+                repository: repository.to_owned(),
+                url: url.to_owned(),
+            }),
+            None => {
+                eprintln!("error: --upstream `{u}`: expected REPOSITORY=URL");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -89,6 +111,8 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         cfg.sessions.ping_interval = Duration::from_secs(cmd.ping_secs);
         cfg.sessions.silence = Duration::from_secs(cmd.silence_secs);
         cfg.notify_secret_hash = notify;
+        cfg.upstream.indexes = indexes;
+        cfg.upstream.interval = Duration::from_secs(cmd.upstream_interval_secs);
         let r = match Rendezvous::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
