@@ -641,7 +641,8 @@ async fn session_owner(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut live: std::collections::HashMap<SessionId, Live> = Default::default();
-    let mut rng = OsEntropy;
+    // Lookups draw hundreds of small numbers each: batch the OS calls.
+    let mut rng = crate::session::BufferedEntropy::new(OsEntropy);
     loop {
         let deadline = table
             .next_deadline()

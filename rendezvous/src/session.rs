@@ -21,7 +21,8 @@
 //! equals, each pick is the less loaded of two drawn at random ("two
 //! random choices"), and each pick counts as an assignment. Filters are
 //! opaque, so they cannot be indexed: a lookup probes up to `max_probes`
-//! sessions of a tier (all of them when the tier is that small, in a
+//! sessions of a tier (stopping early once it has four eligible ones per
+//! wanted candidate) (all of them when the tier is that small, in a
 //! random rotation; otherwise a random sample), which bounds its cost
 //! whatever the directory's size. An item held by a fraction p of a large
 //! tier is then missed with probability (1 − p)^max_probes.
@@ -335,22 +336,29 @@ impl SessionTable {
         let want = q.want;
         let mut out = Vec::with_capacity(want);
         let mut seen: HashSet<SessionId> = HashSet::new();
-        let region_tier: Vec<SessionId> = match q.region.and_then(|r| self.regions.get(r)) {
-            Some(list) => list.clone(),
-            None => Vec::new(),
-        };
-        for tier in [Some(&region_tier), None] {
+        for region_tier in [true, false] {
             if out.len() >= want {
                 break;
             }
-            let ids: &[SessionId] = match tier {
-                Some(t) => t,
-                None => &self.all,
+            // Only the probed ids are copied out of the tier (at most
+            // `max_probes`), never the tier itself: a lookup's cost must not
+            // grow with the directory.
+            let probed: Vec<SessionId> = {
+                let ids: &[SessionId] = if region_tier {
+                    match q.region.and_then(|r| self.regions.get(r)) {
+                        Some(list) => list,
+                        None => continue,
+                    }
+                } else {
+                    &self.all
+                };
+                probe_order(ids.len(), self.cfg.max_probes, rng)
+                    .into_iter()
+                    .map(|i| ids[i])
+                    .collect()
             };
             let mut pool = Vec::new();
-            let probes = probe_order(ids.len(), self.cfg.max_probes, rng);
-            for i in probes {
-                let id = ids[i];
+            for id in probed {
                 if !seen.insert(id) {
                     continue;
                 }
@@ -358,6 +366,13 @@ impl SessionTable {
                     && eligible(e, q, now, &self.cfg, self.epoch, filter)
                 {
                     pool.push(id);
+                    // Enough to choose `want` by two random choices: each
+                    // further probe is a cache miss or two and changes
+                    // little (a popular item would otherwise cost the full
+                    // `max_probes`).
+                    if pool.len() >= POOL_PER_WANT * want {
+                        break;
+                    }
                 }
             }
             while out.len() < want && !pool.is_empty() {
@@ -424,6 +439,48 @@ fn eligible(
         return false;
     }
     filter.holds(&e.ann.filter, epoch, q.item)
+}
+
+/// A tier's probing stops once this many eligible sessions per wanted
+/// candidate are found.
+const POOL_PER_WANT: usize = 4;
+
+/// An [`Entropy`] that draws from `E` a block at a time: a lookup draws
+/// a few hundred small numbers (probes, two random choices), and one
+/// getrandom call (or XOF block) per number would cost more than the
+/// lookup itself. The bytes are `E`'s, unchanged; only the calls are
+/// batched. For choosing among peers, not for keys.
+#[derive(Clone, Debug)]
+pub struct BufferedEntropy<E> {
+    inner: E,
+    buf: Box<[u8; 4096]>,
+    pos: usize,
+}
+
+impl<E: Entropy> BufferedEntropy<E> {
+    /// Draws from `inner` 4 KiB at a time.
+    pub fn new(inner: E) -> Self {
+        BufferedEntropy {
+            inner,
+            buf: Box::new([0; 4096]),
+            pos: 4096,
+        }
+    }
+}
+
+impl<E: Entropy> Entropy for BufferedEntropy<E> {
+    fn fill(&mut self, mut dest: &mut [u8]) {
+        while !dest.is_empty() {
+            if self.pos == self.buf.len() {
+                self.inner.fill(&mut self.buf[..]);
+                self.pos = 0;
+            }
+            let n = dest.len().min(self.buf.len() - self.pos);
+            dest[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            dest = &mut dest[n..];
+        }
+    }
 }
 
 /// Indices to probe in a tier of `len`: all of them from a random start

@@ -1,0 +1,582 @@
+//! The rendezvous at scale, on one core.
+//!
+//! 1. Token redemptions/s: the rendezvous's redemption path (token format
+//!    and RSA-PSS signature check, then the nonce spent in the redb spent
+//!    set with a durable commit, group-committed as the key owner does),
+//!    called directly on one thread, against a bare redb durable insert
+//!    (one 32-byte key per `Durability::Immediate` commit) in the same run.
+//! 2. Memory of 10k and 100k simulated live sessions: the session table
+//!    plus each session's push queue, as the session owner keeps them
+//!    (RSS from /proc/self/statm before and after); then the per-connection
+//!    cost (Noise channel, task, socket) measured with real sessions over
+//!    loopback, and the sum projected to 100k.
+//! 3. Lookups/s against the 10k and 100k tables (`SessionTable::lookup`:
+//!    filter tests, freshness, limits, region, two random choices), against
+//!    a `HashMap<ItemKey, Vec<PeerKey>>` lookup of the same holdings.
+//! 4. Push latency to 100 live sessions over loopback: from
+//!    `Rendezvous::push` to each session's `next_event` returning, in one
+//!    current-thread runtime (server and clients share the core).
+//!
+//! `cargo run --release -p anonmirror-bench --bin rendezvous`
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anonmirror_core::{Clock, Entropy, Epoch, ItemKey, ManualClock, PeerKey, SeededEntropy};
+use anonmirror_rendezvous::msg::{Announcement, Contact, Down};
+use anonmirror_rendezvous::session::{BufferedEntropy, Query, SessionConfig, SessionTable};
+use anonmirror_rendezvous::store::Store;
+use anonmirror_rendezvous::token::{Scheme, TokenScheme, token_key_id};
+use anonmirror_rendezvous::{Client, CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter};
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Rendezvous benchmark.
+#[derive(Parser)]
+struct Args {
+    /// Tokens issued and then redeemed.
+    #[arg(long, default_value_t = 6_000)]
+    tokens: usize,
+    /// Spends per durable commit (the key owner drains every queued spend
+    /// into one commit; this is the number queued at once).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Bare durable inserts for the baseline (and unbatched redemptions).
+    #[arg(long, default_value_t = 300)]
+    commits: usize,
+    /// Items each simulated session holds (32 bytes each in the test
+    /// filter: 64 items make a 2 KiB filter, the size of a typical
+    /// `balanced` announcement at 8 bits per item over ~2 000 items).
+    #[arg(long, default_value_t = 64)]
+    items_per_session: usize,
+    /// Distinct items in the simulated index.
+    #[arg(long, default_value_t = 60_000)]
+    universe: usize,
+    /// Lookups timed per table.
+    #[arg(long, default_value_t = 100_000)]
+    lookups: usize,
+    /// Real sessions over loopback for the per-connection memory.
+    #[arg(long, default_value_t = 1_000)]
+    real_sessions: usize,
+    /// Pushes timed to 100 sessions.
+    #[arg(long, default_value_t = 20)]
+    pushes: usize,
+    /// Internal: measure one table of this many sessions in this (child)
+    /// process, so each RSS delta starts from a fresh heap.
+    #[arg(long, hide = true)]
+    sessions_child: Option<usize>,
+}
+
+fn rss_bytes() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").context("/proc/self/statm")?;
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .context("statm resident field")?
+        .parse()?;
+    Ok(pages * 4096)
+}
+
+fn scratch_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("anonmirror-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.sessions_child {
+        let r = session_table(&args, n)?;
+        println!("{}", r.map(|x| x.to_string()).join(" "));
+        return Ok(());
+    }
+    println!("# rendezvous benchmark (one core; release build)\n");
+    redemptions(&args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let per_conn = rt.block_on(connection_memory(&args))?;
+    sessions_and_lookups(&args, per_conn)?;
+    rt.block_on(push_latency(&args))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Redemptions
+
+fn redemptions(args: &Args) -> anyhow::Result<()> {
+    let scheme = Scheme::default();
+    let secret = scheme.generate()?;
+    let public = scheme.public(&secret)?;
+    let t = Instant::now();
+    let mut tokens = Vec::with_capacity(args.tokens + args.commits);
+    for _ in 0..args.tokens + args.commits {
+        let (req, pending) = scheme.request(&public)?;
+        let resp = scheme.issue(&secret, &req)?;
+        tokens.push(scheme.finalize(pending, &resp)?);
+    }
+    println!(
+        "issued {} tokens in {:.1} s (setup, blind RSA signing: {:.0}/s)",
+        tokens.len(),
+        t.elapsed().as_secs_f64(),
+        tokens.len() as f64 / t.elapsed().as_secs_f64()
+    );
+    let (grouped, single) = tokens.split_at(args.tokens);
+
+    // Baseline: a bare redb durable insert per commit.
+    let dir = scratch_dir("redb")?;
+    let db = redb::Database::create(dir.join("bare.redb"))?;
+    let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+    let t = Instant::now();
+    for i in 0..args.commits {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(table)?;
+            let key = *blake3::hash(&(i as u64).to_le_bytes()).as_bytes();
+            t.insert(&key[..], &[][..])?;
+        }
+        tx.commit()?;
+    }
+    let bare = args.commits as f64 / t.elapsed().as_secs_f64();
+    drop(db);
+
+    // Signature checks alone.
+    let t = Instant::now();
+    for tok in grouped {
+        black_box(scheme.verify(&public, black_box(tok))?);
+    }
+    let verify = grouped.len() as f64 / t.elapsed().as_secs_f64();
+
+    let store = Store::open(&dir.join("r.redb"))?;
+    let epoch = 7;
+    store.put_key(epoch, b"bench key")?;
+    let redeem = |batch: &[Vec<u8>]| -> anyhow::Result<()> {
+        let mut spends = Vec::with_capacity(batch.len());
+        for tok in batch {
+            let key_id = token_key_id(tok).context("malformed token")?;
+            let v = scheme.verify(&public, tok)?;
+            if v.key_id != key_id {
+                bail!("key id mismatch");
+            }
+            spends.push((epoch, v.nonce));
+        }
+        if !store.spend(&spends)?.iter().all(|f| *f) {
+            bail!("a fresh token was refused");
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    for chunk in grouped.chunks(args.batch.max(1)) {
+        redeem(chunk)?;
+    }
+    let grouped_rate = grouped.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for tok in single {
+        redeem(std::slice::from_ref(tok))?;
+    }
+    let single_rate = single.len() as f64 / t.elapsed().as_secs_f64();
+    // Every one of them is spent now: a second pass must refuse them all.
+    let again = store.spend(&[(epoch, scheme.verify(&public, &grouped[0])?.nonce)])?;
+    if again != [false] {
+        bail!("a spent token was accepted twice");
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("\n## token redemptions/s (one thread)\n");
+    println!("| path | redemptions/s | vs bare durable insert |");
+    println!("| --- | ---: | ---: |");
+    println!("| bare redb durable insert, 1 per commit (baseline) | {bare:.0} | 1.00x |");
+    println!(
+        "| redemption, 1 per commit (no concurrency) | {single_rate:.0} | {:.2}x |",
+        single_rate / bare
+    );
+    println!(
+        "| redemption, group commit of {} | {grouped_rate:.0} | {:.2}x |",
+        args.batch,
+        grouped_rate / bare
+    );
+    println!(
+        "| signature check alone (upper bound) | {verify:.0} | {:.2}x |",
+        verify / bare
+    );
+    println!(
+        "\ngoal >= 5 000/s: {}",
+        if grouped_rate >= 5_000.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 2 and 3. Session memory and lookups
+
+/// Draws item ranks by Zipf's law (s = 1), the shape of package
+/// popularity: rank k is drawn with weight 1/(k+1).
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: usize) -> Zipf {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..n)
+            .map(|k| {
+                acc += 1.0 / (k as f64 + 1.0);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Zipf(cdf)
+    }
+
+    fn draw(&self, rng: &mut dyn Entropy) -> usize {
+        let u = rng.next_f64();
+        self.0.partition_point(|c| *c < u).min(self.0.len() - 1)
+    }
+}
+
+fn item(i: usize) -> ItemKey {
+    ItemKey(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
+}
+
+fn announcement(rng: &mut SeededEntropy, items: &[ItemKey]) -> Announcement {
+    let mut key = [0u8; 32];
+    rng.fill(&mut key);
+    let regions = ["eu", "na", "as", "sa"];
+    Announcement {
+        contact: Contact::from(std::net::SocketAddr::from((
+            [
+                10,
+                rng.below(256) as u8,
+                rng.below(256) as u8,
+                rng.below(256) as u8,
+            ],
+            1024 + rng.below(60_000) as u16,
+        ))),
+        key: PeerKey(key),
+        max_clients: 1_000_000,
+        upload_rate: 1 << 20,
+        region: Some(regions[rng.below(4) as usize].to_owned()),
+        snapshots: vec![("core".into(), 1 + rng.below(3))],
+        filter: SortedKeysFilter::encode(items),
+    }
+}
+
+/// One table of `n` sessions: its RSS delta, then lookups/s against it
+/// and against the HashMap baseline (built after the measurement).
+/// Returns [RSS delta, then for Zipf queries and for uniform queries:
+/// lookups/s, baseline/s, candidates, baseline candidates].
+fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
+    let universe: Vec<ItemKey> = (0..args.universe).map(item).collect();
+    let zipf = Zipf::new(universe.len());
+    let mut rng = SeededEntropy::new(n as u64);
+    let cfg = SessionConfig {
+        max_sessions: n,
+        ..SessionConfig::default()
+    };
+    let now = std::time::Instant::now();
+    let before = rss_bytes()?;
+    let mut table = SessionTable::new(cfg, Epoch(1));
+    let mut queues = HashMap::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut held: Vec<ItemKey> = (0..args.items_per_session)
+            .map(|_| universe[zipf.draw(&mut rng)])
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        let a = announcement(&mut rng, &held);
+        let id = table
+            .open(a, now, &mut rng)
+            .map_err(|r| anyhow::anyhow!("open refused: {r}"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Down>(16);
+        queues.insert(id, tx);
+        receivers.push(rx);
+    }
+    let bytes = rss_bytes()?.saturating_sub(before) as f64;
+
+    let mut holders: HashMap<ItemKey, Vec<PeerKey>> = HashMap::new();
+    for a in table.announcements(None) {
+        for chunk in a.filter.chunks_exact(32) {
+            let it = ItemKey(chunk.try_into()?);
+            holders.entry(it).or_default().push(a.key);
+        }
+    }
+    let regions = ["eu", "na", "as", "sa"];
+    // As the session owner does: OS randomness, drawn in blocks.
+    let mut lrng = BufferedEntropy::new(anonmirror_core::OsEntropy);
+    let mut rows = Vec::new();
+    for popular in [true, false] {
+        let queries: Vec<(ItemKey, &str)> = (0..args.lookups)
+            .map(|_| {
+                let k = if popular {
+                    zipf.draw(&mut rng)
+                } else {
+                    rng.below(universe.len() as u64) as usize
+                };
+                (universe[k], regions[rng.below(4) as usize])
+            })
+            .collect();
+        let t = Instant::now();
+        let mut found = 0usize;
+        for (it, region) in &queries {
+            let q = Query {
+                item: it,
+                repository: "core",
+                version: 1,
+                region: Some(region),
+                want: 8,
+            };
+            found += table.lookup(&q, now, &mut lrng, &SortedKeysFilter).len();
+        }
+        let ours = queries.len() as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut base_found = 0usize;
+        for (it, _) in &queries {
+            if let Some(v) = holders.get(it) {
+                base_found += black_box(v.iter().take(8).copied().collect::<Vec<_>>()).len();
+            }
+        }
+        let base = queries.len() as f64 / t.elapsed().as_secs_f64();
+        rows.push([ours, base, found as f64, base_found as f64]);
+    }
+    black_box((&queues, &receivers));
+    let [p, u] = [rows[0], rows[1]];
+    Ok([bytes, p[0], p[1], p[2], p[3], u[0], u[1], u[2], u[3]])
+}
+
+fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
+    println!("\n## live sessions: memory and lookups/s (one thread)\n");
+    println!(
+        "Each session: {} items ({} B filter), a region, a push queue (capacity 16).\n",
+        args.items_per_session,
+        args.items_per_session * 32
+    );
+    let mut mem_rows = Vec::new();
+    let mut lookup_rows = Vec::new();
+    for n in [10_000usize, 100_000] {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--sessions-child",
+                &n.to_string(),
+                "--items-per-session",
+                &args.items_per_session.to_string(),
+                "--universe",
+                &args.universe.to_string(),
+                "--lookups",
+                &args.lookups.to_string(),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "child for {n} sessions: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = String::from_utf8(out.stdout)?;
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let [bytes, p0, p1, p2, p3, u0, u1, u2, u3] = f[..] else {
+            bail!("child output: {line}");
+        };
+        mem_rows.push((n, bytes));
+        lookup_rows.push((n, "Zipf (popular)", p0, p1, p2, p3));
+        lookup_rows.push((n, "uniform (mostly rare)", u0, u1, u2, u3));
+    }
+    println!(
+        "| live sessions | table + queues, RSS delta | per session | + connections (projected) | total |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for (n, bytes) in &mem_rows {
+        let conns = per_conn * *n as f64;
+        println!(
+            "| {n} | {:.1} MiB | {:.0} B | {:.1} MiB | {:.1} MiB |",
+            bytes / (1 << 20) as f64,
+            bytes / *n as f64,
+            conns / (1 << 20) as f64,
+            (bytes + conns) / (1 << 20) as f64
+        );
+    }
+    let total_100k = mem_rows
+        .last()
+        .map(|(n, b)| b + per_conn * *n as f64)
+        .unwrap_or(0.0);
+    println!(
+        "\ngoal <= 1 GiB for 100k sessions: {}",
+        if total_100k <= (1u64 << 30) as f64 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "\n| live sessions | queried items | lookups/s (want 8) | HashMap lookup (baseline) | vs baseline | candidates (ours / baseline) |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | --- |");
+    for (n, kind, ours, base, found, base_found) in &lookup_rows {
+        println!(
+            "| {n} | {kind} | {ours:.0} | {base:.0} | {:.3}x | {found} / {base_found} |",
+            ours / base
+        );
+    }
+    let worst = lookup_rows
+        .iter()
+        .filter(|r| r.1.starts_with("Zipf"))
+        .map(|r| r.2)
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "\ngoal >= 50 000 lookups/s (Zipf queries): {}",
+        if worst >= 50_000.0 { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Real sessions over loopback: per-connection memory and push latency
+
+const EPOCH_SECS: u64 = 86_400;
+
+async fn start(dir: &std::path::Path, clock: &ManualClock) -> anyhow::Result<Rendezvous> {
+    let mut cfg = ServerConfig::new(
+        "127.0.0.1:0".parse()?,
+        dir.to_path_buf(),
+        Arc::new(SortedKeysFilter),
+        Arc::new(CollectingSink::default()),
+    );
+    cfg.clock = Arc::new(clock.clone());
+    cfg.epoch_secs = EPOCH_SECS;
+    cfg.credentials.pow_difficulty = 4;
+    cfg.credentials.tokens_per_epoch = 1_000_000;
+    cfg.credentials.abuse_over_quota = u32::MAX;
+    Ok(Rendezvous::start(cfg).await?)
+}
+
+async fn sessions(
+    r: &Rendezvous,
+    clock: &ManualClock,
+    n: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<anonmirror_rendezvous::LiveSession>> {
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(seed))
+        .await?;
+    let epoch = Epoch::containing(clock.unix_secs(), EPOCH_SECS);
+    let mut tokens = Vec::with_capacity(n);
+    while tokens.len() < n {
+        let k = (n - tokens.len()).min(anonmirror_rendezvous::msg::MAX_ISSUE);
+        tokens.extend(c.buy_tokens(&cred, clock.unix_secs(), epoch, k).await?);
+    }
+    let mut rng = SeededEntropy::new(seed);
+    let mut live = Vec::with_capacity(n);
+    for t in &tokens {
+        live.push(c.open_session(t, announcement(&mut rng, &[])).await?);
+    }
+    Ok(live)
+}
+
+/// RSS per live connection (server and client halves, in one process: an
+/// upper bound on the server's share).
+async fn connection_memory(args: &Args) -> anyhow::Result<f64> {
+    let dir = scratch_dir("conns")?;
+    let clock = ManualClock::at_unix(20_000 * EPOCH_SECS + 1);
+    let r = start(&dir, &clock).await?;
+    // Warm up allocator and runtime with a few sessions first.
+    let warm = sessions(&r, &clock, 16, 1).await?;
+    let before = rss_bytes()?;
+    let live = sessions(&r, &clock, args.real_sessions, 2).await?;
+    let after = rss_bytes()?;
+    let per = after.saturating_sub(before) as f64 / args.real_sessions as f64;
+    if r.session_count().await? != args.real_sessions + warm.len() {
+        bail!("not every session is live");
+    }
+    println!(
+        "\nreal sessions over loopback: {} sessions, RSS delta {:.1} MiB, {:.0} B per session (server + client halves)",
+        args.real_sessions,
+        after.saturating_sub(before) as f64 / (1 << 20) as f64,
+        per
+    );
+    for s in live.into_iter().chain(warm) {
+        s.close().await;
+    }
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(per)
+}
+
+async fn push_latency(args: &Args) -> anyhow::Result<()> {
+    let dir = scratch_dir("push")?;
+    let clock = ManualClock::at_unix(20_000 * EPOCH_SECS + 1);
+    let r = start(&dir, &clock).await?;
+    let mut live = sessions(&r, &clock, 100, 3).await?;
+    let mut all = Vec::new();
+    let mut maxes = Vec::new();
+    for v in 0..args.pushes as u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut s in live {
+            tasks.spawn(async move {
+                let ev = s.next_event().await;
+                (s, ev, Instant::now())
+            });
+        }
+        tokio::task::yield_now().await;
+        let t0 = Instant::now();
+        let queued = r.push("core", v + 2).await?;
+        if queued != 100 {
+            bail!("pushed to {queued} sessions, not 100");
+        }
+        live = Vec::with_capacity(100);
+        let mut worst = Duration::ZERO;
+        while let Some(j) = tasks.join_next().await {
+            let (s, ev, at) = j?;
+            ev?;
+            let d = at.saturating_duration_since(t0);
+            worst = worst.max(d);
+            all.push(d);
+            live.push(s);
+        }
+        maxes.push(worst);
+    }
+    for s in live {
+        s.close().await;
+    }
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    all.sort();
+    maxes.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "\n## push to 100 live sessions over loopback (one thread, {} pushes)\n",
+        args.pushes
+    );
+    println!("| measure | ms |");
+    println!("| --- | ---: |");
+    println!("| median session | {:.2} |", ms(all[all.len() / 2]));
+    println!(
+        "| slowest session, median push | {:.2} |",
+        ms(maxes[maxes.len() / 2])
+    );
+    println!(
+        "| slowest session, worst push | {:.2} |",
+        ms(maxes[maxes.len() - 1])
+    );
+    println!(
+        "\ngoal: every session within 1 s: {}",
+        if maxes[maxes.len() - 1] <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
