@@ -11,8 +11,8 @@
 
 mod err;
 pub mod limit;
-pub mod server;
 pub mod noise;
+pub mod server;
 pub mod store;
 pub mod swarm;
 pub mod transport;

@@ -363,17 +363,7 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     send_meta(channel, shared, &item, &reader, &mut outbound).await?;
                 }
                 let reader = Arc::new(reader);
-                send_range(
-                    channel,
-                    shared,
-                    cancel,
-                    reader,
-                    offset,
-                    len,
-                    &mut outbound,
-                    &mut block,
-                )
-                .await?;
+                send_range(channel, shared, cancel, reader, offset, len, &mut block).await?;
             }
             // decode_from(Sender::Client) refuses everything else.
             _ => return send_error(channel, ErrorCode::Unexpected, "unexpected message").await,
@@ -433,48 +423,63 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     reader: Arc<ItemReader>,
     offset: u64,
     len: u64,
-    outbound: &mut Vec<u8>,
     block: &mut Vec<u8>,
 ) -> crate::Result<()> {
     let end = offset + len;
     let mut at = offset;
+    let mut frames: Vec<(usize, usize, usize)> = Vec::new();
     while at < end {
         if cancel.is_cancelled() {
             return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
         }
         let want = ((end - at) as usize).min(BLOCK);
         let mut buf = std::mem::take(block);
+        let mut spans = std::mem::take(&mut frames);
         let r = reader.clone();
+        // Lay out whole `Data` messages in one buffer, reading each payload
+        // straight into place behind its header: no copy between the page
+        // cache and the cipher.
         let read = tokio::task::spawn_blocking(move || {
-            buf.resize(want, 0);
-            r.file.read_exact_at(&mut buf, at).map(|()| buf)
+            buf.clear();
+            spans.clear();
+            let mut done = 0usize;
+            while done < want {
+                let n = (want - done).min(MAX_DATA_PAYLOAD);
+                let start = buf.len();
+                encode_data_header(&mut buf, at + done as u64, n)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let payload = buf.len();
+                buf.resize(payload + n, 0);
+                r.file
+                    .read_exact_at(&mut buf[payload..], at + done as u64)?;
+                spans.push((start, buf.len(), n));
+                done += n;
+            }
+            Ok::<_, std::io::Error>((buf, spans))
         })
         .await;
-        let buf = match read {
-            Ok(Ok(buf)) => buf,
+        let (buf, spans) = match read {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "peer server: reading an item failed");
                 return send_error(channel, ErrorCode::Internal, "store failure").await;
             }
             Err(_) => return Err(crate::Error::Misuse("the disk read task panicked")),
         };
-        for (i, piece) in buf.chunks(MAX_DATA_PAYLOAD).enumerate() {
-            let piece_at = at + (i * MAX_DATA_PAYLOAD) as u64;
+        for &(start, stop, payload) in &spans {
+            let payload = payload as u64;
             if let Some(l) = &shared.limiter {
-                l.acquire(piece.len() as u64).await;
+                l.acquire(payload).await;
             }
-            outbound.clear();
-            encode_data_header(outbound, piece_at, piece.len())
-                .map_err(|_| crate::Error::Misuse("could not encode a data header"))?;
-            outbound.extend_from_slice(piece);
-            channel.send(outbound).await?;
+            channel.send(&buf[start..stop]).await?;
             shared
                 .stats
                 .bytes_served
-                .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                .fetch_add(payload, Ordering::Relaxed);
         }
-        at += buf.len() as u64;
+        at += want as u64;
         *block = buf;
+        frames = spans;
     }
     Ok(())
 }

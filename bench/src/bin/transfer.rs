@@ -1,0 +1,479 @@
+//! Item transfer over loopback, verified end to end, against nginx and raw
+//! TCP measured in the same run.
+//!
+//! One item of `--mib` MiB of random bytes is written to a temporary
+//! directory (on the machine's disk; after the first read it is in the page
+//! cache, as a popular package is), then fetched, each case `--runs` times,
+//! cases interleaved within a run, into a file in the same directory:
+//!
+//! - **nginx**: Debian's nginx on 127.0.0.1 (`sendfile on`, as Debian's
+//!   default configuration), fetched by a plain HTTP/1.1 client written
+//!   here that copies the body into the output file;
+//! - **raw TCP**: a server here that reads the file in 1 MiB blocks and
+//!   writes them to the socket; the client copies them into the file;
+//! - **anonmirror, 1 peer**: the peer server (store, Noise channel, wire
+//!   protocol) and the swarm download, which verifies every 16 KiB chunk
+//!   group and the whole SHA-256 before the last byte reaches the file;
+//! - **anonmirror, 4 peers**: the same from four peer servers at once.
+//!
+//! The clock runs from the request to the output file's last byte written
+//! (not fsynced: no case fsyncs). Reported: median MiB/s per case, and
+//! ratios to nginx and raw TCP.
+//!
+//! Then the upload limit: a peer server capped at `--cap-mib` MiB/s serves
+//! 50 concurrent clients; the aggregate rate is reported against the cap.
+//!
+//! Run: `bench/run transfer` (installs nginx when run as root), or
+//! `cargo run --release -p anonmirror-bench --bin transfer` with nginx
+//! installed. Never a pass/fail test: figures depend on the machine.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anonmirror_bench::{median, mib_per_sec};
+use anonmirror_core::{Entropy, Epoch, ItemKey, OsEntropy, SystemClock};
+use anonmirror_overlay::noise::{ChannelParams, StaticKeypair};
+use anonmirror_overlay::server::{self, ServerConfig, ServerHandle};
+use anonmirror_overlay::store::Store;
+use anonmirror_overlay::swarm::{self, FileSink, PeerAddr, SwarmConfig};
+use anonmirror_overlay::transport::{Contact, TcpTransport, Transport as _};
+use anonmirror_overlay::wire::{Message, Sender};
+use anonmirror_privacy::Level;
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Verified item transfer against nginx and raw TCP over loopback.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Size of the item in MiB.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    /// Runs per case; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Upload cap for the limit measurement, MiB/s.
+    #[arg(long, default_value_t = 50)]
+    cap_mib: u64,
+    /// Where to put the item and outputs (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn params() -> ChannelParams {
+    ChannelParams::new(Level::Open, Epoch(1))
+}
+
+/// nginx serving `root` on a free port of 127.0.0.1, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its workers, which
+        // would otherwise outlive it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn start_nginx(root: &Path, prefix: &Path) -> Result<Nginx> {
+    let port = free_port()?;
+    std::fs::create_dir_all(prefix)?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{ worker_connections 768; }}\n\
+             http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
+             client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {r}; }}\n}}\n",
+            p = prefix.display(),
+            r = root.display(),
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        // Its workers must not hold our stdout open.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context(
+            "starting nginx (install it: bench/run installs it as root, or apt-get install nginx)",
+        )?;
+    // Wait (bounded) until it accepts.
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Nginx { child, port });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("nginx did not start listening on 127.0.0.1:{port}")
+}
+
+/// A plain HTTP/1.1 GET, body copied into `out`.
+async fn http_get(port: u16, path: &str, out: &Path) -> Result<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    let body_start;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("nginx closed before its headers ended");
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            body_start = i + 4;
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&head[..body_start]).to_lowercase();
+    if !text.starts_with("http/1.1 200") {
+        bail!("nginx answered: {}", text.lines().next().unwrap_or(""));
+    }
+    let len: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .context("no content-length")?
+        .trim()
+        .parse()?;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    file.write_all(&head[body_start..])?;
+    let mut got = (head.len() - body_start) as u64;
+    while got < len {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("nginx closed after {got} of {len} bytes");
+        }
+        file.write_all(&buf[..n])?;
+        got += n as u64;
+    }
+    file.flush()?;
+    Ok(got)
+}
+
+/// A raw TCP server: on each connection, the file in 1 MiB blocks.
+async fn raw_server(file: PathBuf) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let Ok(f) = std::fs::File::open(&file) else {
+                    return;
+                };
+                let Ok(len) = f.metadata().map(|m| m.len()) else {
+                    return;
+                };
+                let f = Arc::new(f);
+                let mut at = 0u64;
+                while at < len {
+                    let n = (len - at).min(1 << 20) as usize;
+                    let f2 = f.clone();
+                    let Ok(Ok(buf)) = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        f2.read_exact_at(&mut buf, at).map(|()| buf)
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    if s.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    at += n as u64;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn raw_get(addr: SocketAddr, len: u64, out: &Path) -> Result<u64> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < len {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("raw server closed after {got} bytes");
+        }
+        file.write_all(&buf[..n])?;
+        got += n as u64;
+    }
+    file.flush()?;
+    Ok(got)
+}
+
+async fn peer(
+    store_dir: &Path,
+    item: &Path,
+    key: &ItemKey,
+    size: u64,
+    cfg: ServerConfig,
+) -> Result<(ServerHandle, PeerAddr)> {
+    let store = Store::open(store_dir, u64::MAX, Arc::new(SystemClock))?;
+    store.import(key, size, item)?;
+    let keypair = StaticKeypair::generate()?;
+    let public = keypair.public();
+    let listener = TcpTransport
+        .listen(&Contact::from(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .await?;
+    let handle = server::spawn(listener, store, keypair, params(), cfg)?;
+    let addr = PeerAddr {
+        contact: handle.contact().clone(),
+        key: public,
+    };
+    Ok((handle, addr))
+}
+
+async fn swarm_get(peers: &[PeerAddr], key: ItemKey, size: u64, out: &Path) -> Result<u64> {
+    let mut sink = FileSink::new(std::fs::File::create(out)?);
+    let report = swarm::download(
+        &TcpTransport,
+        &SwarmConfig::new(params()),
+        key,
+        size,
+        peers,
+        &mut sink,
+    )
+    .await?;
+    sink.into_file()?;
+    if report.culprits().next().is_some() {
+        bail!("an honest peer was blamed: {:?}", report.peers);
+    }
+    Ok(size)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Case {
+    Nginx,
+    RawTcp,
+    OnePeer,
+    FourPeers,
+}
+
+impl Case {
+    const ALL: [Case; 4] = [Case::Nginx, Case::RawTcp, Case::OnePeer, Case::FourPeers];
+    fn name(self) -> &'static str {
+        match self {
+            Case::Nginx => "nginx + plain HTTP client",
+            Case::RawTcp => "raw TCP",
+            Case::OnePeer => "anonmirror, 1 peer, verified",
+            Case::FourPeers => "anonmirror, 4 peers, verified",
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<ItemKey> {
+    let mut f = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ItemKey(ctx.finish().as_ref().try_into()?))
+}
+
+async fn upload_limit(
+    dir: &Path,
+    item: &Path,
+    key: &ItemKey,
+    size: u64,
+    cap_mib: u64,
+) -> Result<f64> {
+    let cap = cap_mib << 20;
+    let cfg = ServerConfig {
+        max_clients: 64,
+        upload_rate: Some(cap),
+        ..ServerConfig::default()
+    };
+    let (handle, addr) = peer(&dir.join("limit-store"), item, key, size, cfg).await?;
+    // Each client asks for an equal share of about five seconds' worth.
+    let per_client = (cap * 5 / 50).min(size);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50u64 {
+        let addr = addr.clone();
+        let key = *key;
+        tasks.spawn(async move {
+            let stream = TcpTransport.connect(&addr.contact).await?;
+            let mut ch = anonmirror_overlay::noise::connect(
+                stream,
+                &addr.key,
+                &params(),
+                Duration::from_secs(30),
+            )
+            .await?;
+            let offset = (i * per_client) % (size - per_client + 1);
+            let req = Message::Request {
+                item: key,
+                offset,
+                len: per_client,
+                want_meta: false,
+            };
+            ch.send(&req.encode()?).await?;
+            let mut got = 0u64;
+            let mut buf = Vec::new();
+            while got < per_client {
+                if !ch.recv_into(&mut buf).await? {
+                    bail!("closed early");
+                }
+                match Message::decode_from(Sender::Server, &buf)? {
+                    Message::Data { bytes, .. } => got += bytes.len() as u64,
+                    other => bail!("unexpected {}", other.name()),
+                }
+            }
+            Ok::<u64, anyhow::Error>(got)
+        });
+    }
+    let mut total = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    handle.shutdown().await;
+    Ok(rate / cap as f64)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    // nginx runs its workers as `nobody`: everything on the path must be
+    // readable and searchable by others.
+    for p in [&dir, &www] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let item = www.join("item.bin");
+    let size = args.mib << 20;
+    {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&item)?);
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..args.mib {
+            OsEntropy.fill(&mut block);
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
+    std::fs::set_permissions(&item, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let key = sha256_file(&item)?;
+
+    let nginx = start_nginx(&www, &dir.join("nginx"))?;
+    let raw = raw_server(item.clone()).await?;
+    let (h1, p1) = peer(
+        &dir.join("store-0"),
+        &item,
+        &key,
+        size,
+        ServerConfig::default(),
+    )
+    .await?;
+    let mut four = vec![p1.clone()];
+    let mut handles = vec![h1];
+    for i in 1..4 {
+        let (h, p) = peer(
+            &dir.join(format!("store-{i}")),
+            &item,
+            &key,
+            size,
+            ServerConfig::default(),
+        )
+        .await?;
+        four.push(p);
+        handles.push(h);
+    }
+
+    let out = dir.join("out.bin");
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
+    for run in 0..args.runs {
+        for (c, case) in Case::ALL.into_iter().enumerate() {
+            let _ = std::fs::remove_file(&out);
+            let start = Instant::now();
+            let got = match case {
+                Case::Nginx => http_get(nginx.port, "item.bin", &out).await?,
+                Case::RawTcp => raw_get(raw, size, &out).await?,
+                Case::OnePeer => swarm_get(&four[..1], key, size, &out).await?,
+                Case::FourPeers => swarm_get(&four, key, size, &out).await?,
+            };
+            let took = start.elapsed();
+            if got != size {
+                bail!("{}: {got} of {size} bytes", case.name());
+            }
+            let speed = mib_per_sec(size, took);
+            eprintln!("run {run} {:32} {speed:8.0} MiB/s", case.name());
+            samples[c].push(speed);
+        }
+        // The output of the last case must be the item itself.
+        if sha256_file(&out)? != key {
+            bail!("the fetched copy differs from the item");
+        }
+    }
+    let med: Vec<f64> = samples.iter().map(|s| median(s).unwrap_or(0.0)).collect();
+    println!(
+        "\n{} MiB item over 127.0.0.1, median of {} runs",
+        args.mib, args.runs
+    );
+    println!("| case | MiB/s | vs nginx | vs raw TCP |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (c, case) in Case::ALL.into_iter().enumerate() {
+        println!(
+            "| {} | {:.0} | {:.2}x | {:.2}x |",
+            case.name(),
+            med[c],
+            med[c] / med[0],
+            med[c] / med[1]
+        );
+    }
+    for h in handles {
+        h.shutdown().await;
+    }
+    drop(nginx);
+
+    let ratio = upload_limit(&dir, &item, &key, size, args.cap_mib).await?;
+    println!(
+        "\nupload cap {} MiB/s, 50 concurrent clients: measured {:.1} MiB/s = {:.3}x the cap",
+        args.cap_mib,
+        ratio * args.cap_mib as f64,
+        ratio
+    );
+    Ok(())
+}
