@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+pub mod hooks;
 mod logging;
 
 pub use cli::run;

@@ -113,7 +113,12 @@ impl Aggregator {
         &self.counts
     }
 
-    /// The parameters collected for.
+    /// The epoch collected for.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The parameters its reports were drawn with.
     pub fn params(&self) -> &ReportParams {
         &self.params
     }

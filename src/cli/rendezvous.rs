@@ -8,9 +8,9 @@
 //! 3 runtime failure (the store cannot be opened, the address cannot be
 //! bound).
 //!
-//! Seams: the announcement filter test and the popularity aggregator come
-//! from announce/ once it lands; until then this wires the rendezvous's
-//! exact test doubles (`SortedKeysFilter`, `CollectingSink`).
+//! Seams: lookups test sessions' announcements with announce's epoch-keyed
+//! Bloom filter, and popularity reports go to announce's aggregator
+//! (`crate::hooks`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{ErrorKind, HasKind};
-use anonmirror_rendezvous::{
-    CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter, UpstreamIndex,
-};
+use anonmirror_rendezvous::{Rendezvous, ServerConfig, UpstreamIndex};
 use clap::Args;
 
 use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
@@ -102,8 +100,8 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         let mut cfg = ServerConfig::new(
             cmd.listen,
             cmd.state_dir,
-            Arc::new(SortedKeysFilter),
-            Arc::new(CollectingSink::default()),
+            Arc::new(crate::hooks::AnnouncementFilter),
+            Arc::new(crate::hooks::PopularityAggregator::default()),
         );
         cfg.epoch_secs = cmd.epoch_secs;
         cfg.credentials.tokens_per_epoch = cmd.tokens_per_epoch;
