@@ -3,14 +3,14 @@
 //! Two long-lived owners, each taking commands over a bounded channel and
 //! answering by oneshot:
 //!
-//! - the key/credential owner ([`KeyMgr`]) owns the redb [`Store`] and the
+//! - the key/credential owner (`KeyMgr`) owns the redb [`Store`] and the
 //!   epoch keys. It rotates keys (current and next published, previous
 //!   still accepted, older ones retired with their spent sets), sweeps
 //!   credentials, and spends token nonces in batches: it drains every
 //!   queued spend into one durable commit before answering any of them,
 //!   so concurrent redemptions of one token are decided in one place and
 //!   exactly one wins. redb calls run on blocking threads.
-//! - the session owner ([`SessionMgr`]) owns the [`SessionTable`] and each
+//! - the session owner (`SessionMgr`) owns the [`SessionTable`] and each
 //!   live session's push queue; it expires silent sessions at their
 //!   deadline (tokio time, so tests can pause it) and fans out
 //!   `SnapshotChanged`.

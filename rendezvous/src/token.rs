@@ -31,7 +31,7 @@
 //!
 //! `privacypass` exposes issuance and redemption as `async` functions over
 //! async key-store traits. Ours are plain in-memory values, so those
-//! futures finish on their first poll; [`poll_once`] runs them so, and a
+//! futures finish on their first poll; `poll_once` runs them so, and a
 //! future that did not finish is reported as a bug rather than blocked on.
 
 use std::future::Future;
