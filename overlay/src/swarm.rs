@@ -95,8 +95,9 @@ impl SwarmConfig {
 
 /// Where verified bytes go, in order.
 pub trait Sink: Send {
-    /// The next verified bytes of the item.
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// The next verified bytes of the item (a whole piece, handed over so
+    /// that a sink can pass it on to another thread without a copy).
+    fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()>;
     /// Forget everything written: the download restarts from byte 0. Sinks
     /// that cannot take back what they passed on return an error, which
     /// ends the download.
@@ -104,8 +105,8 @@ pub trait Sink: Send {
 }
 
 impl Sink for Vec<u8> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.extend_from_slice(bytes);
+    fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.extend_from_slice(&bytes);
         Ok(())
     }
 
@@ -115,37 +116,84 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// A sink writing to a file (restarts truncate it).
+/// A sink writing to a file on a thread of its own (restarts truncate it).
+///
+/// Writing into the page cache costs about as much CPU as everything else
+/// a download does; on its own thread it overlaps with decryption,
+/// verification and the SHA-256 instead of following them.
 #[derive(Debug)]
 pub struct FileSink {
-    file: std::io::BufWriter<std::fs::File>,
+    tx: Option<std::sync::mpsc::SyncSender<FileCmd>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<std::fs::File>>>,
+}
+
+#[derive(Debug)]
+enum FileCmd {
+    Write(Vec<u8>),
+    Reset,
 }
 
 impl FileSink {
     /// Write into `file`, from its start.
     pub fn new(file: std::fs::File) -> FileSink {
+        // A few pieces of slack: enough to keep the writer busy, bounded so
+        // a slow disk slows the download rather than filling memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FileCmd>(8);
+        let writer = std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let mut file = file;
+            for cmd in rx {
+                match cmd {
+                    FileCmd::Write(bytes) => file.write_all(&bytes)?,
+                    FileCmd::Reset => {
+                        file.set_len(0)?;
+                        file.seek(std::io::SeekFrom::Start(0))?;
+                    }
+                }
+            }
+            Ok(file)
+        });
         FileSink {
-            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            tx: Some(tx),
+            writer: Some(writer),
         }
     }
 
-    /// Flush and hand back the file.
-    pub fn into_file(self) -> std::io::Result<std::fs::File> {
-        self.file.into_inner().map_err(|e| e.into_error())
+    fn send(&mut self, cmd: FileCmd) -> std::io::Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(cmd).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The writer stopped: it failed; say why.
+        match self.finish() {
+            Err(e) => Err(e),
+            Ok(_) => Err(std::io::Error::other("the file writer has stopped")),
+        }
+    }
+
+    fn finish(&mut self) -> std::io::Result<std::fs::File> {
+        self.tx = None;
+        match self.writer.take() {
+            Some(w) => w
+                .join()
+                .map_err(|_| std::io::Error::other("the file writer panicked"))?,
+            None => Err(std::io::Error::other("the file writer has stopped")),
+        }
+    }
+
+    /// Wait for every write, and hand back the file.
+    pub fn into_file(mut self) -> std::io::Result<std::fs::File> {
+        self.finish()
     }
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self.file, bytes)
+    fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.send(FileCmd::Write(bytes))
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        use std::io::{Seek, Write};
-        self.file.flush()?;
-        self.file.get_ref().set_len(0)?;
-        self.file.get_mut().seek(std::io::SeekFrom::Start(0))?;
-        Ok(())
+        self.send(FileCmd::Reset)
     }
 }
 
@@ -736,7 +784,7 @@ where
                     std::mem::replace(&mut sha, ring::digest::Context::new(&ring::digest::SHA256))
                         .finish();
                 if digest.as_ref() == item.as_bytes() {
-                    sink.write(&bytes)?;
+                    sink.write(bytes)?;
                     verdict = Verdict::Complete;
                 } else {
                     verdict = Verdict::ShaMismatch;
@@ -744,7 +792,7 @@ where
                 next += 1;
                 break;
             }
-            sink.write(&bytes)?;
+            sink.write(bytes)?;
             next += 1;
             shared.sched().next_deliver = next;
             shared.changed.notify_waiters();

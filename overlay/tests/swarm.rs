@@ -72,6 +72,8 @@ async fn honest(
 enum Lie {
     /// Flip one byte of the data at this offset.
     CorruptAt(u64),
+    /// Flip the first byte of every data message.
+    CorruptAll,
     /// Flip one byte of the outboard.
     BadOutboard,
     /// Serve a valid tree, and matching data, of other content.
@@ -170,6 +172,9 @@ async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
                         {
                             piece[(bad - at) as usize] ^= 0x80;
                         }
+                        if let Lie::CorruptAll = lie {
+                            piece[0] ^= 0x80;
+                        }
                         if let Lie::Truncate = lie
                             && at >= offset + len / 2
                         {
@@ -243,19 +248,33 @@ async fn misbehaving_peers_are_named_and_the_item_still_arrives() {
     let (h1, good1) = honest(dirs[0].path(), &[(&key, &data)], ServerConfig::default()).await;
     let (h2, good2) = honest(dirs[1].path(), &[(&key, &data)], ServerConfig::default()).await;
 
-    // (a) a corrupted chunk: caught at its chunk group, the peer blamed.
-    let corrupt = liar(data.clone(), Lie::CorruptAt(1_000_000)).await;
+    // (a) corrupted chunks: caught at their chunk group, the peer blamed.
+    // It corrupts every message, so whatever piece it is given betrays it.
+    let corrupt = liar(data.clone(), Lie::CorruptAll).await;
     let (got, report) = fetch(key, size, &[corrupt.clone(), good1.clone()]).await;
     assert!(got == data);
     let blamed: Vec<_> = report.culprits().collect();
     assert_eq!(blamed.len(), 1, "{:?}", report.peers);
     assert_eq!(blamed[0].0, &corrupt);
-    assert_eq!(
-        *blamed[0].1,
-        Blame::BadData {
-            offset: 1_000_000 / 16_384 * 16_384
-        }
+    assert!(
+        matches!(blamed[0].1, Blame::BadData { offset } if offset % 16_384 == 0),
+        "{:?}",
+        blamed[0].1
     );
+    // One corrupt byte only: if that peer serves the group holding it, it is
+    // blamed for exactly that group.
+    let one_bad = liar(data.clone(), Lie::CorruptAt(1_000_000)).await;
+    let (got, report) = fetch(key, size, &[one_bad.clone(), good1.clone()]).await;
+    assert!(got == data);
+    for (peer, blame) in report.culprits() {
+        assert_eq!(peer, &one_bad);
+        assert_eq!(
+            *blame,
+            Blame::BadData {
+                offset: 1_000_000 / 16_384 * 16_384
+            }
+        );
+    }
 
     // (b) an outboard that does not hash to its root: refused at once.
     let bad_ob = liar(data.clone(), Lie::BadOutboard).await;

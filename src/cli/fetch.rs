@@ -70,10 +70,9 @@ struct Progress {
 }
 
 impl Sink for Progress {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.inner.write(bytes)?;
+    fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
         self.bar.inc(bytes.len() as u64);
-        Ok(())
+        self.inner.write(bytes)
     }
 
     fn reset(&mut self) -> std::io::Result<()> {

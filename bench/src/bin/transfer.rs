@@ -61,6 +61,12 @@ struct Args {
     /// Upload cap for the limit measurement, MiB/s.
     #[arg(long, default_value_t = 50)]
     cap_mib: u64,
+    /// Cases to run, by name: nginx, raw, one, four (default: all).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Skip the upload-cap measurement.
+    #[arg(long)]
+    no_cap: bool,
     /// Where to put the item and outputs (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -286,6 +292,15 @@ enum Case {
 
 impl Case {
     const ALL: [Case; 4] = [Case::Nginx, Case::RawTcp, Case::OnePeer, Case::FourPeers];
+    fn short(self) -> &'static str {
+        match self {
+            Case::Nginx => "nginx",
+            Case::RawTcp => "raw",
+            Case::OnePeer => "one",
+            Case::FourPeers => "four",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Case::Nginx => "nginx + plain HTTP client",
@@ -426,6 +441,9 @@ async fn main() -> Result<()> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
     for run in 0..args.runs {
         for (c, case) in Case::ALL.into_iter().enumerate() {
+            if !args.cases.is_empty() && !args.cases.iter().any(|n| n == case.short()) {
+                continue;
+            }
             let _ = std::fs::remove_file(&out);
             let start = Instant::now();
             let got = match case {
@@ -468,6 +486,9 @@ async fn main() -> Result<()> {
     }
     drop(nginx);
 
+    if args.no_cap {
+        return Ok(());
+    }
     let ratio = upload_limit(&dir, &item, &key, size, args.cap_mib).await?;
     println!(
         "\nupload cap {} MiB/s, 50 concurrent clients: measured {:.1} MiB/s = {:.3}x the cap",
