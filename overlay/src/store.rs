@@ -813,7 +813,8 @@ impl Store {
     }
 
     /// Add an existing file, by hard link when it is on the same file
-    /// system (no copy), else by copy; verified like any insert.
+    /// system (no copy), else by copy; verified like any insert against
+    /// the size and SHA-256 the index states.
     pub fn import(&self, key: &ItemKey, size: u64, path: &Path) -> Result<ItemMeta, StoreError> {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
@@ -821,25 +822,14 @@ impl Store {
         let _reservation = self.reserve(key, size)?;
         let tmp = self.tmp_path();
         let result = (|| {
-            if fs::hard_link(path, &tmp).is_err() {
-                fs::copy(path, &tmp).map_err(io_err("copy", path))?;
-            }
-            let file = File::open(&tmp).map_err(io_err("open", &tmp))?;
-            let len = file.metadata().map_err(io_err("stat", &tmp))?.len();
-            if len != size {
+            let linked = self.link_and_hash(path, &tmp)?;
+            if linked.size != size {
                 return Err(StoreError::Mismatch {
                     key: Sensitive::new(*key),
-                    what: format!("expected {size} bytes, the file has {len}"),
+                    what: format!("expected {size} bytes, the file has {}", linked.size),
                 });
             }
-            let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut tee = HashingReader {
-                src: io::BufReader::with_capacity(1 << 20, file),
-                sha: &mut sha,
-            };
-            let outboard = PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE)
-                .map_err(io_err("read", &tmp))?;
-            if sha.finish().as_ref() != key.as_bytes() {
+            if linked.key != *key {
                 return Err(StoreError::Mismatch {
                     key: Sensitive::new(*key),
                     what: "SHA-256 of the file differs from the index".to_owned(),
@@ -850,8 +840,8 @@ impl Store {
                 size,
                 Origin::Import,
                 &tmp,
-                outboard.root.into(),
-                &outboard.data,
+                linked.root,
+                &linked.outboard,
             )
         })();
         if result.is_err() {
@@ -859,6 +849,67 @@ impl Store {
         }
         result
     }
+
+    /// Add a local file under the SHA-256 of its own bytes (for files no
+    /// index names yet, e.g. `anonmirror store add`): one pass computes
+    /// the key and the outboard.
+    pub fn add_file(&self, path: &Path) -> Result<(ItemKey, ItemMeta), StoreError> {
+        let tmp = self.tmp_path();
+        let result = (|| {
+            let linked = self.link_and_hash(path, &tmp)?;
+            if let Some(meta) = self.meta(&linked.key)? {
+                let _ = fs::remove_file(&tmp);
+                return Ok((linked.key, meta));
+            }
+            let _reservation = self.reserve(&linked.key, linked.size)?;
+            let meta = self.commit(
+                &linked.key,
+                linked.size,
+                Origin::Import,
+                &tmp,
+                linked.root,
+                &linked.outboard,
+            )?;
+            Ok((linked.key, meta))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Hard-link (or copy) `path` to `tmp` and hash it: SHA-256, size and
+    /// bao outboard in one read.
+    fn link_and_hash(&self, path: &Path, tmp: &Path) -> Result<Linked, StoreError> {
+        if fs::hard_link(path, tmp).is_err() {
+            fs::copy(path, tmp).map_err(io_err("copy", path))?;
+        }
+        let file = File::open(tmp).map_err(io_err("open", tmp))?;
+        let size = file.metadata().map_err(io_err("stat", tmp))?.len();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut tee = HashingReader {
+            src: io::BufReader::with_capacity(1 << 20, file),
+            sha: &mut sha,
+        };
+        let outboard = PreOrderOutboard::<Vec<u8>>::create_sized(&mut tee, size, BLOCK_SIZE)
+            .map_err(io_err("read", tmp))?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(sha.finish().as_ref());
+        Ok(Linked {
+            key: ItemKey(key),
+            size,
+            root: outboard.root.into(),
+            outboard: outboard.data,
+        })
+    }
+}
+
+/// A file linked into `tmp/` and hashed.
+struct Linked {
+    key: ItemKey,
+    size: u64,
+    root: [u8; 32],
+    outboard: Vec<u8>,
 }
 
 /// Hashes what passes through, for imports (the bytes are already on disk).
@@ -1080,5 +1131,26 @@ mod tests {
         );
         assert!(store.meta(&other).expect("meta").is_none());
         assert_eq!(store.used_bytes(), 100_000);
+    }
+
+    #[test]
+    fn add_file_keys_a_file_by_its_own_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(&dir.path().join("store"), 1 << 30);
+        let (key, data) = item(60, 40_000);
+        let src = dir.path().join("local.pkg");
+        fs::write(&src, &data).expect("write");
+        let (got, meta) = store.add_file(&src).expect("add");
+        assert_eq!(got, key);
+        assert_eq!(meta.size, 40_000);
+        assert_eq!(meta.root, *blake3::hash(&data).as_bytes());
+        assert_eq!(
+            store.add_file(&src).expect("again").0,
+            key,
+            "adding twice is harmless"
+        );
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert_eq!(files_in(&dir.path().join("store").join("tmp")), 0);
+        assert!(store.add_file(&dir.path().join("missing")).is_err());
     }
 }

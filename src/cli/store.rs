@@ -1,18 +1,18 @@
 //! `anonmirror store add`: put package files into a content store.
 //!
 //! Each file's SHA-256 becomes its item key; the file is added by hard link
-//! when the store is on the same file system (no copy), verified, and its
-//! bao outboard computed. Prints `<sha256>  <size>  <file>` per file.
+//! when the store is on the same file system (no copy), and its SHA-256 and
+//! bao outboard are computed in one read. Prints `<sha256>  <size>  <file>`
+//! per file.
 //!
 //! Exit codes: 0 every file added; 2 bad arguments or an unreadable file;
 //! 3 the store failed (disk, cap).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anonmirror_core::{ItemKey, SystemClock};
+use anonmirror_core::SystemClock;
 use anonmirror_overlay::store::Store;
 use anonmirror_privacy::ByteSize;
 use clap::Subcommand;
@@ -44,24 +44,6 @@ pub fn open(dir: &Path, cap: ByteSize) -> Result<Store, ExitCode> {
     })
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<(ItemKey, u64)> {
-    let mut file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-        size += n as u64;
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(ctx.finish().as_ref());
-    Ok((ItemKey(key), size))
-}
-
 /// Run a `store` subcommand.
 pub fn run(cmd: StoreCmd) -> ExitCode {
     match cmd {
@@ -71,18 +53,17 @@ pub fn run(cmd: StoreCmd) -> ExitCode {
                 Err(code) => return code,
             };
             for file in files {
-                let (key, size) = match sha256_of(&file) {
-                    Ok(k) => k,
+                if !file.is_file() {
+                    eprintln!("error: {}: not a readable file", file.display());
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+                match store.add_file(&file) {
+                    Ok((key, meta)) => println!("{key}  {}  {}", meta.size, file.display()),
                     Err(e) => {
                         eprintln!("error: {}: {e}", file.display());
-                        return ExitCode::from(EXIT_BAD_INPUT);
+                        return ExitCode::from(EXIT_RUNTIME);
                     }
-                };
-                if let Err(e) = store.import(&key, size, &file) {
-                    eprintln!("error: {}: {e}", file.display());
-                    return ExitCode::from(EXIT_RUNTIME);
                 }
-                println!("{key}  {size}  {}", file.display());
             }
             ExitCode::SUCCESS
         }
