@@ -47,6 +47,17 @@ impl Level {
         }
     }
 
+    /// The level a [`Level::wire_byte`] stands for.
+    pub fn from_wire_byte(b: u8) -> Option<Level> {
+        match b {
+            0 => Some(Level::Off),
+            1 => Some(Level::Open),
+            2 => Some(Level::Balanced),
+            3 => Some(Level::Strict),
+            _ => None,
+        }
+    }
+
     /// Whether a node at this level serves peers at all.
     pub fn serves(self) -> bool {
         self != Level::Off

@@ -1,0 +1,622 @@
+//! The HTTP gateway the package manager talks to (127.0.0.1:7878 by
+//! default).
+//!
+//! `GET`/`HEAD /<repository>/<path>`:
+//!
+//! - an **index file** is fetched from the upstream with the gateway's own
+//!   conditional request (the cached copy's `ETag`/`Last-Modified`), learned
+//!   ([`crate::repo`]), and answered from that copy; when the upstream
+//!   cannot be reached a cached copy is served stale;
+//! - an **item** (a package file the current index names) comes from the
+//!   store, else from peers, else from the upstream ([`crate::job`]);
+//! - **anything else** is passed through to the upstream unchanged and is
+//!   never stored or shared.
+//!
+//! Like a mirror it answers `HEAD` with the headers of `GET`, a single
+//! `Range: bytes=…` with `206` (several ranges get the whole file, which
+//! RFC 9110 allows), an unsatisfiable range with `416`, and
+//! `If-None-Match`/`If-Modified-Since` with `304` when the copy it would
+//! serve is unchanged. Items carry a strong `ETag` (their SHA-256).
+//!
+//! `GET /.anonmirror/metrics` is the Prometheus text of [`Metrics`]
+//! (repository names cannot start with `.`, so it collides with none).
+//!
+//! Logs at the default level never carry a path, a package or an item.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anonmirror_core::{Clock, Sensitive};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+
+use crate::job::{Fetcher, Want};
+use crate::metrics::{Metrics, Source};
+use crate::repo::{PathClass, Repo, Validators};
+use crate::upstream::{Upstream, join};
+
+/// The most an index file may be.
+pub const MAX_INDEX_DOWNLOAD: usize = 512 << 20;
+
+/// The gateway's shared state.
+pub struct Gateway {
+    repos: HashMap<String, Arc<Repo>>,
+    fetcher: Arc<Fetcher>,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("repos", &self.repos.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway for `repos`.
+    pub fn new(
+        repos: Vec<Arc<Repo>>,
+        fetcher: Arc<Fetcher>,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Gateway {
+        Gateway {
+            repos: repos.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            fetcher,
+            upstream,
+            metrics,
+            clock,
+        }
+    }
+
+    /// The repositories.
+    pub fn repos(&self) -> impl Iterator<Item = &Arc<Repo>> {
+        self.repos.values()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The fetcher.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+}
+
+/// Serve `gateway` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(handle).with_state(gateway);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Bind `addr` and serve in the background; returns the bound address.
+pub async fn spawn(
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((bound, tokio::spawn(serve(listener, gateway, shutdown))))
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(format!("{text}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// `%XX` decoded; `None` if that is not UTF-8 or malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response<Body> {
+    gw.metrics.request();
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let path = uri.path();
+    if path == "/.anonmirror/metrics" {
+        let mut r = Response::new(Body::from(gw.metrics.prometheus()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let Some(decoded) = percent_decode(path) else {
+        return plain(StatusCode::BAD_REQUEST, "malformed percent-encoding in the path");
+    };
+    let trimmed = decoded.trim_start_matches('/');
+    let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    let Some(repo) = gw.repos.get(name).cloned() else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "no such repository on this gateway (see the policy's [[repository]] tables)",
+        );
+    };
+    if rest.is_empty() || rest.split('/').any(|c| c == ".." || c == ".") {
+        return plain(StatusCode::BAD_REQUEST, "not a file path under the repository");
+    }
+    let head = method == Method::HEAD;
+    let response = match repo.classify(rest) {
+        PathClass::Index => index(&gw, &repo, rest, &headers, head).await,
+        PathClass::Item(item) => {
+            let size = match item.size {
+                Some(s) => Some(s),
+                None => upstream_size(&gw, &join(&repo.base, rest)).await,
+            };
+            match size {
+                Some(size) => {
+                    let want = Want {
+                        key: item.key,
+                        size,
+                        repository: repo.name.clone(),
+                        version: repo.version(),
+                        url: join(&repo.base, rest),
+                    };
+                    serve_item(&gw, want, &headers, head).await
+                }
+                None => passthrough(&gw, &repo, rest, &method, &headers).await,
+            }
+        }
+        PathClass::Other => passthrough(&gw, &repo, rest, &method, &headers).await,
+    };
+    tracing::debug!(
+        path = %Sensitive::new(rest),
+        status = response.status().as_u16(),
+        "answered"
+    );
+    response
+}
+
+async fn upstream_size(gw: &Gateway, url: &str) -> Option<u64> {
+    let r = gw
+        .upstream
+        .request(Method::HEAD, url, &HeaderMap::new())
+        .await
+        .ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A single byte range of a `size`-byte entity.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsk {
+    Whole,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+fn parse_range(headers: &HeaderMap, size: u64) -> RangeAsk {
+    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeAsk::Whole;
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, false) => b.parse::<u64>().ok().map(|n| {
+            if n == 0 {
+                None
+            } else {
+                Some((size.saturating_sub(n), size))
+            }
+        }),
+        (false, _) => a.parse::<u64>().ok().and_then(|start| {
+            let end = if b.is_empty() {
+                Some(size)
+            } else {
+                b.parse::<u64>().ok().map(|e| e.saturating_add(1).min(size))
+            }?;
+            Some(if start >= size || end <= start {
+                None
+            } else {
+                Some((start, end))
+            })
+        }),
+        (true, true) => None,
+    };
+    match parsed {
+        None => RangeAsk::Whole,
+        Some(None) => RangeAsk::Unsatisfiable,
+        Some(Some((s, e))) if s == 0 && e == size => RangeAsk::Whole,
+        Some(Some((s, e))) => RangeAsk::Part(s, e),
+    }
+}
+
+fn not_modified(headers: &HeaderMap, etag: Option<&str>, last_modified: Option<SystemTime>) -> bool {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        return etag.is_some_and(|e| {
+            inm.split(',')
+                .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == e)
+        });
+    }
+    let ims = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match (ims, last_modified) {
+        (Some(ims), Some(lm)) => lm <= ims,
+        _ => false,
+    }
+}
+
+/// Headers, status and body for a `size`-byte entity, honoring
+/// conditionals and ranges; `body` yields the chosen range.
+fn entity<F>(
+    headers: &HeaderMap,
+    head: bool,
+    size: u64,
+    etag: Option<&str>,
+    last_modified: Option<SystemTime>,
+    body: F,
+) -> Response<Body>
+where
+    F: FnOnce(u64, u64) -> Body,
+{
+    let mut r = Response::new(Body::empty());
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(e) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+        h.insert(header::ETAG, e);
+    }
+    if let Some(lm) = last_modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()) {
+        h.insert(header::LAST_MODIFIED, lm);
+    }
+    if not_modified(headers, etag, last_modified) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    let (start, end) = match parse_range(headers, size) {
+        RangeAsk::Whole => (0, size),
+        RangeAsk::Part(s, e) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            (s, e)
+        }
+        RangeAsk::Unsatisfiable => {
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if !head {
+        *r.body_mut() = body(start, end);
+    }
+    r
+}
+
+async fn serve_item(gw: &Gateway, want: Want, headers: &HeaderMap, head: bool) -> Response<Body> {
+    let etag = format!("\"{}\"", hex::encode(want.key.0));
+    let store = gw.fetcher.store().clone();
+    let key = want.key;
+    let opened = tokio::task::spawn_blocking(move || store.open_item(&key)).await;
+    if let Ok(Ok(Some(reader))) = opened
+        && reader.meta.size == want.size
+    {
+        let modified = reader.file.metadata().and_then(|m| m.modified()).ok();
+        let metrics = gw.metrics.clone();
+        return entity(headers, head, want.size, Some(&etag), modified, move |s, e| {
+            Body::from_stream(file_stream(reader, s, e, metrics))
+        });
+    }
+    if head {
+        // The index vouches for the size: no need to fetch anything.
+        return entity(headers, true, want.size, Some(&etag), None, |_, _| Body::empty());
+    }
+    let size = want.size;
+    let job = gw.fetcher.job(want);
+    let metrics = gw.metrics.clone();
+    entity(headers, false, size, Some(&etag), None, move |s, e| {
+        Body::from_stream(job.stream(s, e, metrics))
+    })
+}
+
+/// `start..end` of a stored item; the reader keeps it pinned meanwhile.
+fn file_stream(
+    reader: anonmirror_overlay::ItemReader,
+    start: u64,
+    end: u64,
+    metrics: Arc<Metrics>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let file = reader.file.try_clone().map(tokio::fs::File::from_std);
+    let state = (file, Some(reader), start, false);
+    futures_util::stream::unfold(state, move |(file, reader, pos, seeked)| {
+        let metrics = metrics.clone();
+        async move {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if pos >= end {
+            return None;
+        }
+        let mut f = match file {
+            Ok(f) => f,
+            Err(e) => return Some((Err(e), (Err(std::io::Error::other("closed")), None, end, true))),
+        };
+        if !seeked && let Err(e) = f.seek(std::io::SeekFrom::Start(pos)).await {
+            return Some((Err(e), (Ok(f), None, end, true)));
+        }
+        let want = (end - pos).min(256 * 1024) as usize;
+        let mut buf = vec![0u8; want];
+        match f.read_exact(&mut buf).await {
+            Ok(_) => {
+                metrics.item_bytes(Source::Store, want as u64);
+                Some((Ok(Bytes::from(buf)), (Ok(f), reader, pos + want as u64, true)))
+            }
+            Err(e) => Some((Err(e), (Ok(f), None, end, true))),
+        }
+        }
+    })
+}
+
+async fn index(
+    gw: &Gateway,
+    repo: &Arc<Repo>,
+    rest: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Response<Body> {
+    let url = join(&repo.base, rest);
+    let cached = {
+        let (r, p) = (repo.clone(), rest.to_owned());
+        tokio::task::spawn_blocking(move || r.cached(&p))
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut extra = Vec::new();
+    if let Some((_, v)) = &cached {
+        if let Some(e) = v.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+            extra.push((header::IF_NONE_MATCH, e));
+        }
+        if let Some(lm) = v
+            .last_modified
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            extra.push((header::IF_MODIFIED_SINCE, lm));
+        }
+    }
+    let fresh = match gw.upstream.get_with(&url, &extra).await {
+        Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED && cached.is_some() => cached,
+        Ok(resp) if resp.status() == StatusCode::OK => {
+            let validators = Validators {
+                etag: header_str(resp.headers(), header::ETAG),
+                last_modified: header_str(resp.headers(), header::LAST_MODIFIED),
+            };
+            let started = std::time::Instant::now();
+            match http_body_util::Limited::new(resp.into_body(), MAX_INDEX_DOWNLOAD)
+                .collect()
+                .await
+            {
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    gw.upstream
+                        .observe_body(body.len() as u64, started.elapsed());
+                    let (r, p, b, v) = (repo.clone(), rest.to_owned(), body.clone(), validators.clone());
+                    let now = gw.clock.unix_secs();
+                    match tokio::task::spawn_blocking(move || r.learn(&p, &b, &v, now)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::info!(repository = %repo.name, items = n, "index learned")
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            gw.metrics.index_error();
+                            tracing::warn!(
+                                repository = %repo.name,
+                                error = %e,
+                                "index not usable: its items pass through to the upstream"
+                            );
+                        }
+                        Err(e) => tracing::warn!(error = %e, "index parser panicked"),
+                    }
+                    Some((body.to_vec(), validators))
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "index download failed");
+                    cached
+                }
+            }
+        }
+        Ok(resp) => {
+            // 404 and the like: the package manager decides what they mean.
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut r = Response::new(if head { Body::empty() } else { Body::from(body) });
+            *r.status_mut() = status;
+            return r;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "upstream unreachable for an index");
+            if cached.is_none() {
+                return plain(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {e}"));
+            }
+            cached
+        }
+    };
+    let Some((body, validators)) = fresh else {
+        return plain(StatusCode::BAD_GATEWAY, "upstream answered 304 to an unconditional request");
+    };
+    gw.metrics.index_bytes(body.len() as u64);
+    let lm = validators
+        .last_modified_unix()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let body = Bytes::from(body);
+    entity(
+        headers,
+        head,
+        body.len() as u64,
+        validators.etag.as_deref(),
+        lm,
+        move |s, e| Body::from(body.slice(s as usize..e as usize)),
+    )
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn passthrough(
+    gw: &Gateway,
+    repo: &Repo,
+    rest: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let url = join(&repo.base, rest);
+    let resp = match gw.upstream.request(method.clone(), &url, headers).await {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {e}")),
+    };
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = resp.status();
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::LAST_MODIFIED,
+        header::ETAG,
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    if *method != Method::HEAD {
+        let metrics = gw.metrics.clone();
+        let stream = resp.into_body().into_data_stream().map(move |r| {
+            r.inspect(|b| metrics.passthrough_bytes(b.len() as u64))
+                .map_err(std::io::Error::other)
+        });
+        *out.body_mut() = Body::from_stream(stream);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_range(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn ranges_behave_as_a_mirror_s() {
+        assert_eq!(parse_range(&HeaderMap::new(), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(&with_range("bytes=2-4"), 10), RangeAsk::Part(2, 5));
+        assert_eq!(parse_range(&with_range("bytes=7-"), 10), RangeAsk::Part(7, 10));
+        assert_eq!(parse_range(&with_range("bytes=-3"), 10), RangeAsk::Part(7, 10));
+        assert_eq!(parse_range(&with_range("bytes=5-100"), 10), RangeAsk::Part(5, 10));
+        assert_eq!(parse_range(&with_range("bytes=0-"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(&with_range("bytes=10-"), 10), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(&with_range("bytes=-0"), 10), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(&with_range("bytes=1-2,4-5"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(&with_range("items=1-2"), 10), RangeAsk::Whole);
+    }
+
+    #[test]
+    fn conditionals_prefer_the_etag() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("date"),
+        );
+        assert!(not_modified(&h, None, Some(t)));
+        assert!(!not_modified(&h, None, Some(t + Duration::from_secs(1))));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
+        assert!(!not_modified(&h, Some("\"a\""), Some(t)));
+        assert!(not_modified(&h, Some("\"b\""), None));
+    }
+
+    #[test]
+    fn paths_are_percent_decoded_strictly() {
+        assert_eq!(percent_decode("/a/b%3A1").as_deref(), Some("/a/b:1"));
+        assert_eq!(percent_decode("/a%2"), None);
+        assert_eq!(percent_decode("/a%ff"), None);
+    }
+}

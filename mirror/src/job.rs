@@ -1,0 +1,778 @@
+//! Getting an item for the package manager: from the store, else from
+//! peers, else from the upstream mirror, with a hedge between the last
+//! two.
+//!
+//! One download runs per item however many requests want it (a *job*); it
+//! runs on its own task, so a package manager that hangs up does not waste
+//! what was fetched. Bytes land in a work file under the cache directory,
+//! and every request streams from it as far as its *feed* has published:
+//!
+//! - **Peers** ([`anonmirror_overlay::swarm`]): only chunk-verified bytes
+//!   are published, in order; the swarm withholds the last piece until the
+//!   whole item's SHA-256 equals the index's.
+//! - **Upstream, as the only source** (no peers, or peers failed before
+//!   delivering anything): bytes are published as they arrive, as a plain
+//!   mirror would pass them (the package manager checks them against its
+//!   index as always); they are stored only if the SHA-256 of the whole
+//!   file matches.
+//! - **Upstream, as a hedge**: when peers have not delivered by the hedge
+//!   deadline, the upstream starts in parallel into a second work file and
+//!   publishes nothing until the whole file matched the SHA-256. The first
+//!   complete verified copy wins; the other download is dropped.
+//!
+//! A request that has streamed bytes from one feed continues on the next
+//! only if the bytes it sent are the same there (checked byte for byte when
+//! a hedge wins; a swarm restart after a lying outboard is a new *lineage*):
+//! otherwise the response is cut short, which every package manager treats
+//! as a failed transfer to retry, never as a good file.
+//!
+//! # The hedge deadline
+//!
+//! From the upstream estimate (time to first byte `t₀`, rate `r`) and the
+//! item size `s`: the upstream would take `u = t₀ + s/r`. Peers are given
+//! `max(HEDGE_FLOOR, u)` to deliver their first bytes, and afterwards the
+//! upstream starts whenever the peers' own pace predicts a finish later
+//! than `now + u`. Before any estimate exists, the deadline is
+//! [`HEDGE_UNKNOWN`].
+//!
+//! Completed items are linked into the store (which verifies them once
+//! more) and the work files removed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
+use anonmirror_overlay::swarm::{self, Outcome, Sink, SwarmConfig};
+use anonmirror_overlay::{Store, TcpTransport};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::{Metrics, Source};
+use crate::peers::{Candidate, PeerSource, blamed_range};
+use crate::upstream::Upstream;
+
+/// The least time peers get before the upstream is hedged in.
+pub const HEDGE_FLOOR: Duration = Duration::from_millis(200);
+/// The hedge deadline before the upstream's speed is known.
+pub const HEDGE_UNKNOWN: Duration = Duration::from_secs(2);
+/// How often a running swarm's progress is compared with the upstream's.
+const HEDGE_TICK: Duration = Duration::from_millis(50);
+
+/// Which side of the race finished first.
+enum Raced {
+    Swarm(Result<swarm::SwarmReport, swarm::SwarmError>),
+    Hedge(PathBuf),
+}
+
+/// Bytes published by one download.
+#[derive(Clone, Debug)]
+struct Feed {
+    path: Arc<PathBuf>,
+    source: Source,
+    lineage: u32,
+    prefix: u64,
+}
+
+/// What a job has published.
+#[derive(Clone, Debug, Default)]
+struct JobState {
+    feed: Option<Feed>,
+    lineage: u32,
+    done: Option<Result<(), String>>,
+}
+
+/// One item being fetched.
+#[derive(Debug)]
+pub struct Job {
+    key: ItemKey,
+    size: u64,
+    state: watch::Sender<JobState>,
+    files: Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(files) = self.files.lock() {
+            for f in files.iter() {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
+impl Job {
+    /// The item.
+    pub fn key(&self) -> ItemKey {
+        self.key
+    }
+
+    /// The item's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn new_file(&self, dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+        let mut name = [0u8; 12];
+        OsEntropy.fill(&mut name);
+        let path = dir.join(format!("job-{}", hex::encode(name)));
+        let file = std::fs::File::create_new(&path)?;
+        if let Ok(mut f) = self.files.lock() {
+            f.push(path.clone());
+        }
+        Ok((path, file))
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut JobState)) {
+        self.state.send_modify(f);
+    }
+
+    /// Stream `range` of the item as its bytes are published. Bytes are
+    /// counted in `metrics` by the feed they came from. The stream ends
+    /// with an error if the job fails or the bytes already sent turn out
+    /// not to match the copy that completed.
+    pub fn stream(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+        metrics: Arc<Metrics>,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        struct Reader {
+            job: Arc<Job>,
+            rx: watch::Receiver<JobState>,
+            pos: u64,
+            end: u64,
+            sent: bool,
+            lineage: Option<u32>,
+            file: Option<(Arc<PathBuf>, tokio::fs::File)>,
+            metrics: Arc<Metrics>,
+        }
+        let reader = Reader {
+            rx: self.state.subscribe(),
+            job: self.clone(),
+            pos: start,
+            end,
+            sent: false,
+            lineage: None,
+            file: None,
+            metrics,
+        };
+        futures_util::stream::unfold(reader, |mut r| async move {
+            loop {
+                if r.pos >= r.end {
+                    return None;
+                }
+                let st = r.rx.borrow_and_update().clone();
+                if let Some(feed) = &st.feed {
+                    if r.lineage != Some(feed.lineage) {
+                        if r.sent {
+                            let e = std::io::Error::other(
+                                "the bytes sent so far were not confirmed: transfer cut short",
+                            );
+                            return Some((Err(e), r));
+                        }
+                        r.lineage = Some(feed.lineage);
+                    }
+                    if feed.prefix > r.pos {
+                        let want = (feed.prefix.min(r.end) - r.pos).min(256 * 1024) as usize;
+                        match read_at(&mut r.file, &feed.path, r.pos, want).await {
+                            Ok(bytes) => {
+                                r.pos += bytes.len() as u64;
+                                r.sent = true;
+                                r.metrics.item_bytes(feed.source, bytes.len() as u64);
+                                return Some((Ok(bytes), r));
+                            }
+                            Err(e) => return Some((Err(e), r)),
+                        }
+                    }
+                }
+                if let Some(done) = &st.done {
+                    let e = match done {
+                        Err(e) => std::io::Error::other(e.clone()),
+                        Ok(()) => std::io::Error::other("the job ended short of the item"),
+                    };
+                    return Some((Err(e), r));
+                }
+                if r.rx.changed().await.is_err() && r.job.state.borrow().done.is_none() {
+                    return Some((Err(std::io::Error::other("the job vanished")), r));
+                }
+            }
+        })
+    }
+
+    /// Wait until the job has ended.
+    pub async fn finished(&self) -> Result<(), String> {
+        let mut rx = self.state.subscribe();
+        loop {
+            if let Some(done) = rx.borrow_and_update().done.clone() {
+                return done;
+            }
+            if rx.changed().await.is_err() {
+                return Err("the job vanished".to_owned());
+            }
+        }
+    }
+}
+
+async fn read_at(
+    file: &mut Option<(Arc<PathBuf>, tokio::fs::File)>,
+    path: &Arc<PathBuf>,
+    pos: u64,
+    want: usize,
+) -> std::io::Result<Bytes> {
+    if file.as_ref().is_none_or(|(p, _)| !Arc::ptr_eq(p, path)) {
+        *file = Some((path.clone(), tokio::fs::File::open(path.as_path()).await?));
+    }
+    let Some((_, f)) = file.as_mut() else {
+        return Err(std::io::Error::other("no file"));
+    };
+    f.seek(std::io::SeekFrom::Start(pos)).await?;
+    let mut buf = vec![0u8; want];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+/// A swarm sink writing into a job's work file on a thread of its own and
+/// publishing each piece once it is written.
+struct FeedSink {
+    tx: Option<std::sync::mpsc::SyncSender<Option<Vec<u8>>>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FeedSink {
+    fn new(job: Arc<Job>, path: PathBuf, file: std::fs::File, source: Source) -> FeedSink {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let path = Arc::new(path);
+        job.publish(|s| {
+            s.feed = Some(Feed {
+                path: path.clone(),
+                source,
+                lineage: s.lineage,
+                prefix: 0,
+            })
+        });
+        let writer = std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let mut file = file;
+            for cmd in rx {
+                match cmd {
+                    Some(bytes) => {
+                        file.write_all(&bytes)?;
+                        let n = bytes.len() as u64;
+                        job.publish(|s| {
+                            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path))
+                            {
+                                f.prefix += n;
+                            }
+                        });
+                    }
+                    None => {
+                        file.set_len(0)?;
+                        file.seek(std::io::SeekFrom::Start(0))?;
+                        job.publish(|s| {
+                            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path))
+                            {
+                                if f.prefix > 0 {
+                                    s.lineage += 1;
+                                    f.lineage = s.lineage;
+                                }
+                                f.prefix = 0;
+                            }
+                        });
+                    }
+                }
+            }
+            file.sync_data()
+        });
+        FeedSink {
+            tx: Some(tx),
+            writer: Some(writer),
+        }
+    }
+
+    fn send(&mut self, cmd: Option<Vec<u8>>) -> std::io::Result<()> {
+        if self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok()) {
+            return Ok(());
+        }
+        Err(std::io::Error::other("the work file writer stopped"))
+    }
+
+    /// Wait for every write.
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.tx = None;
+        match self.writer.take() {
+            Some(w) => tokio::task::spawn_blocking(move || w.join())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|_| std::io::Error::other("the work file writer panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for FeedSink {
+    fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.send(Some(bytes))
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.send(None)
+    }
+}
+
+/// How downloads are made.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// Where work files go: on the store's file system, so completed items
+    /// are linked, not copied.
+    pub work_dir: PathBuf,
+    /// The swarm's settings (their channel parameters are replaced per
+    /// peer set).
+    pub swarm: SwarmConfig,
+    /// Overrides the hedge deadline derived from the upstream estimate.
+    pub hedge_after: Option<Duration>,
+}
+
+/// Runs jobs.
+pub struct Fetcher {
+    store: Store,
+    upstream: Arc<Upstream>,
+    peers: Option<Arc<dyn PeerSource>>,
+    metrics: Arc<Metrics>,
+    config: FetchConfig,
+    jobs: Mutex<HashMap<ItemKey, Arc<Job>>>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").finish_non_exhaustive()
+    }
+}
+
+/// One item to fetch.
+#[derive(Clone, Debug)]
+pub struct Want {
+    /// Its key.
+    pub key: ItemKey,
+    /// Its size.
+    pub size: u64,
+    /// Its repository's name (for the lookup).
+    pub repository: String,
+    /// The repository's snapshot version.
+    pub version: u64,
+    /// Its upstream URL.
+    pub url: String,
+}
+
+impl Fetcher {
+    /// A fetcher over `store`.
+    pub fn new(
+        store: Store,
+        upstream: Arc<Upstream>,
+        peers: Option<Arc<dyn PeerSource>>,
+        metrics: Arc<Metrics>,
+        config: FetchConfig,
+    ) -> std::io::Result<Fetcher> {
+        std::fs::create_dir_all(&config.work_dir)?;
+        // Work files of a previous run are never complete items.
+        if let Ok(rd) = std::fs::read_dir(&config.work_dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("job-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Fetcher {
+            store,
+            upstream,
+            peers,
+            metrics,
+            config,
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The job fetching `want`, started if none runs.
+    pub fn job(self: &Arc<Self>, want: Want) -> Arc<Job> {
+        let mut jobs = match self.jobs.lock() {
+            Ok(j) => j,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(j) = jobs.get(&want.key) {
+            return j.clone();
+        }
+        let job = Arc::new(Job {
+            key: want.key,
+            size: want.size,
+            state: watch::Sender::new(JobState::default()),
+            files: Mutex::new(Vec::new()),
+        });
+        jobs.insert(want.key, job.clone());
+        let me = self.clone();
+        let j = job.clone();
+        tokio::spawn(async move {
+            let result = me.drive(&j, &want).await;
+            if let Err(e) = &result {
+                tracing::info!(item = %Sensitive::new(want.key), error = %e, "fetch failed");
+            }
+            j.publish(|s| s.done = Some(result));
+            if let Ok(mut jobs) = me.jobs.lock() {
+                jobs.remove(&want.key);
+            }
+        });
+        job
+    }
+
+    fn hedge_deadline(&self, size: u64) -> (Duration, Option<Duration>) {
+        if let Some(d) = self.config.hedge_after {
+            return (d, Some(d));
+        }
+        match self.upstream.estimate() {
+            Some(e) if e.samples > 0 => {
+                let u = e.expected(size);
+                (u.max(HEDGE_FLOOR), Some(u))
+            }
+            Some(e) => {
+                let u = e.first_byte * 4;
+                (u.max(HEDGE_UNKNOWN), None)
+            }
+            None => (HEDGE_UNKNOWN, None),
+        }
+    }
+
+    async fn drive(self: &Arc<Self>, job: &Arc<Job>, want: &Want) -> Result<(), String> {
+        let candidates = match &self.peers {
+            Some(p) => p.candidates(&want.repository, want.version, want.key).await,
+            None => Vec::new(),
+        };
+        if candidates.is_empty() {
+            tracing::debug!("no peers: upstream");
+            return self.upstream_primary(job, want).await;
+        }
+        // Peers of one level and epoch share one channel parameter set;
+        // the first candidate's decides (a lookup answers one epoch).
+        let params = candidates[0].params();
+        let group: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| c.params() == params)
+            .collect();
+        let addrs: Vec<swarm::PeerAddr> = group.iter().map(|c| c.addr.clone()).collect();
+        let mut cfg = self.config.swarm.clone();
+        cfg.params = params;
+        let (path, file) = job
+            .new_file(&self.config.work_dir)
+            .map_err(|e| format!("creating a work file: {e}"))?;
+        let mut sink = FeedSink::new(job.clone(), path.clone(), file, Source::Peers);
+        let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
+        let started = Instant::now();
+
+        let transport = TcpTransport;
+        let mut hedge: Option<tokio::task::JoinHandle<Result<PathBuf, String>>> = None;
+        let raced = {
+            let swarm_fut =
+                swarm::download(&transport, &cfg, want.key, want.size, &addrs, &mut sink);
+            tokio::pin!(swarm_fut);
+            let mut tick = tokio::time::interval(HEDGE_TICK);
+            loop {
+                tokio::select! {
+                    r = &mut swarm_fut => break Raced::Swarm(r),
+                    r = async { hedge.as_mut().expect("guarded").await }, if hedge.is_some() => {
+                        hedge = None;
+                        match r {
+                            Ok(Ok(up)) => break Raced::Hedge(up),
+                            Ok(Err(e)) => tracing::info!(error = %e, "hedged upstream failed"),
+                            Err(e) => tracing::info!(error = %e, "hedged upstream panicked"),
+                        }
+                    }
+                    _ = tick.tick(), if hedge.is_none() => {
+                        let prefix = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
+                        if self.late(started.elapsed(), prefix, want.size, first_deadline, upstream_time) {
+                            tracing::debug!("peers are slow: hedging with the upstream");
+                            self.metrics.hedge();
+                            let me = self.clone();
+                            let j = job.clone();
+                            let w = want.clone();
+                            hedge = Some(tokio::spawn(async move { me.upstream_hedge(&j, &w).await }));
+                        }
+                    }
+                }
+            }
+        };
+        let result = match raced {
+            Raced::Swarm(r) => r,
+            Raced::Hedge(up) => {
+                // The hedge won; the swarm was dropped with its future.
+                drop(sink);
+                self.switch_to_upstream(job, &path, up).await;
+                return self.finish(job, want, Source::Upstream).await;
+            }
+        };
+        let report = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => e.report().clone(),
+        };
+        self.account(&group, want, &report).await;
+        match result {
+            Ok(_) => {
+                sink.finish()
+                    .await
+                    .map_err(|e| format!("writing the work file: {e}"))?;
+                if let Some(h) = hedge {
+                    h.abort();
+                }
+                self.import(want, &path).await?;
+                self.metrics.item_completed(Source::Peers);
+                Ok(())
+            }
+            Err(e) => {
+                drop(sink);
+                tracing::info!(error = %e, "peers could not deliver: upstream");
+                if let Some(h) = hedge {
+                    match h.await {
+                        Ok(Ok(up)) => {
+                            self.switch_to_upstream(job, &path, up).await;
+                            return self.finish(job, want, Source::Upstream).await;
+                        }
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                let published = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
+                if published == 0 {
+                    self.upstream_primary(job, want).await
+                } else {
+                    let up = self.upstream_hedge(job, want).await?;
+                    self.switch_to_upstream(job, &path, up).await;
+                    self.finish(job, want, Source::Upstream).await
+                }
+            }
+        }
+    }
+
+    /// Whether peers are late enough for the upstream to start beside
+    /// them (see the module docs).
+    fn late(
+        &self,
+        elapsed: Duration,
+        prefix: u64,
+        size: u64,
+        first_deadline: Duration,
+        upstream_time: Option<Duration>,
+    ) -> bool {
+        if elapsed < first_deadline {
+            return false;
+        }
+        if prefix == 0 {
+            return true;
+        }
+        upstream_time.is_some_and(|u| {
+            let pace = elapsed.as_secs_f64() / prefix as f64;
+            let left = Duration::from_secs_f64(pace * (size - prefix.min(size)) as f64);
+            left > u
+        })
+    }
+
+    /// Peers' outcomes: blame reported, failures set aside.
+    async fn account(&self, group: &[&Candidate], want: &Want, report: &swarm::SwarmReport) {
+        let Some(source) = &self.peers else {
+            return;
+        };
+        let mut blamed = 0;
+        for (c, r) in group.iter().zip(&report.peers) {
+            match &r.outcome {
+                Outcome::Blamed(b) => {
+                    blamed += 1;
+                    let (offset, len) = blamed_range(b, want.size);
+                    source.report(c, want.key, offset, len).await;
+                }
+                Outcome::Stalled | Outcome::Unavailable(_) => {
+                    // Not reported (nobody is to blame), but not asked again
+                    // for a while.
+                    source.report_unavailable(c);
+                }
+                _ => {}
+            }
+        }
+        self.metrics.blamed(blamed);
+    }
+
+    /// The upstream won the hedge with the verified file at `up`: check
+    /// that what peers published so far matches it, and switch every reader
+    /// over.
+    async fn switch_to_upstream(&self, job: &Arc<Job>, peer_path: &Path, up: PathBuf) {
+        let published = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
+        let same = if published == 0 {
+            true
+        } else {
+            let (a, b) = (peer_path.to_path_buf(), up.clone());
+            tokio::task::spawn_blocking(move || same_prefix(&a, &b, published))
+                .await
+                .unwrap_or(false)
+        };
+        let size = job.size;
+        job.publish(|s| {
+            if !same {
+                s.lineage += 1;
+            }
+            s.feed = Some(Feed {
+                path: Arc::new(up),
+                source: Source::Upstream,
+                lineage: s.lineage,
+                prefix: size,
+            });
+        });
+    }
+
+    /// The upstream as the only source: bytes published as they arrive,
+    /// stored if the whole file matches.
+    async fn upstream_primary(&self, job: &Arc<Job>, want: &Want) -> Result<(), String> {
+        let (path, file) = job
+            .new_file(&self.config.work_dir)
+            .map_err(|e| format!("creating a work file: {e}"))?;
+        let path = Arc::new(path);
+        job.publish(|s| {
+            if s.feed.as_ref().is_some_and(|f| f.prefix > 0) {
+                s.lineage += 1;
+            }
+            s.feed = Some(Feed {
+                path: path.clone(),
+                source: Source::Upstream,
+                lineage: s.lineage,
+                prefix: 0,
+            })
+        });
+        let ok = self
+            .download_upstream(want, file, |n| {
+                job.publish(|s| {
+                    if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path)) {
+                        f.prefix += n;
+                    }
+                })
+            })
+            .await?;
+        if !ok {
+            // Passed on as received; not stored, not shared.
+            tracing::info!(
+                item = %Sensitive::new(want.key),
+                "the upstream's file does not match the index: passed on, not stored"
+            );
+            return Ok(());
+        }
+        self.finish(job, want, Source::Upstream).await
+    }
+
+    /// The upstream as a hedge: returns the work file once the whole file
+    /// matched the index.
+    async fn upstream_hedge(&self, job: &Arc<Job>, want: &Want) -> Result<PathBuf, String> {
+        let (path, file) = job
+            .new_file(&self.config.work_dir)
+            .map_err(|e| format!("creating a work file: {e}"))?;
+        if self.download_upstream(want, file, |_| {}).await? {
+            Ok(path)
+        } else {
+            Err("the upstream's file does not match the index".to_owned())
+        }
+    }
+
+    /// GET the item into `file`, calling `progress` after each write.
+    /// Returns whether size and SHA-256 matched the index.
+    async fn download_upstream(
+        &self,
+        want: &Want,
+        file: std::fs::File,
+        progress: impl Fn(u64),
+    ) -> Result<bool, String> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .upstream
+            .get_with(&want.url, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(format!("upstream answered {}", resp.status()));
+        }
+        let started = std::time::Instant::now();
+        let mut body = resp.into_body();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            got += data.len() as u64;
+            if got > want.size {
+                return Ok(false);
+            }
+            sha.update(&data);
+            file.write_all(&data)
+                .await
+                .map_err(|e| format!("writing the work file: {e}"))?;
+            progress(data.len() as u64);
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("writing the work file: {e}"))?;
+        self.upstream.observe_body(got, started.elapsed());
+        Ok(got == want.size && sha.finish().as_ref() == want.key.0)
+    }
+
+    /// Link the completed copy into the store and end the job.
+    async fn finish(&self, job: &Arc<Job>, want: &Want, source: Source) -> Result<(), String> {
+        let path = job
+            .state
+            .borrow()
+            .feed
+            .as_ref()
+            .map(|f| f.path.as_path().to_path_buf())
+            .ok_or("no feed")?;
+        self.import(want, &path).await?;
+        self.metrics.item_completed(source);
+        Ok(())
+    }
+
+    async fn import(&self, want: &Want, path: &Path) -> Result<(), String> {
+        let store = self.store.clone();
+        let (key, size, path) = (want.key, want.size, path.to_path_buf());
+        match tokio::task::spawn_blocking(move || store.import(&key, size, &path)).await {
+            Ok(Ok(_)) => Ok(()),
+            // The package manager has its bytes either way; a full disk
+            // only costs the cache.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not keep the item in the store");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let (mut fa, mut fb) = (fa.take(len), fb.take(len));
+    let mut ba = vec![0u8; 1 << 16];
+    let mut bb = vec![0u8; 1 << 16];
+    loop {
+        let n = match fa.read(&mut ba) {
+            Ok(0) => return true,
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}

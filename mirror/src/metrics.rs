@@ -1,0 +1,346 @@
+//! What the gateway and the volunteer role have done, as counters.
+//!
+//! Counters only grow; the offload ratio is derived. [`Metrics::prometheus`]
+//! renders them in the Prometheus text exposition format (version 0.0.4)
+//! for `GET /.anonmirror/metrics`; [`Metrics::snapshot`] gives the same
+//! numbers to `anonmirror status`. No counter is labelled with a package,
+//! an item or a peer: the endpoint is as safe to expose as the logs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Where bytes handed to the package manager came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The local store (a cache hit).
+    Store,
+    /// Volunteer peers, verified.
+    Peers,
+    /// The upstream mirror, for an item the index names.
+    Upstream,
+}
+
+/// The counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    from_store: AtomicU64,
+    from_peers: AtomicU64,
+    from_upstream: AtomicU64,
+    passthrough: AtomicU64,
+    index_bytes: AtomicU64,
+    requests: AtomicU64,
+    items_from_peers: AtomicU64,
+    items_from_upstream: AtomicU64,
+    hedges: AtomicU64,
+    blame_events: AtomicU64,
+    served_to_peers: AtomicU64,
+    sessions_opened: AtomicU64,
+    session_live: AtomicU64,
+    index_errors: AtomicU64,
+}
+
+/// The counters at one moment (what `anonmirror status` reads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Item bytes handed to the package manager from the store.
+    pub from_store: u64,
+    /// … from peers.
+    pub from_peers: u64,
+    /// … from the upstream mirror.
+    pub from_upstream: u64,
+    /// Bytes of files no index names, passed through (never stored).
+    pub passthrough: u64,
+    /// Bytes of index files passed through.
+    pub index_bytes: u64,
+    /// HTTP requests answered.
+    pub requests: u64,
+    /// Items whose download peers completed.
+    pub items_from_peers: u64,
+    /// Items whose download the upstream completed.
+    pub items_from_upstream: u64,
+    /// Downloads where the upstream was started beside slow peers.
+    pub hedges: u64,
+    /// Peers blamed for bad data or broken protocol.
+    pub blame_events: u64,
+    /// Item bytes this node served to other peers.
+    pub served_to_peers: u64,
+    /// Rendezvous sessions opened.
+    pub sessions_opened: u64,
+    /// 1 while a rendezvous session is open.
+    pub session_live: u64,
+    /// Index files that failed to parse (their repository fell back to
+    /// passing requests through).
+    pub index_errors: u64,
+}
+
+impl Snapshot {
+    /// Share of item bytes that did not come from the upstream mirror:
+    /// (store + peers) / (store + peers + upstream); 0 before any.
+    pub fn offload_ratio(&self) -> f64 {
+        let total = self.from_store + self.from_peers + self.from_upstream;
+        if total == 0 {
+            0.0
+        } else {
+            (self.from_store + self.from_peers) as f64 / total as f64
+        }
+    }
+
+    /// Parse what [`Metrics::prometheus`] rendered.
+    pub fn from_prometheus(text: &str) -> Result<Snapshot, String> {
+        let mut s = Snapshot::default();
+        for (no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("line {}: expected `NAME VALUE`", no + 1))?;
+            // Labelled and derived series are not counters of ours.
+            if name.contains('{') || name == "anonmirror_offload_ratio" {
+                continue;
+            }
+            let v: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("line {}: `{value}` is not a counter value", no + 1))?;
+            let slot = match name {
+                "anonmirror_item_bytes_store_total" => &mut s.from_store,
+                "anonmirror_item_bytes_peers_total" => &mut s.from_peers,
+                "anonmirror_item_bytes_upstream_total" => &mut s.from_upstream,
+                "anonmirror_passthrough_bytes_total" => &mut s.passthrough,
+                "anonmirror_index_bytes_total" => &mut s.index_bytes,
+                "anonmirror_requests_total" => &mut s.requests,
+                "anonmirror_items_from_peers_total" => &mut s.items_from_peers,
+                "anonmirror_items_from_upstream_total" => &mut s.items_from_upstream,
+                "anonmirror_hedges_total" => &mut s.hedges,
+                "anonmirror_blame_events_total" => &mut s.blame_events,
+                "anonmirror_served_to_peers_bytes_total" => &mut s.served_to_peers,
+                "anonmirror_sessions_opened_total" => &mut s.sessions_opened,
+                "anonmirror_session_live" => &mut s.session_live,
+                "anonmirror_index_errors_total" => &mut s.index_errors,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        Ok(s)
+    }
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Item bytes handed to the package manager from `source`.
+    pub fn item_bytes(&self, source: Source, n: u64) {
+        add(
+            match source {
+                Source::Store => &self.from_store,
+                Source::Peers => &self.from_peers,
+                Source::Upstream => &self.from_upstream,
+            },
+            n,
+        );
+    }
+
+    /// Bytes of a file no index names.
+    pub fn passthrough_bytes(&self, n: u64) {
+        add(&self.passthrough, n);
+    }
+
+    /// Bytes of an index file.
+    pub fn index_bytes(&self, n: u64) {
+        add(&self.index_bytes, n);
+    }
+
+    /// One HTTP request.
+    pub fn request(&self) {
+        add(&self.requests, 1);
+    }
+
+    /// A download completed by `source` (peers or upstream).
+    pub fn item_completed(&self, source: Source) {
+        match source {
+            Source::Peers => add(&self.items_from_peers, 1),
+            Source::Upstream => add(&self.items_from_upstream, 1),
+            Source::Store => {}
+        }
+    }
+
+    /// The upstream was started beside slow peers.
+    pub fn hedge(&self) {
+        add(&self.hedges, 1);
+    }
+
+    /// `n` peers blamed.
+    pub fn blamed(&self, n: u64) {
+        add(&self.blame_events, n);
+    }
+
+    /// Set the bytes served to peers (the peer server's own counter).
+    pub fn set_served_to_peers(&self, n: u64) {
+        self.served_to_peers.store(n, Ordering::Relaxed);
+    }
+
+    /// A rendezvous session opened (`true`) or ended (`false`).
+    pub fn session(&self, open: bool) {
+        if open {
+            add(&self.sessions_opened, 1);
+        }
+        self.session_live.store(u64::from(open), Ordering::Relaxed);
+    }
+
+    /// An index failed to parse.
+    pub fn index_error(&self) {
+        add(&self.index_errors, 1);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            from_store: g(&self.from_store),
+            from_peers: g(&self.from_peers),
+            from_upstream: g(&self.from_upstream),
+            passthrough: g(&self.passthrough),
+            index_bytes: g(&self.index_bytes),
+            requests: g(&self.requests),
+            items_from_peers: g(&self.items_from_peers),
+            items_from_upstream: g(&self.items_from_upstream),
+            hedges: g(&self.hedges),
+            blame_events: g(&self.blame_events),
+            served_to_peers: g(&self.served_to_peers),
+            sessions_opened: g(&self.sessions_opened),
+            session_live: g(&self.session_live),
+            index_errors: g(&self.index_errors),
+        }
+    }
+
+    /// The Prometheus text exposition of every counter and the offload
+    /// ratio.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let s = self.snapshot();
+        let mut out = String::with_capacity(2048);
+        let mut series = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "anonmirror_item_bytes_store_total",
+                "Item bytes handed to the package manager from the local store.",
+                s.from_store,
+            ),
+            (
+                "anonmirror_item_bytes_peers_total",
+                "Item bytes handed to the package manager from peers, verified.",
+                s.from_peers,
+            ),
+            (
+                "anonmirror_item_bytes_upstream_total",
+                "Item bytes handed to the package manager from the upstream mirror.",
+                s.from_upstream,
+            ),
+            (
+                "anonmirror_passthrough_bytes_total",
+                "Bytes of files no index names, passed through and never stored.",
+                s.passthrough,
+            ),
+            (
+                "anonmirror_index_bytes_total",
+                "Bytes of index files passed through.",
+                s.index_bytes,
+            ),
+            (
+                "anonmirror_requests_total",
+                "HTTP requests answered by the gateway.",
+                s.requests,
+            ),
+            (
+                "anonmirror_items_from_peers_total",
+                "Item downloads completed by peers.",
+                s.items_from_peers,
+            ),
+            (
+                "anonmirror_items_from_upstream_total",
+                "Item downloads completed by the upstream mirror.",
+                s.items_from_upstream,
+            ),
+            (
+                "anonmirror_hedges_total",
+                "Downloads where the upstream started beside slow peers.",
+                s.hedges,
+            ),
+            (
+                "anonmirror_blame_events_total",
+                "Peers blamed for bad data or a broken protocol.",
+                s.blame_events,
+            ),
+            (
+                "anonmirror_served_to_peers_bytes_total",
+                "Item bytes this node served to other peers.",
+                s.served_to_peers,
+            ),
+            (
+                "anonmirror_sessions_opened_total",
+                "Rendezvous sessions opened.",
+                s.sessions_opened,
+            ),
+            (
+                "anonmirror_index_errors_total",
+                "Index files that failed to parse.",
+                s.index_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            series(name, "counter", help, v.to_string());
+        }
+        series(
+            "anonmirror_session_live",
+            "gauge",
+            "1 while a rendezvous session is open.",
+            s.session_live.to_string(),
+        );
+        series(
+            "anonmirror_offload_ratio",
+            "gauge",
+            "Share of item bytes that did not come from the upstream mirror.",
+            format!("{:.6}", s.offload_ratio()),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_round_trips_and_derives_the_offload_ratio() {
+        let m = Metrics::default();
+        m.item_bytes(Source::Peers, 300);
+        m.item_bytes(Source::Store, 100);
+        m.item_bytes(Source::Upstream, 100);
+        m.blamed(2);
+        m.session(true);
+        let text = m.prometheus();
+        assert!(text.contains("anonmirror_item_bytes_peers_total 300\n"));
+        assert!(text.contains("# TYPE anonmirror_offload_ratio gauge\n"));
+        assert!(text.contains("anonmirror_offload_ratio 0.800000\n"));
+        let back = Snapshot::from_prometheus(&text).expect("parses");
+        assert_eq!(back, m.snapshot());
+        assert!((back.offload_ratio() - 0.8).abs() < 1e-9);
+        assert_eq!(Snapshot::default().offload_ratio(), 0.0);
+    }
+
+    #[test]
+    fn a_garbled_exposition_is_refused_with_its_line() {
+        let e = Snapshot::from_prometheus("anonmirror_requests_total 1\nanonmirror_hedges_total x\n")
+            .expect_err("bad value");
+        assert!(e.starts_with("line 2:"), "{e}");
+    }
+}

@@ -1,0 +1,190 @@
+//! Where the gateway finds peers for an item: the rendezvous's anonymous
+//! lookup, minus peers that recently failed this node.
+//!
+//! A peer that was blamed, stalled or could not be reached is set aside
+//! locally for [`SET_ASIDE`]: asking it again for the next package would
+//! only wait for the same failure (and, when every peer is stalled, make
+//! every package pay the hedge deadline). Blamed peers are also reported
+//! to the rendezvous, which counts strikes per session.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anonmirror_core::{Epoch, ItemKey, PeerKey, Sensitive};
+use anonmirror_overlay::ChannelParams;
+use anonmirror_overlay::swarm::{Blame, PeerAddr};
+use anonmirror_privacy::Level;
+use async_trait::async_trait;
+
+const TEMP_LEVEL: u8 = 1;
+const TEMP_EPOCH: u64 = 0;
+
+/// How long a failing peer is set aside.
+pub const SET_ASIDE: Duration = Duration::from_secs(600);
+
+/// A peer to try, with the channel parameters its session was opened with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Contact and session key.
+    pub addr: PeerAddr,
+    /// The level it serves at.
+    pub level: Level,
+    /// The epoch of its session.
+    pub epoch: Epoch,
+}
+
+impl Candidate {
+    /// The prologue parameters of a channel to it.
+    pub fn params(&self) -> ChannelParams {
+        ChannelParams::new(self.level, self.epoch)
+    }
+}
+
+/// A source of candidates.
+#[async_trait]
+pub trait PeerSource: Send + Sync + 'static {
+    /// Up to a handful of peers holding `item` of `repository`, at least
+    /// as fresh as `version`. Errors are logged by the source and give no
+    /// candidates.
+    async fn candidates(&self, repository: &str, version: u64, item: ItemKey) -> Vec<Candidate>;
+
+    /// A peer served bad data for `item`, at `offset..offset + len`.
+    async fn report(&self, peer: &Candidate, item: ItemKey, offset: u64, len: u64);
+
+    /// A peer stalled or could not be reached: nobody is to blame, but it
+    /// is not asked again for a while.
+    fn report_unavailable(&self, peer: &Candidate);
+}
+
+/// Peers set aside after failing.
+#[derive(Debug, Default)]
+pub struct SetAside {
+    until: Mutex<HashMap<PeerKey, Instant>>,
+}
+
+impl SetAside {
+    /// Set `peer` aside for [`SET_ASIDE`].
+    pub fn add(&self, peer: PeerKey) {
+        if let Ok(mut m) = self.until.lock() {
+            let now = Instant::now();
+            m.retain(|_, t| *t > now);
+            m.insert(peer, now + SET_ASIDE);
+        }
+    }
+
+    /// Whether `peer` is set aside now.
+    pub fn contains(&self, peer: &PeerKey) -> bool {
+        self.until
+            .lock()
+            .map(|m| m.get(peer).is_some_and(|t| *t > Instant::now()))
+            .unwrap_or(false)
+    }
+}
+
+/// Candidates from a rendezvous.
+#[derive(Debug)]
+pub struct RendezvousPeers {
+    client: anonmirror_rendezvous::Client,
+    region: Option<String>,
+    want: u8,
+    aside: SetAside,
+}
+
+impl RendezvousPeers {
+    /// Ask `client`, preferring `region`, for up to `want` peers.
+    pub fn new(client: anonmirror_rendezvous::Client, region: Option<String>, want: u8) -> Self {
+        RendezvousPeers {
+            client,
+            region,
+            want,
+            aside: SetAside::default(),
+        }
+    }
+
+    /// The set-aside list (the gateway adds failing peers to it).
+    pub fn aside(&self) -> &SetAside {
+        &self.aside
+    }
+}
+
+/// A rendezvous candidate as the overlay dials it (onion contacts wait for
+/// the Tor transport).
+pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Candidate> {
+    let addr = c.contact.socket_addr()?;
+    Some(Candidate {
+        addr: PeerAddr {
+            contact: anonmirror_overlay::Contact::Tcp(addr),
+            key: c.key,
+        },
+        level: Level::from_wire_byte(TEMP_LEVEL)?,
+        epoch: Epoch(TEMP_EPOCH),
+    })
+}
+
+#[async_trait]
+impl PeerSource for RendezvousPeers {
+    async fn candidates(&self, repository: &str, version: u64, item: ItemKey) -> Vec<Candidate> {
+        match self
+            .client
+            .lookup(item, repository, version, self.region.as_deref(), self.want)
+            .await
+        {
+            Ok(found) => found
+                .iter()
+                .filter_map(from_rendezvous)
+                .filter(|c| !self.aside.contains(&c.addr.key))
+                .collect(),
+            Err(e) => {
+                tracing::info!(item = %Sensitive::new(item), error = %e, "lookup failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn report(&self, peer: &Candidate, item: ItemKey, offset: u64, len: u64) {
+        self.aside.add(peer.addr.key);
+        if let Err(e) = self.client.report(peer.addr.key, item, offset, len).await {
+            tracing::info!(error = %e, "report to the rendezvous failed");
+        }
+    }
+
+    fn report_unavailable(&self, peer: &Candidate) {
+        self.aside.add(peer.addr.key);
+    }
+}
+
+/// What to report for a blame: the failing range (the whole item when no
+/// range is known).
+pub fn blamed_range(blame: &Blame, size: u64) -> (u64, u64) {
+    match blame {
+        Blame::BadData { offset } => (
+            *offset,
+            anonmirror_overlay::verify::GROUP_SIZE.min(size - (*offset).min(size)),
+        ),
+        _ => (0, size),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_aside_peers_are_remembered() {
+        let s = SetAside::default();
+        let k = PeerKey([7; 32]);
+        assert!(!s.contains(&k));
+        s.add(k);
+        assert!(s.contains(&k));
+        assert!(!s.contains(&PeerKey([8; 32])));
+    }
+
+    #[test]
+    fn the_blamed_range_is_the_chunk_group_or_the_item() {
+        let g = anonmirror_overlay::verify::GROUP_SIZE;
+        assert_eq!(blamed_range(&Blame::BadData { offset: g }, 3 * g), (g, g));
+        assert_eq!(blamed_range(&Blame::BadData { offset: g }, g + 5), (g, 5));
+        assert_eq!(blamed_range(&Blame::BadOutboard, 9), (0, 9));
+    }
+}

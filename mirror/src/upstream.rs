@@ -1,0 +1,227 @@
+//! The upstream fetcher: plain HTTP/1.1 GETs and HEADs to the official
+//! mirror, and a running estimate of how fast it answers.
+//!
+//! The estimate (time to first byte and throughput, exponentially weighted
+//! over recent transfers) sets the hedge deadline: how long peers may take
+//! before the upstream starts beside them (see [`crate::job`]).
+//!
+//! `https://` upstreams are not spoken here: point the repository at a
+//! local TLS-terminating proxy, or at an `http://` mirror (every byte of a
+//! package is verified against the index either way, and the package
+//! manager checks the index's signature itself). A clear error says so.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::err::{Error, Result};
+
+/// Headers a request may carry upstream (everything else stays local).
+const FORWARDED: [&str; 4] = ["range", "if-modified-since", "if-none-match", "if-range"];
+
+/// Upstream speed as measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// Time to the response head.
+    pub first_byte: Duration,
+    /// Bytes per second of bodies.
+    pub rate: f64,
+    /// Transfers measured.
+    pub samples: u64,
+}
+
+impl Estimate {
+    /// Expected time for the upstream to deliver `size` bytes.
+    pub fn expected(&self, size: u64) -> Duration {
+        let body = if self.rate > 0.0 {
+            size as f64 / self.rate
+        } else {
+            0.0
+        };
+        self.first_byte + Duration::from_secs_f64(body.min(86_400.0))
+    }
+}
+
+/// The HTTP client for upstream mirrors.
+#[derive(Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    estimate: Mutex<Option<Estimate>>,
+    timeout: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(30))
+    }
+}
+
+impl Upstream {
+    /// A client whose requests must be answered (head) within `timeout`.
+    pub fn new(timeout: Duration) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        Upstream {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(http),
+            estimate: Mutex::new(None),
+            timeout,
+        }
+    }
+
+    /// `method` `url`, with the forwardable headers of `headers`.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Upstream(format!("bad upstream URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(Error::Upstream(
+                    "https upstreams are not spoken by this gateway: use an http:// mirror \
+                     or a local TLS-terminating proxy"
+                        .to_owned(),
+                ));
+            }
+            _ => return Err(Error::Upstream("upstream URL is not http://".to_owned())),
+        }
+        let mut req = Request::builder().method(method).uri(uri);
+        for name in FORWARDED {
+            if let Some(v) = headers.get(name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        let req = req
+            .header(hyper::header::USER_AGENT, "anonmirror")
+            .body(Empty::new())
+            .map_err(|e| Error::Upstream(format!("building the request: {e}")))?;
+        let started = std::time::Instant::now();
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| Error::Upstream("no answer in time".to_owned()))?
+            .map_err(|e| Error::Upstream(format!("request failed: {e}")))?;
+        self.observe_head(started.elapsed());
+        Ok(resp)
+    }
+
+    /// A GET with one extra header.
+    pub async fn get_with(
+        &self,
+        url: &str,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Incoming>> {
+        let mut h = HeaderMap::new();
+        for (k, v) in extra {
+            h.insert(k.clone(), v.clone());
+        }
+        self.request(Method::GET, url, &h).await
+    }
+
+    fn observe_head(&self, t: Duration) {
+        if let Ok(mut e) = self.estimate.lock() {
+            let next = match *e {
+                None => Estimate {
+                    first_byte: t,
+                    rate: 0.0,
+                    samples: 0,
+                },
+                Some(old) => Estimate {
+                    first_byte: old.first_byte.mul_f64(0.8) + t.mul_f64(0.2),
+                    ..old
+                },
+            };
+            *e = Some(next);
+        }
+    }
+
+    /// A body of `bytes` took `elapsed` after its head: update the rate.
+    /// Bodies under 64 KiB say more about latency than throughput and are
+    /// skipped.
+    pub fn observe_body(&self, bytes: u64, elapsed: Duration) {
+        if bytes < 64 * 1024 || elapsed.is_zero() {
+            return;
+        }
+        let rate = bytes as f64 / elapsed.as_secs_f64();
+        if let Ok(mut e) = self.estimate.lock() {
+            let mut cur = e.unwrap_or(Estimate {
+                first_byte: Duration::ZERO,
+                rate: 0.0,
+                samples: 0,
+            });
+            cur.rate = if cur.samples == 0 {
+                rate
+            } else {
+                cur.rate * 0.7 + rate * 0.3
+            };
+            cur.samples += 1;
+            *e = Some(cur);
+        }
+    }
+
+    /// The estimate so far (`None` before the first answer).
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.estimate.lock().ok().and_then(|e| *e)
+    }
+}
+
+/// The URL of `rest` under a repository's base URL.
+pub fn join(base: &str, rest: &str) -> String {
+    let mut url = String::with_capacity(base.len() + rest.len() + 1);
+    url.push_str(base);
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    url.push_str(rest.trim_start_matches('/'));
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_puts_exactly_one_slash_between() {
+        assert_eq!(join("http://m/x", "a/b"), "http://m/x/a/b");
+        assert_eq!(join("http://m/x/", "/a"), "http://m/x/a");
+    }
+
+    #[test]
+    fn the_estimate_blends_and_predicts() {
+        let u = Upstream::default();
+        assert_eq!(u.estimate(), None);
+        u.observe_head(Duration::from_millis(10));
+        u.observe_body(1 << 20, Duration::from_millis(100));
+        let e = u.estimate().expect("measured");
+        assert_eq!(e.samples, 1);
+        let t = e.expected(1 << 20);
+        assert!(t >= Duration::from_millis(100) && t <= Duration::from_millis(120), "{t:?}");
+        // Small bodies do not count.
+        u.observe_body(100, Duration::from_secs(10));
+        assert_eq!(u.estimate().map(|e| e.samples), Some(1));
+    }
+
+    #[tokio::test]
+    async fn https_is_refused_with_a_reason() {
+        let u = Upstream::default();
+        let e = u
+            .request(Method::GET, "https://example.org/x", &HeaderMap::new())
+            .await
+            .expect_err("https");
+        assert!(e.to_string().contains("TLS-terminating proxy"), "{e}");
+    }
+}
