@@ -3,6 +3,10 @@
 
 mod cli_audit;
 mod cli_policy;
+mod clients;
 mod layering;
 mod rendezvous_crash;
 mod transfer;
+
+/// Real repositories, nginx, apt and pacman for the tests above.
+mod support;
