@@ -9,3 +9,5 @@
 //! an unverified byte to the package manager.
 
 #![forbid(unsafe_code)]
+
+pub mod index;
