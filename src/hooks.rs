@@ -9,9 +9,11 @@
 
 use std::sync::Mutex;
 
+use anonmirror_announce::announcement::{AnnouncementHeader, ItemHashes, may_contain_many};
 use anonmirror_announce::{Aggregator, Announcement, PopularityReport};
 use anonmirror_core::{Epoch, ItemKey};
-use anonmirror_rendezvous::hooks::{FilterCheck, ReportSink};
+use anonmirror_privacy::Level;
+use anonmirror_rendezvous::hooks::{FilterCheck, ItemProbe, PreparedFilter, ReportSink};
 
 /// Tests a session's serving announcement for an item.
 #[derive(Clone, Copy, Debug, Default)]
@@ -25,6 +27,67 @@ impl FilterCheck for AnnouncementFilter {
             Ok(a) => a.epoch == epoch && a.may_contain(item),
             Err(_) => false,
         }
+    }
+
+    /// The header, checked once at session open; `shape` carries the
+    /// epoch and (h, m) so that a test needs nothing but the bits.
+    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
+        match AnnouncementHeader::parse(filter) {
+            Ok(head) => PreparedFilter {
+                valid: true,
+                level: Some(head.level.wire_byte()),
+                shape: [head.epoch.0, (u64::from(head.h) << 32) | u64::from(head.m)],
+            },
+            Err(_) => PreparedFilter::default(),
+        }
+    }
+
+    /// The item's announcement hash words for the epoch: the only hashing
+    /// of a lookup.
+    fn probe(&self, item: &ItemKey, epoch: Epoch) -> ItemProbe {
+        ItemProbe {
+            item: *item,
+            epoch,
+            words: *ItemHashes::new(item, epoch).words(),
+        }
+    }
+
+    fn holds_prepared(&self, filter: &[u8], prepared: &PreparedFilter, probe: &ItemProbe) -> bool {
+        header_of(prepared).may_contain(filter, &ItemHashes::from_words(probe.epoch, probe.words))
+    }
+
+    fn holds_many(
+        &self,
+        filters: &[(&[u8], &PreparedFilter)],
+        probe: &ItemProbe,
+        out: &mut [bool],
+    ) {
+        let item = ItemHashes::from_words(probe.epoch, probe.words);
+        const CHUNK: usize = 16;
+        let blank = (header_of(&PreparedFilter::INVALID), &[][..]);
+        for (fs, os) in filters.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let mut heads = [blank; CHUNK];
+            for (h, (bytes, prepared)) in heads.iter_mut().zip(fs) {
+                *h = (header_of(prepared), *bytes);
+            }
+            may_contain_many(&item, &heads[..fs.len()], os);
+            for (o, (_, prepared)) in os.iter_mut().zip(fs) {
+                *o &= prepared.valid;
+            }
+        }
+    }
+}
+
+/// The header [`FilterCheck::prepare`] packed into `prepared.shape`; only
+/// the fields a test reads (epoch, h, m) matter.
+fn header_of(prepared: &PreparedFilter) -> AnnouncementHeader {
+    let [epoch, hm] = prepared.shape;
+    AnnouncementHeader {
+        level: Level::Open,
+        epoch: Epoch(epoch),
+        h: (hm >> 32) as u8,
+        count: 0,
+        m: hm as u32,
     }
 }
 
@@ -119,6 +182,34 @@ mod tests {
         );
         assert!(!AnnouncementFilter.holds(&bytes[..bytes.len() - 1], Epoch(9), &key(0)));
         assert!(!AnnouncementFilter.holds(b"garbage", Epoch(9), &key(0)));
+    }
+
+    #[test]
+    fn the_prepared_test_agrees_with_the_reference() {
+        let held: BTreeSet<ItemKey> = (0..40).map(key).collect();
+        let a = Announcement::build(
+            Level::Strict,
+            Epoch(9),
+            Layout::for_capacity(64, Some(40)),
+            &held,
+        );
+        let bytes = a.to_bytes();
+        let prepared = AnnouncementFilter.prepare(&bytes);
+        assert!(prepared.valid);
+        assert_eq!(prepared.level, Some(Level::Strict.wire_byte()));
+        for epoch in [Epoch(9), Epoch(10)] {
+            for i in 0..=255 {
+                let probe = AnnouncementFilter.probe(&key(i), epoch);
+                assert_eq!(
+                    AnnouncementFilter.holds_prepared(&bytes, &prepared, &probe),
+                    AnnouncementFilter.holds(&bytes, epoch, &key(i)),
+                    "item {i} in {epoch}"
+                );
+            }
+        }
+        for bad in [&bytes[..bytes.len() - 1], b"garbage"] {
+            assert_eq!(AnnouncementFilter.prepare(bad), PreparedFilter::default());
+        }
     }
 
     #[test]

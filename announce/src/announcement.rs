@@ -57,7 +57,7 @@ use anonmirror_core::{Epoch, ItemKey};
 use anonmirror_privacy::Level;
 
 use crate::err::Error;
-use crate::hash::{EpochHasher, Purpose};
+use crate::hash::{EpochHasher, MAX_HASHES, Purpose};
 use crate::wire::{Reader, get_bit, set_bit};
 
 const MAGIC: &[u8; 4] = b"AMAN";
@@ -172,6 +172,40 @@ impl Announcement {
     /// Decode an announcement, refusing anything out of range, truncated
     /// or followed by trailing bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Announcement, Error> {
+        let head = AnnouncementHeader::parse(bytes)?;
+        Ok(Announcement {
+            level: head.level,
+            epoch: head.epoch,
+            h: head.h,
+            count: head.count,
+            m: head.m,
+            bits: bytes[ANNOUNCEMENT_HEADER_LEN..].to_vec(),
+        })
+    }
+}
+
+/// An announcement's header, checked as [`Announcement::from_bytes`]
+/// checks it (the bits' length included) but without copying the bits:
+/// a rendezvous parses each session's filter once, at session open, and
+/// then tests items straight against the bytes it keeps anyway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnouncementHeader {
+    /// The level it announces at.
+    pub level: Level,
+    /// The epoch of its positions.
+    pub epoch: Epoch,
+    /// Positions per item.
+    pub h: u8,
+    /// Items put in.
+    pub count: u32,
+    /// Bits in the filter.
+    pub m: u32,
+}
+
+impl AnnouncementHeader {
+    /// Parses and checks a whole encoded announcement; the bits are the
+    /// `m / 8` bytes from [`ANNOUNCEMENT_HEADER_LEN`] on.
+    pub fn parse(bytes: &[u8]) -> Result<AnnouncementHeader, Error> {
         let mut r = Reader::new("announcement", bytes);
         r.expect(MAGIC, VERSION)?;
         let level = match r.u8()? {
@@ -198,15 +232,160 @@ impl Announcement {
         if count > m {
             return Err(r.malformed(format!("{count} items cannot fit {m} bits")));
         }
-        let bits = r.take(m as usize / 8)?.to_vec();
+        r.take(m as usize / 8)?;
         r.finish()?;
-        Ok(Announcement {
+        Ok(AnnouncementHeader {
             level,
             epoch,
             h,
             count,
             m,
-            bits,
         })
+    }
+
+    /// Whether the announcement `bytes` (the encoding this header was
+    /// parsed from) may contain the item hashed into `item`; false for an
+    /// item hashed under another epoch (its positions mean nothing here).
+    pub fn may_contain(&self, bytes: &[u8], item: &ItemHashes) -> bool {
+        item.epoch == self.epoch
+            && (0..usize::from(self.h)).all(|k| self.position_set(bytes, item, k))
+    }
+
+    /// Whether position `k` of `item` is set in `bytes` (true for `k ≥ h`:
+    /// there is no such position to fail). Tests of many filters can go
+    /// position by position ([`may_contain_many`]); the epoch is the
+    /// caller's to check.
+    pub fn position_set(&self, bytes: &[u8], item: &ItemHashes, k: usize) -> bool {
+        if k >= usize::from(self.h) {
+            return true;
+        }
+        let Some(w) = item.words.get(k) else {
+            return true;
+        };
+        // Below m ≤ 2¹⁹, so it fits.
+        let p = (w % u64::from(self.m.max(1))) as usize;
+        bytes
+            .get(ANNOUNCEMENT_HEADER_LEN + p / 8)
+            .is_some_and(|b| b & (1 << (p % 8)) != 0)
+    }
+}
+
+/// Tests `item` against many announcements at once, each given as its
+/// header and encoding; `out[i]` is [`AnnouncementHeader::may_contain`] of
+/// `filters[i]`.
+///
+/// Position `k` of every filter still in the running is read before
+/// position `k + 1` of any: the reads of one round are independent, so
+/// their cache misses overlap instead of queueing, and most filters drop
+/// out at their first clear position. This is what makes a lookup that
+/// tests hundreds of filters spread over a large table cheap.
+pub fn may_contain_many(
+    item: &ItemHashes,
+    filters: &[(AnnouncementHeader, &[u8])],
+    out: &mut [bool],
+) {
+    let mut running = false;
+    for (o, (head, _)) in out.iter_mut().zip(filters) {
+        *o = head.epoch == item.epoch;
+        running |= *o;
+    }
+    for k in 0..usize::from(MAX_HASHES) {
+        if !running {
+            return;
+        }
+        running = false;
+        for (o, (head, bytes)) in out.iter_mut().zip(filters) {
+            if *o {
+                *o = head.position_set(bytes, item, k);
+                running |= *o;
+            }
+        }
+    }
+}
+
+/// An item's announcement positions for one epoch before they are reduced
+/// to a filter's size: hashed once, tested against every filter of that
+/// epoch ([`AnnouncementHeader::may_contain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemHashes {
+    epoch: Epoch,
+    words: [u64; MAX_HASHES as usize],
+}
+
+impl ItemHashes {
+    /// Hashes `item` for announcements of `epoch`.
+    pub fn new(item: &ItemKey, epoch: Epoch) -> ItemHashes {
+        ItemHashes::with_hasher(&EpochHasher::new(Purpose::Announcement, epoch), item, epoch)
+    }
+
+    /// As [`ItemHashes::new`] with the epoch's hasher already derived
+    /// (`hasher` must be `EpochHasher::new(Purpose::Announcement, epoch)`).
+    pub fn with_hasher(hasher: &EpochHasher, item: &ItemKey, epoch: Epoch) -> ItemHashes {
+        ItemHashes {
+            epoch,
+            words: hasher.words(item),
+        }
+    }
+
+    /// The epoch hashed for.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The words (position `k` in `m` bits is `words[k] % m`), for a
+    /// caller that must carry them through a type of its own.
+    pub fn words(&self) -> &[u64; MAX_HASHES as usize] {
+        &self.words
+    }
+
+    /// Rebuilds the value [`ItemHashes::words`] gave for `epoch`.
+    pub fn from_words(epoch: Epoch, words: [u64; MAX_HASHES as usize]) -> ItemHashes {
+        ItemHashes { epoch, words }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> ItemKey {
+        ItemKey(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    #[test]
+    fn the_header_view_agrees_with_the_decoded_filter() {
+        let held: BTreeSet<ItemKey> = (0..200).map(key).collect();
+        for (h_cap, epoch) in [(64, Epoch(3)), (1000, Epoch(4))] {
+            let a = Announcement::build(
+                Level::Strict,
+                epoch,
+                Layout::for_capacity(h_cap, Some(200)),
+                &held,
+            );
+            let bytes = a.to_bytes();
+            let head = AnnouncementHeader::parse(&bytes).expect("parses");
+            assert_eq!(
+                (head.level, head.epoch, head.h, head.count, head.m),
+                (a.level, a.epoch, a.h, a.count, a.m)
+            );
+            for i in 0..2000 {
+                let k = key(i);
+                let probe = ItemHashes::new(&k, epoch);
+                assert_eq!(head.may_contain(&bytes, &probe), a.may_contain(&k), "{i}");
+                let other = ItemHashes::new(&k, Epoch(epoch.0 + 1));
+                assert!(!head.may_contain(&bytes, &other), "another epoch");
+            }
+            let many: Vec<(AnnouncementHeader, &[u8])> = vec![(head, &bytes[..]); 3];
+            for i in 0..200 {
+                let probe = ItemHashes::new(&key(i), epoch);
+                let mut out = [false; 3];
+                may_contain_many(&probe, &many, &mut out);
+                assert_eq!(out, [head.may_contain(&bytes, &probe); 3]);
+            }
+            assert!(AnnouncementHeader::parse(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(AnnouncementHeader::parse(&longer).is_err());
+        }
     }
 }

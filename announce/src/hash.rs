@@ -20,6 +20,10 @@
 
 use anonmirror_core::{Epoch, ItemKey};
 
+/// The most positions per item any structure of this crate uses (reports
+/// and announcements both cap `h` at 16).
+pub const MAX_HASHES: u8 = 16;
+
 /// What the positions are for: each purpose has its own key derivation, so
 /// a report and an announcement never share positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,16 +68,42 @@ impl EpochHasher {
     /// As [`EpochHasher::positions`], appending to `out` (no allocation in
     /// hot loops).
     pub fn positions_into(&self, item: &ItemKey, h: u8, m: u32, out: &mut Vec<u32>) {
+        let m = u64::from(m.max(1));
+        if h <= MAX_HASHES {
+            for w in &self.words(item)[..usize::from(h)] {
+                // The remainder is below m, which fits in u32.
+                out.push((w % m) as u32);
+            }
+            return;
+        }
+        // No structure here uses more, but the stream has no end.
         let mut reader = blake3::Hasher::new_keyed(&self.key)
             .update(item.as_bytes())
             .finalize_xof();
-        let m = u64::from(m.max(1));
         for _ in 0..h {
             let mut word = [0u8; 8];
             reader.fill(&mut word);
-            // The remainder is below m, which fits in u32.
             out.push((u64::from_le_bytes(word) % m) as u32);
         }
+    }
+
+    /// The first [`MAX_HASHES`] words of `item`'s stream (step 2 of the
+    /// module doc, before the modulo): position `k` in any `m` bits is
+    /// `words[k] % m`. Computed once, they test the item against any number
+    /// of structures of this epoch and purpose without hashing again.
+    pub fn words(&self, item: &ItemKey) -> [u64; MAX_HASHES as usize] {
+        let mut reader = blake3::Hasher::new_keyed(&self.key)
+            .update(item.as_bytes())
+            .finalize_xof();
+        let mut bytes = [0u8; 8 * MAX_HASHES as usize];
+        reader.fill(&mut bytes);
+        let mut out = [0u64; MAX_HASHES as usize];
+        for (w, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(b);
+            *w = u64::from_le_bytes(word);
+        }
+        out
     }
 
     /// A 64-bit epoch-keyed rank of `item`, for orders that must be the

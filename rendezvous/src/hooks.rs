@@ -19,11 +19,105 @@ use std::sync::Mutex;
 use anonmirror_core::{Epoch, ItemKey};
 
 /// Tests whether an announcement filter holds an item.
+///
+/// A lookup tests one item against up to a few hundred filters, so the
+/// work is split three ways: [`FilterCheck::prepare`] once per filter (at
+/// session open: decode and check its header), [`FilterCheck::probe`] once
+/// per lookup (hash the item), and [`FilterCheck::holds_prepared`] per
+/// filter tested (read a few bits). Each must agree with
+/// [`FilterCheck::holds`], the reference; the defaults simply call it.
 pub trait FilterCheck: Send + Sync + 'static {
     /// Whether `filter` (a session's announcement filter, as it sent it,
     /// for `epoch`) claims `item`. False positives are allowed (a client
     /// then gets one `NotFound`); false negatives hide a holder.
     fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool;
+
+    /// What every later test of `filter` needs from it, decoded once when
+    /// its session opens (the filter bytes are kept, so this need not copy
+    /// them).
+    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
+        let _ = filter;
+        PreparedFilter {
+            valid: true,
+            level: None,
+            shape: [0; 2],
+        }
+    }
+
+    /// What every test of `item` against filters of `epoch` shares,
+    /// computed once per lookup.
+    fn probe(&self, item: &ItemKey, epoch: Epoch) -> ItemProbe {
+        ItemProbe {
+            item: *item,
+            epoch,
+            words: [0; PROBE_WORDS],
+        }
+    }
+
+    /// [`FilterCheck::holds`] for `filter`, given what
+    /// [`FilterCheck::prepare`] made of it and [`FilterCheck::probe`] of
+    /// the item. Only called for a filter whose preparation is `valid`.
+    fn holds_prepared(&self, filter: &[u8], prepared: &PreparedFilter, probe: &ItemProbe) -> bool {
+        let _ = prepared;
+        self.holds(filter, probe.epoch, &probe.item)
+    }
+
+    /// [`FilterCheck::holds_prepared`] of each of `filters` into `out`
+    /// (same length). A lookup hands its probes over a batch at a time so
+    /// that a checker can interleave their memory reads (a table far larger
+    /// than the cache makes each filter's first read a miss).
+    fn holds_many(
+        &self,
+        filters: &[(&[u8], &PreparedFilter)],
+        probe: &ItemProbe,
+        out: &mut [bool],
+    ) {
+        for (o, (filter, prepared)) in out.iter_mut().zip(filters) {
+            *o = prepared.valid && self.holds_prepared(filter, prepared, probe);
+        }
+    }
+}
+
+/// What a [`FilterCheck`] keeps of a filter between tests: small and
+/// inline in the session's entry, so a test costs no extra pointer chase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreparedFilter {
+    /// Whether the filter decoded: one that did not claims nothing and is
+    /// never tested.
+    pub valid: bool,
+    /// The privacy level its announcement declares
+    /// (`anonmirror_privacy::Level::wire_byte`), if its format carries one;
+    /// the rendezvous counts live sessions per level (the level
+    /// populations N_L it publishes with the popularity counts).
+    pub level: Option<u8>,
+    /// The checker's own words (e.g. the decoded header), read back by
+    /// [`FilterCheck::holds_prepared`].
+    pub shape: [u64; 2],
+}
+
+impl PreparedFilter {
+    /// A filter that did not decode: it claims nothing.
+    pub const INVALID: PreparedFilter = PreparedFilter {
+        valid: false,
+        level: None,
+        shape: [0; 2],
+    };
+}
+
+/// The words of an [`ItemProbe`].
+pub const PROBE_WORDS: usize = 16;
+
+/// What a [`FilterCheck`] derives from one item for one epoch, once per
+/// lookup (e.g. the item's hash words, before they are reduced to each
+/// filter's size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemProbe {
+    /// The item.
+    pub item: ItemKey,
+    /// The epoch filters are tested for.
+    pub epoch: Epoch,
+    /// The checker's own words.
+    pub words: [u64; PROBE_WORDS],
 }
 
 /// Takes popularity reports, one per spent token.

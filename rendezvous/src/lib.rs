@@ -44,6 +44,8 @@ pub mod upstream;
 
 pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
 pub use err::{Error, Result};
-pub use hooks::{CollectingSink, FilterCheck, ReportSink, SortedKeysFilter};
+pub use hooks::{
+    CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportSink, SortedKeysFilter,
+};
 pub use server::{Rendezvous, ServerConfig, channel_params};
 pub use upstream::{UpstreamIndex, WatchConfig};

@@ -339,7 +339,7 @@ impl Rendezvous {
             stop_rx.clone(),
         ));
         tasks.spawn(session_owner(
-            SessionTable::new(cfg.sessions.clone(), epoch),
+            SessionTable::new(cfg.sessions.clone(), epoch, cfg.filter.clone()),
             cfg.clone(),
             session_rx,
             stop_rx.clone(),
@@ -692,7 +692,7 @@ async fn session_owner(
                     region: region.as_deref(),
                     want,
                 };
-                let _ = reply.send(table.lookup(&q, now, &mut rng, cfg.filter.as_ref()));
+                let _ = reply.send(table.lookup(&q, now, &mut rng));
             }
             SessionCmd::Directory { region, reply } => {
                 let anns = table

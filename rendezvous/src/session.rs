@@ -27,6 +27,14 @@
 //! whatever the directory's size. An item held by a fraction p of a large
 //! tier is then missed with probability (1 − p)^max_probes.
 //!
+//! Each filter is prepared once, at open ([`FilterCheck::prepare`]: its
+//! header decoded and checked), the item is hashed once per lookup
+//! ([`FilterCheck::probe`]), and probes are tested a batch at a time
+//! ([`FilterCheck::holds_many`]) so that their cache misses overlap; a
+//! probe is then a few memory reads. The table also counts live sessions
+//! per declared level ([`SessionTable::level_populations`]), for the
+//! published popularity counts.
+//!
 //! # Reports: what can and cannot be punished
 //!
 //! A client that caught a session serving bad data reports it by the
@@ -48,12 +56,14 @@
 //!   either: the strike threshold is the defence, and strikes are counted
 //!   per session, which ends with the session.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 
-use crate::hooks::FilterCheck;
+use crate::hooks::{FilterCheck, PreparedFilter};
 use crate::msg::{Announcement, Candidate, Contact, Refusal};
 
 /// How sessions behave.
@@ -95,7 +105,10 @@ pub struct SessionId(pub u64);
 
 #[derive(Debug)]
 struct Entry {
+    id: SessionId,
     ann: Announcement,
+    /// What the filter check made of `ann.filter` at open.
+    prepared: PreparedFilter,
     last_heard: Instant,
     assignments: VecDeque<Instant>,
     strikes: u32,
@@ -132,28 +145,59 @@ pub enum ReportOutcome {
 }
 
 /// The live sessions.
-#[derive(Debug)]
+///
+/// Entries live in a slab (`slots`) and the tiers (`all`, per region) are
+/// lists of slot numbers, so a probe is an array index, not a hash-map
+/// lookup; a lookup runs the filter tests of a batch of probes before it
+/// looks at any result, so their cache misses overlap.
 pub struct SessionTable {
     cfg: SessionConfig,
     epoch: Epoch,
-    sessions: HashMap<SessionId, Entry>,
-    by_key: HashMap<PeerKey, SessionId>,
-    all: Vec<SessionId>,
-    regions: HashMap<String, Vec<SessionId>>,
+    filter: Arc<dyn FilterCheck>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_id: HashMap<SessionId, u32>,
+    by_key: HashMap<PeerKey, u32>,
+    all: Vec<u32>,
+    regions: HashMap<String, Vec<u32>>,
     refused: HashMap<Contact, Instant>,
+    /// Silence deadlines, soonest first; an entry is stale once its session
+    /// is gone or was heard again (a newer entry then stands for it).
+    deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Live sessions per declared level (`PreparedFilter::level`).
+    levels: BTreeMap<u8, u64>,
+    /// Scratch: the slots a lookup has probed.
+    probed: Probed,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("cfg", &self.cfg)
+            .field("epoch", &self.epoch)
+            .field("live", &self.by_id.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionTable {
-    /// An empty table for announcements of `epoch`.
-    pub fn new(cfg: SessionConfig, epoch: Epoch) -> Self {
+    /// An empty table for announcements of `epoch`, whose filters are
+    /// tested with `filter`.
+    pub fn new(cfg: SessionConfig, epoch: Epoch, filter: Arc<dyn FilterCheck>) -> Self {
         SessionTable {
             cfg,
             epoch,
-            sessions: HashMap::new(),
+            filter,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
             by_key: HashMap::new(),
             all: Vec::new(),
             regions: HashMap::new(),
             refused: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            levels: BTreeMap::new(),
+            probed: Probed::default(),
         }
     }
 
@@ -169,12 +213,27 @@ impl SessionTable {
 
     /// Live sessions.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.by_id.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.by_id.is_empty()
+    }
+
+    /// Live sessions per level their announcement declares
+    /// (`anonmirror_privacy::Level::wire_byte`); sessions whose filter
+    /// declares none are not counted.
+    pub fn level_populations(&self) -> BTreeMap<u8, u64> {
+        self.levels.clone()
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     /// Opens a session (its token already spent by the caller).
@@ -190,7 +249,7 @@ impl SessionTable {
             }
             self.refused.remove(&ann.contact);
         }
-        if self.sessions.len() >= self.cfg.max_sessions {
+        if self.by_id.len() >= self.cfg.max_sessions {
             return Err(Refusal::Busy);
         }
         if self.by_key.contains_key(&ann.key) {
@@ -199,60 +258,91 @@ impl SessionTable {
             return Err(Refusal::BadRequest);
         }
         let mut id = SessionId(rng.next_u64());
-        while self.sessions.contains_key(&id) {
+        while self.by_id.contains_key(&id) {
             id = SessionId(rng.next_u64());
         }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                // max_sessions bounds the slab; u32 slots are plenty.
+                let s = u32::try_from(self.slots.len()).map_err(|_| Refusal::Busy)?;
+                self.slots.push(None);
+                s
+            }
+        };
         let pos_region = match &ann.region {
             Some(r) => {
                 let list = self.regions.entry(r.clone()).or_default();
-                list.push(id);
+                list.push(slot);
                 list.len() - 1
             }
             None => 0,
         };
-        self.all.push(id);
-        self.by_key.insert(ann.key, id);
-        self.sessions.insert(
+        self.all.push(slot);
+        self.by_key.insert(ann.key, slot);
+        self.by_id.insert(id, slot);
+        let prepared = self.filter.prepare(&ann.filter);
+        if let Some(l) = prepared.level {
+            *self.levels.entry(l).or_default() += 1;
+        }
+        self.deadlines.push(Reverse((now + self.cfg.silence, id)));
+        self.slots[slot as usize] = Some(Entry {
             id,
-            Entry {
-                ann,
-                last_heard: now,
-                assignments: VecDeque::new(),
-                strikes: 0,
-                pos_all: self.all.len() - 1,
-                pos_region,
-            },
-        );
+            ann,
+            prepared,
+            last_heard: now,
+            assignments: VecDeque::new(),
+            strikes: 0,
+            pos_all: self.all.len() - 1,
+            pos_region,
+        });
         Ok(id)
     }
 
     /// The peer said something (a pong, anything): it is alive.
     pub fn heard(&mut self, id: SessionId, now: Instant) {
-        if let Some(e) = self.sessions.get_mut(&id) {
-            e.last_heard = e.last_heard.max(now);
+        let silence = self.cfg.silence;
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        if let Some(e) = self.entry_mut(slot)
+            && now > e.last_heard
+        {
+            e.last_heard = now;
+            self.deadlines.push(Reverse((now + silence, id)));
         }
     }
 
     /// Whether `id` is live.
     pub fn contains(&self, id: SessionId) -> bool {
-        self.sessions.contains_key(&id)
+        self.by_id.contains_key(&id)
     }
 
     /// Closes a session (its channel ended).
     pub fn close(&mut self, id: SessionId) -> bool {
-        let Some(e) = self.sessions.remove(&id) else {
+        let Some(slot) = self.by_id.remove(&id) else {
             return false;
         };
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return false;
+        };
+        self.free.push(slot);
         self.by_key.remove(&e.ann.key);
-        swap_remove(&mut self.all, e.pos_all, &mut self.sessions, |e| {
+        if let Some(l) = e.prepared.level
+            && let Some(n) = self.levels.get_mut(&l)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.levels.remove(&l);
+            }
+        }
+        swap_remove(&mut self.all, e.pos_all, &mut self.slots, |e| {
             &mut e.pos_all
         });
         if let Some(r) = &e.ann.region
             && let Some(list) = self.regions.get_mut(r)
         {
-            swap_remove(list, e.pos_region, &mut self.sessions, |e| {
-                &mut e.pos_region
-            });
+            swap_remove(list, e.pos_region, &mut self.slots, |e| &mut e.pos_region);
             if list.is_empty() {
                 self.regions.remove(r);
             }
@@ -260,18 +350,36 @@ impl SessionTable {
         true
     }
 
+    /// Pops stale deadlines off the top, so the top is a live session's.
+    fn prune_deadlines(&mut self) {
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            let current = self
+                .by_id
+                .get(&id)
+                .and_then(|s| self.entry(*s))
+                .is_some_and(|e| e.last_heard + self.cfg.silence == at);
+            if current {
+                return;
+            }
+            self.deadlines.pop();
+        }
+    }
+
     /// Drops every session silent for longer than `silence`; returns them
     /// so the driver can close their channels.
     pub fn expire(&mut self, now: Instant) -> Vec<SessionId> {
-        let silence = self.cfg.silence;
-        let dead: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.last_heard) > silence)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &dead {
-            self.close(*id);
+        let mut dead = Vec::new();
+        loop {
+            self.prune_deadlines();
+            match self.deadlines.peek().copied() {
+                // Silent for longer than `silence`: strictly past it.
+                Some(Reverse((at, id))) if now > at => {
+                    self.deadlines.pop();
+                    self.close(id);
+                    dead.push(id);
+                }
+                _ => break,
+            }
         }
         self.refused.retain(|_, until| now < *until);
         dead
@@ -279,26 +387,25 @@ impl SessionTable {
 
     /// When the next session would fall silent, so the driver knows when to
     /// call [`SessionTable::expire`] again.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions
-            .values()
-            .map(|e| e.last_heard + self.cfg.silence)
-            .min()
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.prune_deadlines();
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
     /// A report against the session known by `key`.
     pub fn report(&mut self, key: &PeerKey, now: Instant) -> ReportOutcome {
-        let Some(id) = self.by_key.get(key).copied() else {
+        let Some(slot) = self.by_key.get(key).copied() else {
             return ReportOutcome::Unknown;
         };
-        let Some(e) = self.sessions.get_mut(&id) else {
+        let strikes = self.cfg.strikes;
+        let Some(e) = self.entry_mut(slot) else {
             return ReportOutcome::Unknown;
         };
         e.strikes += 1;
-        if e.strikes < self.cfg.strikes {
+        if e.strikes < strikes {
             return ReportOutcome::Struck(e.strikes);
         }
-        let contact = e.ann.contact.clone();
+        let (id, contact) = (e.id, e.ann.contact.clone());
         self.close(id);
         self.refused.insert(contact, now + self.cfg.contact_cooloff);
         ReportOutcome::Dropped(id)
@@ -307,44 +414,39 @@ impl SessionTable {
     /// Every live announcement of `region` (all when `None`), ordered by
     /// session key (random per session, so the order leaks nothing).
     pub fn announcements(&self, region: Option<&str>) -> Vec<&Announcement> {
-        let mut v: Vec<&Announcement> = match region {
-            None => self.sessions.values().map(|e| &e.ann).collect(),
-            Some(r) => self
-                .regions
-                .get(r)
-                .map(|l| {
-                    l.iter()
-                        .filter_map(|id| self.sessions.get(id))
-                        .map(|e| &e.ann)
-                        .collect()
-                })
-                .unwrap_or_default(),
+        let list: &[u32] = match region {
+            None => &self.all,
+            Some(r) => self.regions.get(r).map_or(&[], Vec::as_slice),
         };
+        let mut v: Vec<&Announcement> = list
+            .iter()
+            .filter_map(|s| self.entry(*s))
+            .map(|e| &e.ann)
+            .collect();
         v.sort_by_key(|a| a.key);
         v
     }
 
     /// Peers for an item; see the module docs. Each returned candidate
     /// counts as an assignment at `now`.
-    pub fn lookup(
-        &mut self,
-        q: &Query<'_>,
-        now: Instant,
-        rng: &mut dyn Entropy,
-        filter: &dyn FilterCheck,
-    ) -> Vec<Candidate> {
+    pub fn lookup(&mut self, q: &Query<'_>, now: Instant, rng: &mut dyn Entropy) -> Vec<Candidate> {
         let want = q.want;
         let mut out = Vec::with_capacity(want);
-        let mut seen: HashSet<SessionId> = HashSet::new();
+        if want == 0 {
+            return out;
+        }
+        let probe = self.filter.probe(q.item, self.epoch);
+        self.probed.begin(2 * self.cfg.max_probes);
+        let mut pool: Vec<u32> = Vec::new();
         for region_tier in [true, false] {
             if out.len() >= want {
                 break;
             }
-            // Only the probed ids are copied out of the tier (at most
+            // Only the probed slots are copied out of the tier (at most
             // `max_probes`), never the tier itself: a lookup's cost must not
             // grow with the directory.
-            let probed: Vec<SessionId> = {
-                let ids: &[SessionId] = if region_tier {
+            let order: Vec<u32> = {
+                let ids: &[u32] = if region_tier {
                     match q.region.and_then(|r| self.regions.get(r)) {
                         Some(list) => list,
                         None => continue,
@@ -357,21 +459,38 @@ impl SessionTable {
                     .map(|i| ids[i])
                     .collect()
             };
-            let mut pool = Vec::new();
-            for id in probed {
-                if !seen.insert(id) {
-                    continue;
-                }
-                if let Some(e) = self.sessions.get_mut(&id)
-                    && eligible(e, q, now, &self.cfg, self.epoch, filter)
+            pool.clear();
+            'probing: for batch in order.chunks(BATCH) {
+                // Filter tests first, all of the batch: they are pure and
+                // independent, so their cache misses overlap.
+                let mut holds = [false; BATCH];
                 {
-                    pool.push(id);
-                    // Enough to choose `want` by two random choices: each
-                    // further probe is a cache miss or two and changes
-                    // little (a popular item would otherwise cost the full
-                    // `max_probes`).
-                    if pool.len() >= POOL_PER_WANT * want {
-                        break;
+                    let mut filters = [(&[][..], &PreparedFilter::INVALID); BATCH];
+                    for (f, &slot) in filters.iter_mut().zip(batch) {
+                        if let Some(e) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+                            *f = (&e.ann.filter[..], &e.prepared);
+                        }
+                    }
+                    let n = batch.len();
+                    self.filter
+                        .holds_many(&filters[..n], &probe, &mut holds[..n]);
+                }
+                for (&slot, &held) in batch.iter().zip(&holds) {
+                    if !self.probed.insert(slot) || !held {
+                        continue;
+                    }
+                    let cfg = &self.cfg;
+                    if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+                        && usable(e, q, now, cfg)
+                    {
+                        pool.push(slot);
+                        // Enough to choose `want` by two random choices:
+                        // each further probe is a cache miss or two and
+                        // changes little (a popular item would otherwise
+                        // cost the full `max_probes`).
+                        if pool.len() >= POOL_PER_WANT * want {
+                            break 'probing;
+                        }
                     }
                 }
             }
@@ -383,8 +502,8 @@ impl SessionTable {
                 } else {
                     a
                 };
-                let id = pool.swap_remove(pick);
-                if let Some(e) = self.sessions.get_mut(&id) {
+                let slot = pool.swap_remove(pick);
+                if let Some(e) = self.entry_mut(slot) {
                     e.assignments.push_back(now);
                     out.push(Candidate {
                         contact: e.ann.contact.clone(),
@@ -398,8 +517,8 @@ impl SessionTable {
     }
 
     /// Whether `a` is less loaded than `b` (assignments per allowed client).
-    fn load_less(&self, a: SessionId, b: SessionId) -> bool {
-        match (self.sessions.get(&a), self.sessions.get(&b)) {
+    fn load_less(&self, a: u32, b: u32) -> bool {
+        match (self.entry(a), self.entry(b)) {
             (Some(x), Some(y)) => {
                 (x.assignments.len() as u64) * u64::from(y.ann.max_clients)
                     < (y.assignments.len() as u64) * u64::from(x.ann.max_clients)
@@ -412,19 +531,17 @@ impl SessionTable {
     pub fn assignments_of(&self, key: &PeerKey) -> usize {
         self.by_key
             .get(key)
-            .and_then(|id| self.sessions.get(id))
+            .and_then(|s| self.entry(*s))
             .map_or(0, |e| e.assignments.len())
     }
 }
 
-fn eligible(
-    e: &mut Entry,
-    q: &Query<'_>,
-    now: Instant,
-    cfg: &SessionConfig,
-    epoch: Epoch,
-    filter: &dyn FilterCheck,
-) -> bool {
+/// Probes whose filter tests run together before any result is used.
+const BATCH: usize = 16;
+
+/// Whether a session whose filter holds the item is fresh enough and under
+/// its limit (forgetting assignments older than the window on the way).
+fn usable(e: &mut Entry, q: &Query<'_>, now: Instant, cfg: &SessionConfig) -> bool {
     if e.ann.version_of(q.repository).is_none_or(|v| v < q.version) {
         return false;
     }
@@ -435,10 +552,51 @@ fn eligible(
     {
         e.assignments.pop_front();
     }
-    if e.assignments.len() >= e.ann.max_clients as usize {
-        return false;
+    e.assignments.len() < e.ann.max_clients as usize
+}
+
+/// The slots a lookup has probed: open addressing over slot numbers,
+/// emptied in O(1) by bumping a generation (a lookup probes each session
+/// at most once across both tiers).
+#[derive(Debug, Default)]
+struct Probed {
+    /// `generation << 32 | slot`; other generations read as empty.
+    marks: Vec<u64>,
+    generation: u32,
+}
+
+impl Probed {
+    /// Starts a lookup of at most `n` probes.
+    fn begin(&mut self, n: usize) {
+        let cap = (2 * n).next_power_of_two().max(64);
+        if self.marks.len() < cap {
+            self.marks = vec![0; cap];
+            self.generation = 0;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.fill(0);
+            self.generation = 1;
+        }
     }
-    filter.holds(&e.ann.filter, epoch, q.item)
+
+    /// Marks `slot`; false if it already was.
+    fn insert(&mut self, slot: u32) -> bool {
+        let mask = self.marks.len() - 1;
+        let tag = (u64::from(self.generation) << 32) | u64::from(slot);
+        let mut i = (u64::from(slot).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        loop {
+            let m = self.marks[i];
+            if m == tag {
+                return false;
+            }
+            if m >> 32 != u64::from(self.generation) {
+                self.marks[i] = tag;
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// A tier's probing stops once this many eligible sessions per wanted
@@ -498,9 +656,9 @@ fn probe_order(len: usize, max: usize, rng: &mut dyn Entropy) -> Vec<usize> {
 }
 
 fn swap_remove(
-    list: &mut Vec<SessionId>,
+    list: &mut Vec<u32>,
     pos: usize,
-    sessions: &mut HashMap<SessionId, Entry>,
+    slots: &mut [Option<Entry>],
     field: impl Fn(&mut Entry) -> &mut usize,
 ) {
     if pos >= list.len() {
@@ -508,7 +666,7 @@ fn swap_remove(
     }
     list.swap_remove(pos);
     if let Some(moved) = list.get(pos).copied()
-        && let Some(e) = sessions.get_mut(&moved)
+        && let Some(e) = slots.get_mut(moved as usize).and_then(Option::as_mut)
     {
         *field(e) = pos;
     }

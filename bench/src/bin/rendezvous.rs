@@ -12,7 +12,13 @@
 //!    loopback, and the sum projected to 100k.
 //! 3. Lookups/s against the 10k and 100k tables (`SessionTable::lookup`:
 //!    filter tests, freshness, limits, region, two random choices), against
-//!    a `HashMap<ItemKey, Vec<PeerKey>>` lookup of the same holdings.
+//!    a `HashMap<ItemKey, Vec<PeerKey>>` lookup of the same holdings. The
+//!    filters are announce's real epoch-keyed Bloom filters (`AMAN`), tested
+//!    through [`AnnounceFilter`], a copy of the root package's production
+//!    hook (`src/hooks.rs`; the bench may not depend on the root package);
+//!    the same tables are also timed through the reference test alone
+//!    (`FilterCheck::holds`: decode and hash per filter tested, the hook as
+//!    it was before prepared filters), on fewer lookups.
 //! 4. Push latency to 100 live sessions over loopback: from
 //!    `Rendezvous::push` to each session's `next_event` returning, in one
 //!    current-thread runtime (server and clients share the core).
@@ -24,12 +30,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anonmirror_announce::announcement::{AnnouncementHeader, ItemHashes, Layout, may_contain_many};
 use anonmirror_core::{Clock, Entropy, Epoch, ItemKey, ManualClock, PeerKey, SeededEntropy};
+use anonmirror_privacy::Level;
+use anonmirror_rendezvous::hooks::{FilterCheck, ItemProbe, PreparedFilter};
 use anonmirror_rendezvous::msg::{Announcement, Contact, Down};
 use anonmirror_rendezvous::session::{BufferedEntropy, Query, SessionConfig, SessionTable};
 use anonmirror_rendezvous::store::Store;
 use anonmirror_rendezvous::token::{Scheme, TokenScheme, token_key_id};
-use anonmirror_rendezvous::{Client, CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter};
+use anonmirror_rendezvous::{Client, CollectingSink, Rendezvous, ServerConfig};
 use anyhow::{Context, bail};
 use clap::Parser;
 
@@ -46,11 +55,14 @@ struct Args {
     /// Bare durable inserts for the baseline (and unbatched redemptions).
     #[arg(long, default_value_t = 300)]
     commits: usize,
-    /// Items each simulated session holds (32 bytes each in the test
-    /// filter: 64 items make a 2 KiB filter, the size of a typical
-    /// `balanced` announcement at 8 bits per item over ~2 000 items).
+    /// Items each simulated session holds (Zipf-drawn).
     #[arg(long, default_value_t = 64)]
     items_per_session: usize,
+    /// Capacity of each session's announcement filter, in items (8 bits
+    /// each: 2 048 make a 2 KiB filter, the size of a typical `balanced`
+    /// announcement).
+    #[arg(long, default_value_t = 2_048)]
+    filter_capacity: usize,
     /// Distinct items in the simulated index.
     #[arg(long, default_value_t = 60_000)]
     universe: usize,
@@ -247,7 +259,7 @@ fn item(i: usize) -> ItemKey {
     ItemKey(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
 }
 
-fn announcement(rng: &mut SeededEntropy, items: &[ItemKey]) -> Announcement {
+fn announcement(rng: &mut SeededEntropy, items: &[ItemKey], capacity: usize) -> Announcement {
     let mut key = [0u8; 32];
     rng.fill(&mut key);
     let regions = ["eu", "na", "as", "sa"];
@@ -266,15 +278,115 @@ fn announcement(rng: &mut SeededEntropy, items: &[ItemKey]) -> Announcement {
         upload_rate: 1 << 20,
         region: Some(regions[rng.below(4) as usize].to_owned()),
         snapshots: vec![("core".into(), 1 + rng.below(3))],
-        filter: SortedKeysFilter::encode(items),
+        filter: filter_of(items, capacity),
+    }
+}
+
+/// The epoch every simulated announcement is for.
+const BENCH_EPOCH: Epoch = Epoch(1);
+
+/// A real `balanced` announcement of `items` in a filter sized for
+/// `capacity` items.
+fn filter_of(items: &[ItemKey], capacity: usize) -> Vec<u8> {
+    let held: std::collections::BTreeSet<ItemKey> = items.iter().copied().collect();
+    let count = u32::try_from(held.len()).unwrap_or(u32::MAX);
+    anonmirror_announce::Announcement::build(
+        Level::Balanced,
+        BENCH_EPOCH,
+        Layout::for_capacity(capacity, Some(count)),
+        &held,
+    )
+    .to_bytes()
+}
+
+/// The root package's production filter hook (`src/hooks.rs`,
+/// `AnnouncementFilter`), copied: header parsed once per session, the item
+/// hashed once per lookup, h bit reads per filter tested.
+struct AnnounceFilter;
+
+impl FilterCheck for AnnounceFilter {
+    fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool {
+        match anonmirror_announce::Announcement::from_bytes(filter) {
+            Ok(a) => a.epoch == epoch && a.may_contain(item),
+            Err(_) => false,
+        }
+    }
+
+    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
+        match AnnouncementHeader::parse(filter) {
+            Ok(head) => PreparedFilter {
+                valid: true,
+                level: Some(head.level.wire_byte()),
+                shape: [head.epoch.0, (u64::from(head.h) << 32) | u64::from(head.m)],
+            },
+            Err(_) => PreparedFilter::default(),
+        }
+    }
+
+    fn probe(&self, item: &ItemKey, epoch: Epoch) -> ItemProbe {
+        ItemProbe {
+            item: *item,
+            epoch,
+            words: *ItemHashes::new(item, epoch).words(),
+        }
+    }
+
+    fn holds_prepared(&self, filter: &[u8], prepared: &PreparedFilter, probe: &ItemProbe) -> bool {
+        header_of(prepared).may_contain(filter, &ItemHashes::from_words(probe.epoch, probe.words))
+    }
+
+    fn holds_many(
+        &self,
+        filters: &[(&[u8], &PreparedFilter)],
+        probe: &ItemProbe,
+        out: &mut [bool],
+    ) {
+        let item = ItemHashes::from_words(probe.epoch, probe.words);
+        const CHUNK: usize = 16;
+        let blank = (header_of(&PreparedFilter::INVALID), &[][..]);
+        for (fs, os) in filters.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let mut heads = [blank; CHUNK];
+            for (h, (bytes, prepared)) in heads.iter_mut().zip(fs) {
+                *h = (header_of(prepared), *bytes);
+            }
+            may_contain_many(&item, &heads[..fs.len()], os);
+            for (o, (_, prepared)) in os.iter_mut().zip(fs) {
+                *o &= prepared.valid;
+            }
+        }
+    }
+}
+
+/// The header [`FilterCheck::prepare`] packed into `prepared.shape`; only
+/// the fields a test reads (epoch, h, m) matter.
+fn header_of(prepared: &PreparedFilter) -> AnnouncementHeader {
+    let [epoch, hm] = prepared.shape;
+    AnnouncementHeader {
+        level: Level::Open,
+        epoch: Epoch(epoch),
+        h: (hm >> 32) as u8,
+        count: 0,
+        m: hm as u32,
+    }
+}
+
+/// The same test through the reference method alone: what the production
+/// hook cost before prepared filters (decode and hash per filter tested).
+struct ReferenceOnly;
+
+impl FilterCheck for ReferenceOnly {
+    fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool {
+        AnnounceFilter.holds(filter, epoch, item)
     }
 }
 
 /// One table of `n` sessions: its RSS delta, then lookups/s against it
-/// and against the HashMap baseline (built after the measurement).
+/// and against the HashMap baseline (built before the measurement, from
+/// the same holdings), then through the reference-only hook.
 /// Returns [RSS delta, then for Zipf queries and for uniform queries:
-/// lookups/s, baseline/s, candidates, baseline candidates].
-fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
+/// lookups/s, baseline/s, candidates, baseline candidates, reference-only
+/// lookups/s].
+fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 11]> {
     let universe: Vec<ItemKey> = (0..args.universe).map(item).collect();
     let zipf = Zipf::new(universe.len());
     let mut rng = SeededEntropy::new(n as u64);
@@ -283,17 +395,25 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
         ..SessionConfig::default()
     };
     let now = std::time::Instant::now();
-    let before = rss_bytes()?;
-    let mut table = SessionTable::new(cfg, Epoch(1));
+    let held: Vec<Vec<ItemKey>> = (0..n)
+        .map(|_| {
+            let mut h: Vec<ItemKey> = (0..args.items_per_session)
+                .map(|_| universe[zipf.draw(&mut rng)])
+                .collect();
+            h.sort_unstable();
+            h.dedup();
+            h
+        })
+        .collect();
+    let mut table = SessionTable::new(cfg.clone(), BENCH_EPOCH, Arc::new(AnnounceFilter));
     let mut queues = HashMap::with_capacity(n);
     let mut receivers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut held: Vec<ItemKey> = (0..args.items_per_session)
-            .map(|_| universe[zipf.draw(&mut rng)])
-            .collect();
-        held.sort_unstable();
-        held.dedup();
-        let a = announcement(&mut rng, &held);
+    // Allocated before the measurement: the baseline's, not the table's.
+    let mut keys: Vec<PeerKey> = Vec::with_capacity(n);
+    let before = rss_bytes()?;
+    for h in &held {
+        let a = announcement(&mut rng, h, args.filter_capacity);
+        keys.push(a.key);
         let id = table
             .open(a, now, &mut rng)
             .map_err(|r| anyhow::anyhow!("open refused: {r}"))?;
@@ -302,13 +422,20 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
         receivers.push(rx);
     }
     let bytes = rss_bytes()?.saturating_sub(before) as f64;
-
+    // The baseline: who holds what, from the same holdings.
     let mut holders: HashMap<ItemKey, Vec<PeerKey>> = HashMap::new();
-    for a in table.announcements(None) {
-        for chunk in a.filter.chunks_exact(32) {
-            let it = ItemKey(chunk.try_into()?);
-            holders.entry(it).or_default().push(a.key);
+    for (h, key) in held.iter().zip(&keys) {
+        for it in h {
+            holders.entry(*it).or_default().push(*key);
         }
+    }
+    // The same sessions behind the reference-only hook.
+    let mut reference = SessionTable::new(cfg, BENCH_EPOCH, Arc::new(ReferenceOnly));
+    let anns: Vec<Announcement> = table.announcements(None).into_iter().cloned().collect();
+    for a in anns {
+        reference
+            .open(a, now, &mut rng)
+            .map_err(|r| anyhow::anyhow!("open refused: {r}"))?;
     }
     let regions = ["eu", "na", "as", "sa"];
     // As the session owner does: OS randomness, drawn in blocks.
@@ -325,19 +452,27 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
                 (universe[k], regions[rng.below(4) as usize])
             })
             .collect();
-        let t = Instant::now();
-        let mut found = 0usize;
-        for (it, region) in &queries {
-            let q = Query {
-                item: it,
-                repository: "core",
-                version: 1,
-                region: Some(region),
-                want: 8,
-            };
-            found += table.lookup(&q, now, &mut lrng, &SortedKeysFilter).len();
-        }
-        let ours = queries.len() as f64 / t.elapsed().as_secs_f64();
+        let run = |table: &mut SessionTable,
+                   queries: &[(ItemKey, &str)],
+                   lrng: &mut BufferedEntropy<anonmirror_core::OsEntropy>|
+         -> (f64, usize) {
+            let t = Instant::now();
+            let mut found = 0usize;
+            for (it, region) in queries {
+                let q = Query {
+                    item: it,
+                    repository: "core",
+                    version: 1,
+                    region: Some(region),
+                    want: 8,
+                };
+                found += table.lookup(&q, now, lrng).len();
+            }
+            (queries.len() as f64 / t.elapsed().as_secs_f64(), found)
+        };
+        let (ours, found) = run(&mut table, &queries, &mut lrng);
+        let few = &queries[..(queries.len() / 20).max(1)];
+        let (slow, _) = run(&mut reference, few, &mut lrng);
         let t = Instant::now();
         let mut base_found = 0usize;
         for (it, _) in &queries {
@@ -346,19 +481,22 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 9]> {
             }
         }
         let base = queries.len() as f64 / t.elapsed().as_secs_f64();
-        rows.push([ours, base, found as f64, base_found as f64]);
+        rows.push([ours, base, found as f64, base_found as f64, slow]);
     }
     black_box((&queues, &receivers));
     let [p, u] = [rows[0], rows[1]];
-    Ok([bytes, p[0], p[1], p[2], p[3], u[0], u[1], u[2], u[3]])
+    Ok([
+        bytes, p[0], p[1], p[2], p[3], p[4], u[0], u[1], u[2], u[3], u[4],
+    ])
 }
 
 fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
     println!("\n## live sessions: memory and lookups/s (one thread)\n");
     println!(
-        "Each session: {} items ({} B filter), a region, a push queue (capacity 16).\n",
+        "Each session: {} Zipf-drawn items in a real `balanced` announcement sized for {} items ({} B), a region, a push queue (capacity 16).\n",
         args.items_per_session,
-        args.items_per_session * 32
+        args.filter_capacity,
+        filter_of(&[], args.filter_capacity).len()
     );
     let mut mem_rows = Vec::new();
     let mut lookup_rows = Vec::new();
@@ -371,6 +509,8 @@ fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
                 &args.items_per_session.to_string(),
                 "--universe",
                 &args.universe.to_string(),
+                "--filter-capacity",
+                &args.filter_capacity.to_string(),
                 "--lookups",
                 &args.lookups.to_string(),
             ])
@@ -386,12 +526,12 @@ fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        let [bytes, p0, p1, p2, p3, u0, u1, u2, u3] = f[..] else {
+        let [bytes, p0, p1, p2, p3, p4, u0, u1, u2, u3, u4] = f[..] else {
             bail!("child output: {line}");
         };
         mem_rows.push((n, bytes));
-        lookup_rows.push((n, "Zipf (popular)", p0, p1, p2, p3));
-        lookup_rows.push((n, "uniform (mostly rare)", u0, u1, u2, u3));
+        lookup_rows.push((n, "Zipf (popular)", p0, p1, p2, p3, p4));
+        lookup_rows.push((n, "uniform (mostly rare)", u0, u1, u2, u3, u4));
     }
     println!(
         "| live sessions | table + queues, RSS delta | per session | + connections (projected) | total |"
@@ -420,12 +560,12 @@ fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
         }
     );
     println!(
-        "\n| live sessions | queried items | lookups/s (want 8) | HashMap lookup (baseline) | vs baseline | candidates (ours / baseline) |"
+        "\n| live sessions | queried items | lookups/s (want 8) | HashMap lookup (baseline) | vs baseline | candidates (ours / baseline) | reference-only hook, lookups/s |"
     );
-    println!("| ---: | --- | ---: | ---: | ---: | --- |");
-    for (n, kind, ours, base, found, base_found) in &lookup_rows {
+    println!("| ---: | --- | ---: | ---: | ---: | --- | ---: |");
+    for (n, kind, ours, base, found, base_found, slow) in &lookup_rows {
         println!(
-            "| {n} | {kind} | {ours:.0} | {base:.0} | {:.3}x | {found} / {base_found} |",
+            "| {n} | {kind} | {ours:.0} | {base:.0} | {:.3}x | {found} / {base_found} | {slow:.0} |",
             ours / base
         );
     }
@@ -450,7 +590,7 @@ async fn start(dir: &std::path::Path, clock: &ManualClock) -> anyhow::Result<Ren
     let mut cfg = ServerConfig::new(
         "127.0.0.1:0".parse()?,
         dir.to_path_buf(),
-        Arc::new(SortedKeysFilter),
+        Arc::new(AnnounceFilter),
         Arc::new(CollectingSink::default()),
     );
     cfg.clock = Arc::new(clock.clone());
@@ -480,7 +620,7 @@ async fn sessions(
     let mut rng = SeededEntropy::new(seed);
     let mut live = Vec::with_capacity(n);
     for t in &tokens {
-        live.push(c.open_session(t, announcement(&mut rng, &[])).await?);
+        live.push(c.open_session(t, announcement(&mut rng, &[], 0)).await?);
     }
     Ok(live)
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::hooks::SortedKeysFilter;
+use crate::hooks::{FilterCheck, PreparedFilter, SortedKeysFilter};
 use anonmirror_core::SeededEntropy;
 use std::net::SocketAddr;
 
@@ -36,7 +36,11 @@ fn q(version: u64, region: Option<&str>, want: usize) -> Query<'_> {
 fn silent_session_is_dropped_at_the_ping_deadline() {
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(1);
-    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
     let quiet = t
         .open(ann(1, None, 1, 4, true), t0, &mut rng)
         .expect("open");
@@ -60,7 +64,11 @@ fn silent_session_is_dropped_at_the_ping_deadline() {
 fn lookup_obeys_holding_freshness_limits_and_region() {
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(2);
-    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
     // 1: eu, fresh, holds. 2: us, fresh, holds. 3: eu, stale. 4: eu, fresh,
     // does not hold. 5: eu, fresh, holds, limit 1.
     t.open(ann(1, Some("eu"), 10, 8, true), t0, &mut rng)
@@ -75,7 +83,7 @@ fn lookup_obeys_holding_freshness_limits_and_region() {
         .expect("open");
     let key = |i: u16| ann(i, None, 0, 1, true).key;
 
-    let got = t.lookup(&q(10, Some("eu"), 3), t0, &mut rng, &SortedKeysFilter);
+    let got = t.lookup(&q(10, Some("eu"), 3), t0, &mut rng);
     let keys: Vec<PeerKey> = got.iter().map(|c| c.key).collect();
     assert_eq!(keys.len(), 3, "two eu holders then the us one");
     assert!(keys[..2].contains(&key(1)) && keys[..2].contains(&key(5)));
@@ -84,13 +92,13 @@ fn lookup_obeys_holding_freshness_limits_and_region() {
     assert!(!keys.contains(&key(4)), "does not hold");
 
     // 5 is at its limit of 1 now; 1 and 2 have room.
-    let got = t.lookup(&q(10, Some("eu"), 5), t0, &mut rng, &SortedKeysFilter);
+    let got = t.lookup(&q(10, Some("eu"), 5), t0, &mut rng);
     let keys: Vec<PeerKey> = got.iter().map(|c| c.key).collect();
     assert_eq!(keys, vec![key(1), key(2)]);
     assert_eq!(t.assignments_of(&key(5)), 1);
     // After the window, 5 has room again.
     let later = t0 + Duration::from_secs(61);
-    let got = t.lookup(&q(11, Some("eu"), 5), later, &mut rng, &SortedKeysFilter);
+    let got = t.lookup(&q(11, Some("eu"), 5), later, &mut rng);
     assert_eq!(
         got.iter().map(|c| c.key).collect::<Vec<_>>(),
         vec![key(5)],
@@ -98,11 +106,7 @@ fn lookup_obeys_holding_freshness_limits_and_region() {
     );
     // A client in no region, of any version, gets every holder with room
     // (1, 2 and the stale 3; 5 is full again).
-    assert_eq!(
-        t.lookup(&q(0, None, 32), later, &mut rng, &SortedKeysFilter)
-            .len(),
-        3
-    );
+    assert_eq!(t.lookup(&q(0, None, 32), later, &mut rng).len(), 3);
 }
 
 /// Two random choices spread assignments: with 20 equal peers and 200
@@ -111,17 +115,17 @@ fn lookup_obeys_holding_freshness_limits_and_region() {
 fn two_choices_balance_load() {
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(3);
-    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
     for i in 0..20 {
         t.open(ann(i, None, 1, 1_000, true), t0, &mut rng)
             .expect("open");
     }
     for _ in 0..200 {
-        assert_eq!(
-            t.lookup(&q(1, None, 1), t0, &mut rng, &SortedKeysFilter)
-                .len(),
-            1
-        );
+        assert_eq!(t.lookup(&q(1, None, 1), t0, &mut rng).len(), 1);
     }
     let loads: Vec<usize> = (0..20)
         .map(|i| t.assignments_of(&ann(i, None, 0, 1, true).key))
@@ -136,7 +140,11 @@ fn two_choices_balance_load() {
 fn strikes_drop_the_session_and_refuse_its_contact() {
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(4);
-    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
     let a = ann(1, None, 1, 4, true);
     let id = t.open(a.clone(), t0, &mut rng).expect("open");
     assert_eq!(t.report(&PeerKey([0; 32]), t0), ReportOutcome::Unknown);
@@ -163,7 +171,11 @@ fn strikes_drop_the_session_and_refuse_its_contact() {
 fn close_keeps_indices_consistent() {
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(5);
-    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0));
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
     let ids: Vec<SessionId> = (0..50)
         .map(|i| {
             t.open(
@@ -183,11 +195,7 @@ fn close_keeps_indices_consistent() {
     let eu = t.announcements(Some("eu")).len();
     let us = t.announcements(Some("us")).len();
     assert_eq!(eu + us, t.len());
-    assert_eq!(
-        t.lookup(&q(1, None, 32), t0, &mut rng, &SortedKeysFilter)
-            .len(),
-        32
-    );
+    assert_eq!(t.lookup(&q(1, None, 32), t0, &mut rng).len(), 32);
 }
 
 #[test]
@@ -205,4 +213,47 @@ fn buffered_entropy_passes_the_inner_stream_through_unchanged() {
         got.extend(chunk);
     }
     assert_eq!(got, want);
+}
+
+/// A checker that declares a level per filter (its first byte) and
+/// otherwise answers like the sorted-keys double, to see the table keep
+/// level populations through open, close and expiry.
+#[derive(Debug)]
+struct Levelled;
+
+impl FilterCheck for Levelled {
+    fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool {
+        SortedKeysFilter.holds(filter, epoch, item)
+    }
+
+    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
+        PreparedFilter {
+            valid: true,
+            level: Some(filter.first().copied().unwrap_or(0) % 3 + 1),
+            shape: [0; 2],
+        }
+    }
+}
+
+#[test]
+fn level_populations_follow_open_and_close() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(6);
+    let mut t = SessionTable::new(SessionConfig::default(), Epoch(0), Arc::new(Levelled));
+    let ids: Vec<SessionId> = (0..30)
+        .map(|i| {
+            let mut a = ann(i, None, 1, 4, true);
+            a.filter = vec![i as u8; 32];
+            t.open(a, t0, &mut rng).expect("open")
+        })
+        .collect();
+    let want: BTreeMap<u8, u64> = [(1, 10), (2, 10), (3, 10)].into_iter().collect();
+    assert_eq!(t.level_populations(), want);
+    assert!(t.close(ids[0]));
+    assert_eq!(t.level_populations().get(&1), Some(&9));
+    t.heard(ids[1], t0 + Duration::from_secs(60));
+    assert_eq!(t.expire(t0 + Duration::from_secs(91)).len(), 28);
+    let left: BTreeMap<u8, u64> = [(2, 1)].into_iter().collect();
+    assert_eq!(t.level_populations(), left);
+    assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(150)));
 }
