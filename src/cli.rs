@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod daemon;
+mod demo;
 mod fetch;
 mod policy;
 mod rendezvous;
@@ -39,6 +41,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway for the local package manager and, when the policy's
+    /// level is not off, serve peers.
+    Daemon(daemon::DaemonCmd),
+    /// Run a whole swarm on loopback and show what came from where.
+    Demo(demo::DemoCmd),
     /// Run the rendezvous: credentials, tokens, sessions, lookup, push.
     Rendezvous(rendezvous::RendezvousCmd),
     /// Check or show the privacy policy.
@@ -72,6 +79,8 @@ pub fn run() -> ExitCode {
     crate::logging::init(cli.verbose);
     anonmirror_core::set_log_sensitive(cli.dangerous_log_sensitive);
     match cli.command {
+        Command::Daemon(cmd) => daemon::run(cmd),
+        Command::Demo(cmd) => demo::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Rendezvous(cmd) => rendezvous::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),

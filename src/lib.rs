@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+pub mod demo;
 pub mod hooks;
 mod logging;
+pub mod node;
 
 pub use cli::run;

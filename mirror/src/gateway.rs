@@ -93,6 +93,26 @@ impl Gateway {
     pub fn fetcher(&self) -> &Arc<Fetcher> {
         &self.fetcher
     }
+
+    /// Fetch every index of `repo` the gateway has learned again
+    /// (conditionally), as a pushed snapshot change asks. Returns how many
+    /// were answered.
+    pub async fn refresh(&self, repo: &Arc<Repo>) -> usize {
+        let mut n = 0;
+        let paths = {
+            let r = repo.clone();
+            tokio::task::spawn_blocking(move || r.cached_paths())
+                .await
+                .unwrap_or_default()
+        };
+        for path in paths {
+            let r = index(self, repo, &path, &HeaderMap::new(), true).await;
+            if r.status().is_success() {
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// Serve `gateway` on `listener` until `shutdown` completes.
@@ -173,7 +193,10 @@ async fn handle(
         return r;
     }
     let Some(decoded) = percent_decode(path) else {
-        return plain(StatusCode::BAD_REQUEST, "malformed percent-encoding in the path");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "malformed percent-encoding in the path",
+        );
     };
     let trimmed = decoded.trim_start_matches('/');
     let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
@@ -184,7 +207,10 @@ async fn handle(
         );
     };
     if rest.is_empty() || rest.split('/').any(|c| c == ".." || c == ".") {
-        return plain(StatusCode::BAD_REQUEST, "not a file path under the repository");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "not a file path under the repository",
+        );
     }
     let head = method == Method::HEAD;
     let response = match repo.classify(rest) {
@@ -287,7 +313,11 @@ fn parse_range(headers: &HeaderMap, size: u64) -> RangeAsk {
     }
 }
 
-fn not_modified(headers: &HeaderMap, etag: Option<&str>, last_modified: Option<SystemTime>) -> bool {
+fn not_modified(
+    headers: &HeaderMap,
+    etag: Option<&str>,
+    last_modified: Option<SystemTime>,
+) -> bool {
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -330,7 +360,9 @@ where
     if let Some(e) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
         h.insert(header::ETAG, e);
     }
-    if let Some(lm) = last_modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()) {
+    if let Some(lm) =
+        last_modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok())
+    {
         h.insert(header::LAST_MODIFIED, lm);
     }
     if not_modified(headers, etag, last_modified) {
@@ -372,13 +404,20 @@ async fn serve_item(gw: &Gateway, want: Want, headers: &HeaderMap, head: bool) -
     {
         let modified = reader.file.metadata().and_then(|m| m.modified()).ok();
         let metrics = gw.metrics.clone();
-        return entity(headers, head, want.size, Some(&etag), modified, move |s, e| {
-            Body::from_stream(file_stream(reader, s, e, metrics))
-        });
+        return entity(
+            headers,
+            head,
+            want.size,
+            Some(&etag),
+            modified,
+            move |s, e| Body::from_stream(file_stream(reader, s, e, metrics)),
+        );
     }
     if head {
         // The index vouches for the size: no need to fetch anything.
-        return entity(headers, true, want.size, Some(&etag), None, |_, _| Body::empty());
+        return entity(headers, true, want.size, Some(&etag), None, |_, _| {
+            Body::empty()
+        });
     }
     let size = want.size;
     let job = gw.fetcher.job(want);
@@ -400,26 +439,34 @@ fn file_stream(
     futures_util::stream::unfold(state, move |(file, reader, pos, seeked)| {
         let metrics = metrics.clone();
         async move {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        if pos >= end {
-            return None;
-        }
-        let mut f = match file {
-            Ok(f) => f,
-            Err(e) => return Some((Err(e), (Err(std::io::Error::other("closed")), None, end, true))),
-        };
-        if !seeked && let Err(e) = f.seek(std::io::SeekFrom::Start(pos)).await {
-            return Some((Err(e), (Ok(f), None, end, true)));
-        }
-        let want = (end - pos).min(256 * 1024) as usize;
-        let mut buf = vec![0u8; want];
-        match f.read_exact(&mut buf).await {
-            Ok(_) => {
-                metrics.item_bytes(Source::Store, want as u64);
-                Some((Ok(Bytes::from(buf)), (Ok(f), reader, pos + want as u64, true)))
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            if pos >= end {
+                return None;
             }
-            Err(e) => Some((Err(e), (Ok(f), None, end, true))),
-        }
+            let mut f = match file {
+                Ok(f) => f,
+                Err(e) => {
+                    return Some((
+                        Err(e),
+                        (Err(std::io::Error::other("closed")), None, end, true),
+                    ));
+                }
+            };
+            if !seeked && let Err(e) = f.seek(std::io::SeekFrom::Start(pos)).await {
+                return Some((Err(e), (Ok(f), None, end, true)));
+            }
+            let want = (end - pos).min(256 * 1024) as usize;
+            let mut buf = vec![0u8; want];
+            match f.read_exact(&mut buf).await {
+                Ok(_) => {
+                    metrics.item_bytes(Source::Store, want as u64);
+                    Some((
+                        Ok(Bytes::from(buf)),
+                        (Ok(f), reader, pos + want as u64, true),
+                    ))
+                }
+                Err(e) => Some((Err(e), (Ok(f), None, end, true))),
+            }
         }
     })
 }
@@ -441,7 +488,11 @@ async fn index(
     };
     let mut extra = Vec::new();
     if let Some((_, v)) = &cached {
-        if let Some(e) = v.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+        if let Some(e) = v
+            .etag
+            .as_deref()
+            .and_then(|e| HeaderValue::from_str(e).ok())
+        {
             extra.push((header::IF_NONE_MATCH, e));
         }
         if let Some(lm) = v
@@ -468,7 +519,12 @@ async fn index(
                     let body = body.to_bytes();
                     gw.upstream
                         .observe_body(body.len() as u64, started.elapsed());
-                    let (r, p, b, v) = (repo.clone(), rest.to_owned(), body.clone(), validators.clone());
+                    let (r, p, b, v) = (
+                        repo.clone(),
+                        rest.to_owned(),
+                        body.clone(),
+                        validators.clone(),
+                    );
                     let now = gw.clock.unix_secs();
                     match tokio::task::spawn_blocking(move || r.learn(&p, &b, &v, now)).await {
                         Ok(Ok(n)) if n > 0 => {
@@ -501,20 +557,30 @@ async fn index(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let mut r = Response::new(if head { Body::empty() } else { Body::from(body) });
+            let mut r = Response::new(if head {
+                Body::empty()
+            } else {
+                Body::from(body)
+            });
             *r.status_mut() = status;
             return r;
         }
         Err(e) => {
             tracing::info!(error = %e, "upstream unreachable for an index");
             if cached.is_none() {
-                return plain(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {e}"));
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream unreachable: {e}"),
+                );
             }
             cached
         }
     };
     let Some((body, validators)) = fresh else {
-        return plain(StatusCode::BAD_GATEWAY, "upstream answered 304 to an unconditional request");
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "upstream answered 304 to an unconditional request",
+        );
     };
     gw.metrics.index_bytes(body.len() as u64);
     let lm = validators
@@ -532,9 +598,7 @@ async fn index(
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 async fn passthrough(
@@ -547,7 +611,12 @@ async fn passthrough(
     let url = join(&repo.base, rest);
     let resp = match gw.upstream.request(method.clone(), &url, headers).await {
         Ok(r) => r,
-        Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {e}")),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream unreachable: {e}"),
+            );
+        }
     };
     let mut out = Response::new(Body::empty());
     *out.status_mut() = resp.status();
@@ -587,14 +656,35 @@ mod tests {
     #[test]
     fn ranges_behave_as_a_mirror_s() {
         assert_eq!(parse_range(&HeaderMap::new(), 10), RangeAsk::Whole);
-        assert_eq!(parse_range(&with_range("bytes=2-4"), 10), RangeAsk::Part(2, 5));
-        assert_eq!(parse_range(&with_range("bytes=7-"), 10), RangeAsk::Part(7, 10));
-        assert_eq!(parse_range(&with_range("bytes=-3"), 10), RangeAsk::Part(7, 10));
-        assert_eq!(parse_range(&with_range("bytes=5-100"), 10), RangeAsk::Part(5, 10));
+        assert_eq!(
+            parse_range(&with_range("bytes=2-4"), 10),
+            RangeAsk::Part(2, 5)
+        );
+        assert_eq!(
+            parse_range(&with_range("bytes=7-"), 10),
+            RangeAsk::Part(7, 10)
+        );
+        assert_eq!(
+            parse_range(&with_range("bytes=-3"), 10),
+            RangeAsk::Part(7, 10)
+        );
+        assert_eq!(
+            parse_range(&with_range("bytes=5-100"), 10),
+            RangeAsk::Part(5, 10)
+        );
         assert_eq!(parse_range(&with_range("bytes=0-"), 10), RangeAsk::Whole);
-        assert_eq!(parse_range(&with_range("bytes=10-"), 10), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range(&with_range("bytes=-0"), 10), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range(&with_range("bytes=1-2,4-5"), 10), RangeAsk::Whole);
+        assert_eq!(
+            parse_range(&with_range("bytes=10-"), 10),
+            RangeAsk::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(&with_range("bytes=-0"), 10),
+            RangeAsk::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(&with_range("bytes=1-2,4-5"), 10),
+            RangeAsk::Whole
+        );
         assert_eq!(parse_range(&with_range("items=1-2"), 10), RangeAsk::Whole);
     }
 

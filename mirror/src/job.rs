@@ -461,10 +461,7 @@ impl Fetcher {
         // Peers of one level and epoch share one channel parameter set;
         // the first candidate's decides (a lookup answers one epoch).
         let params = candidates[0].params();
-        let group: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| c.params() == params)
-            .collect();
+        let group: Vec<&Candidate> = candidates.iter().filter(|c| c.params() == params).collect();
         let addrs: Vec<swarm::PeerAddr> = group.iter().map(|c| c.addr.clone()).collect();
         let mut cfg = self.config.swarm.clone();
         cfg.params = params;
@@ -512,6 +509,19 @@ impl Fetcher {
             Raced::Hedge(up) => {
                 // The hedge won; the swarm was dropped with its future.
                 drop(sink);
+                if job
+                    .state
+                    .borrow()
+                    .feed
+                    .as_ref()
+                    .is_some_and(|f| f.prefix == 0)
+                    && let Some(source) = &self.peers
+                {
+                    // Not one byte by the deadline: not asked again soon.
+                    for c in &group {
+                        source.report_unavailable(c);
+                    }
+                }
                 self.switch_to_upstream(job, &path, up).await;
                 return self.finish(job, want, Source::Upstream).await;
             }
@@ -715,7 +725,12 @@ impl Fetcher {
                 return Ok(false);
             }
             sha.update(&data);
+            // tokio's file writes in the background: flush before readers
+            // are told the bytes are there.
             file.write_all(&data)
+                .await
+                .map_err(|e| format!("writing the work file: {e}"))?;
+            file.flush()
                 .await
                 .map_err(|e| format!("writing the work file: {e}"))?;
             progress(data.len() as u64);

@@ -1,13 +1,31 @@
-//! The mirror side of anonmirror.
-//!
-//! This crate will hold the index parsers (pacman repository databases,
-//! Debian `InRelease`/`Packages`, plain `SHA256SUMS`), the HTTP gateway the
+//! The mirror side of anonmirror: the index parsers, the HTTP gateway the
 //! package manager talks to on 127.0.0.1, and the upstream fetcher with its
-//! hedged fallback.
+//! hedged fallback (DESIGN.md §3, §8).
+//!
+//! - [`index`]: pacman repository databases, Debian `InRelease`/`Packages`,
+//!   plain `SHA256SUMS`: every package file's SHA-256 and size.
+//! - [`repo`]: what each configured repository's current indexes name.
+//! - [`gateway`]: the HTTP front (`/<repository>/<path>`, metrics).
+//! - [`job`]: one download per item: store, else peers, else upstream,
+//!   with the hedge.
+//! - [`peers`]: candidates from the rendezvous, minus peers that failed.
+//! - [`upstream`]: the HTTP client for the official mirror and its speed.
+//! - [`metrics`]: counters, the offload ratio, the Prometheus text.
 //!
 //! It must never store or share anything its index does not name, nor hand
-//! an unverified byte to the package manager.
+//! the package manager a byte that failed verification.
 
 #![forbid(unsafe_code)]
 
+pub mod err;
+pub mod gateway;
 pub mod index;
+pub mod job;
+pub mod metrics;
+pub mod peers;
+pub mod repo;
+pub mod upstream;
+
+pub use err::{Error, Result};
+pub use gateway::Gateway;
+pub use metrics::Metrics;

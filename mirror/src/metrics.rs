@@ -339,8 +339,9 @@ mod tests {
 
     #[test]
     fn a_garbled_exposition_is_refused_with_its_line() {
-        let e = Snapshot::from_prometheus("anonmirror_requests_total 1\nanonmirror_hedges_total x\n")
-            .expect_err("bad value");
+        let e =
+            Snapshot::from_prometheus("anonmirror_requests_total 1\nanonmirror_hedges_total x\n")
+                .expect_err("bad value");
         assert!(e.starts_with("line 2:"), "{e}");
     }
 }

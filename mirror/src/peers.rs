@@ -17,9 +17,6 @@ use anonmirror_overlay::swarm::{Blame, PeerAddr};
 use anonmirror_privacy::Level;
 use async_trait::async_trait;
 
-const TEMP_LEVEL: u8 = 1;
-const TEMP_EPOCH: u64 = 0;
-
 /// How long a failing peer is set aside.
 pub const SET_ASIDE: Duration = Duration::from_secs(600);
 
@@ -89,6 +86,7 @@ pub struct RendezvousPeers {
     region: Option<String>,
     want: u8,
     aside: SetAside,
+    own: std::sync::Mutex<Option<PeerKey>>,
 }
 
 impl RendezvousPeers {
@@ -99,6 +97,15 @@ impl RendezvousPeers {
             region,
             want,
             aside: SetAside::default(),
+            own: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This node's own session key while it serves: never a candidate of
+    /// its own lookups.
+    pub fn set_own(&self, key: Option<PeerKey>) {
+        if let Ok(mut own) = self.own.lock() {
+            *own = key;
         }
     }
 
@@ -117,8 +124,8 @@ pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Cand
             contact: anonmirror_overlay::Contact::Tcp(addr),
             key: c.key,
         },
-        level: Level::from_wire_byte(TEMP_LEVEL)?,
-        epoch: Epoch(TEMP_EPOCH),
+        level: Level::from_wire_byte(c.level)?,
+        epoch: Epoch(c.epoch),
     })
 }
 
@@ -130,11 +137,14 @@ impl PeerSource for RendezvousPeers {
             .lookup(item, repository, version, self.region.as_deref(), self.want)
             .await
         {
-            Ok(found) => found
-                .iter()
-                .filter_map(from_rendezvous)
-                .filter(|c| !self.aside.contains(&c.addr.key))
-                .collect(),
+            Ok(found) => {
+                let own = self.own.lock().ok().and_then(|o| *o);
+                found
+                    .iter()
+                    .filter_map(from_rendezvous)
+                    .filter(|c| !self.aside.contains(&c.addr.key) && Some(c.addr.key) != own)
+                    .collect()
+            }
             Err(e) => {
                 tracing::info!(item = %Sensitive::new(item), error = %e, "lookup failed");
                 Vec::new()

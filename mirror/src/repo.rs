@@ -186,8 +186,9 @@ impl Repo {
     fn parser_for(&self, rest: &str, state: &State) -> Option<Parsed> {
         let base = basename(rest);
         match self.kind {
-            RepositoryKind::Pacman => (base.ends_with(".db") || base.contains(".db.tar"))
-                .then_some(Parsed::PacmanDb),
+            RepositoryKind::Pacman => {
+                (base.ends_with(".db") || base.contains(".db.tar")).then_some(Parsed::PacmanDb)
+            }
             RepositoryKind::Sha256sums => (base == "SHA256SUMS").then_some(Parsed::Sums),
             RepositoryKind::Apt => {
                 if base == "Release" || base == "InRelease" {
@@ -373,6 +374,29 @@ impl Repo {
         (self.item_count(), failed)
     }
 
+    /// The index files kept in the cache that the gateway parses, suite
+    /// `Release`s first (what a pushed snapshot change fetches again).
+    pub fn cached_paths(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        collect_files(&self.cache, &self.cache, &mut files);
+        let state = self.state.read();
+        let mut out: Vec<String> = files
+            .into_iter()
+            .filter(|p| !p.ends_with(META_SUFFIX) && !p.ends_with(".tmp") && self.is_index(p))
+            .filter(|p| {
+                state
+                    .as_ref()
+                    .map(|s| self.parser_for(p, s).is_some())
+                    .unwrap_or(false)
+            })
+            .collect();
+        out.sort_by_key(|p| {
+            let b = basename(p);
+            (!(b == "Release" || b == "InRelease"), p.clone())
+        });
+        out
+    }
+
     /// The cached copy of an index file and its validators.
     pub fn cached(&self, rest: &str) -> Option<(Vec<u8>, Validators)> {
         let rel = safe_relative(rest)?;
@@ -553,10 +577,18 @@ mod tests {
     #[test]
     fn paths_are_classified_per_kind() {
         let dir = tempfile::tempdir().expect("tmp");
-        let p = Repo::new("arch", RepositoryKind::Pacman, "http://m/", dir.path().into());
+        let p = Repo::new(
+            "arch",
+            RepositoryKind::Pacman,
+            "http://m/",
+            dir.path().into(),
+        );
         assert_eq!(p.classify("core/os/x86_64/core.db"), PathClass::Index);
         assert_eq!(p.classify("core/os/x86_64/core.db.sig"), PathClass::Index);
-        assert_eq!(p.classify("core/os/x86_64/a-1-1-x86_64.pkg.tar.zst"), PathClass::Other);
+        assert_eq!(
+            p.classify("core/os/x86_64/a-1-1-x86_64.pkg.tar.zst"),
+            PathClass::Other
+        );
         let a = Repo::new("deb", RepositoryKind::Apt, "http://m/", dir.path().into());
         assert_eq!(a.classify("dists/stable/InRelease"), PathClass::Index);
         assert_eq!(a.classify("pool/main/h/hello.deb"), PathClass::Other);
@@ -565,13 +597,23 @@ mod tests {
     #[test]
     fn a_new_index_replaces_the_items_of_the_old_one_and_survives_a_restart() {
         let dir = tempfile::tempdir().expect("tmp");
-        let repo = Repo::new("g", RepositoryKind::Sha256sums, "http://m/", dir.path().into());
+        let repo = Repo::new(
+            "g",
+            RepositoryKind::Sha256sums,
+            "http://m/",
+            dir.path().into(),
+        );
         let v1 = Validators {
             etag: Some("\"1\"".into()),
             last_modified: Some("Sun, 22 Nov 2026 06:00:00 GMT".into()),
         };
         let n = repo
-            .learn("snap/SHA256SUMS", &sums(&[(b"a", "a.tar"), (b"b", "b.tar")]), &v1, 5)
+            .learn(
+                "snap/SHA256SUMS",
+                &sums(&[(b"a", "a.tar"), (b"b", "b.tar")]),
+                &v1,
+                5,
+            )
             .expect("parses");
         assert_eq!(n, 2);
         let PathClass::Item(item) = repo.classify("snap/a.tar") else {
@@ -580,14 +622,27 @@ mod tests {
         assert_eq!(item.size, None);
         assert_eq!(repo.version(), v1.last_modified_unix().expect("date"));
         // The next snapshot drops a.tar.
-        repo.learn("snap/SHA256SUMS", &sums(&[(b"b2", "b.tar")]), &Validators::default(), 9)
-            .expect("parses");
+        repo.learn(
+            "snap/SHA256SUMS",
+            &sums(&[(b"b2", "b.tar")]),
+            &Validators::default(),
+            9,
+        )
+        .expect("parses");
         assert_eq!(repo.classify("snap/a.tar"), PathClass::Other);
         assert_eq!(repo.item_count(), 1);
         // A malformed copy keeps the previous items.
-        assert!(repo.learn("snap/SHA256SUMS", b"zz  x\n", &Validators::default(), 10).is_err());
+        assert!(
+            repo.learn("snap/SHA256SUMS", b"zz  x\n", &Validators::default(), 10)
+                .is_err()
+        );
         // A restarted gateway knows the cached copy's items.
-        let again = Repo::new("g", RepositoryKind::Sha256sums, "http://m/", dir.path().into());
+        let again = Repo::new(
+            "g",
+            RepositoryKind::Sha256sums,
+            "http://m/",
+            dir.path().into(),
+        );
         let (items, failed) = again.load_cached(11);
         assert_eq!((items, failed.len()), (1, 0));
         assert!(matches!(again.classify("snap/b.tar"), PathClass::Item(_)));

@@ -209,7 +209,10 @@ mod tests {
         let e = u.estimate().expect("measured");
         assert_eq!(e.samples, 1);
         let t = e.expected(1 << 20);
-        assert!(t >= Duration::from_millis(100) && t <= Duration::from_millis(120), "{t:?}");
+        assert!(
+            t >= Duration::from_millis(100) && t <= Duration::from_millis(120),
+            "{t:?}"
+        );
         // Small bodies do not count.
         u.observe_body(100, Duration::from_secs(10));
         assert_eq!(u.estimate().map(|e| e.samples), Some(1));

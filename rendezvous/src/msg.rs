@@ -59,7 +59,7 @@
 //! | `03` | `SessionOpened` | ping_secs `varint`(u32), silence_secs `varint`(u32) |
 //! | `04` | `Ping` | nonce `varint`(u64) |
 //! | `05` | `SnapshotChanged` | repository `str`, version `varint` |
-//! | `06` | `Peers` | candidates `seq<`[`Candidate`]`>` (≤ [`MAX_WANT`]): contact, key `[32]`, region `opt<str>` |
+//! | `06` | `Peers` | candidates `seq<`[`Candidate`]`>` (≤ [`MAX_WANT`]): contact, key `[32]`, region `opt<str>`, level `u8`, epoch `varint` |
 //! | `07` | `DirectoryHead` | total `varint`(u64 bytes, ≤ [`MAX_DIRECTORY`]), signature `[64]` (Ed25519) |
 //! | `08` | `DirectoryPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
 //! | `09` | `Ack` | — |
@@ -101,8 +101,8 @@ pub const MAX_REPOSITORIES: usize = 16;
 pub const MAX_NAME: usize = 64;
 /// The largest announcement filter (opaque here; announce/ defines it).
 pub const MAX_FILTER: usize = 32 * 1024;
-/// The largest popularity report (opaque here; announce/ defines it).
-pub const MAX_REPORT: usize = 32 * 1024;
+/// The longest popularity report (announce's default m = 2^18 bits is a 32 KiB bitmap plus its header; a frame holds 64 KiB).
+pub const MAX_REPORT: usize = 48 * 1024;
 /// The largest directory snapshot, in bytes.
 pub const MAX_DIRECTORY: u64 = 1 << 30;
 /// The most bytes of a directory in one part.
@@ -266,6 +266,12 @@ pub struct Candidate {
     pub key: PeerKey,
     /// Its region.
     pub region: Option<String>,
+    /// The level its announcement declares (`Level::wire_byte`; 0 when its
+    /// filter declares none), bound with `epoch` into the prologue of a
+    /// channel to it.
+    pub level: u8,
+    /// The epoch of its session.
+    pub epoch: u64,
 }
 
 /// Why the rendezvous said no.

@@ -509,6 +509,8 @@ impl SessionTable {
                         contact: e.ann.contact.clone(),
                         key: e.ann.key,
                         region: e.ann.region.clone(),
+                        level: e.prepared.level.unwrap_or(0),
+                        epoch: self.epoch.0,
                     });
                 }
             }

@@ -246,13 +246,20 @@ fn arb_down() -> impl Strategy<Value = Down> {
             }
         }),
         proptest::collection::vec(
-            (arb_contact(), any::<[u8; 32]>(), arb_region()).prop_map(|(contact, k, region)| {
-                Candidate {
+            (
+                arb_contact(),
+                any::<[u8; 32]>(),
+                arb_region(),
+                0u8..4,
+                any::<u64>()
+            )
+                .prop_map(|(contact, k, region, level, epoch)| Candidate {
                     contact,
                     key: PeerKey(k),
                     region,
-                }
-            }),
+                    level,
+                    epoch,
+                }),
             0..=usize::from(MAX_WANT)
         )
         .prop_map(Down::Peers),

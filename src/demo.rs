@@ -1,0 +1,445 @@
+//! `anonmirror demo`: a whole swarm on loopback, in one process.
+//!
+//! 1. An upstream: a generated Debian-style repository (`Release`,
+//!    `Packages`, and package files of mixed sizes with deterministic
+//!    content) served over HTTP by [`StaticServer`].
+//! 2. A rendezvous.
+//! 3. Volunteers at the levels asked for. Each fetches the repository
+//!    through its own gateway like any client (the first from the upstream,
+//!    later ones partly from earlier volunteers), then announces.
+//! 4. A client (level `off`) fetches every package through its gateway and
+//!    checks each against the index.
+//!
+//! It prints the bytes the client got by source, the offload ratio, and
+//! each volunteer's selection: what it holds, announces and reveals.
+//! Volunteers above `open` announce only items whose popularity is known
+//! to clear their level's floor; in a swarm this young no popularity is
+//! published yet, so they hold but do not serve, and the demo says so.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anonmirror_core::{Entropy, SeededEntropy};
+use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_privacy::{ByteSize, Level, Policy, Transport};
+use anonmirror_privacy::{Rendezvous as RendezvousConfig, Repository, RepositoryKind};
+use anonmirror_rendezvous::{Rendezvous, ServerConfig};
+use anyhow::{Context, Result, anyhow};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+
+use crate::node::{Node, NodeOptions, Summary};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Packages in the generated repository.
+    pub packages: usize,
+    /// The volunteers' levels.
+    pub volunteers: Vec<Level>,
+    /// Where everything lives (a temporary directory when `None`).
+    pub dir: Option<PathBuf>,
+    /// Seed of the generated contents.
+    pub seed: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            packages: 24,
+            volunteers: vec![Level::Open, Level::Open, Level::Open, Level::Balanced],
+            dir: None,
+            seed: 1,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    /// The client gateway's counters at the end.
+    pub client: Snapshot,
+    /// Packages the client fetched and verified.
+    pub verified: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Each volunteer's last selection.
+    pub volunteers: Vec<(Level, Option<Summary>, Snapshot)>,
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.client;
+        writeln!(
+            f,
+            "client: {} packages, {} bytes, every one verified against the index",
+            self.verified, self.bytes
+        )?;
+        writeln!(
+            f,
+            "  from peers {} B, from the store {} B, from upstream {} B; offload ratio {:.1} %",
+            c.from_peers,
+            c.from_store,
+            c.from_upstream,
+            100.0 * c.offload_ratio()
+        )?;
+        writeln!(
+            f,
+            "  downloads completed by peers {}, by upstream {}; hedges {}; peers blamed {}",
+            c.items_from_peers, c.items_from_upstream, c.hedges, c.blame_events
+        )?;
+        for (i, (level, summary, m)) in self.volunteers.iter().enumerate() {
+            match summary {
+                Some(s) => writeln!(
+                    f,
+                    "volunteer {i} ({level}): holds {}, announces {} ({} padding), exposure {:.2} bits{}, served {} B to peers",
+                    s.held,
+                    s.announced,
+                    s.padding,
+                    s.exposure_bits,
+                    if s.within_budget {
+                        ""
+                    } else {
+                        " (over budget: withheld)"
+                    },
+                    m.served_to_peers
+                )?,
+                None => writeln!(f, "volunteer {i} ({level}): no selection yet")?,
+            }
+            if *level != Level::Open && summary.as_ref().is_some_and(|s| s.announced == 0) {
+                writeln!(
+                    f,
+                    "  (above `open` only items known to be popular are announced; no popularity is published yet in a swarm this young)"
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A package file of the generated repository.
+#[derive(Clone, Debug)]
+pub struct Package {
+    /// Path under the repository root.
+    pub path: String,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Its size.
+    pub size: u64,
+}
+
+/// Generate a Debian-style repository of `n` packages under `root`: suite
+/// `demo`, component `main`, architecture `all`; plain `Packages`, listed
+/// in `Release`. Sizes mix many small files with a few large ones.
+pub fn generate_repository(root: &Path, n: usize, seed: u64) -> Result<Vec<Package>> {
+    let mut rng = SeededEntropy::new(seed);
+    let mut packages = Vec::with_capacity(n);
+    let mut text = String::new();
+    for i in 0..n {
+        let name = format!("demo-pkg{i}");
+        // Four in five under 512 KiB, the rest up to 6 MiB.
+        let size = if rng.below(5) < 4 {
+            4096 + rng.below(512 * 1024)
+        } else {
+            1024 * 1024 + rng.below(5 * 1024 * 1024)
+        };
+        let path = format!("pool/main/d/{name}/{name}_1.0-1_all.deb");
+        let mut bytes = vec![0u8; size as usize];
+        let mut content = SeededEntropy::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+        content.fill(&mut bytes);
+        let file = root.join(&path);
+        if let Some(p) = file.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(&file, &bytes)?;
+        let sha = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(sha.as_ref());
+        text.push_str(&format!(
+            "Package: {name}\nVersion: 1.0-1\nArchitecture: all\nFilename: {path}\nSize: {size}\nSHA256: {}\nDescription: demo package {i}\n\n",
+            hex::encode(sha256)
+        ));
+        packages.push(Package { path, sha256, size });
+    }
+    let dists = root.join("dists/demo");
+    std::fs::create_dir_all(dists.join("main/binary-all"))?;
+    std::fs::write(dists.join("main/binary-all/Packages"), &text)?;
+    let sha = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let release = format!(
+        "Origin: anonmirror demo\nSuite: demo\nCodename: demo\nDate: Sun, 22 Nov 2026 00:00:00 UTC\nArchitectures: all\nComponents: main\nSHA256:\n {} {} main/binary-all/Packages\n",
+        hex::encode(sha.as_ref()),
+        text.len()
+    );
+    std::fs::write(dists.join("Release"), release)?;
+    Ok(packages)
+}
+
+/// A directory served over HTTP on loopback (GET and HEAD, with
+/// `Last-Modified` and `If-Modified-Since`): the demo's upstream mirror.
+#[derive(Debug)]
+pub struct StaticServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl StaticServer {
+    /// Serve `root` on 127.0.0.1 (any port).
+    pub async fn start(root: PathBuf) -> Result<StaticServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let root = Arc::new(root);
+        let app =
+            axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+                let root = root.clone();
+                async move { serve_file(&root, &method, &uri, &headers).await }
+            });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await;
+        });
+        Ok(StaticServer { addr, stop })
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn serve_file(
+    root: &Path,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let status = |s: StatusCode| {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = s;
+        r
+    };
+    let rel = uri.path().trim_start_matches('/');
+    if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        return status(StatusCode::NOT_FOUND);
+    }
+    let path = root.join(rel);
+    let Ok(meta) = tokio::fs::metadata(&path).await else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    if !meta.is_file() {
+        return status(StatusCode::NOT_FOUND);
+    }
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+    let ims = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let mut r = status(StatusCode::OK);
+    if let Some(m) = modified
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m))
+    {
+        r.headers_mut().insert(header::LAST_MODIFIED, v);
+        if ims.is_some_and(|ims| m <= ims) {
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    if *method != Method::HEAD {
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => *r.body_mut() = Body::from(bytes),
+            Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+    r
+}
+
+/// GET `url`, the whole body.
+pub async fn http_get(url: &str) -> Result<(StatusCode, Vec<u8>)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.get(url.parse()?))
+        .await
+        .map_err(|_| anyhow!("GET {url}: no answer in 60 s"))??;
+    let status = resp.status();
+    let body = tokio::time::timeout(Duration::from_secs(120), resp.into_body().collect())
+        .await
+        .map_err(|_| anyhow!("GET {url}: body not complete in 120 s"))??
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}
+
+/// A policy for a demo node at `level`: everything under `dir`, every
+/// socket on 127.0.0.1 (any port), peers over TCP, the demo's repository.
+pub fn node_policy(level: Level, dir: &Path, upstream: &str, rendezvous: &Rendezvous) -> Policy {
+    loopback_policy(
+        level,
+        dir,
+        vec![Repository {
+            name: "demo".to_owned(),
+            kind: RepositoryKind::Apt,
+            url: upstream.to_owned(),
+        }],
+        rendezvous,
+    )
+}
+
+/// A policy for a node at `level` on loopback: everything under `dir`,
+/// every socket on 127.0.0.1 (any port), peers over TCP.
+pub fn loopback_policy(
+    level: Level,
+    dir: &Path,
+    repositories: Vec<Repository>,
+    rendezvous: &Rendezvous,
+) -> Policy {
+    let mut p = Policy::defaults_for(level);
+    p.paths.state_dir = dir.join("state");
+    p.paths.cache_dir = dir.join("cache");
+    p.cache.max_size = ByteSize::gib(1);
+    p.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    p.serve.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    p.serve.upload_rate = anonmirror_privacy::Rate(1 << 30);
+    p.transport.kind = Transport::Tcp;
+    p.repositories = repositories;
+    p.rendezvous = Some(RendezvousConfig {
+        address: rendezvous.local_addr().to_string(),
+        key: rendezvous.key(),
+    });
+    p
+}
+
+/// Fetch the index and `packages` through the gateway at `gateway`,
+/// checking each; returns the bytes.
+pub async fn fetch_all(gateway: SocketAddr, packages: &[Package]) -> Result<u64> {
+    let base = format!("http://{gateway}/demo/");
+    for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
+        let (status, _) = http_get(&format!("{base}{index}")).await?;
+        if status != StatusCode::OK {
+            return Err(anyhow!("{index}: {status}"));
+        }
+    }
+    let mut bytes = 0;
+    for p in packages {
+        let (status, body) = http_get(&format!("{base}{}", p.path)).await?;
+        if status != StatusCode::OK {
+            return Err(anyhow!("{}: {status}", p.path));
+        }
+        let sha = ring::digest::digest(&ring::digest::SHA256, &body);
+        if sha.as_ref() != p.sha256 {
+            return Err(anyhow!("{}: SHA-256 differs from the index", p.path));
+        }
+        bytes += body.len() as u64;
+    }
+    Ok(bytes)
+}
+
+/// Wait (up to 10 s) until `node` holds something and has a session open.
+pub async fn wait_announced(node: &Node) -> Result<()> {
+    for _ in 0..200 {
+        let m = node.gateway().metrics().snapshot();
+        if let Some(s) = node.summary()
+            && s.held > 0
+            && m.session_live == 1
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(anyhow!("a volunteer did not announce within 10 s"))
+}
+
+/// Run the demo.
+pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    let tmp;
+    let dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("anonmirror-demo")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let packages = generate_repository(&dir.join("upstream"), opts.packages, opts.seed)
+        .context("generating the repository")?;
+    let upstream = StaticServer::start(dir.join("upstream")).await?;
+    let mut cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.join("rendezvous"),
+        Arc::new(crate::hooks::AnnouncementFilter),
+        Arc::new(crate::hooks::PopularityAggregator::default()),
+    );
+    cfg.credentials.pow_difficulty = 8;
+    let rendezvous = Rendezvous::start(cfg)
+        .await
+        .context("starting the rendezvous")?;
+    let node_opts = NodeOptions {
+        pow_difficulty: 8,
+        ..NodeOptions::default()
+    };
+
+    let mut volunteers = Vec::new();
+    for (i, level) in opts.volunteers.iter().enumerate() {
+        let policy = node_policy(
+            *level,
+            &dir.join(format!("volunteer{i}")),
+            &upstream.url(),
+            &rendezvous,
+        );
+        let node = Node::start(policy, node_opts.clone())
+            .await
+            .with_context(|| format!("starting volunteer {i}"))?;
+        fetch_all(node.gateway_addr, &packages)
+            .await
+            .with_context(|| format!("volunteer {i} fetching"))?;
+        node.reannounce();
+        wait_announced(&node).await?;
+        volunteers.push((*level, node));
+    }
+
+    let client_policy = node_policy(
+        Level::Off,
+        &dir.join("client"),
+        &upstream.url(),
+        &rendezvous,
+    );
+    let client = Node::start(client_policy, node_opts)
+        .await
+        .context("starting the client")?;
+    let bytes = fetch_all(client.gateway_addr, &packages)
+        .await
+        .context("the client fetching")?;
+    let report = DemoReport {
+        client: client.gateway().metrics().snapshot(),
+        verified: packages.len(),
+        bytes,
+        volunteers: volunteers
+            .iter()
+            .map(|(l, n)| (*l, n.summary(), n.gateway().metrics().snapshot()))
+            .collect(),
+    };
+    client.stop().await;
+    for (_, n) in volunteers {
+        n.stop().await;
+    }
+    rendezvous.shutdown().await;
+    drop(upstream);
+    Ok(report)
+}

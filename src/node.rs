@@ -1,0 +1,638 @@
+//! One anonmirror node: the gateway for the local package manager and,
+//! when the policy's level is not `off`, the volunteer role.
+//!
+//! The volunteer role, per session (DESIGN.md §4–§5):
+//!
+//! 1. a credential (registered with a proof-of-work, kept in the state
+//!    directory, dropped and registered anew when the rendezvous no longer
+//!    knows it or it is past its validity);
+//! 2. two tokens for the epoch: one pays for a popularity report (from the
+//!    held, current, allowed items, randomized with the node's permanent
+//!    memo), one opens the session;
+//! 3. the selection pipeline decides the announcement; padding items
+//!    (announced, not held) are fetched in the background, within the cache
+//!    cap, so that the node can serve what it announces;
+//! 4. a peer server with a fresh Noise key for the session, within the
+//!    policy's limits;
+//! 5. the session stays open, answering pings, until the epoch ends, a
+//!    repository's snapshot changes (its indexes are fetched again, new
+//!    versions of held packages prefetched, and a new session announces the
+//!    new selection), or it fails (reconnect after a jittered backoff, with
+//!    fresh tokens).
+//!
+//! Nothing a session carries is linked to another: a new token, a new
+//! Noise key, and a new announcement every time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_announce::snapshot::LevelPeers;
+use anonmirror_announce::{
+    CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report, select,
+};
+use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
+use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
+use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
+use anonmirror_mirror::repo::Repo;
+use anonmirror_mirror::upstream::{Upstream, join};
+use anonmirror_mirror::{Gateway, Metrics};
+use anonmirror_overlay::server::ServerConfig;
+use anonmirror_overlay::swarm::SwarmConfig;
+use anonmirror_overlay::{ChannelParams, Listener, StaticKeypair, Store, TcpTransport, Transport};
+use anonmirror_privacy::{Level, Policy};
+use anonmirror_rendezvous::credential::ClientCredential;
+use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
+use anyhow::{Context, Result, anyhow};
+use tokio_util::sync::CancellationToken;
+
+/// What the command line adds to the policy.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Leading zero bits of the registration proof-of-work (at least the
+    /// rendezvous's).
+    pub pow_difficulty: u8,
+    /// A fixed hedge deadline instead of the one derived from the
+    /// upstream's speed.
+    pub hedge_after: Option<Duration>,
+    /// Peers asked for per lookup.
+    pub lookup_want: u8,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            pow_difficulty: 20,
+            hedge_after: None,
+            lookup_want: 4,
+        }
+    }
+}
+
+/// What the volunteer's last selection decided (for `demo` and logs;
+/// `anonmirror audit` shows the whole pipeline).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// The level.
+    pub level: Level,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Items held.
+    pub held: usize,
+    /// Items announced (held and padding).
+    pub announced: usize,
+    /// Announced items not held.
+    pub padding: usize,
+    /// I(A), bits.
+    pub exposure_bits: f64,
+    /// Whether the announcement was within the exposure budget (and so
+    /// made).
+    pub within_budget: bool,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// Where the gateway listens.
+    pub gateway_addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    reannounce: Arc<tokio::sync::Notify>,
+    summary: Arc<std::sync::Mutex<Option<Summary>>>,
+}
+
+impl Node {
+    /// Start the gateway (and the volunteer role when the level serves).
+    pub async fn start(policy: Policy, opts: NodeOptions) -> Result<Node> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let cache_dir = policy.paths.cache_dir.clone();
+        let state_dir = policy.paths.state_dir.clone();
+        for d in [&cache_dir, &state_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let store = Store::open(
+            &cache_dir.join("store"),
+            policy.cache.max_size.0,
+            clock.clone(),
+        )
+        .context("opening the store")?;
+        let metrics = Arc::new(Metrics::default());
+        let upstream = Arc::new(Upstream::default());
+        let rendezvous = match &policy.rendezvous {
+            Some(r) => Some(Client::new(resolve(&r.address).await?, r.key)),
+            None => None,
+        };
+        let peers: Option<Arc<RendezvousPeers>> = rendezvous.as_ref().map(|c| {
+            Arc::new(RendezvousPeers::new(
+                c.clone(),
+                policy.announce.region.clone(),
+                opts.lookup_want,
+            ))
+        });
+        let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
+        swarm.connect_timeout = Duration::from_secs(5);
+        swarm.stall_timeout = Duration::from_secs(5);
+        let fetcher = Arc::new(
+            Fetcher::new(
+                store.clone(),
+                upstream.clone(),
+                peers.clone().map(|p| p as Arc<dyn PeerSource>),
+                metrics.clone(),
+                FetchConfig {
+                    work_dir: cache_dir.join("store").join("tmp"),
+                    swarm,
+                    hedge_after: opts.hedge_after,
+                },
+            )
+            .context("preparing the work directory")?,
+        );
+        let mut repos = Vec::new();
+        for r in &policy.repositories {
+            let repo = Arc::new(Repo::new(
+                &r.name,
+                r.kind,
+                &r.url,
+                cache_dir.join("indexes").join(&r.name),
+            ));
+            let (items, failed) = repo.load_cached(clock.unix_secs());
+            for (path, e) in failed {
+                tracing::warn!(repository = %r.name, file = %path, error = %e, "cached index unusable");
+            }
+            if items > 0 {
+                tracing::info!(repository = %r.name, items, "cached indexes loaded");
+            }
+            repos.push(repo);
+        }
+        let gateway = Arc::new(Gateway::new(
+            repos,
+            fetcher,
+            upstream,
+            metrics,
+            clock.clone(),
+        ));
+        if policy.level.serves()
+            && policy.transport.kind == anonmirror_privacy::Transport::Tor
+            && !policy.transport.allow_tcp_fallback
+        {
+            return Err(anyhow!(
+                "level {} wants peers over Tor only, and the Tor transport is not built yet: \
+                 serving needs transport.kind = \"tcp\" or allow_tcp_fallback = true \
+                 (which shows this node's address to peers)",
+                policy.level
+            ));
+        }
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let (gateway_addr, server) =
+            anonmirror_mirror::gateway::spawn(policy.gateway.listen, gateway.clone(), async move {
+                stop.cancelled().await
+            })
+            .await
+            .with_context(|| format!("binding the gateway to {}", policy.gateway.listen))?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "gateway stopped"),
+                Err(e) => tracing::error!(error = %e, "gateway task failed"),
+            }
+        });
+        tracing::info!(%gateway_addr, level = %policy.level, "gateway listening");
+        let reannounce = Arc::new(tokio::sync::Notify::new());
+        let summary = Arc::new(std::sync::Mutex::new(None));
+        if policy.level.serves() {
+            let client =
+                rendezvous.ok_or_else(|| anyhow!("level {} needs [rendezvous]", policy.level))?;
+            let v = Volunteer {
+                policy,
+                opts,
+                client,
+                store,
+                gateway: gateway.clone(),
+                peers,
+                clock,
+                state_dir,
+                cancel: cancel.clone(),
+                reannounce: reannounce.clone(),
+                summary: summary.clone(),
+            };
+            tasks.spawn(v.run());
+        }
+        Ok(Node {
+            gateway_addr,
+            gateway,
+            cancel,
+            tasks,
+            reannounce,
+            summary,
+        })
+    }
+
+    /// Close the current session and announce anew now (after the store
+    /// changed, e.g. once a new volunteer has fetched its first packages).
+    pub fn reannounce(&self) {
+        self.reannounce.notify_one();
+    }
+
+    /// What the last selection decided, once one ran.
+    pub fn summary(&self) -> Option<Summary> {
+        self.summary.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// The gateway (metrics, repositories).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stop everything and wait for it.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// `host:port` to one socket address.
+async fn resolve(address: &str) -> Result<SocketAddr> {
+    if address.contains(".onion:") {
+        return Err(anyhow!(
+            "the rendezvous {address} is an onion service: the Tor transport is not built yet"
+        ));
+    }
+    tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("resolving the rendezvous {address}"))?
+        .next()
+        .ok_or_else(|| anyhow!("the rendezvous {address} resolves to nothing"))
+}
+
+struct Volunteer {
+    policy: Policy,
+    opts: NodeOptions,
+    client: Client,
+    store: Store,
+    gateway: Arc<Gateway>,
+    peers: Option<Arc<RendezvousPeers>>,
+    clock: Arc<dyn Clock>,
+    state_dir: PathBuf,
+    cancel: CancellationToken,
+    reannounce: Arc<tokio::sync::Notify>,
+    summary: Arc<std::sync::Mutex<Option<Summary>>>,
+}
+
+/// Why a session ended without failing.
+enum Ended {
+    /// Announce again now (new epoch, new snapshot).
+    Reopen,
+    /// Nothing to announce this epoch: wait for the next one.
+    Withheld(Duration),
+    /// The node is stopping.
+    Stopping,
+}
+
+impl Volunteer {
+    async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let mut entropy = OsEntropy;
+        let mut served_before = 0u64;
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            let wait = match self.session(&mut served_before).await {
+                Ok(Ended::Stopping) => return,
+                Ok(Ended::Reopen) => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(Ended::Withheld(d)) => d,
+                Err(e) => {
+                    self.gateway.metrics().session(false);
+                    let d = backoff.next_delay(&mut entropy);
+                    tracing::info!(error = %format!("{e:#}"), retry_in = ?d, "session ended");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.reannounce.notified() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    fn epoch(&self, now: u64) -> (Epoch, Duration) {
+        let len = self.policy.announce.epoch_secs.max(1);
+        let e = now / len;
+        (Epoch(e), Duration::from_secs((e + 1) * len - now))
+    }
+
+    async fn credential(&self, now: u64) -> Result<ClientCredential> {
+        let path = self.state_dir.join("credential");
+        if let Some(c) = read_credential(&path)
+            && c.usable(now)
+        {
+            return Ok(c);
+        }
+        tracing::info!("registering a new credential");
+        let c = self
+            .client
+            .register(now, self.opts.pow_difficulty, OsEntropy)
+            .await
+            .context("registering")?;
+        write_private(
+            &path,
+            format!("{} {}\n", hex::encode(c.credential), c.expires).as_bytes(),
+        )
+        .context("saving the credential")?;
+        Ok(c)
+    }
+
+    fn memo(&self, params: &ReportParams) -> Result<PermanentMemo> {
+        let path = self.state_dir.join("memo");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(m) = PermanentMemo::from_bytes(&bytes)
+            && m.f() == params.f
+        {
+            return Ok(m);
+        }
+        // A memo is drawn once per peer and f; a new f needs new coins.
+        let m = PermanentMemo::draw(params, &mut OsEntropy);
+        write_private(&path, &m.to_bytes()).context("saving the permanent memo")?;
+        Ok(m)
+    }
+
+    fn current_index(&self) -> CurrentIndex {
+        CurrentIndex::new(self.gateway.repos().flat_map(|r| r.entries()))
+    }
+
+    async fn snapshot(&self, epoch: Epoch) -> PopularitySnapshot {
+        PopularitySnapshot {
+            epoch,
+            prior: false,
+            source: "none yet".to_owned(),
+            peers: 0,
+            level_peers: LevelPeers::default(),
+            params: None,
+            z: 1.0,
+            items: BTreeMap::new(),
+        }
+    }
+
+    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
+        let now = self.clock.unix_secs();
+        let (epoch, epoch_left) = self.epoch(now);
+        let cred = self.credential(now).await?;
+        let tokens = match self.client.buy_tokens(&cred, now, epoch, 2).await {
+            Ok(t) => t,
+            Err(e) => {
+                use anonmirror_rendezvous::msg::Refusal;
+                if let anonmirror_rendezvous::Error::Refused(
+                    Refusal::UnknownCredential
+                    | Refusal::CredentialExpired
+                    | Refusal::CredentialBlacklisted,
+                ) = e
+                {
+                    // Forget it: the next attempt registers anew.
+                    let _ = std::fs::remove_file(self.state_dir.join("credential"));
+                }
+                return Err(e).context("buying tokens");
+            }
+        };
+        let index = self.current_index();
+        let inventory: Vec<ItemKey> = self
+            .store
+            .list()
+            .context("listing the store")?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let snapshot = self.snapshot(epoch).await;
+        let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
+        if let Ok(mut s) = self.summary.lock() {
+            *s = Some(Summary {
+                level: self.policy.level,
+                epoch,
+                held: inventory.len(),
+                announced: selection.announced.len(),
+                padding: selection.padding.len(),
+                exposure_bits: selection.exposure.total(),
+                within_budget: selection.within_budget,
+            });
+        }
+
+        // The popularity report.
+        let params = ReportParams::from_policy(&self.policy.popularity.randomization)
+            .map_err(|e| anyhow!("report parameters: {e}"))?;
+        let memo = self.memo(&params)?;
+        let held: HashSet<ItemKey> = selection.reportable.iter().copied().collect();
+        let universe = index.items();
+        let report = encode_report(&params, epoch, &memo, &universe, &held, &mut OsEntropy)
+            .map_err(|e| anyhow!("encoding the popularity report: {e}"))?;
+        if let Err(e) = self.client.popularity(&tokens[0], report.to_bytes()).await {
+            tracing::info!(error = %e, "popularity report refused");
+        }
+
+        let Some(announcement) = selection.announcement.as_ref() else {
+            tracing::info!(
+                bits = selection.exposure.total(),
+                "announcement withheld this epoch (over the exposure budget or nothing to announce)"
+            );
+            return Ok(Ended::Withheld(epoch_left.min(Duration::from_secs(300))));
+        };
+
+        // The peer server, with this session's key.
+        let keypair = StaticKeypair::generate().map_err(|e| anyhow!("session key: {e}"))?;
+        let listener = TcpTransport
+            .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
+            .await
+            .with_context(|| format!("listening for peers on {}", self.policy.serve.listen))?;
+        let contact = listener
+            .local_contact()
+            .context("the peer listener's address")?;
+        let anonmirror_overlay::Contact::Tcp(listen_addr) = contact else {
+            return Err(anyhow!("the peer listener has no TCP address"));
+        };
+        let public = keypair.public();
+        let server = anonmirror_overlay::server::spawn(
+            listener,
+            self.store.clone(),
+            keypair,
+            ChannelParams::new(self.policy.level, epoch),
+            ServerConfig {
+                max_clients: self.policy.serve.max_clients as usize,
+                upload_rate: Some(self.policy.serve.upload_rate.bytes_per_sec()),
+                ..ServerConfig::default()
+            },
+        )
+        .context("starting the peer server")?;
+
+        let mut snapshots: Vec<(String, u64)> = self
+            .gateway
+            .repos()
+            .map(|r| (r.name.clone(), r.version()))
+            .collect();
+        snapshots.sort();
+        let wire = anonmirror_rendezvous::msg::Announcement {
+            contact: listen_addr.into(),
+            key: public,
+            max_clients: self.policy.serve.max_clients,
+            upload_rate: self.policy.serve.upload_rate.bytes_per_sec(),
+            region: self.policy.announce.region.clone(),
+            snapshots,
+            filter: announcement.to_bytes(),
+        };
+        let mut live = match self.client.open_session(&tokens[1], wire).await {
+            Ok(l) => l,
+            Err(e) => {
+                server.shutdown().await;
+                return Err(e).context("opening the session");
+            }
+        };
+        self.gateway.metrics().session(true);
+        if let Some(p) = &self.peers {
+            p.set_own(Some(public));
+        }
+        tracing::info!(
+            announced = selection.announced.len(),
+            padding = selection.padding.len(),
+            "session open"
+        );
+
+        // Padding: fetch what is announced but not held.
+        let padding = tokio::spawn(prefetch(
+            self.gateway.clone(),
+            selection.padding.iter().copied().collect(),
+        ));
+
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let deadline = tokio::time::sleep(epoch_left);
+        tokio::pin!(deadline);
+        let ended = loop {
+            tokio::select! {
+                ev = live.next_event() => match ev {
+                    Ok(SessionEvent::SnapshotChanged { repository, version }) => {
+                        tracing::info!(%repository, version, "new snapshot pushed");
+                        self.follow(&repository).await;
+                        break Ok(Ended::Reopen);
+                    }
+                    Err(e) => break Err(anyhow!(e).context("the session")),
+                },
+                _ = &mut deadline => break Ok(Ended::Reopen),
+                _ = self.reannounce.notified() => break Ok(Ended::Reopen),
+                _ = self.cancel.cancelled() => break Ok(Ended::Stopping),
+                _ = tick.tick() => {
+                    let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+                    self.gateway.metrics().set_served_to_peers(*served_before + n);
+                }
+            }
+        };
+        padding.abort();
+        live.close().await;
+        let n = server
+            .stats()
+            .bytes_served
+            .load(std::sync::atomic::Ordering::Relaxed);
+        *served_before += n;
+        self.gateway.metrics().set_served_to_peers(*served_before);
+        server.shutdown().await;
+        if let Some(p) = &self.peers {
+            p.set_own(None);
+        }
+        self.gateway.metrics().session(false);
+        ended
+    }
+
+    /// A repository has a new snapshot: fetch its indexes again, and
+    /// prefetch the new versions of packages held in their old version.
+    async fn follow(&self, repository: &str) {
+        let Some(repo) = self.gateway.repos().find(|r| r.name == repository).cloned() else {
+            return;
+        };
+        let held: HashSet<ItemKey> = match self.store.list() {
+            Ok(l) => l.into_iter().map(|(k, _)| k).collect(),
+            Err(_) => return,
+        };
+        let held_names: HashSet<String> = repo
+            .items()
+            .iter()
+            .filter(|i| held.contains(&i.key))
+            .map(|i| i.name.clone())
+            .collect();
+        let refreshed = self.gateway.refresh(&repo).await;
+        tracing::info!(repository, files = refreshed, "indexes fetched again");
+        let newer: Vec<ItemKey> = repo
+            .items()
+            .iter()
+            .filter(|i| held_names.contains(&i.name) && !held.contains(&i.key))
+            .map(|i| i.key)
+            .collect();
+        if !newer.is_empty() {
+            tracing::info!(repository, items = newer.len(), "prefetching new versions");
+            prefetch(self.gateway.clone(), newer).await;
+        }
+    }
+}
+
+/// Fetch `items` through the gateway's fetcher, one at a time, while the
+/// store has room for them.
+async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>) {
+    let store = gateway.fetcher().store().clone();
+    for key in items {
+        let Some((repo, item)) = gateway
+            .repos()
+            .find_map(|r| r.item_by_key(&key).map(|i| (r.clone(), i)))
+        else {
+            continue;
+        };
+        let Some(size) = item.size else {
+            continue;
+        };
+        if store.used_bytes() + size > store.cap() {
+            tracing::debug!("prefetch stopped at the cache cap");
+            return;
+        }
+        if matches!(store.meta(&key), Ok(Some(_))) {
+            continue;
+        }
+        let job = gateway.fetcher().job(Want {
+            key,
+            size,
+            repository: repo.name.clone(),
+            version: repo.version(),
+            url: join(&repo.base, &item.path),
+        });
+        if let Err(e) = job.finished().await {
+            tracing::debug!(item = %Sensitive::new(key), error = %e, "prefetch failed");
+        }
+    }
+}
+
+fn read_credential(path: &Path) -> Option<ClientCredential> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (hex_cred, expires) = text.trim().split_once(' ')?;
+    let mut credential = [0u8; 32];
+    hex::decode_to_slice(hex_cred, &mut credential).ok()?;
+    Some(ClientCredential {
+        credential,
+        expires: expires.parse().ok()?,
+    })
+}
+
+/// Write a secret file readable by its owner only, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

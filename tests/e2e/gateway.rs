@@ -1,0 +1,450 @@
+//! The gateway with real package managers: apt and pacman fetch through
+//! anonmirror nodes (in this process, on 127.0.0.1) from a real nginx
+//! upstream and from volunteer peers found at a real rendezvous.
+//!
+//! Every downloaded file is checked against the repository's own index
+//! (the fixtures' `check_file`), and the nodes' metrics and nginx's access
+//! log say where the bytes came from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror::demo::{loopback_policy, wait_announced};
+use anonmirror::node::{Node, NodeOptions};
+use anonmirror_privacy::{Level, Repository, RepositoryKind};
+use anonmirror_rendezvous::{Rendezvous, ServerConfig};
+
+use crate::support::{
+    AptClient, AptRepo, Nginx, NginxOptions, Package, PacmanClient, PacmanRepo, PkgSpec, TestDir,
+    require,
+};
+
+const APT_PROGRAMS: &[&str] = &[
+    "nginx",
+    "dpkg-deb",
+    "apt-ftparchive",
+    "gpg",
+    "gpgconf",
+    "gpg-agent",
+    "xz",
+    "apt-get",
+];
+const PACMAN_PROGRAMS: &[&str] = &["nginx", "bsdtar", "repo-add", "pacman"];
+
+/// The notify secret of the test rendezvous.
+const NOTIFY_SECRET: [u8; 32] = [7; 32];
+
+fn specs() -> Vec<PkgSpec> {
+    [
+        ("alpha", 1),
+        ("bravo", 5_000),
+        ("charlie", 65_537),
+        ("delta", 700_000),
+        ("echo-tools", 2_500_000),
+    ]
+    .into_iter()
+    .map(|(name, size)| PkgSpec::new(name, "1.0-1", size))
+    .collect()
+}
+
+fn names(specs: &[PkgSpec]) -> Vec<&str> {
+    specs.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// A rendezvous and nodes on one runtime that keeps running while the test
+/// thread drives apt or pacman.
+struct Swarm {
+    rt: tokio::runtime::Runtime,
+    rendezvous: Option<Rendezvous>,
+    nodes: Vec<Node>,
+    dir: std::path::PathBuf,
+    repos: Vec<Repository>,
+}
+
+impl Swarm {
+    fn new(dir: &std::path::Path, repos: Vec<Repository>) -> Swarm {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut cfg = ServerConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir.join("rendezvous"),
+            Arc::new(anonmirror::hooks::AnnouncementFilter),
+            Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+        );
+        cfg.credentials.pow_difficulty = 8;
+        cfg.notify_secret_hash = Some(*blake3::hash(&NOTIFY_SECRET).as_bytes());
+        let rendezvous = rt.block_on(Rendezvous::start(cfg)).expect("rendezvous");
+        Swarm {
+            rt,
+            rendezvous: Some(rendezvous),
+            nodes: Vec::new(),
+            dir: dir.to_path_buf(),
+            repos,
+        }
+    }
+
+    fn rendezvous(&self) -> &Rendezvous {
+        self.rendezvous.as_ref().expect("running")
+    }
+
+    /// A node at `level`; returns its index.
+    fn node(&mut self, level: Level) -> usize {
+        let i = self.nodes.len();
+        let policy = loopback_policy(
+            level,
+            &self.dir.join(format!("node{i}")),
+            self.repos.clone(),
+            self.rendezvous(),
+        );
+        let opts = NodeOptions {
+            pow_difficulty: 8,
+            ..NodeOptions::default()
+        };
+        let node = self.rt.block_on(Node::start(policy, opts)).expect("node");
+        self.nodes.push(node);
+        i
+    }
+
+    fn base(&self, i: usize, repo: &str) -> String {
+        format!("http://{}/{repo}", self.nodes[i].gateway_addr)
+    }
+
+    /// Announce anew what node `i` holds, and wait until it has.
+    fn announce(&self, i: usize) {
+        let before = self.metrics(i).sessions_opened;
+        self.nodes[i].reannounce();
+        self.rt.block_on(async {
+            for _ in 0..200 {
+                if self.metrics(i).sessions_opened > before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            wait_announced(&self.nodes[i]).await.expect("announced");
+        });
+    }
+
+    fn metrics(&self, i: usize) -> anonmirror_mirror::metrics::Snapshot {
+        self.nodes[i].gateway().metrics().snapshot()
+    }
+
+    /// Wait until node `i`'s store holds every one of `packages` (items
+    /// are linked into the store just after their last byte is served).
+    fn wait_stored(&self, i: usize, packages: &[Package]) {
+        let store = self.nodes[i].gateway().fetcher().store().clone();
+        self.rt.block_on(async {
+            for _ in 0..200 {
+                let held = store.list().expect("list");
+                if packages
+                    .iter()
+                    .all(|p| held.iter().any(|(k, _)| k.to_hex() == p.sha256))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("node {i} did not store every package");
+        });
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        let rendezvous = self.rendezvous.take();
+        self.rt.block_on(async move {
+            for n in nodes {
+                n.stop().await;
+            }
+            if let Some(r) = rendezvous {
+                r.shutdown().await;
+            }
+        });
+    }
+}
+
+fn apt_repo(nginx: &Nginx) -> Vec<Repository> {
+    vec![Repository {
+        name: "deb".to_owned(),
+        kind: RepositoryKind::Apt,
+        url: nginx.base_url(),
+    }]
+}
+
+fn package_requests(nginx: &Nginx, packages: &[Package]) -> usize {
+    let requests = nginx.requests();
+    requests
+        .iter()
+        .filter(|r| {
+            packages
+                .iter()
+                .any(|p| r.path == format!("/{}", p.url_path))
+        })
+        .count()
+}
+
+#[test]
+fn apt_through_the_gateway_gets_packages_from_peers() {
+    if !require(APT_PROGRAMS) {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = specs();
+    let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let nginx = Nginx::start(repo.root(), NginxOptions::default());
+    let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+
+    // The first volunteer is a client like any other: everything comes
+    // from the upstream through its gateway.
+    let v1 = swarm.node(Level::Open);
+    let apt1 = AptClient::new(
+        &dir.path().join("apt1"),
+        &swarm.base(v1, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt1.update();
+    for (file, package) in apt1.download(&names(&specs)).iter().zip(repo.packages()) {
+        package.check_file(file);
+    }
+    assert_eq!(swarm.metrics(v1).from_upstream, total);
+    swarm.wait_stored(v1, repo.packages());
+    swarm.announce(v1);
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+
+    // A client at level off: every package from the peer, none from nginx.
+    let c = swarm.node(Level::Off);
+    let apt = AptClient::new(
+        &dir.path().join("apt"),
+        &swarm.base(c, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt.update();
+    for (file, package) in apt.download(&names(&specs)).iter().zip(repo.packages()) {
+        package.check_file(file);
+    }
+    let m = swarm.metrics(c);
+    assert_eq!(m.from_peers, total, "{m:?}");
+    assert_eq!(m.from_upstream, 0, "{m:?}");
+    assert_eq!(m.blame_events, 0, "{m:?}");
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+    // A second download comes from the client's own store.
+    let again = apt.download(&["echo-tools"]);
+    repo.package("echo-tools").check_file(&again[0]);
+    assert!(swarm.metrics(c).from_store >= repo.package("echo-tools").size);
+}
+
+#[test]
+fn pacman_through_the_gateway_gets_packages_from_peers() {
+    if !require(PACMAN_PROGRAMS) {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = specs();
+    let repo = PacmanRepo::build(&dir.path().join("www"), "anontest", "x86_64", &specs);
+    let nginx = Nginx::start(repo.root(), NginxOptions::default());
+    let repos = vec![Repository {
+        name: "arch".to_owned(),
+        kind: RepositoryKind::Pacman,
+        url: nginx.base_url(),
+    }];
+    let mut swarm = Swarm::new(dir.path(), repos);
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+    let client = |swarm: &Swarm, i: usize, name: &str| {
+        PacmanClient::new(
+            &dir.path().join(name),
+            repo.name(),
+            repo.arch(),
+            &PacmanRepo::server(&swarm.base(i, "arch")),
+        )
+    };
+
+    let v1 = swarm.node(Level::Open);
+    let p1 = client(&swarm, v1, "pacman1");
+    p1.sync();
+    for file in p1.download(&names(&specs)) {
+        let package = repo
+            .packages()
+            .iter()
+            .find(|p| {
+                p.url_path
+                    .ends_with(&*file.file_name().expect("name").to_string_lossy())
+            })
+            .expect("a package of the repository");
+        package.check_file(&file);
+    }
+    swarm.wait_stored(v1, repo.packages());
+    swarm.announce(v1);
+
+    let c = swarm.node(Level::Off);
+    let p = client(&swarm, c, "pacman");
+    p.sync();
+    let files = p.download(&names(&specs));
+    assert_eq!(files.len(), specs.len());
+    for file in files {
+        let package = repo
+            .packages()
+            .iter()
+            .find(|p| {
+                p.url_path
+                    .ends_with(&*file.file_name().expect("name").to_string_lossy())
+            })
+            .expect("a package of the repository");
+        package.check_file(&file);
+    }
+    let m = swarm.metrics(c);
+    assert_eq!(m.from_peers, total, "{m:?}");
+    assert_eq!(m.from_upstream, 0, "{m:?}");
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+}
+
+#[test]
+fn a_corrupting_peer_is_blamed_and_apt_still_gets_correct_bytes() {
+    if !require(APT_PROGRAMS) {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = specs();
+    let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let nginx = Nginx::start(repo.root(), NginxOptions::default());
+    let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
+
+    let v1 = swarm.node(Level::Open);
+    let apt1 = AptClient::new(
+        &dir.path().join("apt1"),
+        &swarm.base(v1, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt1.update();
+    apt1.download(&["echo-tools"]);
+    let victim = repo.package("echo-tools");
+    swarm.wait_stored(v1, std::slice::from_ref(victim));
+    // The volunteer's copy rots on disk (or the volunteer lies): one byte
+    // in every chunk group.
+    let stored = dir
+        .path()
+        .join("node0/cache/store/items")
+        .join(&victim.sha256);
+    let mut bytes = std::fs::read(&stored).expect("stored item");
+    for i in (0..bytes.len()).step_by(16 * 1024) {
+        bytes[i] ^= 0x01;
+    }
+    std::fs::write(&stored, &bytes).expect("corrupt");
+    swarm.announce(v1);
+
+    let c = swarm.node(Level::Off);
+    let apt = AptClient::new(
+        &dir.path().join("apt"),
+        &swarm.base(c, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt.update();
+    let files = apt.download(&["echo-tools"]);
+    victim.check_file(&files[0]);
+    let m = swarm.metrics(c);
+    assert_eq!(m.blame_events, 1, "{m:?}");
+    assert_eq!(m.from_peers, 0, "{m:?}");
+    assert_eq!(m.from_upstream, victim.size, "{m:?}");
+}
+
+#[test]
+fn with_every_peer_stalled_packages_come_from_the_upstream() {
+    if !require(APT_PROGRAMS) {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = specs();
+    let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let nginx = Nginx::start(repo.root(), NginxOptions::default());
+    let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
+
+    // A peer whose session is alive and whose announcement claims every
+    // package, but whose address accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let session = swarm.rt.block_on(stalled_session(
+        swarm.rendezvous(),
+        silent.local_addr().expect("addr"),
+        repo.packages(),
+    ));
+
+    let c = swarm.node(Level::Off);
+    let apt = AptClient::new(
+        &dir.path().join("apt"),
+        &swarm.base(c, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt.update();
+    for (file, package) in apt.download(&names(&specs)).iter().zip(repo.packages()) {
+        package.check_file(file);
+    }
+    let m = swarm.metrics(c);
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+    assert_eq!(m.from_upstream, total, "{m:?}");
+    assert_eq!(m.from_peers, 0, "{m:?}");
+    // The first package waited for the hedge; the stalled peer was then
+    // set aside, so the others went straight to the upstream.
+    assert!(m.hedges >= 1, "{m:?}");
+    assert_eq!(m.items_from_upstream, specs.len() as u64, "{m:?}");
+    session.abort();
+    drop(silent);
+}
+
+/// Opens a session at `rendezvous` for a peer at `contact` claiming
+/// `packages`, and keeps answering its pings; abort the task to end it.
+async fn stalled_session(
+    rendezvous: &Rendezvous,
+    contact: SocketAddr,
+    packages: &[Package],
+) -> tokio::task::JoinHandle<()> {
+    use anonmirror_announce::announcement::{Announcement, Layout};
+    use anonmirror_core::{Epoch, ItemKey, OsEntropy};
+    let client = anonmirror_rendezvous::Client::new(rendezvous.local_addr(), rendezvous.key());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let epoch = Epoch(now / 86_400);
+    let cred = client.register(now, 8, OsEntropy).await.expect("register");
+    let tokens = client
+        .buy_tokens(&cred, now, epoch, 1)
+        .await
+        .expect("tokens");
+    let items: std::collections::BTreeSet<ItemKey> = packages
+        .iter()
+        .map(|p| {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(&p.sha256, &mut k).expect("hex");
+            ItemKey(k)
+        })
+        .collect();
+    let filter = Announcement::build(
+        Level::Open,
+        epoch,
+        Layout::for_capacity(items.len(), None),
+        &items,
+    );
+    let key = anonmirror_overlay::StaticKeypair::generate()
+        .expect("key")
+        .public();
+    let ann = anonmirror_rendezvous::msg::Announcement {
+        contact: contact.into(),
+        key,
+        max_clients: 8,
+        upload_rate: 1 << 20,
+        region: None,
+        // Fresher than any client: lookups never skip it for staleness.
+        snapshots: vec![("deb".to_owned(), u64::MAX / 2)],
+        filter: filter.to_bytes(),
+    };
+    let mut live = client.open_session(&tokens[0], ann).await.expect("session");
+    tokio::spawn(async move { while live.next_event().await.is_ok() {} })
+}
