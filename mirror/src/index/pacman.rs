@@ -21,7 +21,7 @@
 //! database's directory.
 
 use std::cell::Cell;
-use std::io::Read;
+use std::io::{BufReader, Read};
 
 use anonmirror_core::ItemKey;
 
@@ -38,6 +38,10 @@ const FIELDS: [&str; 5] = [
     "%CSIZE%",
     "%SHA256SUM%",
 ];
+
+/// The largest `desc` member accepted: libalpm caps a line at 512 KiB, and
+/// a real `desc` is a few KiB.
+const MAX_DESC: u64 = 4 << 20;
 
 /// Parses a pacman repository database as served (gzip, zstd, xz or
 /// uncompressed tar), decompressing at most [`DECOMPRESS_LIMIT`] bytes.
@@ -57,56 +61,108 @@ pub fn parse_pacman_db_limited(bytes: &[u8], limit: u64) -> Result<Vec<Entry>, I
     let exceeded = Cell::new(false);
     let decoder = Decoder::new(bytes);
     let label = decoder.label();
-    let mut archive = tar::Archive::new(Bounded::new(decoder, limit, &exceeded));
-    // Where the archive broke: after the last member read, if any.
-    let mut last_member: Option<String> = None;
-    let archive_err = |e: std::io::Error, last: &Option<String>| {
-        let location = match last {
-            Some(name) => format!("archive ({label}), after entry {name}"),
-            None => format!("archive ({label})"),
-        };
-        IndexError::new(
-            Format::PacmanDb,
-            location,
-            stream_problem(&e, &exceeded, limit),
-        )
+    let result = match decoder {
+        // Already in memory: tar reads straight from the slice.
+        Decoder::Plain(plain) => read_members(Bounded::new(plain, limit, &exceeded)),
+        // tar reads 512-byte blocks: a large buffer keeps the decompressor
+        // working on large chunks.
+        compressed => read_members(BufReader::with_capacity(
+            1 << 16,
+            Bounded::new(compressed, limit, &exceeded),
+        )),
     };
+    result.map_err(|failure| match failure {
+        Failure::Index(e) => e,
+        Failure::Archive { error, after } => {
+            let location = match after {
+                Some(name) => format!("archive ({label}), after entry {}", quote(&name)),
+                None => format!("archive ({label})"),
+            };
+            IndexError::new(
+                Format::PacmanDb,
+                location,
+                stream_problem(&error, &exceeded, limit),
+            )
+        }
+    })
+}
+
+/// Why reading the members stopped.
+enum Failure {
+    /// The archive or its compression broke, after the named member if any.
+    Archive {
+        error: std::io::Error,
+        after: Option<Vec<u8>>,
+    },
+    /// A member is not a valid `desc`.
+    Index(IndexError),
+}
+
+fn read_members<R: Read>(reader: R) -> Result<Vec<Entry>, Failure> {
+    let mut archive = tar::Archive::new(reader);
     let mut entries = Vec::new();
     let mut desc = Vec::new();
-    let members = archive.entries().map_err(|e| archive_err(e, &None))?;
+    // The last member's path (for errors), reused across members.
+    let mut path = Vec::new();
+    let members = archive
+        .entries()
+        .map_err(|error| Failure::Archive { error, after: None })?;
     for member in members {
-        let mut member = member.map_err(|e| archive_err(e, &last_member))?;
+        let after = |path: &Vec<u8>| (!path.is_empty()).then(|| path.clone());
+        let mut member = member.map_err(|error| Failure::Archive {
+            error,
+            after: after(&path),
+        })?;
         if !member.header().entry_type().is_file() {
             continue;
         }
-        let path = member.path_bytes().into_owned();
-        let path = path.strip_prefix(b"./").unwrap_or(&path);
-        last_member = Some(quote(path));
-        let Some(slash) = memchr::memrchr(b'/', path) else {
+        path.clear();
+        path.extend_from_slice(&member.path_bytes());
+        if path.starts_with(b"./") {
+            path.drain(..2);
+        }
+        let Some(slash) = memchr::memrchr(b'/', &path) else {
             continue; // Outside a package directory: libalpm warns and skips.
         };
         if &path[slash + 1..] != b"desc" {
             continue;
         }
-        desc.clear();
-        member
-            .read_to_end(&mut desc)
-            .map_err(|e| archive_err(e, &last_member))?;
-        let at = || format!("entry {}", quote(path));
-        if desc.is_empty() {
-            return Err(IndexError::new(
+        let at = |path: &[u8]| format!("entry {}", quote(path));
+        // Sized by the header (read_to_end would probe and zero its spare
+        // capacity on every member), but never beyond a sane desc.
+        let size = member.size();
+        if size > MAX_DESC {
+            return Err(Failure::Index(IndexError::new(
                 Format::PacmanDb,
-                at(),
-                Problem::EmptyMember,
-            ));
+                at(&path),
+                Problem::Syntax(format!(
+                    "a desc of {size} bytes (more than {MAX_DESC}) is not a package description"
+                )),
+            )));
         }
-        entries.push(parse_desc(&desc).map_err(|(line, problem)| {
+        desc.clear();
+        desc.resize(size as usize, 0);
+        member
+            .read_exact(&mut desc)
+            .map_err(|error| Failure::Archive {
+                error,
+                after: after(&path),
+            })?;
+        if desc.is_empty() {
+            return Err(Failure::Index(IndexError::new(
+                Format::PacmanDb,
+                at(&path),
+                Problem::EmptyMember,
+            )));
+        }
+        let entry = parse_desc(&desc).map_err(|(line, problem)| {
             let location = match line {
-                Some((line, field)) => format!("{}: line {line}: {field}", at()),
-                None => at(),
+                Some((line, field)) => format!("{}: line {line}: {field}", at(&path)),
+                None => at(&path),
             };
-            IndexError::new(Format::PacmanDb, location, problem)
-        })?);
+            Failure::Index(IndexError::new(Format::PacmanDb, location, problem))
+        })?;
+        entries.push(entry);
     }
     Ok(entries)
 }

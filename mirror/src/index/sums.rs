@@ -37,8 +37,10 @@ pub fn parse_sha256sums(bytes: &[u8]) -> Result<Vec<Entry>, IndexError> {
     } else {
         (Cow::Borrowed(bytes), 0)
     };
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+    // A line is about 90 bytes.
+    let mut entries: Vec<Entry> = Vec::with_capacity(body.len() / 90);
+    // Path -> (line, index in `entries`), to catch a name listed twice.
+    let mut seen: HashMap<Cow<'_, str>, (usize, usize)> = HashMap::with_capacity(body.len() / 90);
     for (n, line) in Lines::new(&body) {
         let n = n + offset;
         if is_blank(line) || line.starts_with(b"#") {
@@ -46,8 +48,11 @@ pub fn parse_sha256sums(bytes: &[u8]) -> Result<Vec<Entry>, IndexError> {
         }
         let (hex, name) = split_line(line).map_err(|p| err(n, p))?;
         let key = ItemKey(hex32(hex).map_err(|p| err(n, p))?);
-        let path = relative_path(&name).map_err(|p| err(n, p))?;
-        if let Some(&(first_line, index)) = seen.get(path) {
+        let path: Cow<'_, str> = match name {
+            Cow::Borrowed(name) => Cow::Borrowed(relative_path(name).map_err(|p| err(n, p))?),
+            Cow::Owned(name) => Cow::Owned(relative_path(&name).map_err(|p| err(n, p))?.to_owned()),
+        };
+        if let Some(&(first_line, index)) = seen.get(&path) {
             if entries[index].key == key {
                 continue;
             }
@@ -59,14 +64,14 @@ pub fn parse_sha256sums(bytes: &[u8]) -> Result<Vec<Entry>, IndexError> {
                 )),
             ));
         }
-        seen.insert(path.to_owned(), (n, entries.len()));
         entries.push(Entry {
-            path: path.to_owned(),
+            path: path.to_string(),
             key,
             size: None,
-            name: path.to_owned(),
+            name: path.to_string(),
             version: String::new(),
         });
+        seen.insert(path, (n, entries.len() - 1));
     }
     Ok(entries)
 }
@@ -84,8 +89,8 @@ fn split_line(line: &[u8]) -> Result<(&[u8], Cow<'_, [u8]>), Problem> {
         };
         (&rest[at + 4..], &rest[..at])
     } else if line.len() > 65
-        && line[..64].iter().all(u8::is_ascii_hexdigit)
         && (line[64] == b' ' || line[64] == b'\t')
+        && line[..64].iter().all(u8::is_ascii_hexdigit)
     {
         let name = match line[65] {
             b' ' | b'*' => &line[66..],

@@ -57,14 +57,22 @@ pub(crate) fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// Hex digit values, 0xff for bytes that are not hex digits.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// A SHA-256 in hex, either case.
 pub(crate) fn hex32(s: &[u8]) -> Result<[u8; 32], Problem> {
@@ -72,11 +80,15 @@ pub(crate) fn hex32(s: &[u8]) -> Result<[u8; 32], Problem> {
         return Err(Problem::BadHex(format!("{} characters", s.len())));
     }
     let mut out = [0u8; 32];
+    let mut bad = 0u8;
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(h), Some(l)) => *o = h << 4 | l,
-            _ => return Err(Problem::BadHex(quote(s))),
-        }
+        let (h, l) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        // Any invalid digit sets the high bits; checked once at the end.
+        bad |= h | l;
+        *o = h << 4 | (l & 0x0f);
+    }
+    if bad & 0xf0 != 0 {
+        return Err(Problem::BadHex(quote(s)));
     }
     Ok(out)
 }
