@@ -10,7 +10,9 @@
 //! `write` call from a reused buffer; receiving reads large chunks into a
 //! reused buffer and decrypts whole frames from there, so the hot path
 //! allocates nothing and copies each byte about once besides the cipher's
-//! own pass.
+//! own pass. The read buffer starts at 2 KiB and grows only while reads
+//! fill it (bulk transfer), shrinking back once reads are small again: a
+//! rendezvous keeps a hundred thousand mostly idle channels open.
 
 use std::time::Duration;
 
@@ -20,23 +22,46 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use super::{ChannelParams, Event, FrameReceiver, FrameSender, Session, StaticKeypair};
 use crate::err::{Error, Result};
 
-/// How much one `read` may bring in: several maximum frames, so that most
-/// frames are decrypted straight out of this buffer rather than reassembled.
-const READ_BUF: usize = 256 * 1024;
+/// The most one `read` may bring in: several maximum frames, so that
+/// during bulk transfer most frames are decrypted straight out of this
+/// buffer rather than reassembled.
+const READ_BUF_MAX: usize = 256 * 1024;
+
+/// What a channel starts with, and returns to once idle: room for the
+/// small messages most channels carry (a rendezvous session's pongs, a
+/// handshake). A rendezvous holds one channel per live session, so this is
+/// paid a hundred thousand times; a larger frame is reassembled by the
+/// core until the buffer has grown.
+const READ_BUF_MIN: usize = 2 * 1024;
+
+/// Consecutive reads of at most [`READ_BUF_MIN`] bytes after which a grown
+/// buffer shrinks back (the bulk transfer it grew for is over).
+const SHRINK_AFTER: u32 = 8;
 
 /// Bytes read from the stream and not yet fed to the core.
+///
+/// It grows (fourfold, up to [`READ_BUF_MAX`]) whenever a read fills it,
+/// and shrinks back to [`READ_BUF_MIN`] after [`SHRINK_AFTER`] small reads
+/// in a row, so a bulk transfer reads in large batches while an idle or
+/// chatty channel holds 2 KiB.
 struct ReadBuf {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled the buffer: grow before the next.
+    grow: bool,
+    /// Small reads in a row.
+    small: u32,
 }
 
 impl ReadBuf {
     fn new() -> Self {
         ReadBuf {
-            buf: vec![0; READ_BUF].into_boxed_slice(),
+            buf: vec![0; READ_BUF_MIN],
             start: 0,
             end: 0,
+            grow: false,
+            small: 0,
         }
     }
 
@@ -50,10 +75,30 @@ impl ReadBuf {
 
     /// Reads once into the (empty) buffer; 0 means end of stream.
     async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
-        let n = reader.read(&mut self.buf).await?;
+        // Resized only here, where nothing unread is held.
         self.start = 0;
+        self.end = 0;
+        if self.grow && self.buf.len() < READ_BUF_MAX {
+            let to = (self.buf.len() * 4).min(READ_BUF_MAX);
+            self.buf.resize(to, 0);
+        } else if self.small >= SHRINK_AFTER && self.buf.len() > READ_BUF_MIN {
+            self.buf = vec![0; READ_BUF_MIN];
+        }
+        let n = reader.read(&mut self.buf).await?;
         self.end = n;
+        self.grow = n == self.buf.len();
+        self.small = if n <= READ_BUF_MIN {
+            self.small.saturating_add(1)
+        } else {
+            0
+        };
         Ok(n)
+    }
+
+    /// The buffer's size (for tests).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buf.len()
     }
 }
 
@@ -345,5 +390,83 @@ impl<R> std::fmt::Debug for RecvHalf<R> {
         f.debug_struct("RecvHalf")
             .field("rx", &self.recv.rx)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read buffer grows while reads fill it and shrinks back once they
+    /// are small, never losing or reordering a byte.
+    #[tokio::test]
+    async fn the_read_buffer_grows_for_bulk_and_shrinks_when_idle() {
+        let bulk: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut input: Vec<u8> = bulk.clone();
+        let tail = [7u8; 100];
+        let mut reader = tokio_test_reader(&input);
+        let mut rb = ReadBuf::new();
+        assert_eq!(rb.capacity(), READ_BUF_MIN);
+        let mut got = Vec::new();
+        let mut max_seen = 0;
+        while got.len() < bulk.len() {
+            let n = rb.fill(&mut reader).await.expect("read");
+            assert!(n > 0);
+            got.extend_from_slice(rb.data());
+            rb.consume(n);
+            max_seen = max_seen.max(rb.capacity());
+        }
+        assert_eq!(got, bulk);
+        assert_eq!(max_seen, READ_BUF_MAX, "grew to the ceiling");
+        // Small reads now: it shrinks back.
+        input = Vec::new();
+        for _ in 0..=SHRINK_AFTER {
+            input.extend_from_slice(&tail);
+        }
+        let mut small = Chunks {
+            data: input,
+            pos: 0,
+            chunk: tail.len(),
+        };
+        for _ in 0..=SHRINK_AFTER + 1 {
+            let n = rb.fill(&mut small).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            assert_eq!(rb.data(), &tail[..n]);
+            rb.consume(n);
+        }
+        assert_eq!(rb.capacity(), READ_BUF_MIN);
+    }
+
+    fn tokio_test_reader(data: &[u8]) -> Chunks {
+        Chunks {
+            data: data.to_vec(),
+            pos: 0,
+            chunk: usize::MAX,
+        }
+    }
+
+    /// A reader that hands out at most `chunk` bytes per read.
+    struct Chunks {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = (self.data.len() - self.pos)
+                .min(buf.remaining())
+                .min(self.chunk);
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
     }
 }
