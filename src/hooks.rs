@@ -5,7 +5,9 @@
 //! as opaque bytes and asks the root package to interpret them through
 //! [`FilterCheck`] and [`ReportSink`]. These are the production
 //! implementations: the epoch-keyed Bloom filter test of
-//! [`Announcement`], and RAPPOR aggregation with [`Aggregator`].
+//! [`Announcement`], and RAPPOR aggregation with [`Aggregator`], whose
+//! last complete epoch the rendezvous publishes (announce's `AMPC` bytes)
+//! for peers to debias over the universe only they know.
 
 use std::sync::Mutex;
 
@@ -142,6 +144,23 @@ impl ReportSink for PopularityAggregator {
         }
         Ok(())
     }
+
+    /// The latest epoch before `current` with reports; if peers used
+    /// several parameter sets in it, the set with the most reports (a
+    /// peer selects with the policy's own parameters, which most share).
+    fn publishable(&self, current: Epoch) -> Option<(Epoch, Vec<u8>)> {
+        let rounds = self.rounds.lock().ok()?;
+        let epoch = rounds
+            .iter()
+            .map(Aggregator::epoch)
+            .filter(|e| *e < current)
+            .max()?;
+        let best = rounds
+            .iter()
+            .filter(|a| a.epoch() == epoch)
+            .max_by_key(|a| a.reports())?;
+        Some((epoch, best.to_bytes()))
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +168,7 @@ mod tests {
     use std::collections::{BTreeSet, HashSet};
 
     use anonmirror_announce::announcement::Layout;
+    use anonmirror_announce::snapshot as snapshot_levels;
     use anonmirror_announce::{PermanentMemo, ReportParams, encode_report};
     use anonmirror_core::SeededEntropy;
     use anonmirror_privacy::Level;
@@ -241,5 +261,120 @@ mod tests {
             .expect_err("wrong epoch");
         assert!(err.contains("paid for in"), "{err}");
         assert!(sink.accept(Epoch(5), b"not a report").is_err());
+    }
+
+    /// A real rendezvous takes reports from 20 peers in epoch e; at e + 1
+    /// a client fetches the counts, verifies them against the pinned
+    /// directory key, rebuilds the aggregator, and its snapshot is the one
+    /// computed from the same reports directly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn published_counts_rebuild_the_same_snapshot() {
+        use std::sync::Arc;
+
+        use anonmirror_core::{Clock, ManualClock, PeerKey};
+        use anonmirror_rendezvous::msg::{Announcement as SessionAnn, Contact};
+        use anonmirror_rendezvous::{Client, Rendezvous, ServerConfig, directory};
+        use snapshot_levels::LevelPeers;
+
+        const EPOCH_SECS: u64 = 1_000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::at_unix(40 * EPOCH_SECS + 1);
+        let mut cfg = ServerConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.path().to_path_buf(),
+            Arc::new(AnnouncementFilter),
+            Arc::new(PopularityAggregator::default()),
+        );
+        cfg.clock = Arc::new(clock.clone());
+        cfg.epoch_secs = EPOCH_SECS;
+        cfg.credentials.pow_difficulty = 4;
+        let r = Rendezvous::start(cfg).await.expect("start");
+        let pinned = r.directory_key();
+        let c = Client::new(r.local_addr(), r.key());
+        assert_eq!(
+            c.popularity_counts(&pinned).await.expect("ask"),
+            None,
+            "none yet: no epoch has completed"
+        );
+
+        let e = Epoch::containing(clock.unix_secs(), EPOCH_SECS);
+        let params = ReportParams::default_params();
+        let universe: Vec<ItemKey> = (0..60).map(key).collect();
+        let mut entropy = SeededEntropy::new(7);
+        let mut direct = Aggregator::new(params, e);
+        let mut live = None;
+        for peer in 0..20u8 {
+            let cred = c
+                .register(clock.unix_secs(), 4, SeededEntropy::new(u64::from(peer)))
+                .await
+                .expect("register");
+            let t = c
+                .buy_tokens(&cred, clock.unix_secs(), e, 2)
+                .await
+                .expect("buy");
+            let held: HashSet<ItemKey> = universe[..usize::from(peer % 30 + 1)]
+                .iter()
+                .copied()
+                .collect();
+            let memo = PermanentMemo::draw(&params, &mut entropy);
+            let report =
+                encode_report(&params, e, &memo, &universe, &held, &mut entropy).expect("report");
+            direct.add(&report).expect("add");
+            c.popularity(&t[0], report.to_bytes()).await.expect("sent");
+            if peer == 0 {
+                // One live session announcing at `strict`.
+                let held: BTreeSet<ItemKey> = universe[..5].iter().copied().collect();
+                let a =
+                    Announcement::build(Level::Strict, e, Layout::for_capacity(64, Some(5)), &held);
+                let ann = SessionAnn {
+                    contact: Contact::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7879))),
+                    key: PeerKey([3; 32]),
+                    max_clients: 4,
+                    upload_rate: 1 << 20,
+                    region: None,
+                    snapshots: vec![("core".into(), 1)],
+                    filter: a.to_bytes(),
+                };
+                live = Some(c.open_session(&t[1], ann).await.expect("open"));
+            }
+        }
+        assert_eq!(
+            c.popularity_counts(&pinned).await.expect("ask"),
+            None,
+            "epoch e is not over yet"
+        );
+
+        clock.advance(std::time::Duration::from_secs(EPOCH_SECS));
+        let got = c
+            .popularity_counts(&pinned)
+            .await
+            .expect("ask")
+            .expect("counts of e");
+        assert_eq!(got.epoch, e.0);
+        assert_eq!(got.level_peers, [0, 0, 0, 1], "one strict session");
+        let rebuilt = Aggregator::from_bytes(&got.counts).expect("AMPC");
+        assert_eq!(rebuilt, direct);
+        let levels = LevelPeers(got.level_peers);
+        let a = rebuilt.snapshot(&universe, levels);
+        let b = direct.snapshot(&universe, levels);
+        assert_eq!(a.to_bytes().expect("enc"), b.to_bytes().expect("enc"));
+        assert_eq!(a.peers, 20);
+
+        // A wrong pinned key, or any changed byte, fails verification.
+        assert!(c.popularity_counts(&[9; 32]).await.is_err());
+        let key = anonmirror_rendezvous::directory::SigningKey::from_pkcs8(
+            &anonmirror_rendezvous::directory::SigningKey::generate_pkcs8().expect("gen"),
+        )
+        .expect("load");
+        let (bytes, sig) = key.sign_counts(&got).expect("sign");
+        assert!(directory::verify_counts(&key.public(), &bytes, &sig).is_ok());
+        let mut tampered = bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(directory::verify_counts(&key.public(), &tampered, &sig).is_err());
+        if let Some(s) = live {
+            s.close().await;
+        }
+        r.shutdown().await;
     }
 }

@@ -32,6 +32,33 @@
 //! stated confidence. The snapshot records, per item, the chosen estimate
 //! and its standard error in peers, and `z`; selection uses
 //! `estimate − z·se` ([`PopularitySnapshot::conservative_holders`]).
+//!
+//! # Published counts: wire format (little-endian), `AMPC`
+//!
+//! The debiasing needs the universe (the current index's items), which
+//! only peers know, so the rendezvous publishes the raw sums of the last
+//! epoch and every peer runs [`Aggregator::snapshot`] itself
+//! ([`Aggregator::to_bytes`], [`Aggregator::from_bytes`]):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `"AMPC"` |
+//! | 4 | 1 | version, 1 |
+//! | 5 | 1 | `h`, 1..=16 |
+//! | 6 | 2 | reserved, 0 |
+//! | 8 | 8 | epoch (u64) |
+//! | 16 | 4 | `m`: a positive multiple of 64, ≤ 2²² |
+//! | 20 | 12 | `f`, `p`, `q` × 2¹⁶ (u32 each), checked as in `AMPR` |
+//! | 32 | 8 | N, the reports summed (u64, ≤ 2³² − 1) |
+//! | 40 | … | `m` cells, each the zigzag of `c_j − base` as a minimal LEB128 varint (1..=5 bytes) |
+//!
+//! `base` = ⌊N · p_raw / 2¹⁶⌋, the count a cell gets from the
+//! instantaneous noise alone, so cells are small deviations around it:
+//! about 2 bytes a cell for 100 000 reports, against 4 as raw u32. Zigzag
+//! maps d ≥ 0 to 2d and d < 0 to −2d − 1. Every cell is at most N. Nothing
+//! may follow. The decoder checks the header, then that at least `m` bytes
+//! remain, before allocating the `m` counts; over-long varints are
+//! refused, so each aggregator has exactly one encoding.
 
 use std::collections::BTreeMap;
 
@@ -39,9 +66,10 @@ use anonmirror_core::{Epoch, ItemKey};
 
 use crate::err::Error;
 use crate::hash::{EpochHasher, Purpose};
-use crate::params::ReportParams;
-use crate::report::PopularityReport;
+use crate::params::{Prob, ReportParams};
+use crate::report::{PopularityReport, check_shape};
 use crate::snapshot::{Estimate, LevelPeers, PopularitySnapshot};
+use crate::wire::Reader;
 
 /// One-sided z for an overall 0.1 % false-common rate, Bonferroni-divided
 /// by h = 1..=16 (z of 1 − 0.001/h).
@@ -56,7 +84,7 @@ pub fn confidence_z(h: u8) -> f64 {
 }
 
 /// Sums reports of one epoch and parameter set.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Aggregator {
     params: ReportParams,
     epoch: Epoch,
@@ -235,6 +263,121 @@ impl Aggregator {
             z,
             items: out,
         }
+    }
+}
+
+const COUNTS_MAGIC: &[u8; 4] = b"AMPC";
+const COUNTS_VERSION: u8 = 1;
+/// Bytes before the cells of an `AMPC` encoding.
+pub const COUNTS_HEADER_LEN: usize = 40;
+
+impl Aggregator {
+    /// The count every cell gets from the instantaneous noise alone.
+    fn base(params: &ReportParams, reports: u64) -> u64 {
+        (reports * u64::from(params.p.raw())) >> 16
+    }
+
+    /// The counts for publication (`AMPC`, see the module doc).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(COUNTS_HEADER_LEN + 2 * self.counts.len());
+        out.extend_from_slice(COUNTS_MAGIC);
+        out.push(COUNTS_VERSION);
+        out.push(self.params.h);
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&self.epoch.0.to_le_bytes());
+        out.extend_from_slice(&self.params.m.to_le_bytes());
+        for prob in [self.params.f, self.params.p, self.params.q] {
+            out.extend_from_slice(&prob.raw().to_le_bytes());
+        }
+        out.extend_from_slice(&self.reports.to_le_bytes());
+        let base = Self::base(&self.params, self.reports) as i64;
+        for &c in &self.counts {
+            let d = i64::from(c) - base;
+            let mut z = ((d << 1) ^ (d >> 63)) as u64;
+            loop {
+                let byte = (z & 0x7f) as u8;
+                z >>= 7;
+                if z == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// Decodes published counts, refusing anything out of range,
+    /// non-canonical, truncated or followed by trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Aggregator, Error> {
+        let mut r = Reader::new("popularity counts", bytes);
+        r.expect(COUNTS_MAGIC, COUNTS_VERSION)?;
+        let h = r.u8()?;
+        if r.u16()? != 0 {
+            return Err(r.malformed("reserved bytes are not zero"));
+        }
+        let epoch = Epoch(r.u64()?);
+        let m = r.u32()?;
+        let mut probs = [None; 3];
+        for (slot, name) in probs.iter_mut().zip(["f", "p", "q"]) {
+            let raw = r.u32()?;
+            *slot = Some(
+                Prob::from_raw(raw)
+                    .ok_or_else(|| r.malformed(format!("{name} = {raw}/65536 exceeds 1")))?,
+            );
+        }
+        let [Some(f), Some(p), Some(q)] = probs else {
+            return Err(r.malformed("probabilities missing"));
+        };
+        let params = ReportParams { m, h, f, p, q };
+        check_shape(&params).map_err(|e| r.malformed(e.to_string()))?;
+        let reports = r.u64()?;
+        if reports > u64::from(u32::MAX) {
+            return Err(r.malformed(format!("{reports} reports exceed a counting array")));
+        }
+        // At least one byte per cell must remain before m counts are
+        // allocated (m is at most 2²² here).
+        if r.remaining() < m as usize {
+            return Err(Error::Truncated {
+                what: "popularity counts",
+                needed: bytes.len() - r.remaining() + m as usize,
+                got: bytes.len(),
+            });
+        }
+        let base = Self::base(&params, reports) as i64;
+        let mut counts = Vec::with_capacity(m as usize);
+        for j in 0..m {
+            let mut z = 0u64;
+            let mut shift = 0;
+            loop {
+                let byte = r.u8()?;
+                if shift == 28 && byte > 0x1f {
+                    return Err(r.malformed(format!("cell {j}: varint longer than 5 bytes")));
+                }
+                z |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    if byte == 0 && shift > 0 {
+                        return Err(r.malformed(format!("cell {j}: over-long varint")));
+                    }
+                    break;
+                }
+                shift += 7;
+            }
+            let d = (z >> 1) as i64 ^ -((z & 1) as i64);
+            let c = base + d;
+            if c < 0 || c as u64 > reports {
+                return Err(r.malformed(format!("cell {j}: count {c} outside 0..={reports}")));
+            }
+            // c ≤ reports < 2³².
+            counts.push(c as u32);
+        }
+        r.finish()?;
+        Ok(Aggregator {
+            params,
+            epoch,
+            counts,
+            reports,
+        })
     }
 }
 

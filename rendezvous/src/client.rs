@@ -11,7 +11,7 @@ use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 use tokio::net::TcpStream;
 
 use crate::credential::ClientCredential;
-use crate::directory::{self, Snapshot};
+use crate::directory::{self, PublishedCounts, Snapshot};
 use crate::err::{Error, Result};
 use crate::msg::{Announcement, ByteBuf, Candidate, Down, Up};
 use crate::pow::Stamp;
@@ -209,6 +209,35 @@ impl Client {
             }
         }
         directory::verify(pinned, &bytes, &signature.0)
+    }
+
+    /// The popularity counts of the last epoch, verified against the
+    /// pinned directory key; `None` while no epoch before the
+    /// rendezvous's current one has counts ("none yet").
+    ///
+    /// The counts are announce's `AMPC` bytes (`Aggregator::from_bytes`
+    /// there); a reader checks that their epoch is `epoch`.
+    pub async fn popularity_counts(
+        &self,
+        pinned_directory_key: &[u8; 32],
+    ) -> Result<Option<PublishedCounts>> {
+        let mut ch = self.open().await?;
+        ch.send(&Up::PopularityCounts.encode()?).await?;
+        let (total, signature) = match Self::recv(&mut ch, self.timeout).await? {
+            Down::NoCounts => return Ok(None),
+            Down::CountsHead { total, signature } => (total, signature),
+            _ => return Err(Error::Protocol("expected CountsHead or NoCounts")),
+        };
+        let mut bytes = Vec::new();
+        while (bytes.len() as u64) < total {
+            match Self::recv(&mut ch, self.timeout).await? {
+                Down::CountsPart(p) if bytes.len() as u64 + p.len() as u64 <= total => {
+                    bytes.extend_from_slice(&p)
+                }
+                _ => return Err(Error::Protocol("bad counts part")),
+            }
+        }
+        directory::verify_counts(pinned_directory_key, &bytes, &signature.0).map(Some)
     }
 
     /// Reports a session that served bad data.

@@ -126,6 +126,17 @@ pub trait ReportSink: Send + Sync + 'static {
     /// token that paid for it; the sink validates the report's format and
     /// adds it to the epoch's counts, or rejects it (`Err` with why).
     fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), String>;
+
+    /// The counts to publish while `current` is the epoch: those of the
+    /// latest epoch before `current` that has any, encoded for peers
+    /// (announce's `AMPC`), with that epoch; `None` while no earlier epoch
+    /// has counts ("none yet"). Reports paid for with a previous epoch's
+    /// token still add to that epoch, so its N may grow while it is
+    /// published; each answer is one consistent sum.
+    fn publishable(&self, current: Epoch) -> Option<(Epoch, Vec<u8>)> {
+        let _ = current;
+        None
+    }
 }
 
 /// TEST DOUBLE: a filter that is the sorted concatenation of the 32-byte
@@ -183,6 +194,23 @@ impl ReportSink for CollectingSink {
             .push((epoch, report.to_vec()));
         Ok(())
     }
+
+    /// The latest earlier epoch's reports, each as a u32 LE length and its
+    /// bytes, in arrival order.
+    fn publishable(&self, current: Epoch) -> Option<(Epoch, Vec<u8>)> {
+        let reports = self.reports.lock().ok()?;
+        let epoch = reports
+            .iter()
+            .map(|(e, _)| *e)
+            .filter(|e| *e < current)
+            .max()?;
+        let mut out = Vec::new();
+        for (_, r) in reports.iter().filter(|(e, _)| *e == epoch) {
+            out.extend_from_slice(&u32::try_from(r.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(r);
+        }
+        Some((epoch, out))
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +232,10 @@ mod tests {
         let sink = CollectingSink::default();
         sink.accept(Epoch(3), b"r").expect("accepts");
         assert_eq!(sink.reports(), vec![(Epoch(3), b"r".to_vec())]);
+        assert_eq!(sink.publishable(Epoch(3)), None, "epoch 3 is not over");
+        assert_eq!(
+            sink.publishable(Epoch(4)),
+            Some((Epoch(3), vec![1, 0, 0, 0, b'r']))
+        );
     }
 }

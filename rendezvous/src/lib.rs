@@ -43,6 +43,7 @@ pub mod token;
 pub mod upstream;
 
 pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
+pub use directory::PublishedCounts;
 pub use err::{Error, Result};
 pub use hooks::{
     CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportSink, SortedKeysFilter,

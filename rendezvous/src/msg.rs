@@ -37,6 +37,7 @@
 //! | `07` | `Report` | session key `[32]`, item `[32]`, offset `varint`, len `varint` |
 //! | `08` | `Notify` | secret `[32]`, repository `str`, version `varint` |
 //! | `09` | `Popularity` | token `bytes` (354), report `bytes` (1 ..= [`MAX_REPORT`]) |
+//! | `0a` | `PopularityCounts` | — |
 //!
 //! [`Announcement`]: contact [`Contact`], key `[32]` (this session's Noise
 //! static key), max_clients `varint`(u32, ≥ 1), upload_rate `varint`(u64
@@ -64,10 +65,15 @@
 //! | `08` | `DirectoryPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
 //! | `09` | `Ack` | — |
 //! | `0a` | `Refused` | refusal `varint` (a [`Refusal`], `00` ..= `0c`) |
+//! | `0b` | `CountsHead` | total `varint`(u64 bytes, 1 ..= [`MAX_COUNTS`]), signature `[64]` (Ed25519) |
+//! | `0c` | `CountsPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
+//! | `0d` | `NoCounts` | — (no epoch before the current one has counts yet) |
 //!
 //! A directory travels as one `DirectoryHead` then parts whose bytes, in
 //! order, make `total` bytes: the postcard encoding of a
-//! [`crate::directory::Snapshot`], signed as that module says.
+//! [`crate::directory::Snapshot`], signed as that module says. Published
+//! popularity counts travel the same way as `CountsHead` and `CountsPart`s:
+//! a [`crate::directory::PublishedCounts`], signed with the same key.
 //!
 //! # Decoding and its bounds
 //!
@@ -89,6 +95,9 @@ use crate::err::{Error, Result};
 use crate::pow::Stamp;
 use crate::token::{TOKEN_LEN, TOKEN_REQUEST_LEN, TOKEN_RESPONSE_LEN};
 
+/// The largest published popularity counts: announce's largest counting
+/// array (2²² cells) at 5 bytes a cell, and room for the envelope.
+pub const MAX_COUNTS: u64 = 24 << 20;
 /// The most bytes one message may take (a Noise message minus its tag).
 pub const MAX_MESSAGE: usize = 65_535 - 16;
 /// The most token requests in one `Issue`.
@@ -386,6 +395,8 @@ pub enum Up {
         /// The report (announce/'s format; opaque here).
         report: ByteBuf,
     },
+    /// The signed popularity counts of the last epoch (anonymous, free).
+    PopularityCounts,
 }
 
 /// Rendezvous to initiator. See the module docs for the bytes.
@@ -441,6 +452,17 @@ pub enum Down {
     Ack,
     /// No.
     Refused(Refusal),
+    /// Start of signed popularity counts.
+    CountsHead {
+        /// Bytes of the signed [`crate::directory::PublishedCounts`].
+        total: u64,
+        /// Ed25519 signature (see [`crate::directory`]).
+        signature: Sig,
+    },
+    /// A piece of the counts.
+    CountsPart(ByteBuf),
+    /// No epoch before the current one has popularity counts yet.
+    NoCounts,
 }
 
 /// Owned bytes, encoded as `bytes`.
@@ -571,7 +593,11 @@ impl Up {
 
     fn check(&self) -> Result<()> {
         match self {
-            Up::Register(_) | Up::Keys | Up::Pong { .. } | Up::Report { .. } => Ok(()),
+            Up::Register(_)
+            | Up::Keys
+            | Up::Pong { .. }
+            | Up::Report { .. }
+            | Up::PopularityCounts => Ok(()),
             Up::Issue { requests, .. } => {
                 if requests.is_empty() || requests.len() > MAX_ISSUE {
                     return Err(bound("token request count"));
@@ -638,7 +664,20 @@ impl Down {
             | Down::SessionOpened { .. }
             | Down::Ping { .. }
             | Down::Ack
+            | Down::NoCounts
             | Down::Refused(_) => Ok(()),
+            Down::CountsHead { total, .. } => {
+                if *total == 0 || *total > MAX_COUNTS {
+                    return Err(bound("counts size"));
+                }
+                Ok(())
+            }
+            Down::CountsPart(b) => {
+                if b.is_empty() || b.len() > MAX_PART {
+                    return Err(bound("counts part length"));
+                }
+                Ok(())
+            }
             Down::Keys(keys) => {
                 if keys.len() > 3 || keys.iter().any(|k| k.key.len() > MAX_KEY_BYTES) {
                     return Err(bound("published keys"));

@@ -37,11 +37,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::credential::{CredentialConfig, CredentialRecord};
-use crate::directory::{SigningKey, Snapshot};
+use crate::directory::{PublishedCounts, SigningKey, Snapshot};
 use crate::err::{Error, Result};
 use crate::hooks::{FilterCheck, ReportSink};
 use crate::msg::{
-    Announcement, ByteBuf, Candidate, Down, MAX_PART, PublishedKey, Refusal, Sig, Up,
+    Announcement, ByteBuf, Candidate, Down, MAX_COUNTS, MAX_PART, PublishedKey, Refusal, Sig, Up,
 };
 use crate::pow::Stamp;
 use crate::session::{Query, ReportOutcome, SessionConfig, SessionId, SessionTable};
@@ -246,6 +246,8 @@ enum SessionCmd {
         reply: oneshot::Sender<usize>,
     },
     Count(oneshot::Sender<usize>),
+    /// Live sessions per declared level.
+    Levels(oneshot::Sender<BTreeMap<u8, u64>>),
 }
 
 /// Shared by every connection task.
@@ -739,6 +741,9 @@ async fn session_owner(
             SessionCmd::Count(reply) => {
                 let _ = reply.send(table.len());
             }
+            SessionCmd::Levels(reply) => {
+                let _ = reply.send(table.level_populations());
+            }
         }
     }
     tracing::debug!("session owner stopped");
@@ -1051,8 +1056,55 @@ async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
                 .map_err(|_| Error::Refused(Refusal::BadRequest))?;
             Ok(vec![Down::Ack])
         }
+        Up::PopularityCounts => popularity_counts(shared).await,
         Up::Pong { .. } | Up::OpenSession { .. } => Err(Error::Protocol("out of place")),
     }
+}
+
+/// The signed counts of the last epoch that has any, with the live level
+/// populations; `NoCounts` before any epoch has completed.
+async fn popularity_counts(shared: &Arc<Shared>) -> Result<Vec<Down>> {
+    let cfg = &shared.cfg;
+    let now = cfg.clock.unix_secs();
+    let current = Epoch::containing(now, cfg.epoch_secs);
+    // Encoding a counting array takes a millisecond or so: off the runtime.
+    let sink = cfg.reports.clone();
+    let Some((epoch, counts)) = blocking(move || Ok(sink.publishable(current))).await? else {
+        return Ok(vec![Down::NoCounts]);
+    };
+    let levels = ask(&shared.session_tx, |reply| {
+        SessionOrKey::Session(shared.session_tx.clone(), SessionCmd::Levels(reply))
+    })
+    .await?;
+    let mut level_peers = [0u64; 4];
+    for (level, n) in levels {
+        if let Some(slot) = level_peers.get_mut(usize::from(level)) {
+            *slot = n;
+        }
+    }
+    let published = PublishedCounts {
+        epoch: epoch.0,
+        generated: now,
+        level_peers,
+        counts: ByteBuf::from(counts),
+    };
+    let (bytes, sig) = shared.signing.sign_counts(&published)?;
+    if bytes.len() as u64 > MAX_COUNTS {
+        return Err(Error::Internal(
+            "popularity counts exceed MAX_COUNTS".into(),
+        ));
+    }
+    let mut out = vec![Down::CountsHead {
+        total: bytes.len() as u64,
+        signature: Sig(sig),
+    }];
+    out.extend(
+        bytes
+            .chunks(MAX_PART)
+            .map(|c| Down::CountsPart(ByteBuf::from(c.to_vec()))),
+    );
+    tracing::debug!("popularity counts published");
+    Ok(out)
 }
 
 async fn register(shared: &Arc<Shared>, stamp: Stamp) -> Result<Vec<Down>> {

@@ -239,3 +239,137 @@ fn snapshot_decoder_bounds_the_item_count_before_allocating() {
         Err(Error::Truncated { .. })
     ));
 }
+
+fn counts_of(params: ReportParams, epoch: u64, reports: u64, counts: Vec<u32>) -> Aggregator {
+    Aggregator {
+        params,
+        epoch: Epoch(epoch),
+        counts,
+        reports,
+    }
+}
+
+/// Golden bytes of the `AMPC` format: any change to it breaks every peer
+/// that reads published counts, and must fail here.
+#[test]
+fn published_counts_known_bytes() {
+    let params = ReportParams::new(64, 2, 0.5, 0.5, 0.75).expect("params");
+    let mut counts = vec![5u32; 64];
+    counts[1..5].copy_from_slice(&[6, 4, 0, 10]);
+    let agg = counts_of(params, 7, 10, counts);
+    let bytes = agg.to_bytes();
+    let want_head: Vec<u8> = [
+        &b"AMPC"[..],
+        &[1],                       // version
+        &[2],                       // h
+        &[0, 0],                    // reserved
+        &[7, 0, 0, 0, 0, 0, 0, 0],  // epoch
+        &[0x40, 0, 0, 0],           // m = 64
+        &[0, 0x80, 0, 0],           // f = 1/2
+        &[0, 0x80, 0, 0],           // p = 1/2
+        &[0, 0xc0, 0, 0],           // q = 3/4
+        &[10, 0, 0, 0, 0, 0, 0, 0], // N = 10
+    ]
+    .concat();
+    assert_eq!(&bytes[..COUNTS_HEADER_LEN], &want_head[..]);
+    // base = ⌊10 · 1/2⌋ = 5: 5 → 0, 6 → +1, 4 → −1, 0 → −5, 10 → +5.
+    let mut cells = vec![0x00u8, 0x02, 0x01, 0x09, 0x0a];
+    cells.extend([0u8; 59]);
+    assert_eq!(&bytes[COUNTS_HEADER_LEN..], &cells[..]);
+    assert_eq!(Aggregator::from_bytes(&bytes), Ok(agg));
+}
+
+#[test]
+fn published_counts_refuse_bad_cells_before_allocating() {
+    let params = ReportParams::new(64, 2, 0.5, 0.5, 0.75).expect("params");
+    let bytes = counts_of(params, 1, 10, vec![5; 64]).to_bytes();
+    // A cell above N.
+    let mut high = bytes.clone();
+    high[COUNTS_HEADER_LEN] = 0x0c; // +6 → 11 > 10
+    assert!(matches!(
+        Aggregator::from_bytes(&high),
+        Err(Error::Malformed { .. })
+    ));
+    // An over-long varint (0 as 80 00) is not canonical.
+    let mut long = bytes[..COUNTS_HEADER_LEN].to_vec();
+    long.extend([0x80, 0x00]);
+    long.extend([0u8; 63]);
+    assert!(matches!(
+        Aggregator::from_bytes(&long),
+        Err(Error::Malformed { .. })
+    ));
+    // A huge m with no cells behind it is refused before allocating.
+    let big = ReportParams::new(1 << 22, 2, 0.5, 0.5, 0.75).expect("params");
+    let mut head = counts_of(big, 1, 10, vec![0; 1 << 22]).to_bytes();
+    head.truncate(COUNTS_HEADER_LEN + 10);
+    assert!(matches!(
+        Aggregator::from_bytes(&head),
+        Err(Error::Truncated { .. })
+    ));
+    // More reports than a counting array holds.
+    let mut many = bytes.clone();
+    many[32..40].copy_from_slice(&(u64::from(u32::MAX) + 1).to_le_bytes());
+    assert!(matches!(
+        Aggregator::from_bytes(&many),
+        Err(Error::Malformed { .. })
+    ));
+}
+
+fn arb_counts() -> impl Strategy<Value = Aggregator> {
+    (
+        1u32..8,
+        1u8..=16,
+        0u32..32_768,
+        0u32..32_768,
+        1u32..32_768,
+        any::<u64>(),
+        0u64..100_000,
+    )
+        .prop_flat_map(|(w, h, f, p, dq, epoch, reports)| {
+            let params = ReportParams {
+                m: w * 64,
+                h,
+                f: crate::params::Prob::from_raw(f * 2).expect("in range"),
+                p: crate::params::Prob::from_raw(p).expect("in range"),
+                q: crate::params::Prob::from_raw(p + dq).expect("in range"),
+            };
+            let top = reports as u32;
+            proptest::collection::vec(0..=top, (w * 64) as usize)
+                .prop_map(move |counts| counts_of(params, epoch, reports, counts))
+        })
+}
+
+proptest! {
+    #[test]
+    fn published_counts_round_trip_and_reject_truncation_and_trailing(
+        agg in arb_counts(), cut in 0usize..100_000, extra in 1usize..4,
+    ) {
+        let bytes = agg.to_bytes();
+        prop_assert_eq!(Aggregator::from_bytes(&bytes), Ok(agg));
+        let cut = cut % bytes.len();
+        let truncated = Aggregator::from_bytes(&bytes[..cut]);
+        prop_assert!(matches!(truncated, Err(Error::Truncated { .. })), "{:?}", truncated);
+        let mut longer = bytes.clone();
+        longer.extend(std::iter::repeat_n(7u8, extra));
+        let trailing = Aggregator::from_bytes(&longer);
+        prop_assert!(trailing.is_err(), "{:?}", trailing);
+    }
+
+    #[test]
+    fn published_counts_decoder_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        agg in arb_counts(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+    ) {
+        let _ = Aggregator::from_bytes(&bytes);
+        let mut mutated = agg.to_bytes();
+        let n = mutated.len();
+        for (at, x) in flips {
+            mutated[at % n] ^= x;
+        }
+        if let Ok(a) = Aggregator::from_bytes(&mutated) {
+            // Whatever decodes re-encodes to exactly those bytes.
+            prop_assert_eq!(a.to_bytes(), mutated);
+        }
+    }
+}

@@ -95,7 +95,11 @@ fn non_canonical_and_unknown_are_refused() {
     // Pong with nonce 0 as an over-long varint.
     assert!(Up::decode(&[0x04, 0x80, 0x00]).is_err());
     assert!(Up::decode(&[0x04, 0x00]).is_ok());
-    assert!(Up::decode(&[0x0a]).is_err(), "unknown tag");
+    assert_eq!(Up::decode(&[0x0a]).ok(), Some(Up::PopularityCounts));
+    assert!(Up::decode(&[0x0b]).is_err(), "unknown tag");
+    assert_eq!(Down::decode(&[0x0d]).ok(), Some(Down::NoCounts));
+    assert!(Down::decode(&[0x0e]).is_err(), "unknown tag");
+    assert!(Down::decode(&[0x0b, 0x00]).is_err(), "empty counts");
     assert!(Down::decode(&[0x0a, 0x0d]).is_err(), "unknown refusal");
     assert!(Up::decode(&[]).is_err());
     assert!(Up::decode(&vec![0x01; MAX_MESSAGE + 1]).is_err());
@@ -212,6 +216,7 @@ fn arb_up() -> impl Strategy<Value = Up> {
         ),
         (bytes(TOKEN_LEN), (1usize..500).prop_flat_map(bytes))
             .prop_map(|(token, report)| Up::Popularity { token, report }),
+        Just(Up::PopularityCounts),
     ]
 }
 
@@ -279,6 +284,18 @@ fn arb_down() -> impl Strategy<Value = Down> {
             .prop_flat_map(bytes)
             .prop_map(Down::DirectoryPart),
         Just(Down::Ack),
+        (1..=MAX_COUNTS, proptest::collection::vec(any::<u8>(), 64)).prop_map(|(total, s)| {
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&s);
+            Down::CountsHead {
+                total,
+                signature: Sig(sig),
+            }
+        }),
+        (1usize..2000)
+            .prop_flat_map(bytes)
+            .prop_map(Down::CountsPart),
+        Just(Down::NoCounts),
         prop_oneof![
             Just(Refusal::BadRequest),
             Just(Refusal::TokenSpent),
