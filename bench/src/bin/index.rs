@@ -10,6 +10,10 @@
 //! 3. A `SHA256SUMS` file, against SHA-256 of its bytes; and an
 //!    `InRelease` of 600 index files.
 //!
+//! Decompression is also timed with the C tools (`xz -dc`, `gzip -dc`,
+//! `zstd -dc`, output to /dev/null), when installed, to compare the
+//! pure-Rust decoders with liblzma, zlib and libzstd.
+//!
 //! Each figure is the median of `--reps` runs.
 //!
 //! `cargo run --release -p anonmirror-bench --bin index`
@@ -17,6 +21,7 @@
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anonmirror_mirror::index::{
@@ -48,6 +53,38 @@ fn median(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Res
     }
     times.sort();
     Ok(times[times.len() / 2])
+}
+
+/// `tool -dc` on `packed`, output discarded; `None` if `tool` is missing.
+fn c_tool(reps: usize, tool: &str, packed: &[u8]) -> anyhow::Result<Option<Duration>> {
+    let present = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        return Ok(None);
+    }
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(packed)?;
+    median(reps, || {
+        let status = Command::new(tool)
+            .arg("-dc")
+            .arg(file.path())
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "{tool} -dc failed");
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// ", C `tool -dc` N ms" or nothing.
+fn c_figure(tool: &str, d: Option<Duration>) -> String {
+    d.map_or(String::new(), |d| {
+        format!("; C `{tool} -dc` {:.0} ms", ms(d))
+    })
 }
 
 fn sha256(bytes: &[u8]) -> ring::digest::Digest {
@@ -189,32 +226,31 @@ fn packages(n: usize, reps: usize) -> anyhow::Result<()> {
         ms(hash),
         parse.as_secs_f64() / hash.as_secs_f64()
     );
-    for (name, packed) in [
-        ("xz -6", xz(text.as_bytes())?),
-        ("gzip -6", gzip(text.as_bytes())?),
+    for (ext, tool, packed) in [
+        ("xz", "xz", xz(text.as_bytes())?),
+        ("gz", "gzip", gzip(text.as_bytes())?),
     ] {
         let unpack = median(reps, || {
             black_box(decompress(&packed, 1 << 30)?);
             Ok(())
         })?;
         println!(
-            "  Packages.{} ({:.1} MiB): decompress {:.0} ms; decompress + parse {:.0} ms",
-            if name.starts_with("xz") { "xz" } else { "gz" },
+            "  Packages.{ext} ({:.1} MiB): decompress {:.0} ms; decompress + parse {:.0} ms{}",
             mib(packed.len()),
             ms(unpack),
-            ms(unpack + parse)
+            ms(unpack + parse),
+            c_figure(tool, c_tool(reps, tool, &packed)?)
         );
     }
-
     Ok(())
 }
 
 fn pacman(n: usize, reps: usize) -> anyhow::Result<()> {
     let tar = pacman_db(n)?;
-    for (name, packed) in [
-        ("uncompressed", tar.clone()),
-        ("gzip -6", gzip(&tar)?),
-        ("zstd (ruzstd fastest)", zstd(&tar)),
+    for (name, tool, packed) in [
+        ("uncompressed", None, tar.clone()),
+        ("gzip -6", Some("gzip"), gzip(&tar)?),
+        ("zstd (ruzstd fastest)", Some("zstd"), zstd(&tar)),
     ] {
         let parse = median(reps, || {
             let e = parse_pacman_db(&packed)?;
@@ -226,8 +262,12 @@ fn pacman(n: usize, reps: usize) -> anyhow::Result<()> {
             black_box(decompress(&packed, 1 << 30)?);
             Ok(())
         })?;
+        let c = match tool {
+            Some(tool) => c_figure(tool, c_tool(reps, tool, &packed)?),
+            None => String::new(),
+        };
         println!(
-            "pacman db, {name} ({:.1} MiB, {:.1} MiB as tar): parse {:.0} ms = {:.2} M entries/s; decompress alone (baseline) {:.0} ms; ratio {:.2}x",
+            "pacman db, {name} ({:.1} MiB, {:.1} MiB as tar): parse {:.0} ms = {:.2} M entries/s; decompress alone (baseline) {:.0} ms; ratio {:.2}x{c}",
             mib(packed.len()),
             mib(tar.len()),
             ms(parse),
@@ -236,7 +276,6 @@ fn pacman(n: usize, reps: usize) -> anyhow::Result<()> {
             parse.as_secs_f64() / unpack.as_secs_f64().max(1e-9)
         );
     }
-
     Ok(())
 }
 
