@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod daemon;
 mod demo;
+mod import;
+mod status;
 mod fetch;
 mod policy;
 mod rendezvous;
@@ -46,6 +48,12 @@ enum Command {
     Daemon(daemon::DaemonCmd),
     /// Run a whole swarm on loopback and show what came from where.
     Demo(demo::DemoCmd),
+    /// Add a package manager's cached downloads to the store, verified
+    /// against the current index.
+    Import(import::ImportCmd),
+    /// Show what the running daemon has done: bytes by source, the offload
+    /// ratio, sessions, blame.
+    Status(status::StatusCmd),
     /// Run the rendezvous: credentials, tokens, sessions, lookup, push.
     Rendezvous(rendezvous::RendezvousCmd),
     /// Check or show the privacy policy.
@@ -81,6 +89,8 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Daemon(cmd) => daemon::run(cmd),
         Command::Demo(cmd) => demo::run(cmd),
+        Command::Import(cmd) => import::run(cmd),
+        Command::Status(cmd) => status::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Rendezvous(cmd) => rendezvous::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),

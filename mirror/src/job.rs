@@ -451,7 +451,10 @@ impl Fetcher {
 
     async fn drive(self: &Arc<Self>, job: &Arc<Job>, want: &Want) -> Result<(), String> {
         let candidates = match &self.peers {
-            Some(p) => p.candidates(&want.repository, want.version, want.key).await,
+            Some(p) => {
+                p.candidates(&want.repository, want.version, want.key, want.size)
+                    .await
+            }
             None => Vec::new(),
         };
         if candidates.is_empty() {

@@ -41,10 +41,16 @@ impl Candidate {
 /// A source of candidates.
 #[async_trait]
 pub trait PeerSource: Send + Sync + 'static {
-    /// Up to a handful of peers holding `item` of `repository`, at least
-    /// as fresh as `version`. Errors are logged by the source and give no
-    /// candidates.
-    async fn candidates(&self, repository: &str, version: u64, item: ItemKey) -> Vec<Candidate>;
+    /// Up to a handful of peers holding `item` (of `size` bytes) of
+    /// `repository`, at least as fresh as `version`. Errors are logged by
+    /// the source and give no candidates.
+    async fn candidates(
+        &self,
+        repository: &str,
+        version: u64,
+        item: ItemKey,
+        size: u64,
+    ) -> Vec<Candidate>;
 
     /// A peer served bad data for `item`, at `offset..offset + len`.
     async fn report(&self, peer: &Candidate, item: ItemKey, offset: u64, len: u64);
@@ -131,13 +137,26 @@ pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Cand
 
 #[async_trait]
 impl PeerSource for RendezvousPeers {
-    async fn candidates(&self, repository: &str, version: u64, item: ItemKey) -> Vec<Candidate> {
+    async fn candidates(
+        &self,
+        repository: &str,
+        version: u64,
+        item: ItemKey,
+        size: u64,
+    ) -> Vec<Candidate> {
         match self
             .client
-            .lookup(item, repository, version, self.region.as_deref(), self.want)
+            .lookup(
+                item,
+                repository,
+                version,
+                self.region.as_deref(),
+                want_for(size, self.want),
+            )
             .await
         {
             Ok(found) => {
+                tracing::debug!(found = found.len(), "lookup answered");
                 let own = self.own.lock().ok().and_then(|o| *o);
                 found
                     .iter()
@@ -164,6 +183,14 @@ impl PeerSource for RendezvousPeers {
     }
 }
 
+/// Peers worth asking for an item of `size` bytes: one per MiB piece, up
+/// to `most` (each candidate counts against a peer's limit at the
+/// rendezvous, so a small package asks for one).
+pub fn want_for(size: u64, most: u8) -> u8 {
+    let pieces = size.div_ceil(1 << 20).max(1);
+    pieces.min(u64::from(most.max(1))) as u8
+}
+
 /// What to report for a blame: the failing range (the whole item when no
 /// range is known).
 pub fn blamed_range(blame: &Blame, size: u64) -> (u64, u64) {
@@ -179,6 +206,15 @@ pub fn blamed_range(blame: &Blame, size: u64) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_items_ask_for_one_peer() {
+        assert_eq!(want_for(5_000, 4), 1);
+        assert_eq!(want_for(1 << 20, 4), 1);
+        assert_eq!(want_for((1 << 20) + 1, 4), 2);
+        assert_eq!(want_for(200 << 20, 4), 4);
+        assert_eq!(want_for(200 << 20, 0), 1);
+    }
 
     #[test]
     fn set_aside_peers_are_remembered() {

@@ -73,7 +73,11 @@ pub struct SessionConfig {
     pub ping_interval: Duration,
     /// Silence after which a session is dropped.
     pub silence: Duration,
-    /// How long an assignment counts against a session's limit.
+    /// How long an assignment counts against a session's limit: about
+    /// how long a client takes to connect and fetch one package, so that
+    /// assignments within it approximate the clients a peer serves at once
+    /// (default 2 s; a minute would turn `max_clients` into a cap on
+    /// packages per minute, and starve a small swarm).
     pub assignment_window: Duration,
     /// The most sessions a lookup tests per tier.
     pub max_probes: usize,
@@ -90,7 +94,7 @@ impl Default for SessionConfig {
         SessionConfig {
             ping_interval: Duration::from_secs(30),
             silence: Duration::from_secs(90),
-            assignment_window: Duration::from_secs(60),
+            assignment_window: Duration::from_secs(2),
             max_probes: 256,
             strikes: 3,
             contact_cooloff: Duration::from_secs(7 * 86_400),

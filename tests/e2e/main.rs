@@ -4,6 +4,7 @@
 mod cli_audit;
 mod cli_policy;
 mod clients;
+mod daemon;
 mod gateway;
 mod layering;
 mod rendezvous_crash;
