@@ -11,12 +11,12 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod daemon;
 mod demo;
-mod import;
-mod status;
 mod fetch;
+mod import;
 mod policy;
 mod rendezvous;
 mod serve;
+mod status;
 mod store;
 
 /// Exit code: the command line, configuration or input is invalid.

@@ -321,6 +321,7 @@ pub fn loopback_policy(
     p.rendezvous = Some(RendezvousConfig {
         address: rendezvous.local_addr().to_string(),
         key: rendezvous.key(),
+        directory_key: Some(rendezvous.directory_key()),
     });
     p
 }
@@ -426,19 +427,22 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let bytes = fetch_all(client.gateway_addr, &packages)
         .await
         .context("the client fetching")?;
+    let client_metrics = client.gateway().metrics().snapshot();
+    client.stop().await;
+    // Stopped, each volunteer has counted everything it served.
+    let mut summaries = Vec::new();
+    for (level, n) in volunteers {
+        let summary = n.summary();
+        let metrics = n.gateway().metrics().clone();
+        n.stop().await;
+        summaries.push((level, summary, metrics.snapshot()));
+    }
     let report = DemoReport {
-        client: client.gateway().metrics().snapshot(),
+        client: client_metrics,
         verified: packages.len(),
         bytes,
-        volunteers: volunteers
-            .iter()
-            .map(|(l, n)| (*l, n.summary(), n.gateway().metrics().snapshot()))
-            .collect(),
+        volunteers: summaries,
     };
-    client.stop().await;
-    for (_, n) in volunteers {
-        n.stop().await;
-    }
     rendezvous.shutdown().await;
     drop(upstream);
     Ok(report)

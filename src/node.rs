@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use anonmirror_announce::snapshot::LevelPeers;
 use anonmirror_announce::{
-    CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report, select,
+    Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
+    select,
 };
 use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
 use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
@@ -368,16 +369,50 @@ impl Volunteer {
         CurrentIndex::new(self.gateway.repos().flat_map(|r| r.entries()))
     }
 
-    async fn snapshot(&self, epoch: Epoch) -> PopularitySnapshot {
-        PopularitySnapshot {
+    /// The popularity of the current items, from the counts the
+    /// rendezvous published for the last epoch (verified against the
+    /// pinned directory key); an empty snapshot while there are none, or
+    /// when no directory key is pinned (then only `open`, whose floor is
+    /// zero, announces anything).
+    async fn snapshot(&self, epoch: Epoch, index: &CurrentIndex) -> PopularitySnapshot {
+        let empty = |source: &str| PopularitySnapshot {
             epoch,
             prior: false,
-            source: "none yet".to_owned(),
+            source: source.to_owned(),
             peers: 0,
             level_peers: LevelPeers::default(),
             params: None,
             z: 1.0,
             items: BTreeMap::new(),
+        };
+        let Some(key) = self
+            .policy
+            .rendezvous
+            .as_ref()
+            .and_then(|r| r.directory_key)
+        else {
+            return empty("no directory key pinned");
+        };
+        match self.client.popularity_counts(&key).await {
+            Ok(Some(published)) => match Aggregator::from_bytes(&published.counts) {
+                Ok(agg) if agg.epoch().0 == published.epoch => {
+                    let universe = index.items();
+                    let level_peers = LevelPeers(published.level_peers);
+                    tokio::task::spawn_blocking(move || agg.snapshot(&universe, level_peers))
+                        .await
+                        .unwrap_or_else(|_| empty("popularity estimation failed"))
+                }
+                Ok(_) => empty("published counts disagree on their epoch"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "published popularity counts unreadable");
+                    empty("published counts unreadable")
+                }
+            },
+            Ok(None) => empty("none published yet"),
+            Err(e) => {
+                tracing::info!(error = %e, "popularity counts unavailable");
+                empty("unavailable")
+            }
         }
     }
 
@@ -409,7 +444,7 @@ impl Volunteer {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        let snapshot = self.snapshot(epoch).await;
+        let snapshot = self.snapshot(epoch, &index).await;
         let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
         if let Ok(mut s) = self.summary.lock() {
             *s = Some(Summary {

@@ -148,6 +148,7 @@ impl PeerSource for RendezvousPeers {
             .client
             .lookup(
                 item,
+                size,
                 repository,
                 version,
                 self.region.as_deref(),

@@ -73,6 +73,8 @@ pub(crate) struct RendezvousOptions {
     /// Kept as text here so that a malformed key is reported by
     /// [`Options::resolve`] with the core parser's explanation.
     pub key: Option<String>,
+    /// As `key`.
+    pub directory_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,9 +147,27 @@ impl Options {
         set(&mut p.gateway.listen, self.gateway.listen);
         p.repositories = self.repositories;
 
+        let directory_key = match self.rendezvous.directory_key {
+            None => None,
+            Some(text) => Some(
+                text.parse::<anonmirror_core::PeerKey>()
+                    .map_err(|e| {
+                        Invalid::new("rendezvous.directory_key", format!("{e}")).hint(
+                            "the rendezvous's Ed25519 directory key, as 64 hex digits, \
+                             exactly as its operator publishes it",
+                        )
+                    })?
+                    .0,
+            ),
+        };
+        if directory_key.is_some() && self.rendezvous.address.is_none() {
+            return Err(Invalid::new("rendezvous.address", "missing")
+                .hint("a pinned directory key needs the address and key of its rendezvous"));
+        }
         p.rendezvous = match (self.rendezvous.address, self.rendezvous.key) {
             (None, None) => None,
             (Some(address), Some(key)) => Some(Rendezvous {
+                directory_key,
                 address,
                 key: key.parse().map_err(|e| {
                     Invalid::new("rendezvous.key", format!("{e}")).hint(

@@ -152,10 +152,25 @@ pub struct Rendezvous {
     /// The rendezvous's pinned Noise static key, so nobody can pose as it.
     #[serde(serialize_with = "serialize_key")]
     pub key: PeerKey,
+    /// The rendezvous's pinned Ed25519 directory key, which signs its
+    /// directory snapshots and published popularity counts. Without it the
+    /// node cannot check the counts, so above `open` it announces nothing.
+    #[serde(
+        serialize_with = "serialize_opt_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub directory_key: Option<[u8; 32]>,
 }
 
 fn serialize_key<S: Serializer>(key: &PeerKey, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&key.to_hex())
+}
+
+fn serialize_opt_key<S: Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => s.serialize_str(&PeerKey(*k).to_hex()),
+        None => s.serialize_none(),
+    }
 }
 
 /// `[serve]`.

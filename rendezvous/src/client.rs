@@ -166,6 +166,7 @@ impl Client {
     pub async fn lookup(
         &self,
         item: ItemKey,
+        size: u64,
         repository: &str,
         version: u64,
         region: Option<&str>,
@@ -173,6 +174,7 @@ impl Client {
     ) -> Result<Vec<Candidate>> {
         let up = Up::Lookup {
             item,
+            size,
             repository: repository.to_owned(),
             version,
             region: region.map(str::to_owned),

@@ -32,7 +32,7 @@
 //! | `02` | `Issue` | credential `[32]`, epoch `varint`, requests `seq<bytes>` (1 ..= [`MAX_ISSUE`], each exactly 259 bytes) |
 //! | `03` | `OpenSession` | token `bytes` (354), announcement [`Announcement`] |
 //! | `04` | `Pong` | nonce `varint`(u64) |
-//! | `05` | `Lookup` | item `[32]`, repository `str`, version `varint`, region `opt<str>`, want `varint`(u8, 1 ..= [`MAX_WANT`]) |
+//! | `05` | `Lookup` | item `[32]`, size `varint`(u64), repository `str`, version `varint`, region `opt<str>`, want `varint`(u8, 1 ..= [`MAX_WANT`]) |
 //! | `06` | `Directory` | region `opt<str>` |
 //! | `07` | `Report` | session key `[32]`, item `[32]`, offset `varint`, len `varint` |
 //! | `08` | `Notify` | secret `[32]`, repository `str`, version `varint` |
@@ -353,6 +353,10 @@ pub enum Up {
     Lookup {
         /// The item.
         item: ItemKey,
+        /// Its size as the index states it (public, like the item key): an
+        /// assignment counts against a peer's limit for as long as the
+        /// peer's upload rate needs to send it.
+        size: u64,
         /// The repository the item belongs to.
         repository: String,
         /// The client's snapshot version of it: candidates are at least as

@@ -226,6 +226,7 @@ enum SessionCmd {
     Close(SessionId),
     Lookup {
         item: ItemKey,
+        size: u64,
         repository: String,
         version: u64,
         region: Option<String>,
@@ -681,6 +682,7 @@ async fn session_owner(
             }
             SessionCmd::Lookup {
                 item,
+                size,
                 repository,
                 version,
                 region,
@@ -689,6 +691,7 @@ async fn session_owner(
             } => {
                 let q = Query {
                     item: &item,
+                    size,
                     repository: &repository,
                     version,
                     region: region.as_deref(),
@@ -966,6 +969,7 @@ async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
         }
         Up::Lookup {
             item,
+            size,
             repository,
             version,
             region,
@@ -976,6 +980,7 @@ async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
                     shared.session_tx.clone(),
                     SessionCmd::Lookup {
                         item,
+                        size,
                         repository,
                         version,
                         region,

@@ -16,8 +16,9 @@
 //! candidates that (1) hold the item according to their filter
 //! ([`FilterCheck`]), (2) are at least as fresh as the client (their
 //! snapshot version of the item's repository ≥ the client's), and (3) are
-//! under their limit (fewer assignments within `assignment_window` than
-//! `max_clients`). Candidates in the client's region come first; among
+//! under their limit (fewer live assignments than `max_clients`; an
+//! assignment lives as long as the peer's upload rate needs for the item,
+//! [`assignment_time`]). Candidates in the client's region come first; among
 //! equals, each pick is the less loaded of two drawn at random ("two
 //! random choices"), and each pick counts as an assignment. Filters are
 //! opaque, so they cannot be indexed: a lookup probes up to `max_probes`
@@ -73,11 +74,8 @@ pub struct SessionConfig {
     pub ping_interval: Duration,
     /// Silence after which a session is dropped.
     pub silence: Duration,
-    /// How long an assignment counts against a session's limit: about
-    /// how long a client takes to connect and fetch one package, so that
-    /// assignments within it approximate the clients a peer serves at once
-    /// (default 2 s; a minute would turn `max_clients` into a cap on
-    /// packages per minute, and starve a small swarm).
+    /// The longest an assignment counts against a session's limit; see
+    /// [`assignment_time`].
     pub assignment_window: Duration,
     /// The most sessions a lookup tests per tier.
     pub max_probes: usize,
@@ -94,7 +92,7 @@ impl Default for SessionConfig {
         SessionConfig {
             ping_interval: Duration::from_secs(30),
             silence: Duration::from_secs(90),
-            assignment_window: Duration::from_secs(2),
+            assignment_window: Duration::from_secs(60),
             max_probes: 256,
             strikes: 3,
             contact_cooloff: Duration::from_secs(7 * 86_400),
@@ -127,6 +125,8 @@ struct Entry {
 pub struct Query<'a> {
     /// The item.
     pub item: &'a ItemKey,
+    /// Its size: how long its assignment counts (see [`assignment_time`]).
+    pub size: u64,
     /// Its repository.
     pub repository: &'a str,
     /// The client's snapshot version of that repository.
@@ -483,9 +483,8 @@ impl SessionTable {
                     if !self.probed.insert(slot) || !held {
                         continue;
                     }
-                    let cfg = &self.cfg;
                     if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
-                        && usable(e, q, now, cfg)
+                        && usable(e, q, now)
                     {
                         pool.push(slot);
                         // Enough to choose `want` by two random choices:
@@ -507,8 +506,10 @@ impl SessionTable {
                     a
                 };
                 let slot = pool.swap_remove(pick);
+                let window = self.cfg.assignment_window;
                 if let Some(e) = self.entry_mut(slot) {
-                    e.assignments.push_back(now);
+                    e.assignments
+                        .push_back(now + assignment_time(q.size, e.ann.upload_rate, window));
                     out.push(Candidate {
                         contact: e.ann.contact.clone(),
                         key: e.ann.key,
@@ -546,19 +547,28 @@ impl SessionTable {
 const BATCH: usize = 16;
 
 /// Whether a session whose filter holds the item is fresh enough and under
-/// its limit (forgetting assignments older than the window on the way).
-fn usable(e: &mut Entry, q: &Query<'_>, now: Instant, cfg: &SessionConfig) -> bool {
+/// its limit (forgetting assignments that have run out on the way).
+fn usable(e: &mut Entry, q: &Query<'_>, now: Instant) -> bool {
     if e.ann.version_of(q.repository).is_none_or(|v| v < q.version) {
         return false;
     }
-    while e
-        .assignments
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= cfg.assignment_window)
-    {
-        e.assignments.pop_front();
-    }
+    e.assignments.retain(|until| *until > now);
     e.assignments.len() < e.ann.max_clients as usize
+}
+
+/// The least time an assignment counts: a connection and a handshake.
+pub const MIN_ASSIGNMENT: Duration = Duration::from_millis(100);
+
+/// How long one assignment counts against a session's limit: the time the
+/// peer's announced upload rate needs for the item (at least
+/// [`MIN_ASSIGNMENT`], at most `window`). Live assignments then
+/// approximate the clients the peer serves at once, which is what
+/// `max_clients` limits; a fixed window would instead cap packages per
+/// window and starve a small swarm of many small packages.
+pub fn assignment_time(size: u64, upload_rate: u64, window: Duration) -> Duration {
+    let secs = size as f64 / upload_rate.max(1) as f64;
+    Duration::from_secs_f64(secs.min(window.as_secs_f64()))
+        .clamp(MIN_ASSIGNMENT, window.max(MIN_ASSIGNMENT))
 }
 
 /// The slots a lookup has probed: open addressing over slot numbers,

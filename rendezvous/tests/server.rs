@@ -226,13 +226,13 @@ async fn lookup_directory_report_and_popularity_end_to_end() {
     a.region = Some("eu".into());
     let s = c.open_session(&t[0], a.clone()).await.expect("open");
     let got = c
-        .lookup(item, "core", 1, Some("eu"), 4)
+        .lookup(item, 1000, "core", 1, Some("eu"), 4)
         .await
         .expect("lookup");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].key, a.key);
     assert!(
-        c.lookup(item, "core", 2, None, 4)
+        c.lookup(item, 1000, "core", 2, None, 4)
             .await
             .expect("lookup")
             .is_empty(),

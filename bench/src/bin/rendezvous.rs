@@ -461,6 +461,7 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 11]> {
             for (it, region) in queries {
                 let q = Query {
                     item: it,
+                    size: 1 << 20,
                     repository: "core",
                     version: 1,
                     region: Some(region),
@@ -607,6 +608,16 @@ async fn sessions(
     n: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<anonmirror_rendezvous::LiveSession>> {
+    let tokens = tokens(r, clock, n, seed).await?;
+    open_all(r, &tokens, seed).await
+}
+
+async fn tokens(
+    r: &Rendezvous,
+    clock: &ManualClock,
+    n: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<anonmirror_rendezvous::Token>> {
     let c = Client::new(r.local_addr(), r.key());
     let cred = c
         .register(clock.unix_secs(), 4, SeededEntropy::new(seed))
@@ -617,9 +628,18 @@ async fn sessions(
         let k = (n - tokens.len()).min(anonmirror_rendezvous::msg::MAX_ISSUE);
         tokens.extend(c.buy_tokens(&cred, clock.unix_secs(), epoch, k).await?);
     }
+    Ok(tokens)
+}
+
+async fn open_all(
+    r: &Rendezvous,
+    tokens: &[anonmirror_rendezvous::Token],
+    seed: u64,
+) -> anyhow::Result<Vec<anonmirror_rendezvous::LiveSession>> {
+    let c = Client::new(r.local_addr(), r.key());
     let mut rng = SeededEntropy::new(seed);
-    let mut live = Vec::with_capacity(n);
-    for t in &tokens {
+    let mut live = Vec::with_capacity(tokens.len());
+    for t in tokens {
         live.push(c.open_session(t, announcement(&mut rng, &[], 0)).await?);
     }
     Ok(live)
@@ -633,8 +653,11 @@ async fn connection_memory(args: &Args) -> anyhow::Result<f64> {
     let r = start(&dir, &clock).await?;
     // Warm up allocator and runtime with a few sessions first.
     let warm = sessions(&r, &clock, 16, 1).await?;
+    // Tokens are bought first: issuance (blind RSA, the credential's redb
+    // writes) is not a connection's cost.
+    let bought = tokens(&r, &clock, args.real_sessions, 2).await?;
     let before = rss_bytes()?;
-    let live = sessions(&r, &clock, args.real_sessions, 2).await?;
+    let live = open_all(&r, &bought, 2).await?;
     let after = rss_bytes()?;
     let per = after.saturating_sub(before) as f64 / args.real_sessions as f64;
     if r.session_count().await? != args.real_sessions + warm.len() {

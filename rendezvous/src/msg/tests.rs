@@ -81,6 +81,7 @@ fn bounds_are_enforced_both_ways() {
     assert!(Up::decode(&bytes).is_err());
     let bytes = postcard::to_allocvec(&Up::Lookup {
         item: ItemKey([0; 32]),
+        size: 1,
         repository: "r".into(),
         version: 1,
         region: None,
@@ -182,18 +183,22 @@ fn arb_up() -> impl Strategy<Value = Up> {
         any::<u64>().prop_map(|nonce| Up::Pong { nonce }),
         (
             any::<[u8; 32]>(),
+            any::<u64>(),
             "[a-z]{1,64}",
             any::<u64>(),
             arb_region(),
             1..=MAX_WANT
         )
-            .prop_map(|(item, repository, version, region, want)| Up::Lookup {
-                item: ItemKey(item),
-                repository,
-                version,
-                region,
-                want
-            }),
+            .prop_map(
+                |(item, size, repository, version, region, want)| Up::Lookup {
+                    item: ItemKey(item),
+                    size,
+                    repository,
+                    version,
+                    region,
+                    want
+                }
+            ),
         arb_region().prop_map(|region| Up::Directory { region }),
         (
             any::<[u8; 32]>(),

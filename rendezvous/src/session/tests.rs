@@ -25,6 +25,8 @@ fn ann(i: u16, region: Option<&str>, version: u64, max_clients: u32, holds: bool
 fn q(version: u64, region: Option<&str>, want: usize) -> Query<'_> {
     Query {
         item: &ITEM,
+        // Large enough that each assignment lasts the whole window.
+        size: u64::MAX,
         repository: "core",
         version,
         region,
@@ -256,4 +258,50 @@ fn level_populations_follow_open_and_close() {
     let left: BTreeMap<u8, u64> = [(2, 1)].into_iter().collect();
     assert_eq!(t.level_populations(), left);
     assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(150)));
+}
+
+/// An assignment lasts as long as the peer's upload rate needs for the
+/// item: many small packages do not exhaust a peer that one large one
+/// keeps busy.
+#[test]
+fn assignments_last_as_long_as_the_item_takes_to_send() {
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(5);
+    let mut t = SessionTable::new(
+        SessionConfig::default(),
+        Epoch(0),
+        Arc::new(SortedKeysFilter),
+    );
+    // One peer, 2 clients at once, 1000 bytes/s.
+    let mut a = ann(1, None, 1, 2, true);
+    a.upload_rate = 1_000;
+    t.open(a, t0, &mut rng).expect("open");
+    let small = |size| Query {
+        item: &ITEM,
+        size,
+        repository: "core",
+        version: 1,
+        region: None,
+        want: 1,
+    };
+    // 100-byte items take 0.1 s at 1000 B/s: two at once, then full.
+    assert_eq!(t.lookup(&small(100), t0, &mut rng).len(), 1);
+    assert_eq!(t.lookup(&small(100), t0, &mut rng).len(), 1);
+    assert_eq!(t.lookup(&small(100), t0, &mut rng).len(), 0);
+    // A tenth of a second later both are done.
+    let later = t0 + Duration::from_millis(100);
+    assert_eq!(t.lookup(&small(5_000), later, &mut rng).len(), 1);
+    // The 5 kB item (5 s) still counts after a second; the small one not.
+    let after = later + Duration::from_secs(1);
+    assert_eq!(t.lookup(&small(100), after, &mut rng).len(), 1);
+    assert_eq!(t.assignments_of(&ann(1, None, 1, 2, true).key), 2);
+    assert_eq!(t.lookup(&small(100), after, &mut rng).len(), 0);
+    assert_eq!(
+        assignment_time(u64::MAX, 1, Duration::from_secs(60)),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        assignment_time(0, 1_000, Duration::from_secs(60)),
+        MIN_ASSIGNMENT
+    );
 }
