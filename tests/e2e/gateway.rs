@@ -448,3 +448,90 @@ async fn stalled_session(
     let mut live = client.open_session(&tokens[0], ann).await.expect("session");
     tokio::spawn(async move { while live.next_event().await.is_ok() {} })
 }
+
+#[test]
+fn an_index_update_pushed_mid_run_retires_the_old_version() {
+    if !require(APT_PROGRAMS) {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = specs();
+    let mut repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let nginx = Nginx::start(repo.root(), NginxOptions::default());
+    let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
+
+    let v1 = swarm.node(Level::Open);
+    let apt1 = AptClient::new(
+        &dir.path().join("apt1"),
+        &swarm.base(v1, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt1.update();
+    apt1.download(&names(&specs));
+    swarm.wait_stored(v1, repo.packages());
+    swarm.announce(v1);
+    let old = repo.package("delta").clone();
+
+    // The distribution publishes delta 1.1 and tells the rendezvous, which
+    // pushes the change to the volunteer's live session.
+    repo.publish(&PkgSpec::new("delta", "1.1-1", 700_001));
+    let new = repo.package("delta").clone();
+    assert_ne!(old.sha256, new.sha256);
+    let opened = swarm.metrics(v1).sessions_opened;
+    let client = anonmirror_rendezvous::Client::new(
+        swarm.rendezvous().local_addr(),
+        swarm.rendezvous().key(),
+    );
+    swarm
+        .rt
+        .block_on(client.notify(NOTIFY_SECRET, "deb", 2_000_000_000))
+        .expect("notify");
+    // The volunteer fetches the new index, prefetches the new version of
+    // the package it held, and announces again: it holds both versions
+    // but announces only the current one.
+    swarm.wait_stored(v1, std::slice::from_ref(&new));
+    swarm.rt.block_on(async {
+        for _ in 0..400 {
+            let s = swarm.nodes[v1].summary().expect("selected");
+            if swarm.metrics(v1).sessions_opened > opened && s.held == specs.len() + 1 {
+                assert_eq!(s.announced, specs.len(), "{s:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the volunteer did not announce the new snapshot");
+    });
+
+    // A client gets the new version from the peer, and the old one, no
+    // longer in any index, only passes through from the upstream.
+    let c = swarm.node(Level::Off);
+    let apt = AptClient::new(
+        &dir.path().join("apt"),
+        &swarm.base(c, "deb"),
+        repo.suite(),
+        &repo.key(),
+    );
+    apt.update();
+    assert!(
+        apt.available()
+            .contains(&("delta".to_owned(), "1.1-1".to_owned()))
+    );
+    let files = apt.download(&["delta"]);
+    new.check_file(&files[0]);
+    let m = swarm.metrics(c);
+    assert_eq!(m.from_peers, new.size, "{m:?}");
+    let (status, body) = swarm
+        .rt
+        .block_on(anonmirror::demo::http_get(&format!(
+            "{}/{}",
+            swarm.base(c, "deb"),
+            old.url_path
+        )))
+        .expect("get");
+    assert!(status.is_success());
+    assert_eq!(body.len() as u64, old.size);
+    let m = swarm.metrics(c);
+    assert_eq!(m.from_peers, new.size, "{m:?}");
+    assert_eq!(m.passthrough, old.size, "{m:?}");
+}
