@@ -12,5 +12,6 @@ pub mod demo;
 pub mod hooks;
 mod logging;
 pub mod node;
+pub mod plot;
 
 pub use cli::run;

@@ -202,6 +202,17 @@ impl Node {
             }
         });
         tracing::info!(%gateway_addr, level = %policy.level, "gateway listening");
+        // The history `anonmirror status --plot` draws: a sample a minute.
+        let (m, c, stop) = (gateway.metrics().clone(), clock.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => m.sample(c.unix_secs()),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
         let reannounce = Arc::new(tokio::sync::Notify::new());
         let summary = Arc::new(std::sync::Mutex::new(None));
         if policy.level.serves() {

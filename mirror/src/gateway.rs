@@ -18,8 +18,9 @@
 //! `If-None-Match`/`If-Modified-Since` with `304` when the copy it would
 //! serve is unchanged. Items carry a strong `ETag` (their SHA-256).
 //!
-//! `GET /.anonmirror/metrics` is the Prometheus text of [`Metrics`]
-//! (repository names cannot start with `.`, so it collides with none).
+//! `GET /.anonmirror/metrics` is the Prometheus text of [`Metrics`], and
+//! `GET /.anonmirror/history` the counters over time as CSV (repository
+//! names cannot start with `.`, so neither collides with one).
 //!
 //! Logs at the default level never carry a path, a package or an item.
 
@@ -190,6 +191,13 @@ async fn handle(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         );
+        return r;
+    }
+    if path == "/.anonmirror/history" {
+        gw.metrics.sample(gw.clock.unix_secs());
+        let mut r = Response::new(Body::from(gw.metrics.history_csv()));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
         return r;
     }
     let Some(decoded) = percent_decode(path) else {

@@ -6,6 +6,8 @@
 //! numbers to `anonmirror status`. No counter is labelled with a package,
 //! an item or a peer: the endpoint is as safe to expose as the logs.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,69 @@ pub struct Metrics {
     sessions_opened: AtomicU64,
     session_live: AtomicU64,
     index_errors: AtomicU64,
+    history: Mutex<VecDeque<(u64, Snapshot)>>,
+}
+
+/// Samples kept for `anonmirror status --plot`: a day at one a minute.
+pub const HISTORY_LEN: usize = 1440;
+
+/// One line of [`Metrics::history_csv`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Unix seconds.
+    pub at: u64,
+    /// Item bytes from the store so far.
+    pub from_store: u64,
+    /// … from peers.
+    pub from_peers: u64,
+    /// … from the upstream.
+    pub from_upstream: u64,
+    /// Item bytes served to peers so far.
+    pub served_to_peers: u64,
+}
+
+impl Sample {
+    /// The offload ratio at this moment (cumulative).
+    pub fn offload_ratio(&self) -> f64 {
+        let total = self.from_store + self.from_peers + self.from_upstream;
+        if total == 0 {
+            0.0
+        } else {
+            (self.from_store + self.from_peers) as f64 / total as f64
+        }
+    }
+}
+
+/// The header of [`Metrics::history_csv`].
+pub const HISTORY_HEADER: &str = "unix,from_store,from_peers,from_upstream,served_to_peers";
+
+/// Parse what [`Metrics::history_csv`] rendered.
+pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HISTORY_HEADER) {
+        return Err(format!("line 1: expected the header `{HISTORY_HEADER}`"));
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Vec<u64> = l
+                .split(',')
+                .map(|f| f.trim().parse::<u64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("line {}: not five counters", i + 2))?;
+            match v[..] {
+                [at, from_store, from_peers, from_upstream, served_to_peers] => Ok(Sample {
+                    at,
+                    from_store,
+                    from_peers,
+                    from_upstream,
+                    served_to_peers,
+                }),
+                _ => Err(format!("line {}: not five counters", i + 2)),
+            }
+        })
+        .collect()
 }
 
 /// The counters at one moment (what `anonmirror status` reads).
@@ -197,6 +262,38 @@ impl Metrics {
         add(&self.index_errors, 1);
     }
 
+    /// Keep the counters as they are at `unix` in the history (at most one
+    /// sample per second; the oldest go past [`HISTORY_LEN`]).
+    pub fn sample(&self, unix: u64) {
+        let now = self.snapshot();
+        if let Ok(mut h) = self.history.lock() {
+            if h.back().is_some_and(|(t, _)| *t == unix) {
+                h.pop_back();
+            }
+            h.push_back((unix, now));
+            while h.len() > HISTORY_LEN {
+                h.pop_front();
+            }
+        }
+    }
+
+    /// The history as CSV: [`HISTORY_HEADER`], then one line per sample.
+    pub fn history_csv(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(HISTORY_HEADER);
+        out.push('\n');
+        if let Ok(h) = self.history.lock() {
+            for (t, s) in h.iter() {
+                let _ = writeln!(
+                    out,
+                    "{t},{},{},{},{}",
+                    s.from_store, s.from_peers, s.from_upstream, s.served_to_peers
+                );
+            }
+        }
+        out
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -335,6 +432,22 @@ mod tests {
         assert_eq!(back, m.snapshot());
         assert!((back.offload_ratio() - 0.8).abs() < 1e-9);
         assert_eq!(Snapshot::default().offload_ratio(), 0.0);
+    }
+
+    #[test]
+    fn the_history_keeps_one_sample_per_second_and_round_trips() {
+        let m = Metrics::default();
+        m.sample(100);
+        m.item_bytes(Source::Peers, 3);
+        m.sample(100);
+        m.item_bytes(Source::Upstream, 1);
+        m.sample(160);
+        let h = parse_history(&m.history_csv()).expect("parses");
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].at, h[0].from_peers), (100, 3));
+        assert!((h[1].offload_ratio() - 0.75).abs() < 1e-9);
+        assert!(parse_history("unix\n").is_err());
+        assert!(parse_history(&format!("{HISTORY_HEADER}\n1,2,3\n")).is_err());
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! gateway's metrics endpoint (`/.anonmirror/metrics`): bytes handed to the
 //! package manager by source, the offload ratio, bytes served to peers,
 //! sessions and blame events. `--json` prints the same numbers as JSON.
+//! `--plot FILE` also draws the offload ratio and the bytes by source over
+//! time (from `/.anonmirror/history`, a sample a minute) as PNG or SVG,
+//! by the file's extension; text is set in DejaVu Sans (Debian package
+//! `fonts-dejavu-core`) or another font found in the usual places.
 //!
 //! Exit codes: 0 printed; 2 bad command line; 3 the daemon could not be
 //! reached or answered something that is not its metrics.
@@ -23,6 +27,9 @@ pub struct StatusCmd {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the offload ratio over time into this file (.png or .svg).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn mib(b: u64) -> f64 {
@@ -85,6 +92,24 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    if let Some(path) = &cmd.plot {
+        let url = format!("http://{}/.anonmirror/history", cmd.gateway);
+        let history = match runtime.block_on(crate::demo::http_get(&url)) {
+            Ok((status, body)) if status.is_success() => {
+                anonmirror_mirror::metrics::parse_history(&String::from_utf8_lossy(&body))
+                    .map_err(|e| format!("{url}: {e}"))
+            }
+            Ok((status, _)) => Err(format!("{url} answered {status}")),
+            Err(e) => Err(format!("{url}: {e:#}")),
+        };
+        match history.and_then(|h| crate::plot::offload(&h, path)) {
+            Ok(()) => eprintln!("plot written to {}", path.display()),
+            Err(e) => {
+                eprintln!("error: plotting: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    }
     if cmd.json {
         match serde_json::to_string_pretty(&snapshot) {
             Ok(j) => println!("{j}"),

@@ -109,6 +109,22 @@ fn the_daemon_serves_through_its_gateway_status_reports_it_and_import_links_a_ca
         String::from_utf8_lossy(&text.stdout).contains("offload ratio: 0.0 %"),
         "{text:?}"
     );
+    let font = std::path::Path::new(anonmirror::plot::FONTS[0]).exists();
+    assert!(
+        font || std::env::var("CI").as_deref() != Ok("true"),
+        "fonts-dejavu-core is missing: run scripts/test, which installs scripts/system-packages"
+    );
+    if font {
+        let svg = dir.path().join("offload.svg");
+        let out = bin()
+            .args(["status", "--gateway", &addr, "--plot"])
+            .arg(&svg)
+            .output()
+            .expect("status --plot");
+        assert!(out.status.success(), "{out:?}");
+        let text = std::fs::read_to_string(&svg).expect("plot");
+        assert!(text.starts_with("<svg") && text.contains("offload ratio"));
+    }
     stop(child);
 
     // A package manager's cache: two packages of the index (one of them
