@@ -6,6 +6,7 @@ mod cli_policy;
 mod clients;
 mod daemon;
 mod gateway;
+mod gateway_http;
 mod layering;
 mod rendezvous_crash;
 mod transfer;

@@ -1,0 +1,237 @@
+//! The gateway as HTTP: HEAD, Range and conditional requests behave as a
+//! mirror's would; a malformed index makes its repository pass requests
+//! through; a volunteer reconnects after a rendezvous restart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror::demo::{StaticServer, generate_repository, node_policy};
+use anonmirror::node::{Node, NodeOptions};
+use anonmirror_privacy::Level;
+use anonmirror_rendezvous::{Rendezvous, ServerConfig};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+
+use crate::support::TestDir;
+
+async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(req.body(Empty::new()).expect("request")),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes().to_vec();
+    (parts.status, parts.headers, body)
+}
+
+async fn rendezvous(dir: &std::path::Path, listen: SocketAddr) -> Rendezvous {
+    let mut cfg = ServerConfig::new(
+        listen,
+        dir.join("rendezvous"),
+        Arc::new(anonmirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+    );
+    cfg.credentials.pow_difficulty = 8;
+    Rendezvous::start(cfg).await.expect("rendezvous")
+}
+
+fn opts() -> NodeOptions {
+    NodeOptions {
+        pow_difficulty: 8,
+        ..NodeOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_range_and_conditionals_behave_as_a_mirror_s() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 2, 3).expect("repository");
+    let upstream = StaticServer::start(upstream_dir.clone())
+        .await
+        .expect("upstream");
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let policy = node_policy(Level::Off, &dir.path().join("node"), &upstream.url(), &rv);
+    let node = Node::start(policy, opts()).await.expect("node");
+    let base = format!("http://{}/demo/", node.gateway_addr);
+
+    // The index, then a conditional request for it: 304.
+    let (s, h, release) = request(Method::GET, &format!("{base}dists/demo/Release"), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let lm = h
+        .get("last-modified")
+        .expect("indexes carry Last-Modified")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let (s, _, body) = request(
+        Method::GET,
+        &format!("{base}dists/demo/Release"),
+        &[("if-modified-since", &lm)],
+    )
+    .await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let (s, _, _) = request(
+        Method::GET,
+        &format!("{base}dists/demo/main/binary-all/Packages"),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!release.is_empty());
+
+    // HEAD of an item not yet fetched: the index's size, nothing fetched.
+    let p = &packages[1];
+    let url = format!("{base}{}", p.path);
+    let (s, h, body) = request(Method::HEAD, &url, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-length"], p.size.to_string().as_str());
+    assert_eq!(h["etag"], format!("\"{}\"", hex::encode(p.sha256)).as_str());
+    assert!(body.is_empty());
+    assert_eq!(node.gateway().metrics().snapshot().from_upstream, 0);
+
+    // A range of it while it is being fetched, then from the store.
+    let whole = std::fs::read(upstream_dir.join(&p.path)).expect("file");
+    let (s, h, body) = request(Method::GET, &url, &[("range", "bytes=100-199")]).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        h["content-range"],
+        format!("bytes 100-199/{}", p.size).as_str()
+    );
+    assert_eq!(body, whole[100..200]);
+    let store = node.gateway().fetcher().store().clone();
+    for _ in 0..200 {
+        if matches!(store.meta(&anonmirror_core::ItemKey(p.sha256)), Ok(Some(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (s, _, body) = request(Method::GET, &url, &[("range", "bytes=-10")]).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, whole[whole.len() - 10..]);
+    let (s, h, _) = request(
+        Method::GET,
+        &url,
+        &[("range", &format!("bytes={}-", p.size))],
+    )
+    .await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h["content-range"], format!("bytes */{}", p.size).as_str());
+    // The stored copy answers If-None-Match with its ETag.
+    let etag = format!("\"{}\"", hex::encode(p.sha256));
+    let (s, _, _) = request(Method::GET, &url, &[("if-none-match", &etag)]).await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    let (s, _, body) = request(Method::GET, &url, &[]).await;
+    assert_eq!((s, body == whole), (StatusCode::OK, true));
+    assert!(node.gateway().metrics().snapshot().from_store >= p.size);
+
+    // Other methods are refused; unknown repositories are 404.
+    let (s, h, _) = request(Method::POST, &url, &[]).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h["allow"], "GET, HEAD");
+    let (s, _, _) = request(
+        Method::GET,
+        &format!("http://{}/nope/x", node.gateway_addr),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    node.stop().await;
+    rv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_index_makes_its_repository_pass_through() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 1, 4).expect("repository");
+    // Packages loses a digit of its SHA256 (and the Release still lists
+    // the good copy's hash): the gateway must not use it.
+    let pk = upstream_dir.join("dists/demo/main/binary-all/Packages");
+    let text = std::fs::read_to_string(&pk).expect("read");
+    let broken = text.replacen("SHA256: ", "SHA256: x", 1);
+    std::fs::write(&pk, broken).expect("write");
+    let upstream = StaticServer::start(upstream_dir.clone())
+        .await
+        .expect("upstream");
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let policy = node_policy(Level::Off, &dir.path().join("node"), &upstream.url(), &rv);
+    let node = Node::start(policy, opts()).await.expect("node");
+    let base = format!("http://{}/demo/", node.gateway_addr);
+    for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
+        let (s, _, _) = request(Method::GET, &format!("{base}{index}"), &[]).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{index} still reaches the package manager"
+        );
+    }
+    let (s, _, body) = request(Method::GET, &format!("{base}{}", packages[0].path), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body.len() as u64, packages[0].size);
+    let m = node.gateway().metrics().snapshot();
+    assert_eq!(m.index_errors, 1, "{m:?}");
+    assert_eq!(m.passthrough, packages[0].size, "{m:?}");
+    assert_eq!(m.from_upstream + m.from_peers, 0, "{m:?}");
+    assert!(
+        node.gateway()
+            .fetcher()
+            .store()
+            .list()
+            .expect("list")
+            .is_empty()
+    );
+    node.stop().await;
+    rv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_reconnects_after_the_rendezvous_restarts() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    generate_repository(&upstream_dir, 1, 5).expect("repository");
+    let upstream = StaticServer::start(upstream_dir).await.expect("upstream");
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let addr = rv.local_addr();
+    let policy = node_policy(Level::Open, &dir.path().join("node"), &upstream.url(), &rv);
+    let node = Node::start(policy, opts()).await.expect("node");
+    let live = |n: &Node| n.gateway().metrics().snapshot();
+    for _ in 0..200 {
+        if live(&node).session_live == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(live(&node).session_live, 1);
+    let opened = live(&node).sessions_opened;
+
+    // kill: sessions are soft state; the credential and keys survive.
+    rv.shutdown().await;
+    let rv = rendezvous(dir.path(), addr).await;
+    for _ in 0..400 {
+        if live(&node).sessions_opened > opened && live(&node).session_live == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let m = live(&node);
+    assert!(m.sessions_opened > opened && m.session_live == 1, "{m:?}");
+    // It kept its credential: one registration in its state directory.
+    assert!(dir.path().join("node/state/credential").exists());
+    node.stop().await;
+    rv.shutdown().await;
+}
