@@ -9,9 +9,10 @@
 //! 2. two tokens for the epoch: one pays for a popularity report (from the
 //!    held, current, allowed items, randomized with the node's permanent
 //!    memo), one opens the session;
-//! 3. the selection pipeline decides the announcement; padding items
-//!    (announced, not held) are fetched in the background, within the cache
-//!    cap, so that the node can serve what it announces;
+//! 3. the selection pipeline decides the announcement; a padding item
+//!    (announced, not held) is fetched on demand: the first peer to ask for
+//!    it gets `NotFound` (as for any Bloom false positive) while the node
+//!    fetches it, within the cache cap, for the peers that ask later;
 //! 4. a peer server with a fresh Noise key for the session, within the
 //!    policy's limits;
 //! 5. the session stays open, answering pings, until the epoch ends, a
@@ -502,6 +503,13 @@ impl Volunteer {
             return Err(anyhow!("the peer listener has no TCP address"));
         };
         let public = keypair.public();
+        let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
+        let gateway = self.gateway.clone();
+        let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
+            if padding.contains(key) {
+                tokio::spawn(prefetch(gateway.clone(), vec![*key]));
+            }
+        });
         let server = anonmirror_overlay::server::spawn(
             listener,
             self.store.clone(),
@@ -510,6 +518,7 @@ impl Volunteer {
             ServerConfig {
                 max_clients: self.policy.serve.max_clients as usize,
                 upload_rate: Some(self.policy.serve.upload_rate.bytes_per_sec()),
+                on_miss: Some(on_miss),
                 ..ServerConfig::default()
             },
         )
@@ -547,12 +556,6 @@ impl Volunteer {
             "session open"
         );
 
-        // Padding: fetch what is announced but not held.
-        let padding = tokio::spawn(prefetch(
-            self.gateway.clone(),
-            selection.padding.iter().copied().collect(),
-        ));
-
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let deadline = tokio::time::sleep(epoch_left);
         tokio::pin!(deadline);
@@ -575,7 +578,6 @@ impl Volunteer {
                 }
             }
         };
-        padding.abort();
         live.close().await;
         let n = server
             .stats()

@@ -52,8 +52,12 @@ use crate::wire::{
     ErrorCode, MAX_DATA_PAYLOAD, MAX_OUTBOARD_PART, Message, Sender, encode_data_header,
 };
 
+/// Called with an item a client asked for and the store does not hold
+/// (the node may fetch it, e.g. a padding item it announced).
+pub type OnMiss = std::sync::Arc<dyn Fn(&ItemKey) + Send + Sync>;
+
 /// How a peer server behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Channels served at once; more get `Busy`.
     pub max_clients: usize,
@@ -67,6 +71,22 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// What `Busy` tells clients to wait before retrying.
     pub busy_retry_after: Duration,
+    /// Told of every `NotFound` answered.
+    pub on_miss: Option<OnMiss>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_clients", &self.max_clients)
+            .field("upload_rate", &self.upload_rate)
+            .field("max_request_len", &self.max_request_len)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("busy_retry_after", &self.busy_retry_after)
+            .field("on_miss", &self.on_miss.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -78,6 +98,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             busy_retry_after: Duration::from_secs(5),
+            on_miss: None,
         }
     }
 }
@@ -335,6 +356,9 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         shared.stats.not_found.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = &shared.config.on_miss {
+                            f(&item);
+                        }
                         send(channel, &Message::NotFound { item }).await?;
                         continue;
                     }

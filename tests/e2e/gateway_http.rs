@@ -235,3 +235,172 @@ async fn a_volunteer_reconnects_after_the_rendezvous_restarts() {
     node.stop().await;
     rv.shutdown().await;
 }
+
+/// The privacy pipeline end to end: a volunteer's popularity report is
+/// counted, the counts are published at the next epoch, a `balanced`
+/// volunteer's selection pads its announcement with a popular item it does
+/// not hold, and fetches that item when a peer first asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand() {
+    use anonmirror_privacy::{ExposureBudget, Randomization};
+    const EPOCH: u64 = 2;
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 3, 6).expect("repository");
+    let upstream = StaticServer::start(upstream_dir).await.expect("upstream");
+    let mut cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join("rendezvous"),
+        Arc::new(anonmirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+    );
+    cfg.credentials.pow_difficulty = 8;
+    cfg.credentials.tokens_per_epoch = 64;
+    cfg.epoch_secs = EPOCH;
+    cfg.maintenance_interval = Duration::from_millis(200);
+    let rv = Rendezvous::start(cfg).await.expect("rendezvous");
+    // Small epochs, exact reports (no randomization) and a floor of one
+    // holder, so that three packages and two volunteers make a canonical
+    // set within seconds.
+    let tune = |mut p: anonmirror_privacy::Policy| {
+        p.announce.epoch_secs = EPOCH;
+        p.announce.exposure_budget_bits = ExposureBudget::Unlimited;
+        p.popularity.min_holders = 1;
+        p.popularity.min_fraction = 0.0;
+        p.popularity.randomization = Randomization {
+            h: 1,
+            f: 0.0,
+            p: 0.0,
+            q: 1.0,
+        };
+        p
+    };
+    let open = Node::start(
+        tune(node_policy(
+            Level::Open,
+            &dir.path().join("open"),
+            &upstream.url(),
+            &rv,
+        )),
+        opts(),
+    )
+    .await
+    .expect("open volunteer");
+    anonmirror::demo::fetch_all(open.gateway_addr, &packages)
+        .await
+        .expect("open volunteer fetches");
+    let balanced = Node::start(
+        tune(node_policy(
+            Level::Balanced,
+            &dir.path().join("balanced"),
+            &upstream.url(),
+            &rv,
+        )),
+        opts(),
+    )
+    .await
+    .expect("balanced volunteer");
+    anonmirror::demo::fetch_all(balanced.gateway_addr, &packages[..1])
+        .await
+        .expect("balanced volunteer fetches one");
+    // Forty more peers report holding every package (two volunteers alone
+    // are too few for any lower confidence bound to clear a floor).
+    let keys: Vec<anonmirror_core::ItemKey> = packages
+        .iter()
+        .map(|p| anonmirror_core::ItemKey(p.sha256))
+        .collect();
+    inject_reports(&rv, &keys, 40, EPOCH).await;
+    // Sessions reopen every epoch; at the next one the counts are
+    // published and the balanced volunteer pads.
+    let mut padded = None;
+    for _ in 0..300 {
+        if let Some(s) = balanced.summary()
+            && s.padding > 0
+            && balanced.gateway().metrics().snapshot().session_live == 1
+        {
+            padded = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = padded.unwrap_or_else(|| {
+        panic!(
+            "the balanced volunteer did not pad: {:?} {:?}",
+            balanced.summary(),
+            balanced.gateway().metrics().snapshot()
+        )
+    });
+    assert!(s.announced > s.held.min(1), "{s:?}");
+    open.stop().await;
+
+    // A client asks for a package only the balanced volunteer announces
+    // (as padding): it gets it (from the upstream, the padding not being
+    // held yet), and the volunteer fetches it for the next peer.
+    let client = Node::start(
+        node_policy(Level::Off, &dir.path().join("client"), &upstream.url(), &rv),
+        opts(),
+    )
+    .await
+    .expect("client");
+    let wanted = &packages[2];
+    anonmirror::demo::fetch_all(client.gateway_addr, std::slice::from_ref(wanted))
+        .await
+        .expect("client fetches");
+    let store = balanced.gateway().fetcher().store().clone();
+    let key = anonmirror_core::ItemKey(wanted.sha256);
+    let mut held = false;
+    for _ in 0..200 {
+        if matches!(store.meta(&key), Ok(Some(_))) {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held,
+        "the balanced volunteer fetched the padding item on demand"
+    );
+    client.stop().await;
+    balanced.stop().await;
+    rv.shutdown().await;
+}
+
+/// `n` popularity reports of peers holding all of `items`, for the
+/// current epoch, without randomization.
+async fn inject_reports(
+    rv: &Rendezvous,
+    items: &[anonmirror_core::ItemKey],
+    n: usize,
+    epoch_secs: u64,
+) {
+    use anonmirror_announce::{PermanentMemo, ReportParams, encode_report};
+    use anonmirror_core::{Epoch, OsEntropy};
+    let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let epoch = Epoch(now / epoch_secs);
+    let cred = client.register(now, 8, OsEntropy).await.expect("register");
+    let tokens = client
+        .buy_tokens(&cred, now, epoch, n)
+        .await
+        .expect("tokens");
+    let params = ReportParams::from_policy(&anonmirror_privacy::Randomization {
+        h: 1,
+        f: 0.0,
+        p: 0.0,
+        q: 1.0,
+    })
+    .expect("params");
+    let held: std::collections::HashSet<_> = items.iter().copied().collect();
+    for token in tokens {
+        let memo = PermanentMemo::draw(&params, &mut OsEntropy);
+        let report =
+            encode_report(&params, epoch, &memo, items, &held, &mut OsEntropy).expect("report");
+        client
+            .popularity(&token, report.to_bytes())
+            .await
+            .expect("report accepted");
+    }
+}
