@@ -50,6 +50,15 @@ use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
 use anyhow::{Context, Result, anyhow};
 use tokio_util::sync::CancellationToken;
 
+/// The inventory the last selection saw, in the state directory.
+pub const AUDIT_INVENTORY: &str = "inventory.txt";
+/// The current index the last selection saw.
+pub const AUDIT_INDEX: &str = "index.txt";
+/// The popularity snapshot the last selection used (announce's `AMPS`).
+pub const AUDIT_POPULARITY: &str = "popularity.amps";
+/// The credential (hex and expiry), in the state directory.
+pub const CREDENTIAL: &str = "credential";
+
 /// What the command line adds to the policy.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -343,7 +352,7 @@ impl Volunteer {
     }
 
     async fn credential(&self, now: u64) -> Result<ClientCredential> {
-        let path = self.state_dir.join("credential");
+        let path = self.state_dir.join(CREDENTIAL);
         if let Some(c) = read_credential(&path)
             && c.usable(now)
         {
@@ -375,6 +384,33 @@ impl Volunteer {
         let m = PermanentMemo::draw(params, &mut OsEntropy);
         write_private(&path, &m.to_bytes()).context("saving the permanent memo")?;
         Ok(m)
+    }
+
+    /// What `anonmirror audit` reads by default: this selection's
+    /// inventory, index and popularity, owner-readable only (they say what
+    /// this machine holds).
+    fn keep_audit_inputs(
+        &self,
+        inventory: &[ItemKey],
+        index: &CurrentIndex,
+        snapshot: &PopularitySnapshot,
+    ) {
+        let files = [
+            (
+                AUDIT_INVENTORY,
+                anonmirror_audit::inputs::write_inventory(inventory).into_bytes(),
+            ),
+            (
+                AUDIT_INDEX,
+                anonmirror_audit::inputs::write_index(index.entries()).into_bytes(),
+            ),
+            (AUDIT_POPULARITY, snapshot.to_bytes().unwrap_or_default()),
+        ];
+        for (name, bytes) in files {
+            if let Err(e) = write_private(&self.state_dir.join(name), &bytes) {
+                tracing::warn!(file = name, error = %e, "could not keep the audit's inputs");
+            }
+        }
     }
 
     fn current_index(&self) -> CurrentIndex {
@@ -443,7 +479,7 @@ impl Volunteer {
                 ) = e
                 {
                     // Forget it: the next attempt registers anew.
-                    let _ = std::fs::remove_file(self.state_dir.join("credential"));
+                    let _ = std::fs::remove_file(self.state_dir.join(CREDENTIAL));
                 }
                 return Err(e).context("buying tokens");
             }
@@ -458,6 +494,7 @@ impl Volunteer {
             .collect();
         let snapshot = self.snapshot(epoch, &index).await;
         let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
+        self.keep_audit_inputs(&inventory, &index, &snapshot);
         if let Ok(mut s) = self.summary.lock() {
             *s = Some(Summary {
                 level: self.policy.level,
@@ -658,7 +695,8 @@ async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>) {
     }
 }
 
-fn read_credential(path: &Path) -> Option<ClientCredential> {
+/// The credential kept at `path`, if any.
+pub fn read_credential(path: &Path) -> Option<ClientCredential> {
     let text = std::fs::read_to_string(path).ok()?;
     let (hex_cred, expires) = text.trim().split_once(' ')?;
     let mut credential = [0u8; 32];

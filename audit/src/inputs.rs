@@ -1,5 +1,6 @@
-//! The text formats `anonmirror audit` reads until the daemon's state
-//! directory exists (issue 6 will feed real indexes and the store).
+//! The text formats `anonmirror audit` reads: written by the daemon into
+//! its state directory at every selection ([`write_inventory`],
+//! [`write_index`]), or given by hand.
 //!
 //! Both are UTF-8, one record per line; blank lines and lines starting
 //! with `#` are ignored; fields are separated by runs of spaces or tabs.
@@ -103,6 +104,42 @@ pub fn parse_index(text: &str) -> Result<Vec<IndexEntry>, Error> {
         .collect()
 }
 
+/// The inventory text of `keys`.
+pub fn write_inventory(keys: &[ItemKey]) -> String {
+    let mut out = String::from("# anonmirror inventory\n");
+    for k in keys {
+        out.push_str(&k.to_hex());
+        out.push('\n');
+    }
+    out
+}
+
+/// The index text of `entries` (fields may not contain white space: such
+/// an entry is written with it replaced by `_`).
+pub fn write_index<'a>(entries: impl IntoIterator<Item = &'a IndexEntry>) -> String {
+    let field = |s: &str| -> String {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.chars()
+                .map(|c| if c.is_whitespace() { '_' } else { c })
+                .collect()
+        }
+    };
+    let mut out = String::from("# anonmirror index v1\n");
+    for e in entries {
+        out.push_str(&format!(
+            "{} {} {} {}{}\n",
+            e.key.to_hex(),
+            field(&e.repo),
+            field(&e.name),
+            field(&e.version),
+            if e.no_announce { " no-announce" } else { "" }
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +172,22 @@ mod tests {
         );
         let e = parse_index(&format!("{K} deb bash 1 secret\n")).expect_err("flag");
         assert!(e.to_string().contains("unknown flag `secret`"), "{e}");
+    }
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let e = IndexEntry {
+            key: ItemKey([3; 32]),
+            repo: "debian".into(),
+            name: "a b".into(),
+            version: String::new(),
+            no_announce: true,
+        };
+        let back = parse_index(&write_index([&e])).expect("parses");
+        assert_eq!(back[0].name, "a_b");
+        assert_eq!(back[0].version, "");
+        assert!(back[0].no_announce);
+        let keys = [ItemKey([1; 32]), ItemKey([2; 32])];
+        assert_eq!(parse_inventory(&write_inventory(&keys)).expect("parses"), keys);
     }
 }

@@ -4,9 +4,11 @@
 //! index files (formats in `anonmirror_audit::inputs`), and the popularity:
 //! a snapshot file (`--snapshot`, the binary format of
 //! `anonmirror_announce::snapshot`) or, to bootstrap, published install
-//! statistics (`--popcon` by_inst, `--pkgstats` JSON) as a prior. Until the
-//! daemon keeps a state directory (issue 6), every input is named on the
-//! command line.
+//! statistics (`--popcon` by_inst, `--pkgstats` JSON) as a prior. An input
+//! not named is read from the policy's state directory, where the daemon
+//! keeps what its last selection saw (`inventory.txt`, `index.txt`,
+//! `popularity.amps`); the credential line says when the daemon's
+//! credential expires.
 //!
 //! Exit codes: 0 the announcement is within the exposure budget; 1 it is
 //! over budget (nothing would be announced); 2 bad policy, input or
@@ -32,15 +34,16 @@ pub struct AuditCmd {
     /// Preview another level (keys the file sets still apply).
     #[arg(long)]
     level: Option<Level>,
-    /// The store's inventory: one SHA-256 per line.
+    /// The store's inventory: one SHA-256 per line (default: the daemon's,
+    /// in the state directory).
     #[arg(long)]
-    inventory: PathBuf,
+    inventory: Option<PathBuf>,
     /// A current index: `SHA256 REPOSITORY NAME VERSION [no-announce]` per
-    /// line. Repeat for several repositories.
-    #[arg(long = "index", required = true)]
+    /// line. Repeat for several repositories (default: the daemon's).
+    #[arg(long = "index")]
     indexes: Vec<PathBuf>,
-    /// The latest popularity snapshot (binary).
-    #[arg(long, group = "popularity", required = true)]
+    /// The latest popularity snapshot (binary; default: the daemon's).
+    #[arg(long, group = "popularity")]
     snapshot: Option<PathBuf>,
     /// Debian popcon `by_inst`, as a prior instead of a snapshot.
     #[arg(long, group = "popularity")]
@@ -115,10 +118,20 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
         None => Policy::load(&cmd.policy),
     }
     .map_err(|e| (e.to_string(), ErrorKind::LocalConfig))?;
-    let inventory = anonmirror_audit::inputs::parse_inventory(&read_text(&cmd.inventory)?)
-        .map_err(in_file(&cmd.inventory))?;
+    let state = &policy.paths.state_dir;
+    let inventory_path = cmd
+        .inventory
+        .clone()
+        .unwrap_or_else(|| state.join(crate::node::AUDIT_INVENTORY));
+    let inventory = anonmirror_audit::inputs::parse_inventory(&read_text(&inventory_path)?)
+        .map_err(in_file(&inventory_path))?;
+    let indexes = if cmd.indexes.is_empty() {
+        vec![state.join(crate::node::AUDIT_INDEX)]
+    } else {
+        cmd.indexes.clone()
+    };
     let mut entries = Vec::new();
-    for path in &cmd.indexes {
+    for path in &indexes {
         entries.extend(
             anonmirror_audit::inputs::parse_index(&read_text(path)?).map_err(in_file(path))?,
         );
@@ -138,13 +151,23 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
         let stats = parse_pkgstats_json(&read_text(path)?).map_err(in_file(path))?;
         prior_snapshot(&stats, &index, epoch)
     } else {
-        return Err((
-            "one of --snapshot, --popcon, --pkgstats is required".into(),
-            ErrorKind::BadInput,
-        ));
+        let path = state.join(crate::node::AUDIT_POPULARITY);
+        PopularitySnapshot::from_bytes(&read(&path)?)
+            .map_err(|e| (format!("{}: {e}", path.display()), ErrorKind::BadInput))?
     };
-    let report =
+    let mut report =
         anonmirror_audit::audit(&policy, epoch, &inventory, &index, &snapshot).map_err(fail)?;
+    if let Some(c) = crate::node::read_credential(&state.join(crate::node::CREDENTIAL)) {
+        let now = SystemClock.unix_secs();
+        report.credential = if c.usable(now) {
+            format!(
+                "held; expires in {:.1} days (the daemon registers anew then)",
+                c.expires.saturating_sub(now) as f64 / 86_400.0
+            )
+        } else {
+            "expired; the daemon registers anew at its next session".to_owned()
+        };
+    }
     let text = if cmd.json {
         report.to_json().map_err(fail)?
     } else {

@@ -289,17 +289,21 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     anonmirror::demo::fetch_all(open.gateway_addr, &packages)
         .await
         .expect("open volunteer fetches");
-    let balanced = Node::start(
-        tune(node_policy(
-            Level::Balanced,
-            &dir.path().join("balanced"),
-            &upstream.url(),
-            &rv,
-        )),
-        opts(),
+    let balanced_policy = tune(node_policy(
+        Level::Balanced,
+        &dir.path().join("balanced"),
+        &upstream.url(),
+        &rv,
+    ));
+    let policy_file = dir.path().join("balanced.toml");
+    std::fs::write(
+        &policy_file,
+        toml::to_string(&balanced_policy).expect("policy as TOML"),
     )
-    .await
-    .expect("balanced volunteer");
+    .expect("write policy");
+    let balanced = Node::start(balanced_policy, opts())
+        .await
+        .expect("balanced volunteer");
     anonmirror::demo::fetch_all(balanced.gateway_addr, &packages[..1])
         .await
         .expect("balanced volunteer fetches one");
@@ -331,6 +335,16 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
         )
     });
     assert!(s.announced > s.held.min(1), "{s:?}");
+    // `anonmirror audit` with no inputs reads what the daemon's selection
+    // saw, and says when its credential expires.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anonmirror"))
+        .args(["audit", "--policy"])
+        .arg(&policy_file)
+        .output()
+        .expect("audit");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text.contains("held; expires in"), "{text}");
     open.stop().await;
 
     // A client asks for a package only the balanced volunteer announces
