@@ -34,21 +34,27 @@ const READ_BUF_MAX: usize = 256 * 1024;
 /// core until the buffer has grown.
 const READ_BUF_MIN: usize = 2 * 1024;
 
-/// Consecutive reads of at most [`READ_BUF_MIN`] bytes after which a grown
-/// buffer shrinks back (the bulk transfer it grew for is over).
-const SHRINK_AFTER: u32 = 8;
+/// Consecutive reads of at most [`SMALL_READ`] bytes after which a grown
+/// buffer shrinks back (the bulk transfer it grew for is over). Long
+/// enough that a reader catching up with a bulk sender (and so reading
+/// whatever little has arrived) does not shrink it mid-transfer.
+const SHRINK_AFTER: u32 = 64;
+
+/// A read this small is a control message, not bulk data.
+const SMALL_READ: usize = READ_BUF_MIN / 4;
 
 /// Bytes read from the stream and not yet fed to the core.
 ///
-/// It grows (fourfold, up to [`READ_BUF_MAX`]) whenever a read fills it,
-/// and shrinks back to [`READ_BUF_MIN`] after [`SHRINK_AFTER`] small reads
-/// in a row, so a bulk transfer reads in large batches while an idle or
-/// chatty channel holds 2 KiB.
+/// It grows (fourfold, up to [`READ_BUF_MAX`]) whenever a read fills at
+/// least half of it (a reader keeping pace with a bulk sender rarely fills
+/// it whole), and shrinks back to [`READ_BUF_MIN`] after [`SHRINK_AFTER`]
+/// small reads in a row, so a bulk transfer reads in large batches while
+/// an idle or chatty channel holds 2 KiB.
 struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The last read filled the buffer: grow before the next.
+    /// The last read filled half the buffer or more: grow before the next.
     grow: bool,
     /// Small reads in a row.
     small: u32,
@@ -86,8 +92,8 @@ impl ReadBuf {
         }
         let n = reader.read(&mut self.buf).await?;
         self.end = n;
-        self.grow = n == self.buf.len();
-        self.small = if n <= READ_BUF_MIN {
+        self.grow = 2 * n >= self.buf.len();
+        self.small = if n <= SMALL_READ {
             self.small.saturating_add(1)
         } else {
             0
