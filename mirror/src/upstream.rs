@@ -5,10 +5,11 @@
 //! over recent transfers) sets the hedge deadline: how long peers may take
 //! before the upstream starts beside them (see [`crate::job`]).
 //!
-//! `https://` upstreams are not spoken here: point the repository at a
-//! local TLS-terminating proxy, or at an `http://` mirror (every byte of a
-//! package is verified against the index either way, and the package
-//! manager checks the index's signature itself). A clear error says so.
+//! `http://` and `https://` upstreams are spoken (HTTP/1.1; TLS by rustls,
+//! with the Mozilla root store compiled in). Every byte of a package is
+//! verified against the index either way, and the package manager checks
+//! the index's signature itself; TLS keeps which packages this machine
+//! fetches from the network's view.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -53,7 +55,7 @@ impl Estimate {
 /// The HTTP client for upstream mirrors.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     estimate: Mutex<Option<Estimate>>,
     timeout: Duration,
 }
@@ -70,10 +72,16 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Upstream {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build(http),
+                .build(connector),
             estimate: Mutex::new(None),
             timeout,
         }
@@ -90,15 +98,12 @@ impl Upstream {
             .parse()
             .map_err(|e| Error::Upstream(format!("bad upstream URL: {e}")))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+            Some("http" | "https") => {}
+            _ => {
                 return Err(Error::Upstream(
-                    "https upstreams are not spoken by this gateway: use an http:// mirror \
-                     or a local TLS-terminating proxy"
-                        .to_owned(),
+                    "upstream URL is neither http:// nor https://".to_owned(),
                 ));
             }
-            _ => return Err(Error::Upstream("upstream URL is not http://".to_owned())),
         }
         let mut req = Request::builder().method(method).uri(uri);
         for name in FORWARDED {
@@ -219,12 +224,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_refused_with_a_reason() {
-        let u = Upstream::default();
-        let e = u
-            .request(Method::GET, "https://example.org/x", &HeaderMap::new())
+    async fn https_speaks_tls_and_other_schemes_are_refused() {
+        // A server that answers a TLS ClientHello with plain HTTP: the
+        // handshake fails, which proves TLS was attempted.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect_err("https");
-        assert!(e.to_string().contains("TLS-terminating proxy"), "{e}");
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                // 0x16: a TLS handshake record.
+                let tls = n > 0 && buf[0] == 0x16;
+                let _ = s
+                    .write_all(if tls {
+                        b"HTTP/1.1 400 Bad Request\r\n\r\n"
+                    } else {
+                        b"not tls"
+                    })
+                    .await;
+            }
+        });
+        let u = Upstream::new(Duration::from_secs(5));
+        let e = u
+            .request(Method::GET, &format!("https://{addr}/x"), &HeaderMap::new())
+            .await
+            .expect_err("not a TLS server");
+        assert!(e.to_string().contains("request failed"), "{e}");
+        let e = u
+            .request(Method::GET, "ftp://example.org/x", &HeaderMap::new())
+            .await
+            .expect_err("ftp");
+        assert!(e.to_string().contains("neither http"), "{e}");
     }
 }
