@@ -188,6 +188,9 @@ mod tests {
         assert_eq!(back[0].version, "");
         assert!(back[0].no_announce);
         let keys = [ItemKey([1; 32]), ItemKey([2; 32])];
-        assert_eq!(parse_inventory(&write_inventory(&keys)).expect("parses"), keys);
+        assert_eq!(
+            parse_inventory(&write_inventory(&keys)).expect("parses"),
+            keys
+        );
     }
 }
