@@ -195,6 +195,12 @@ impl Node {
                 policy.level
             ));
         }
+        if policy.level.serves() && policy.transport.kind == anonmirror_privacy::Transport::Tor {
+            tracing::warn!(
+                "transport.kind = \"tor\", but the Tor transport is not built yet: peers are \
+                 served over the allowed TCP fallback, which shows them this node's address"
+            );
+        }
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let (gateway_addr, server) =
