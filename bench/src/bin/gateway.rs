@@ -108,6 +108,9 @@ struct Args {
     /// Where the SVG plot goes (default: bench/plots/gateway.svg).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Keep every case's directory (processes' logs, stores) under --dir.
+    #[arg(long)]
+    keep: bool,
 }
 
 // ---------------------------------------------------------------------
@@ -1111,17 +1114,23 @@ async fn main() -> Result<()> {
         let (nginx_proc, nginx) = start_nginx(&repo, &dir.join("nginx-open"), None)?;
         if wants("peers") {
             results.push(case_peers(&args, &bin, &dir.join("peers"), nginx, &packages).await?);
-            let _ = std::fs::remove_dir_all(dir.join("peers"));
+            if !args.keep {
+                let _ = std::fs::remove_dir_all(dir.join("peers"));
+            }
         }
         if wants("stalled") {
             results.push(case_stalled(&args, &bin, &dir.join("stalled"), nginx, &packages).await?);
-            let _ = std::fs::remove_dir_all(dir.join("stalled"));
+            if !args.keep {
+                let _ = std::fs::remove_dir_all(dir.join("stalled"));
+            }
         }
         drop(nginx_proc);
     }
     if wants("swarm") {
         results.push(case_swarm(&args, &bin, &dir.join("swarm"), &repo, &packages).await?);
-        let _ = std::fs::remove_dir_all(dir.join("swarm"));
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(dir.join("swarm"));
+        }
     }
     results.sort_by(|a, b| a.name.cmp(&b.name));
 
