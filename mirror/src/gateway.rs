@@ -122,6 +122,13 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Without TCP_NODELAY every response after the first on a kept-alive
+    // connection waits for the client's delayed ACK (about 40 ms a
+    // package for apt, which keeps its connection).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

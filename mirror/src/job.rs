@@ -32,8 +32,9 @@
 //! item size `s`: the upstream would take `u = t₀ + s/r`. Peers are given
 //! `max(HEDGE_FLOOR, u)` to deliver their first bytes, and afterwards the
 //! upstream starts whenever the peers' own pace predicts a finish later
-//! than `now + u`. Before any estimate exists, the deadline is
-//! [`HEDGE_UNKNOWN`].
+//! than `now + u`. While only the upstream's latency is known (index files
+//! are small), peers get `max(HEDGE_FLOOR, 4·t₀)`; before any answer from
+//! the upstream at all, [`HEDGE_UNKNOWN`].
 //!
 //! Completed items are linked into the store (which verifies them once
 //! more) and the work files removed.
@@ -441,10 +442,9 @@ impl Fetcher {
                 let u = e.expected(size);
                 (u.max(HEDGE_FLOOR), Some(u))
             }
-            Some(e) => {
-                let u = e.first_byte * 4;
-                (u.max(HEDGE_UNKNOWN), None)
-            }
+            // Only latency is known (from the index fetches): a few of
+            // its round trips.
+            Some(e) => ((e.first_byte * 4).max(HEDGE_FLOOR), None),
             None => (HEDGE_UNKNOWN, None),
         }
     }
