@@ -542,9 +542,8 @@ impl Fetcher {
                 if let Some(h) = hedge {
                     h.abort();
                 }
-                self.import(want, &path).await?;
                 self.metrics.item_completed(Source::Peers);
-                Ok(())
+                self.import(want, &path).await
             }
             Err(e) => {
                 drop(sink);
@@ -754,9 +753,9 @@ impl Fetcher {
             .as_ref()
             .map(|f| f.path.as_path().to_path_buf())
             .ok_or("no feed")?;
-        self.import(want, &path).await?;
+        // Counted when the last byte is there, before the store links it.
         self.metrics.item_completed(source);
-        Ok(())
+        self.import(want, &path).await
     }
 
     async fn import(&self, want: &Want, path: &Path) -> Result<(), String> {
