@@ -318,7 +318,7 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> crate::Result<()> {
     let mut inbound = Vec::new();
     let mut outbound = Vec::with_capacity(crate::wire::MAX_MESSAGE);
-    let mut block = Vec::new();
+    let mut block = Block::default();
     loop {
         let got = tokio::select! {
             _ = cancel.cancelled() => {
@@ -439,6 +439,49 @@ async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Bytes read from disk per blocking read.
 const BLOCK: usize = 1 << 20;
 
+/// `Data` messages encrypted and written together: one `write` of about
+/// 256 KiB instead of four, and fewer wake-ups of the client.
+const BATCH: usize = 4;
+
+/// A block of whole `Data` messages laid out back to back, and where each
+/// one is (start, end, payload length).
+#[derive(Default)]
+struct Block {
+    buf: Vec<u8>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl Block {
+    /// Lays out the `Data` messages of `want` bytes of `file` from `at`,
+    /// reading each payload straight into place behind its header: no copy
+    /// between the page cache and the cipher, and (the buffer being
+    /// reused at its full size) no zero-filling either.
+    fn fill(&mut self, file: &std::fs::File, at: u64, want: usize) -> std::io::Result<()> {
+        let frames = want.div_ceil(MAX_DATA_PAYLOAD);
+        let need = want + frames * crate::wire::MAX_DATA_HEADER;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        self.spans.clear();
+        let mut header = Vec::with_capacity(crate::wire::MAX_DATA_HEADER);
+        let (mut pos, mut done) = (0usize, 0usize);
+        while done < want {
+            let n = (want - done).min(MAX_DATA_PAYLOAD);
+            header.clear();
+            encode_data_header(&mut header, at + done as u64, n)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let start = pos;
+            self.buf[pos..pos + header.len()].copy_from_slice(&header);
+            pos += header.len();
+            file.read_exact_at(&mut self.buf[pos..pos + n], at + done as u64)?;
+            pos += n;
+            self.spans.push((start, pos, n));
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
@@ -447,63 +490,45 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     reader: Arc<ItemReader>,
     offset: u64,
     len: u64,
-    block: &mut Vec<u8>,
+    block: &mut Block,
 ) -> crate::Result<()> {
     let end = offset + len;
     let mut at = offset;
-    let mut frames: Vec<(usize, usize, usize)> = Vec::new();
     while at < end {
         if cancel.is_cancelled() {
             return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
         }
         let want = ((end - at) as usize).min(BLOCK);
-        let mut buf = std::mem::take(block);
-        let mut spans = std::mem::take(&mut frames);
+        let mut filling = std::mem::take(block);
         let r = reader.clone();
-        // Lay out whole `Data` messages in one buffer, reading each payload
-        // straight into place behind its header: no copy between the page
-        // cache and the cipher.
-        let read = tokio::task::spawn_blocking(move || {
-            buf.clear();
-            spans.clear();
-            let mut done = 0usize;
-            while done < want {
-                let n = (want - done).min(MAX_DATA_PAYLOAD);
-                let start = buf.len();
-                encode_data_header(&mut buf, at + done as u64, n)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let payload = buf.len();
-                buf.resize(payload + n, 0);
-                r.file
-                    .read_exact_at(&mut buf[payload..], at + done as u64)?;
-                spans.push((start, buf.len(), n));
-                done += n;
-            }
-            Ok::<_, std::io::Error>((buf, spans))
-        })
-        .await;
-        let (buf, spans) = match read {
-            Ok(Ok(read)) => read,
+        let read =
+            tokio::task::spawn_blocking(move || filling.fill(&r.file, at, want).map(|()| filling))
+                .await;
+        *block = match read {
+            Ok(Ok(filled)) => filled,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "peer server: reading an item failed");
                 return send_error(channel, ErrorCode::Internal, "store failure").await;
             }
             Err(_) => return Err(crate::Error::Misuse("the disk read task panicked")),
         };
-        for &(start, stop, payload) in &spans {
-            let payload = payload as u64;
+        for batch in block.spans.chunks(BATCH) {
+            let payload: u64 = batch.iter().map(|&(_, _, n)| n as u64).sum();
             if let Some(l) = &shared.limiter {
-                l.acquire(payload).await;
+                for &(_, _, n) in batch {
+                    l.acquire(n as u64).await;
+                }
             }
-            channel.send(&buf[start..stop]).await?;
+            let buf = &block.buf;
+            channel
+                .send_batch(&mut batch.iter().map(|&(start, stop, _)| &buf[start..stop]))
+                .await?;
             shared
                 .stats
                 .bytes_served
                 .fetch_add(payload, Ordering::Relaxed);
         }
         at += want as u64;
-        *block = buf;
-        frames = spans;
     }
     Ok(())
 }

@@ -50,10 +50,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::noise::TAG_LEN;
 use crate::noise::{Channel, ChannelParams};
 use crate::transport::{Contact, Transport};
 use crate::verify::{GROUP_SIZE, Tree, outboard_len};
-use crate::wire::{Message, Sender};
+use crate::wire::{MAX_DATA_HEADER, Message, Sender, data_header_len};
 
 /// A peer to download from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -698,12 +699,17 @@ async fn recv<'b, S: AsyncRead + AsyncWrite + Unpin + Send>(
         Ok(Ok(true)) => Message::decode_from(Sender::Server, buf)
             .map_err(|e| Outcome::Blamed(Blame::Protocol(e.to_string()))),
         Ok(Ok(false)) => Err(Outcome::Unavailable("closed".into())),
-        Ok(Err(e)) => match anonmirror_core::HasKind::kind(&e) {
-            anonmirror_core::ErrorKind::PeerMisbehaved => {
-                Err(Outcome::Blamed(Blame::Protocol(e.to_string())))
-            }
-            _ => Err(Outcome::Unavailable(e.to_string())),
-        },
+        Ok(Err(e)) => Err(channel_failed(e)),
+    }
+}
+
+/// What a failed channel says about the peer.
+fn channel_failed(e: crate::Error) -> Outcome {
+    match anonmirror_core::HasKind::kind(&e) {
+        anonmirror_core::ErrorKind::PeerMisbehaved => {
+            Outcome::Blamed(Blame::Protocol(e.to_string()))
+        }
+        _ => Outcome::Unavailable(e.to_string()),
     }
 }
 
@@ -962,6 +968,11 @@ where
 
 /// Receive the `Data` messages of one requested piece, checking each chunk
 /// group as soon as it is complete.
+///
+/// Each message after the first is opened straight into the piece, its
+/// header over the last few bytes already received (saved and put back
+/// once the header is read), so that the payload needs no copy after the
+/// cipher's; the first, with nothing before it, goes through `buf`.
 async fn receive_piece<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
     shared: &Shared,
@@ -970,20 +981,54 @@ async fn receive_piece<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stall: Duration,
 ) -> Result<Vec<u8>, Outcome> {
     let (start, end) = shared.piece_range(piece);
-    let mut data = Vec::with_capacity((end - start) as usize);
+    let len = (end - start) as usize;
+    // Room for the last message's header and tag while it is opened.
+    let mut data = Vec::with_capacity(len + MAX_DATA_HEADER + TAG_LEN);
     let mut checked = 0u64; // bytes of `data` already verified
-    while start + (data.len() as u64) < end {
-        let at = start + data.len() as u64;
-        match recv(channel, buf, stall).await? {
-            Message::Data { offset, bytes } if offset == at && at + bytes.len() as u64 <= end => {
-                data.extend_from_slice(&bytes);
+    while data.len() < len {
+        let pos = data.len();
+        let at = start + pos as u64;
+        if pos < MAX_DATA_HEADER {
+            match recv(channel, buf, stall).await? {
+                Message::Data { offset, bytes }
+                    if offset == at && at + bytes.len() as u64 <= end =>
+                {
+                    data.extend_from_slice(&bytes);
+                }
+                Message::Data { .. } => return Err(out_of_order()),
+                other => return Err(unexpected_answer(other)),
             }
-            Message::Data { .. } => {
-                return Err(Outcome::Blamed(Blame::Protocol(
-                    "data out of order or beyond the request".into(),
-                )));
+        } else {
+            let mut saved = [0u8; MAX_DATA_HEADER];
+            saved.copy_from_slice(&data[pos - MAX_DATA_HEADER..pos]);
+            let mut placed = pos;
+            let mut place = |message_len: usize| {
+                // Not a Data message of this offset: opened after the
+                // payload so far, and refused below.
+                placed = pos - data_header_len(at, message_len).unwrap_or(0);
+                placed
+            };
+            match tokio::time::timeout(stall, channel.recv_into_at(&mut data, &mut place)).await {
+                Err(_) => return Err(Outcome::Stalled),
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Err(Outcome::Unavailable("closed".into())),
+                Ok(Err(e)) => return Err(channel_failed(e)),
             }
-            other => return Err(unexpected_answer(other)),
+            let header = pos - placed;
+            let verdict = match Message::decode_from(Sender::Server, &data[placed..]) {
+                Ok(Message::Data { offset, bytes })
+                    if offset == at
+                        && data.len() - placed - bytes.len() == header
+                        && at + bytes.len() as u64 <= end =>
+                {
+                    Ok(())
+                }
+                Ok(Message::Data { .. }) => Err(out_of_order()),
+                Ok(other) => Err(unexpected_answer(other)),
+                Err(e) => Err(Outcome::Blamed(Blame::Protocol(e.to_string()))),
+            };
+            verdict?;
+            data[pos - MAX_DATA_HEADER..pos].copy_from_slice(&saved);
         }
         // Check every chunk group now complete.
         while checked < data.len() as u64 {
@@ -1002,4 +1047,10 @@ async fn receive_piece<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
     }
     Ok(data)
+}
+
+fn out_of_order() -> Outcome {
+    Outcome::Blamed(Blame::Protocol(
+        "data out of order or beyond the request".into(),
+    ))
 }

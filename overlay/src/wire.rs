@@ -544,6 +544,18 @@ pub fn encode_data_header(
     Ok(())
 }
 
+/// The header length of a `Data` message at `offset` whose whole encoding
+/// is `message_len` bytes long, if such a message can exist: what a
+/// receiver needs to open the message so that its payload lands where it
+/// wants it.
+pub(crate) fn data_header_len(offset: u64, message_len: usize) -> Option<usize> {
+    let fixed = 1 + varint_len(offset);
+    (1..=varint_len(MAX_DATA_PAYLOAD as u64)).find_map(|k| {
+        let payload = message_len.checked_sub(fixed + k)?;
+        (payload > 0 && varint_len(payload as u64) == k).then_some(fixed + k)
+    })
+}
+
 impl<'a> Message<'a> {
     /// The type tag: the first byte of the encoding.
     fn tag(&self) -> u8 {
@@ -772,6 +784,33 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proptest::test_runner::FileFailurePersistence;
+
+    /// `data_header_len` predicts the header of every encodable `Data`.
+    #[test]
+    fn data_header_len_matches_the_encoding() {
+        for offset in [0u64, 1, 127, 128, 16_383, 16_384, 1 << 40, u64::MAX / 2] {
+            for n in [
+                1usize,
+                2,
+                127,
+                128,
+                129,
+                16_383,
+                16_384,
+                65_000,
+                MAX_DATA_PAYLOAD,
+            ] {
+                let mut out = Vec::new();
+                encode_data_header(&mut out, offset, n).expect("encodable");
+                assert_eq!(
+                    data_header_len(offset, out.len() + n),
+                    Some(out.len()),
+                    "offset {offset}, payload {n}"
+                );
+            }
+        }
+        assert_eq!(data_header_len(0, 2), None);
+    }
 
     fn key(b: u8) -> ItemKey {
         ItemKey([b; 32])

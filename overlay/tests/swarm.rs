@@ -82,7 +82,17 @@ enum Lie {
     Truncate,
     /// Complete the handshake, then never answer.
     Stall,
+    /// Honest data, in messages of odd sizes (every length of the length
+    /// varint, payloads not aligned with chunk groups).
+    OddSizes,
+    /// The second data message of each request skips a byte ahead.
+    SkipAhead,
+    /// After the first data message of each request, an `Error`.
+    ErrorMidway,
 }
+
+/// The payload sizes `Lie::OddSizes` cycles through.
+const ODD_SIZES: [usize; 7] = [1, 127, 128, 16_383, 16_384, 40_000, MAX_DATA_PAYLOAD];
 
 /// A peer that speaks the protocol but lies as told.
 async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
@@ -164,8 +174,25 @@ async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
                     }
                     let end = offset + len;
                     let mut at = offset;
+                    let mut sent = 0usize;
                     while at < end {
-                        let n = ((end - at) as usize).min(MAX_DATA_PAYLOAD);
+                        let most = match lie {
+                            Lie::OddSizes => ODD_SIZES[sent % ODD_SIZES.len()],
+                            _ => MAX_DATA_PAYLOAD,
+                        };
+                        let n = ((end - at) as usize).min(most);
+                        if let Lie::ErrorMidway = lie
+                            && sent == 1
+                        {
+                            let m = Message::Error {
+                                code: anonmirror_overlay::wire::ErrorCode::Internal,
+                                message: "midway".into(),
+                            };
+                            let _ = ch.send(&m.encode().expect("encode")).await;
+                            break;
+                        }
+                        let skip = u64::from(matches!(lie, Lie::SkipAhead) && sent == 1);
+                        sent += 1;
                         let mut piece = data[at as usize..at as usize + n].to_vec();
                         if let Lie::CorruptAt(bad) = lie
                             && (at..at + n as u64).contains(&bad)
@@ -181,7 +208,7 @@ async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
                             return;
                         }
                         let m = Message::Data {
-                            offset: at,
+                            offset: at + skip,
                             bytes: piece.into(),
                         };
                         if ch.send(&m.encode().expect("encode")).await.is_err() {
@@ -352,6 +379,43 @@ async fn misbehaving_peers_are_named_and_the_item_still_arrives() {
     for h in [h1, h2, h3, h4] {
         h.shutdown().await;
     }
+}
+
+/// The downloader opens each data message where its payload belongs in the
+/// piece: framing of every legal shape is accepted, and a message at the
+/// wrong offset, or an error, in the middle of a piece ends that peer's
+/// part without a byte of it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_framing_in_the_middle_of_a_piece() {
+    let (key, data) = item_bytes(2 * 1024 * 1024 + 4_321, 4);
+    let size = data.len() as u64;
+    let odd = liar(data.clone(), Lie::OddSizes).await;
+    let (got, report) = fetch(key, size, std::slice::from_ref(&odd)).await;
+    assert!(got == data, "odd framing: bytes differ");
+    assert_eq!(report.peers[0].outcome, Outcome::Served);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, good) = honest(dir.path(), &[(&key, &data)], ServerConfig::default()).await;
+    let skip = liar(data.clone(), Lie::SkipAhead).await;
+    let (got, report) = fetch(key, size, &[skip.clone(), good.clone()]).await;
+    assert!(got == data);
+    assert!(
+        matches!(report.peers[0].outcome, Outcome::Blamed(Blame::Protocol(_))),
+        "{:?}",
+        report.peers[0]
+    );
+    assert_eq!(report.culprits().count(), 1);
+
+    let error = liar(data.clone(), Lie::ErrorMidway).await;
+    let (got, report) = fetch(key, size, &[error, good]).await;
+    assert!(got == data);
+    assert!(
+        matches!(report.peers[0].outcome, Outcome::Refused(_)),
+        "{:?}",
+        report.peers[0]
+    );
+    assert!(report.culprits().next().is_none());
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,10 @@ struct Args {
     /// Where to put the item and outputs (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only measure each stage of the verified path alone on one thread,
+    /// in memory (cycles per byte), and exit.
+    #[arg(long)]
+    stages: bool,
 }
 
 fn params() -> ChannelParams {
@@ -386,6 +390,220 @@ async fn upload_limit(
     Ok(rate / cap as f64)
 }
 
+/// CPU time (user + system) used so far by process `pid`, in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th of them, in clock ticks (100 per second
+    // on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by this process and by nginx's workers.
+fn cpu_now(nginx: &Nginx) -> f64 {
+    let master = nginx.child.id();
+    let workers = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default();
+    cpu_secs("self") + workers.split_whitespace().map(cpu_secs).sum::<f64>()
+}
+
+/// The clock rate the kernel reports, in Hz (for cycles per byte).
+fn cpu_hz() -> f64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("cpu MHz"))
+                .and_then(|l| {
+                    l.trim_start_matches([' ', '\t', ':'])
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |mhz| mhz * 1e6)
+}
+
+/// A Noise channel's two directions, in memory: what one end seals, the
+/// other opens.
+fn frame_pair() -> Result<(
+    anonmirror_overlay::noise::FrameSender,
+    anonmirror_overlay::noise::FrameReceiver,
+)> {
+    use anonmirror_overlay::noise::Session;
+    let keypair = StaticKeypair::generate()?;
+    let mut plain = Vec::new();
+    let mut i = Session::initiator(&keypair.public(), &params())?;
+    let mut r = Session::responder(&keypair, &params())?;
+    r.handle_input(i.outgoing(), &mut plain)?;
+    i.consume_outgoing(usize::MAX);
+    i.handle_input(r.outgoing(), &mut plain)?;
+    r.consume_outgoing(usize::MAX);
+    let (tx, _) = i.split()?;
+    let (_, rx) = r.split()?;
+    Ok((tx, rx))
+}
+
+/// Each stage of the verified path alone, one thread, in memory: the
+/// per-byte CPU cost the two cores share during a transfer. Best of 5.
+fn stages(dir: &Path, mib: u64) -> Result<()> {
+    use anonmirror_overlay::noise::MAX_MESSAGE;
+    use anonmirror_overlay::verify::Tree;
+    let total = (mib.min(256) << 20) as usize;
+    let mut data = vec![0u8; total];
+    OsEntropy.fill(&mut data);
+    let hz = cpu_hz();
+    let mut rows: Vec<(&str, Duration)> = Vec::new();
+    fn best(f: &mut dyn FnMut() -> Result<Duration>) -> Result<Duration> {
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            best = best.min(f()?);
+        }
+        Ok(best)
+    }
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<Duration> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed())
+    };
+    rows.push((
+        "SHA-256 (ring, SHA-NI), 1 MiB updates",
+        best(&mut || {
+            timed(&mut || {
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                for c in data.chunks(1 << 20) {
+                    ctx.update(c);
+                }
+                std::hint::black_box(ctx.finish());
+                Ok(())
+            })
+        })?,
+    ));
+    // The outboard as a peer sends it: from a store that imported the bytes.
+    let path = dir.join("stages.bin");
+    std::fs::write(&path, &data)?;
+    let key = sha256_file(&path)?;
+    let store = Store::open(&dir.join("stages-store"), u64::MAX, Arc::new(SystemClock))?;
+    store.import(&key, total as u64, &path)?;
+    let outboard = store.outboard(&key)?.context("outboard")?;
+    let tree = Tree::new(
+        total as u64,
+        *blake3::hash(&data).as_bytes(),
+        outboard.to_vec(),
+    )?;
+    rows.push((
+        "BLAKE3 verify_group, 16 KiB groups",
+        best(&mut || {
+            timed(&mut || {
+                for g in 0..tree.groups() {
+                    let r = tree.group_range(g);
+                    if !tree.verify_group(g, &data[r.start as usize..r.end as usize]) {
+                        bail!("group {g} failed");
+                    }
+                }
+                Ok(())
+            })
+        })?,
+    ));
+    let mut big = vec![0u8; total + total / MAX_MESSAGE * 32 + 64];
+    rows.push((
+        "memcpy, 65 519-byte pieces into a large buffer",
+        best(&mut || {
+            timed(&mut || {
+                let mut at = 0;
+                for c in data.chunks(MAX_MESSAGE) {
+                    big[at..at + c.len()].copy_from_slice(c);
+                    at += c.len();
+                }
+                std::hint::black_box(&big);
+                Ok(())
+            })
+        })?,
+    ));
+    rows.push((
+        "Noise seal, 65 519-byte messages (snow: copy + AES-GCM)",
+        best(&mut || {
+            let (mut tx, _) = frame_pair()?;
+            timed(&mut || {
+                for c in data.chunks(MAX_MESSAGE) {
+                    tx.write_message(c)?;
+                    let n = tx.outgoing().len();
+                    std::hint::black_box(tx.outgoing());
+                    tx.consume_outgoing(n);
+                }
+                Ok(())
+            })
+        })?,
+    ));
+    rows.push((
+        "Noise open, 65 519-byte messages (snow: copy + AES-GCM)",
+        best(&mut || {
+            let (mut tx, mut rx) = frame_pair()?;
+            let mut frames = Vec::with_capacity(big.len());
+            for c in data.chunks(MAX_MESSAGE) {
+                tx.write_message(c)?;
+                frames.extend_from_slice(tx.outgoing());
+                let n = tx.outgoing().len();
+                tx.consume_outgoing(n);
+            }
+            let mut plain = Vec::new();
+            timed(&mut || {
+                let mut at = 0;
+                while at < frames.len() {
+                    at += rx.handle_input(&frames[at..], &mut plain)?.consumed;
+                }
+                Ok(())
+            })
+        })?,
+    ));
+    let out = dir.join("stages-out.bin");
+    rows.push((
+        "write into the page cache, 1 MiB writes",
+        best(&mut || {
+            let mut f = std::fs::File::create(&out)?;
+            timed(&mut || {
+                for c in data.chunks(1 << 20) {
+                    f.write_all(c)?;
+                }
+                Ok(())
+            })
+        })?,
+    ));
+    let f = std::fs::File::open(&path)?;
+    rows.push((
+        "pread from the page cache, 1 MiB reads",
+        best(&mut || {
+            timed(&mut || {
+                for (i, c) in big[..total].chunks_mut(1 << 20).enumerate() {
+                    f.read_exact_at(c, (i as u64) << 20)?;
+                }
+                Ok(())
+            })
+        })?,
+    ));
+    println!(
+        "\n{} MiB in memory, one thread, best of 5, {:.0} MHz",
+        total >> 20,
+        hz / 1e6
+    );
+    println!("| stage | MiB/s | cycles/byte |");
+    println!("| --- | ---: | ---: |");
+    for (name, d) in &rows {
+        let bps = total as f64 / d.as_secs_f64();
+        println!(
+            "| {name} | {:.0} | {:.2} |",
+            bps / (1 << 20) as f64,
+            hz / bps
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -410,6 +628,9 @@ async fn main() -> Result<()> {
         f.flush()?;
     }
     std::fs::set_permissions(&item, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    if args.stages {
+        return stages(&dir, args.mib);
+    }
     let key = sha256_file(&item)?;
 
     let nginx = start_nginx(&www, &dir.join("nginx"))?;
@@ -439,12 +660,14 @@ async fn main() -> Result<()> {
 
     let out = dir.join("out.bin");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
+    let mut cpu_samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
     for run in 0..args.runs {
         for (c, case) in Case::ALL.into_iter().enumerate() {
             if !args.cases.is_empty() && !args.cases.iter().any(|n| n == case.short()) {
                 continue;
             }
             let _ = std::fs::remove_file(&out);
+            let cpu_before = cpu_now(&nginx);
             let start = Instant::now();
             let got = match case {
                 Case::Nginx => http_get(nginx.port, "item.bin", &out).await?,
@@ -453,12 +676,20 @@ async fn main() -> Result<()> {
                 Case::FourPeers => swarm_get(&four, key, size, &out).await?,
             };
             let took = start.elapsed();
+            let cpu = cpu_now(&nginx) - cpu_before;
             if got != size {
                 bail!("{}: {got} of {size} bytes", case.name());
             }
             let speed = mib_per_sec(size, took);
-            eprintln!("run {run} {:32} {speed:8.0} MiB/s", case.name());
+            // Cycles per byte over both ends (both run here; nginx's
+            // workers counted for its case).
+            let cpb = cpu * cpu_hz() / size as f64;
+            eprintln!(
+                "run {run} {:32} {speed:8.0} MiB/s {cpu:6.2} CPU s {cpb:5.2} cycles/byte",
+                case.name()
+            );
             samples[c].push(speed);
+            cpu_samples[c].push(cpb);
         }
         // The output of the last case must be the item itself.
         if sha256_file(&out)? != key {
@@ -466,19 +697,24 @@ async fn main() -> Result<()> {
         }
     }
     let med: Vec<f64> = samples.iter().map(|s| median(s).unwrap_or(0.0)).collect();
+    let med_cpu: Vec<f64> = cpu_samples
+        .iter()
+        .map(|s| median(s).unwrap_or(0.0))
+        .collect();
     println!(
         "\n{} MiB item over 127.0.0.1, median of {} runs",
         args.mib, args.runs
     );
-    println!("| case | MiB/s | vs nginx | vs raw TCP |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| case | MiB/s | vs nginx | vs raw TCP | CPU cycles/byte |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     for (c, case) in Case::ALL.into_iter().enumerate() {
         println!(
-            "| {} | {:.0} | {:.2}x | {:.2}x |",
+            "| {} | {:.0} | {:.2}x | {:.2}x | {:.2} |",
             case.name(),
             med[c],
             med[c] / med[0],
-            med[c] / med[1]
+            med[c] / med[1],
+            med_cpu[c]
         );
     }
     for h in handles {

@@ -4,13 +4,15 @@
 //! It holds no protocol logic: it writes what the core queues and feeds it
 //! what it reads. It must never retry or resume after an error (the core's
 //! poison makes every later call fail), and never buffer more than one read
-//! buffer and one frame per direction.
+//! buffer and one frame per direction (or the few frames of one batch a
+//! bulk sender hands it at once).
 //!
 //! Sending writes the length prefix and ciphertext of a frame in one
 //! `write` call from a reused buffer; receiving reads large chunks into a
 //! reused buffer and decrypts whole frames from there, so the hot path
 //! allocates nothing and copies each byte about once besides the cipher's
-//! own pass. The read buffer starts at 2 KiB and grows only while reads
+//! own pass. A bulk sender may queue a few frames and write them together
+//! (`send_batch`), which is then the most the sending side buffers. The read buffer starts at 2 KiB and grows only while reads
 //! fill it (bulk transfer), shrinking back once reads are small again: a
 //! rendezvous keeps a hundred thousand mostly idle channels open.
 
@@ -204,6 +206,19 @@ impl Sending {
         self.flush(writer).await
     }
 
+    /// Encrypts every message into its own frame, then writes them all in
+    /// as few `write` calls as the stream takes.
+    async fn send_batch<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        messages: &mut (dyn Iterator<Item = &[u8]> + Send),
+    ) -> Result<()> {
+        for message in messages {
+            self.tx.write_message(message)?;
+        }
+        self.flush(writer).await
+    }
+
     /// Writes every queued byte. Bytes are marked written as each `write`
     /// returns, so if this future is dropped the next call finishes the
     /// frame instead of repeating its start.
@@ -246,6 +261,17 @@ impl Receiving {
         reader: &mut R,
         message: &mut Vec<u8>,
     ) -> Result<bool> {
+        self.recv_into_at(reader, message, &mut |_| 0).await
+    }
+
+    /// Cancel-safe like `recv_into`; the message is decrypted into `buf`
+    /// where `place` says (see [`FrameReceiver::handle_input_at`]).
+    async fn recv_into_at<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        buf: &mut Vec<u8>,
+        place: &mut (dyn FnMut(usize) -> usize + Send),
+    ) -> Result<bool> {
         loop {
             if self.rbuf.data().is_empty() {
                 let n = match self.rbuf.fill(reader).await {
@@ -257,7 +283,9 @@ impl Receiving {
                     return Ok(false);
                 }
             }
-            let progress = self.rx.handle_input(self.rbuf.data(), message)?;
+            let progress = self
+                .rx
+                .handle_input_at(self.rbuf.data(), buf, &mut *place)?;
             self.rbuf.consume(progress.consumed);
             if progress.event == Some(Event::Message) {
                 return Ok(true);
@@ -287,6 +315,16 @@ where
         self.send.send(&mut self.stream, message).await
     }
 
+    /// Sends each message as its own frame, as [`Channel::send`] would one
+    /// by one, but with the frames written together: one `write` for a
+    /// batch instead of one per frame (bulk senders: the peer server).
+    pub(crate) async fn send_batch(
+        &mut self,
+        messages: &mut (dyn Iterator<Item = &[u8]> + Send),
+    ) -> Result<()> {
+        self.send.send_batch(&mut self.stream, messages).await
+    }
+
     /// The next message, or `None` if the peer closed the stream cleanly
     /// between frames.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>> {
@@ -308,6 +346,18 @@ where
     /// Closes our sending direction; the peer's `recv` then returns `None`.
     pub async fn shutdown(&mut self) -> Result<()> {
         self.send.shutdown(&mut self.stream).await
+    }
+
+    /// The next message decrypted into `buf` from the index `place` picks
+    /// given the message's length, bytes before it left alone (see
+    /// [`super::FrameReceiver::handle_input_at`]): a bulk receiver opens
+    /// each payload where it belongs. `false` on a clean end of stream.
+    pub(crate) async fn recv_into_at(
+        &mut self,
+        buf: &mut Vec<u8>,
+        place: &mut (dyn FnMut(usize) -> usize + Send),
+    ) -> Result<bool> {
+        self.recv.recv_into_at(&mut self.stream, buf, place).await
     }
 
     /// A value both ends share and nobody else knows, for binding tokens

@@ -280,6 +280,21 @@ impl FrameReceiver {
     /// is only ever grown (to a frame's length, so the cipher can open the
     /// message in place), never shrunk below what it held.
     pub fn handle_input(&mut self, input: &[u8], plaintext: &mut Vec<u8>) -> Result<Progress> {
+        self.handle_input_at(input, plaintext, |_| 0)
+    }
+
+    /// Like [`FrameReceiver::handle_input`], but the message is decrypted
+    /// into `buf` from the index `place(message_len)` returns (capped at
+    /// `buf.len()`), leaving the bytes before it as they were: a receiver
+    /// can open a message right where its payload belongs, with no copy
+    /// after the cipher's. `buf` ends right after the message, or, if the
+    /// frame fails authentication, at that index.
+    pub(crate) fn handle_input_at(
+        &mut self,
+        input: &[u8],
+        buf: &mut Vec<u8>,
+        place: impl FnOnce(usize) -> usize,
+    ) -> Result<Progress> {
         self.poison.check()?;
         let frame = self.frame();
         let (transport, nonce) = (&self.transport, self.nonce);
@@ -297,18 +312,20 @@ impl FrameReceiver {
                 }
             },
             |body| {
-                if plaintext.len() < body.len() {
-                    plaintext.resize(body.len(), 0);
+                let at = place(body.len() - TAG_LEN).min(buf.len());
+                // Room for the ciphertext, so the cipher opens it in place.
+                if buf.len() < at + body.len() {
+                    buf.resize(at + body.len(), 0);
                 }
-                match transport.read_message(nonce, body, plaintext) {
+                match transport.read_message(nonce, body, &mut buf[at..]) {
                     Ok(n) => {
-                        plaintext.truncate(n);
+                        buf.truncate(at + n);
                         Ok(())
                     }
                     Err(e) => {
                         // The cipher opens in place: what it left behind is
                         // unauthenticated and must not reach the caller.
-                        plaintext.clear();
+                        buf.truncate(at);
                         Err(match e {
                             snow::Error::Decrypt => Error::Decrypt { frame },
                             other => Error::noise("decrypting a frame", other),
