@@ -318,7 +318,8 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> crate::Result<()> {
     let mut inbound = Vec::new();
     let mut outbound = Vec::with_capacity(crate::wire::MAX_MESSAGE);
-    let mut block = Block::default();
+    // The two block buffers of `send_range`, kept across requests.
+    let mut blocks: Vec<Block> = Vec::with_capacity(2);
     loop {
         let got = tokio::select! {
             _ = cancel.cancelled() => {
@@ -387,7 +388,7 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     send_meta(channel, shared, &item, &reader, &mut outbound).await?;
                 }
                 let reader = Arc::new(reader);
-                send_range(channel, shared, cancel, reader, offset, len, &mut block).await?;
+                send_range(channel, shared, cancel, reader, offset, len, &mut blocks).await?;
             }
             // decode_from(Sender::Client) refuses everything else.
             _ => return send_error(channel, ErrorCode::Unexpected, "unexpected message").await,
@@ -482,6 +483,22 @@ impl Block {
     }
 }
 
+/// Reads a block on the blocking pool, so a slow disk never stalls the
+/// runtime.
+fn read_block(
+    mut block: Block,
+    reader: &Arc<ItemReader>,
+    at: u64,
+    want: usize,
+) -> tokio::task::JoinHandle<std::io::Result<Block>> {
+    let r = reader.clone();
+    tokio::task::spawn_blocking(move || block.fill(&r.file, at, want).map(|()| block))
+}
+
+/// Sends `len` bytes of the item from `offset` as `Data` messages, reading
+/// one block ahead: the next block comes from the page cache (on another
+/// core) while this one is encrypted and written. `blocks` keeps the two
+/// buffers across requests.
 #[allow(clippy::too_many_arguments)]
 async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
@@ -490,21 +507,21 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     reader: Arc<ItemReader>,
     offset: u64,
     len: u64,
-    block: &mut Block,
+    blocks: &mut Vec<Block>,
 ) -> crate::Result<()> {
     let end = offset + len;
+    let block_len = |at: u64| ((end - at) as usize).min(BLOCK);
+    let mut next = (offset < end).then(|| {
+        read_block(
+            blocks.pop().unwrap_or_default(),
+            &reader,
+            offset,
+            block_len(offset),
+        )
+    });
     let mut at = offset;
-    while at < end {
-        if cancel.is_cancelled() {
-            return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
-        }
-        let want = ((end - at) as usize).min(BLOCK);
-        let mut filling = std::mem::take(block);
-        let r = reader.clone();
-        let read =
-            tokio::task::spawn_blocking(move || filling.fill(&r.file, at, want).map(|()| filling))
-                .await;
-        *block = match read {
+    while let Some(reading) = next.take() {
+        let block = match reading.await {
             Ok(Ok(filled)) => filled,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "peer server: reading an item failed");
@@ -512,6 +529,14 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
             Err(_) => return Err(crate::Error::Misuse("the disk read task panicked")),
         };
+        if cancel.is_cancelled() {
+            return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;
+        }
+        let after = at + block_len(at) as u64;
+        if after < end {
+            let spare = blocks.pop().unwrap_or_default();
+            next = Some(read_block(spare, &reader, after, block_len(after)));
+        }
         for batch in block.spans.chunks(BATCH) {
             let payload: u64 = batch.iter().map(|&(_, _, n)| n as u64).sum();
             if let Some(l) = &shared.limiter {
@@ -528,7 +553,8 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 .bytes_served
                 .fetch_add(payload, Ordering::Relaxed);
         }
-        at += want as u64;
+        blocks.push(block);
+        at = after;
     }
     Ok(())
 }
