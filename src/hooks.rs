@@ -11,11 +11,13 @@
 
 use std::sync::Mutex;
 
-use anonmirror_announce::announcement::{AnnouncementHeader, ItemHashes, may_contain_many};
+use anonmirror_announce::announcement::{
+    ANNOUNCEMENT_HEADER_LEN, AnnouncementHeader, ItemHashes, may_contain_many,
+};
 use anonmirror_announce::{Aggregator, Announcement, PopularityReport};
 use anonmirror_core::{Epoch, ItemKey};
 use anonmirror_privacy::Level;
-use anonmirror_rendezvous::hooks::{FilterCheck, ItemProbe, PreparedFilter, ReportSink};
+use anonmirror_rendezvous::hooks::{BitLayout, FilterCheck, ItemProbe, PreparedFilter, ReportSink};
 
 /// Tests a session's serving announcement for an item.
 #[derive(Clone, Copy, Debug, Default)]
@@ -77,6 +79,42 @@ impl FilterCheck for AnnouncementFilter {
                 *o &= prepared.valid;
             }
         }
+    }
+
+    /// An announcement is a plain Bloom filter: the bits after the header,
+    /// under a layout of (epoch, h, m), the words [`FilterCheck::prepare`]
+    /// keeps in `shape`.
+    fn bit_layout(&self, filter: &[u8], prepared: &PreparedFilter) -> Option<BitLayout> {
+        let m = header_of(prepared).m;
+        (prepared.valid && filter.len() == ANNOUNCEMENT_HEADER_LEN + m as usize / 8).then_some(
+            BitLayout {
+                key: prepared.shape,
+                offset: ANNOUNCEMENT_HEADER_LEN as u32,
+                bits: m,
+            },
+        )
+    }
+
+    /// Positions `k < h` of the item: its hash word `k` modulo `m`, as
+    /// [`AnnouncementHeader::position_set`] reads them; none for another
+    /// epoch's layout (such a filter claims nothing).
+    fn positions(&self, probe: &ItemProbe, layout: &BitLayout, out: &mut Vec<u32>) -> bool {
+        out.clear();
+        let head = header_of(&PreparedFilter {
+            valid: true,
+            level: None,
+            shape: layout.key,
+        });
+        if head.epoch != probe.epoch || head.m != layout.bits || head.m == 0 {
+            return false;
+        }
+        let h = usize::from(head.h).min(probe.words.len());
+        out.extend(
+            probe.words[..h]
+                .iter()
+                .map(|w| (w % u64::from(head.m)) as u32),
+        );
+        usize::from(head.h) <= probe.words.len()
     }
 }
 
@@ -224,6 +262,20 @@ mod tests {
                     AnnouncementFilter.holds_prepared(&bytes, &prepared, &probe),
                     AnnouncementFilter.holds(&bytes, epoch, &key(i)),
                     "item {i} in {epoch}"
+                );
+                // The bit-sliced index's view must agree too.
+                let layout = AnnouncementFilter
+                    .bit_layout(&bytes, &prepared)
+                    .expect("a plain bit array");
+                let mut pos = Vec::new();
+                let sliced = AnnouncementFilter.positions(&probe, &layout, &mut pos)
+                    && pos.iter().all(|&p| {
+                        bytes[layout.offset as usize + p as usize / 8] & (1 << (p % 8)) != 0
+                    });
+                assert_eq!(
+                    sliced,
+                    AnnouncementFilter.holds(&bytes, epoch, &key(i)),
+                    "item {i} in {epoch}, sliced"
                 );
             }
         }

@@ -76,6 +76,47 @@ pub trait FilterCheck: Send + Sync + 'static {
             *o = prepared.valid && self.holds_prepared(filter, prepared, probe);
         }
     }
+
+    /// Whether `filter` is a plain bit array that holds an item exactly
+    /// when the bits [`FilterCheck::positions`] gives for the item under
+    /// the returned layout are all set; `None` (the default) when it is
+    /// not, or did not decode. Filters that share a layout then share every
+    /// item's positions, so the rendezvous keeps them bit-sliced (one bit
+    /// column per filter bit, one bit per session) and finds an item's
+    /// holders among all of them by ANDing a few columns, instead of
+    /// testing a sample of filters one by one.
+    fn bit_layout(&self, filter: &[u8], prepared: &PreparedFilter) -> Option<BitLayout> {
+        let _ = (filter, prepared);
+        None
+    }
+
+    /// The bit positions (each below `layout.bits`) that a filter of
+    /// `layout` must all have set to hold the item of `probe`, into `out`
+    /// (cleared first); false if no filter of `layout` holds it (e.g. the
+    /// layout is for another epoch). For every filter `f` whose
+    /// [`FilterCheck::bit_layout`] is `layout`, it must agree with
+    /// [`FilterCheck::holds_prepared`]: `f` holds the item exactly when
+    /// this returns true and bit `p % 8` (least significant first) of byte
+    /// `f[layout.offset + p / 8]` is set for every `p` in `out`.
+    fn positions(&self, probe: &ItemProbe, layout: &BitLayout, out: &mut Vec<u32>) -> bool {
+        let _ = (probe, layout);
+        out.clear();
+        false
+    }
+}
+
+/// The shape of a filter that is a plain bit array
+/// ([`FilterCheck::bit_layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BitLayout {
+    /// The checker's own words: filters with equal layouts (all fields)
+    /// give every item the same positions.
+    pub key: [u64; 2],
+    /// Where the bit array starts in the filter's bytes.
+    pub offset: u32,
+    /// Its length in bits (the filter has at least `offset + bits / 8`
+    /// bytes).
+    pub bits: u32,
 }
 
 /// What a [`FilterCheck`] keeps of a filter between tests: small and
@@ -170,6 +211,87 @@ impl FilterCheck for SortedKeysFilter {
             }
         }
         false
+    }
+}
+
+/// TEST DOUBLE: a Bloom filter with a layout, to exercise the bit-sliced
+/// index: a 4-byte little-endian `m` (bits, a positive multiple of 8) and
+/// then the `m` bits; an item's `h` = 3 positions are words of
+/// BLAKE3(epoch ‖ item) modulo `m`. Not privacy-preserving.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestBloomFilter;
+
+impl TestBloomFilter {
+    const H: usize = 3;
+
+    /// The filter of `m` bits holding `items` for `epoch`.
+    pub fn encode(m: u32, epoch: Epoch, items: &[ItemKey]) -> Vec<u8> {
+        let mut out = m.to_le_bytes().to_vec();
+        out.resize(4 + m as usize / 8, 0);
+        for it in items {
+            for p in Self::words(epoch, it).map(|w| (w % u64::from(m)) as usize) {
+                out[4 + p / 8] |= 1 << (p % 8);
+            }
+        }
+        out
+    }
+
+    fn words(epoch: Epoch, item: &ItemKey) -> [u64; Self::H] {
+        let mut h = blake3::Hasher::new();
+        h.update(&epoch.0.to_le_bytes());
+        h.update(&item.0);
+        let d = h.finalize();
+        let b = d.as_bytes();
+        std::array::from_fn(|k| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[8 * k..8 * k + 8]);
+            u64::from_le_bytes(w)
+        })
+    }
+
+    fn m_of(filter: &[u8]) -> Option<u32> {
+        let m = u32::from_le_bytes(filter.get(..4)?.try_into().ok()?);
+        (m > 0 && m.is_multiple_of(8) && filter.len() == 4 + m as usize / 8).then_some(m)
+    }
+}
+
+impl FilterCheck for TestBloomFilter {
+    fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool {
+        let Some(m) = Self::m_of(filter) else {
+            return false;
+        };
+        Self::words(epoch, item)
+            .iter()
+            .map(|w| (w % u64::from(m)) as usize)
+            .all(|p| filter[4 + p / 8] & (1 << (p % 8)) != 0)
+    }
+
+    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
+        PreparedFilter {
+            valid: Self::m_of(filter).is_some(),
+            level: None,
+            shape: [0; 2],
+        }
+    }
+
+    fn bit_layout(&self, filter: &[u8], prepared: &PreparedFilter) -> Option<BitLayout> {
+        let m = Self::m_of(filter).filter(|_| prepared.valid)?;
+        Some(BitLayout {
+            key: [0, 0],
+            offset: 4,
+            bits: m,
+        })
+    }
+
+    fn positions(&self, probe: &ItemProbe, layout: &BitLayout, out: &mut Vec<u32>) -> bool {
+        out.clear();
+        let m = u64::from(layout.bits.max(1));
+        out.extend(
+            Self::words(probe.epoch, &probe.item)
+                .iter()
+                .map(|w| (w % m) as u32),
+        );
+        true
     }
 }
 

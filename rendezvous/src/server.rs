@@ -11,9 +11,12 @@
 //!   so concurrent redemptions of one token are decided in one place and
 //!   exactly one wins. redb calls run on blocking threads.
 //! - the session owner (`SessionMgr`) owns the [`SessionTable`] and each
-//!   live session's push queue; it expires silent sessions at their
+//!   live session's drop signal; it expires silent sessions at their
 //!   deadline (tokio time, so tests can pause it) and fans out
-//!   `SnapshotChanged`.
+//!   `SnapshotChanged`: every push goes to every session, so it is encoded
+//!   once and sent on one `broadcast` channel that each session task
+//!   subscribes to, not queued per session (a per-session queue cost
+//!   ~3 KiB a session, a third of a live session's memory).
 //!
 //! Each connection runs in its own task: Noise NK handshake, then the
 //! first transport message says what it is for ([`crate::msg`]). Token
@@ -32,7 +35,7 @@ use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, PeerKey};
 use anonmirror_overlay::{Channel, ChannelParams, StaticKeypair};
 use anonmirror_privacy::Level;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -219,7 +222,8 @@ enum KeyCmd {
 enum SessionCmd {
     Open {
         ann: Announcement,
-        push: mpsc::Sender<Down>,
+        /// Dropped (or fired) by the owner to end the session.
+        drop: oneshot::Sender<()>,
         reply: oneshot::Sender<Result<SessionId, Refusal>>,
     },
     Heard(SessionId),
@@ -259,6 +263,9 @@ struct Shared {
     keys: watch::Receiver<Arc<KeyRing>>,
     key_tx: mpsc::Sender<KeyCmd>,
     session_tx: mpsc::Sender<SessionCmd>,
+    /// Encoded pushes (`SnapshotChanged`) for every live session; a session
+    /// subscribes before it opens, so it misses none sent after.
+    pushes: broadcast::Sender<Arc<[u8]>>,
     scheme: Scheme,
 }
 
@@ -310,6 +317,7 @@ impl Rendezvous {
         let (ring_tx, ring_rx) = watch::channel(Arc::new(ring));
         let (key_tx, key_rx) = mpsc::channel(1024);
         let (session_tx, session_rx) = mpsc::channel(1024);
+        let (pushes, _) = broadcast::channel(PUSH_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -331,6 +339,7 @@ impl Rendezvous {
             keys: ring_rx,
             key_tx,
             session_tx,
+            pushes: pushes.clone(),
             scheme: Scheme::default(),
         });
         let mut tasks = JoinSet::new();
@@ -345,6 +354,7 @@ impl Rendezvous {
             SessionTable::new(cfg.sessions.clone(), epoch, cfg.filter.clone()),
             cfg.clone(),
             session_rx,
+            pushes,
             stop_rx.clone(),
         ));
         if !cfg.upstream.indexes.is_empty() {
@@ -633,17 +643,20 @@ async fn handle_key_cmd(store: &Arc<Store>, cfg: &ServerConfig, cmd: KeyCmd) {
     }
 }
 
-struct Live {
-    push: mpsc::Sender<Down>,
-}
+/// Pushes a session may fall behind by before it is dropped: one that
+/// cannot take 16 pushes in a row is not keeping up, nor live in any
+/// useful sense.
+const PUSH_QUEUE: usize = 16;
 
 async fn session_owner(
     mut table: SessionTable,
     cfg: ServerConfig,
     mut rx: mpsc::Receiver<SessionCmd>,
+    pushes: broadcast::Sender<Arc<[u8]>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut live: std::collections::HashMap<SessionId, Live> = Default::default();
+    // Each live session's drop signal: dropping it ends the session's task.
+    let mut live: std::collections::HashMap<SessionId, oneshot::Sender<()>> = Default::default();
     // Lookups draw hundreds of small numbers each: batch the OS calls.
     let mut rng = crate::session::BufferedEntropy::new(OsEntropy);
     loop {
@@ -664,11 +677,11 @@ async fn session_owner(
         };
         let now = Instant::now().into_std();
         match cmd {
-            SessionCmd::Open { ann, push, reply } => {
+            SessionCmd::Open { ann, drop, reply } => {
                 table.set_epoch(Epoch::containing(cfg.clock.unix_secs(), cfg.epoch_secs));
                 let r = table.open(ann, now, &mut rng);
                 if let Ok(id) = r {
-                    live.insert(id, Live { push });
+                    live.insert(id, drop);
                     tracing::debug!(live = table.len(), "session opened");
                 }
                 let _ = reply.send(r);
@@ -724,20 +737,18 @@ async fn session_owner(
                     repository,
                     version,
                 };
-                let mut queued = 0;
-                let mut stuck = Vec::new();
-                for (id, l) in &live {
-                    match l.push.try_send(msg.clone()) {
-                        Ok(()) => queued += 1,
-                        Err(_) => stuck.push(*id),
+                // Every live session subscribed before it opened; one that
+                // falls `PUSH_QUEUE` pushes behind drops itself.
+                let queued = match msg.encode() {
+                    Ok(bytes) => {
+                        let _ = pushes.send(bytes.into());
+                        table.len()
                     }
-                }
-                // A session whose push queue is full is not keeping up:
-                // it is not live in any useful sense.
-                for id in stuck {
-                    table.close(id);
-                    live.remove(&id);
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, "encoding a push failed");
+                        0
+                    }
+                };
                 tracing::info!(sessions = queued, "snapshot change pushed");
                 let _ = reply.send(queued);
             }
@@ -831,37 +842,49 @@ async fn connection(
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let t = shared.cfg.handshake_timeout;
-    let mut ch = anonmirror_overlay::accept(stream, &shared.noise, &channel_params(), t).await?;
-    let first = tokio::time::timeout(t, ch.recv())
+    // The handshake and the first request are boxed: a task's future is as
+    // large as its largest state, and the long-lived state is a session's
+    // loop, which needs far less than a handshake.
+    let mut ch = Box::pin(anonmirror_overlay::accept(
+        stream,
+        &shared.noise,
+        &channel_params(),
+        t,
+    ))
+    .await?;
+    let first = Box::pin(tokio::time::timeout(t, ch.recv()))
         .await
         .map_err(|_| Error::Gone("no request after the handshake"))??
         .ok_or(Error::Gone("closed before a request"))?;
     let up = match Up::decode(&first) {
         Ok(up) => up,
         Err(e) => {
-            let _ = send(&mut ch, &Down::Refused(Refusal::BadRequest)).await;
+            let _ = Box::pin(send(&mut ch, &Down::Refused(Refusal::BadRequest))).await;
             return Err(e);
         }
     };
+    // A session lasts hours: the request's bytes (token and announcement,
+    // decoded into `up`) must not stay in its task all that time.
+    drop(first);
     let result = match up {
         Up::OpenSession {
             token,
             announcement,
         } => return session(ch, shared, token, announcement, stop).await,
-        other => handle(&shared, other).await,
+        other => Box::pin(handle(&shared, other)).await,
     };
     match result {
         Ok(msgs) => {
             for m in msgs {
-                send(&mut ch, &m).await?;
+                Box::pin(send(&mut ch, &m)).await?;
             }
         }
         Err(e) => {
-            send(&mut ch, &Down::Refused(refusal_of(&e))).await?;
+            Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
             tracing::debug!(error = %e, "request refused");
         }
     }
-    let _ = ch.shutdown().await;
+    let _ = Box::pin(ch.shutdown()).await;
     Ok(())
 }
 
@@ -1146,72 +1169,85 @@ async fn session(
     ann: Announcement,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    if let Err(e) = redeem(&shared, &token).await {
-        send(&mut ch, &Down::Refused(refusal_of(&e))).await?;
+    // Boxed, like every step before the loop (see `connection`).
+    if let Err(e) = Box::pin(redeem(&shared, &token)).await {
+        Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
         return Err(e);
     }
-    let (push_tx, mut push_rx) = mpsc::channel(16);
-    let opened = ask(&shared.session_tx, |reply| {
+    drop(token);
+    let mut pushes = shared.pushes.subscribe();
+    let (drop_tx, mut dropped) = oneshot::channel();
+    let opened = Box::pin(ask(&shared.session_tx, |reply| {
         SessionOrKey::Session(
             shared.session_tx.clone(),
             SessionCmd::Open {
                 ann,
-                push: push_tx,
+                drop: drop_tx,
                 reply,
             },
         )
-    })
+    }))
     .await?;
     let id = match opened {
         Ok(id) => id,
         Err(r) => {
-            send(&mut ch, &Down::Refused(r)).await?;
+            Box::pin(send(&mut ch, &Down::Refused(r))).await?;
             return Err(Error::Refused(r));
         }
     };
     let sc = &shared.cfg.sessions;
-    send(
+    Box::pin(send(
         &mut ch,
         &Down::SessionOpened {
             ping_secs: sc.ping_interval.as_secs() as u32,
             silence_secs: sc.silence.as_secs() as u32,
         },
-    )
+    ))
     .await?;
     let (mut tx, mut rx) = ch.split();
     let mut ping = tokio::time::interval_at(Instant::now() + sc.ping_interval, sc.ping_interval);
     let mut last_heard = Instant::now();
     let mut nonce = 0u64;
     let mut buf = Vec::new();
+    // The loop is what a session's task holds for its whole life, so the
+    // sends it makes now and then (a ping or a push every few seconds at
+    // most) are boxed rather than kept inline in the task's future.
     let result: Result<()> = loop {
         let silence_at = last_heard + sc.silence;
         tokio::select! {
             _ = stop.changed() => {
-                let _ = tx.send(&Down::Refused(Refusal::ShuttingDown).encode()?).await;
+                let bye = Down::Refused(Refusal::ShuttingDown).encode()?;
+                let _ = Box::pin(tx.send(&bye)).await;
                 break Ok(());
             }
             _ = tokio::time::sleep_until(silence_at) => break Err(Error::Gone("silent past the ping deadline")),
             _ = ping.tick() => {
                 nonce = nonce.wrapping_add(1);
-                tx.send(&Down::Ping { nonce }.encode()?).await?;
+                Box::pin(tx.send(&Down::Ping { nonce }.encode()?)).await?;
             }
-            msg = push_rx.recv() => match msg {
-                Some(m) => {
+            _ = &mut dropped => break Err(Error::Gone("dropped by the session owner")),
+            msg = pushes.recv() => match msg {
+                Ok(m) => {
                     // The push deadline: a session that cannot take a push
                     // within it is dropped.
-                    match tokio::time::timeout(PUSH_DEADLINE, tx.send(&m.encode()?)).await {
+                    match Box::pin(tokio::time::timeout(PUSH_DEADLINE, tx.send(&m))).await {
                         Ok(r) => r?,
                         Err(_) => break Err(Error::Gone("missed the push deadline")),
                     }
                 }
-                None => break Err(Error::Gone("dropped by the session owner")),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    break Err(Error::Gone("fell a full push queue behind"));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    break Err(Error::Gone("dropped by the session owner"));
+                }
             },
-            got = rx.recv_into(&mut buf) => match got {
+            got = Box::pin(rx.recv_into(&mut buf)) => match got {
                 Ok(true) => {
                     match Up::decode(&buf) {
                         Ok(Up::Pong { .. }) => {
                             last_heard = Instant::now();
-                            let _ = shared.session_tx.send(SessionCmd::Heard(id)).await;
+                            let _ = Box::pin(shared.session_tx.send(SessionCmd::Heard(id))).await;
                         }
                         Ok(_) => break Err(Error::Protocol("only pongs inside a session")),
                         Err(e) => break Err(e),
@@ -1222,7 +1258,7 @@ async fn session(
             },
         }
     };
-    let _ = shared.session_tx.send(SessionCmd::Close(id)).await;
-    let _ = tx.shutdown().await;
+    let _ = Box::pin(shared.session_tx.send(SessionCmd::Close(id))).await;
+    let _ = Box::pin(tx.shutdown()).await;
     result
 }

@@ -305,3 +305,174 @@ fn assignments_last_as_long_as_the_item_takes_to_send() {
         MIN_ASSIGNMENT
     );
 }
+
+/// Sessions with bit-layout filters (the Bloom test double), in regions
+/// large enough to be bit-sliced, with mixed versions and limits.
+fn bloom_table(n: u16, max_probes: usize) -> (SessionTable, Vec<Announcement>, Vec<ItemKey>) {
+    use crate::hooks::TestBloomFilter;
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(11);
+    let cfg = SessionConfig {
+        max_probes,
+        ..SessionConfig::default()
+    };
+    let mut t = SessionTable::new(cfg, Epoch(7), Arc::new(TestBloomFilter));
+    let items: Vec<ItemKey> = (0..40u8).map(|i| ItemKey([i; 32])).collect();
+    let mut anns = Vec::new();
+    for i in 0..n {
+        let region = ["eu", "us", "as"][usize::from(i % 3)];
+        let mut a = ann(
+            i,
+            Some(region),
+            u64::from(i % 4),
+            2 + u32::from(i % 3),
+            false,
+        );
+        let held: Vec<ItemKey> = items
+            .iter()
+            .filter(|_| rng.below(5) == 0)
+            .copied()
+            .collect();
+        a.filter = TestBloomFilter::encode(512, Epoch(7), &held);
+        t.open(a.clone(), t0, &mut rng).expect("open");
+        anns.push(a);
+    }
+    (t, anns, items)
+}
+
+/// What a lookup must return when it can consider every holder: exactly
+/// the live sessions whose filter holds the item, fresh enough and under
+/// their limit, the client's region first.
+fn check_exact(t: &mut SessionTable, items: &[ItemKey], rng: &mut SeededEntropy, now: Instant) {
+    use crate::hooks::TestBloomFilter;
+    for (k, item) in items.iter().enumerate() {
+        let region = ["eu", "us", "as"][k % 3];
+        let version = (k % 3) as u64;
+        let expect = |t: &SessionTable, in_region: bool| -> Vec<PeerKey> {
+            let mut v: Vec<PeerKey> = t
+                .announcements(None)
+                .into_iter()
+                .filter(|a| (a.region.as_deref() == Some(region)) == in_region)
+                .filter(|a| TestBloomFilter.holds(&a.filter, Epoch(7), item))
+                .filter(|a| a.version_of("core").is_some_and(|v| v >= version))
+                .filter(|a| {
+                    let e = t.entry(t.by_key[&a.key]).expect("live");
+                    let live = e.assignments.iter().filter(|u| **u > now).count();
+                    live < a.max_clients as usize
+                })
+                .map(|a| a.key)
+                .collect();
+            v.sort();
+            v
+        };
+        let (mine, others) = (expect(t, true), expect(t, false));
+        let q = Query {
+            item,
+            size: u64::MAX,
+            repository: "core",
+            version,
+            region: Some(region),
+            want: 1_000,
+        };
+        let got: Vec<PeerKey> = t.lookup(&q, now, rng).iter().map(|c| c.key).collect();
+        let mut first: Vec<PeerKey> = got[..mine.len().min(got.len())].to_vec();
+        first.sort();
+        let mut rest: Vec<PeerKey> = got[first.len()..].to_vec();
+        rest.sort();
+        assert_eq!(first, mine, "item {k}: the client's region first");
+        assert_eq!(rest, others, "item {k}: then every other holder");
+    }
+}
+
+#[test]
+fn sliced_lookup_finds_exactly_the_eligible_holders() {
+    let (mut t, anns, items) = bloom_table(300, 256);
+    assert!(
+        t.groups.iter().flatten().all(|g| g.slices.is_some()),
+        "100 sessions per region: sliced"
+    );
+    assert!(t.all.is_empty(), "no loose session left");
+    let now = Instant::now();
+    let mut rng = SeededEntropy::new(12);
+    check_exact(&mut t, &items, &mut rng, now);
+    // Again: the first round's assignments filled some limits.
+    check_exact(&mut t, &items, &mut rng, now);
+
+    // Closing most sessions moves members around in the columns and
+    // finally turns small groups loose again; lookups stay exact.
+    let later = now + Duration::from_secs(61);
+    let mut rng2 = SeededEntropy::new(13);
+    let ids: Vec<SessionId> = anns
+        .iter()
+        .map(|a| {
+            let slot = t.by_key[&a.key];
+            t.entry(slot).expect("live").id
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 5 != 0 || rng2.below(4) == 0 {
+            assert!(t.close(*id));
+        }
+        if i % 50 == 49 {
+            check_exact(
+                &mut t,
+                &items,
+                &mut rng,
+                later + Duration::from_secs(i as u64),
+            );
+        }
+    }
+    assert!(t.len() < 100);
+    assert!(
+        t.groups.iter().flatten().all(|g| g.slices.is_none()),
+        "below SLICE_MIN / 2: loose again"
+    );
+    check_exact(&mut t, &items, &mut rng, later + Duration::from_secs(400));
+    // And back up: new sessions re-slice the groups.
+    let mut more = SeededEntropy::new(14);
+    for i in 1_000..1_200u16 {
+        let mut a = ann(i, Some("eu"), 3, 4, false);
+        a.filter =
+            crate::hooks::TestBloomFilter::encode(512, Epoch(7), &items[..(i % 40) as usize]);
+        t.open(a, later, &mut more).expect("open");
+    }
+    assert!(t.groups.iter().flatten().any(|g| g.slices.is_some()));
+    check_exact(&mut t, &items, &mut rng, later + Duration::from_secs(500));
+}
+
+/// With more holders than probes, a sliced lookup draws among them at
+/// random, and two random choices still spread the load.
+#[test]
+fn sliced_draws_balance_load() {
+    use crate::hooks::TestBloomFilter;
+    let t0 = Instant::now();
+    let mut rng = SeededEntropy::new(15);
+    let cfg = SessionConfig {
+        max_probes: 16,
+        ..SessionConfig::default()
+    };
+    let mut t = SessionTable::new(cfg, Epoch(7), Arc::new(TestBloomFilter));
+    for i in 0..200 {
+        let mut a = ann(i, None, 1, 1_000, false);
+        a.filter = TestBloomFilter::encode(256, Epoch(7), &[ITEM]);
+        t.open(a, t0, &mut rng).expect("open");
+    }
+    assert!(t.groups.iter().flatten().all(|g| g.slices.is_some()));
+    for _ in 0..2_000 {
+        assert_eq!(t.lookup(&q(1, None, 1), t0, &mut rng).len(), 1);
+    }
+    let loads: Vec<usize> = (0..200)
+        .map(|i| t.assignments_of(&ann(i, None, 0, 1, true).key))
+        .collect();
+    assert_eq!(loads.iter().sum::<usize>(), 2_000);
+    // Share 10; one random choice would reach about 20 here.
+    assert!(*loads.iter().max().expect("some") <= 15, "{loads:?}");
+    // An item none holds: nothing, and a stale client version: nothing.
+    let other = ItemKey([0x77; 32]);
+    let none = Query {
+        item: &other,
+        ..q(1, None, 4)
+    };
+    assert!(t.lookup(&none, t0, &mut rng).is_empty());
+    assert!(t.lookup(&q(2, None, 4), t0, &mut rng).is_empty());
+}
