@@ -6,12 +6,18 @@
 //!    called directly on one thread, against a bare redb durable insert
 //!    (one 32-byte key per `Durability::Immediate` commit) in the same run.
 //! 2. Memory of 10k and 100k simulated live sessions: the session table
-//!    plus each session's push queue, as the session owner keeps them
-//!    (RSS from /proc/self/statm before and after); then the per-connection
-//!    cost (Noise channel, task, socket) measured with real sessions over
-//!    loopback, and the sum projected to 100k.
+//!    (with its bit-sliced index) plus each session's push state (a drop
+//!    signal and a subscription to the one broadcast channel of pushes), as
+//!    the server keeps them (RSS from /proc/self/statm before and after);
+//!    then the per-connection cost (Noise channel, task, socket, and the
+//!    table entry of a session with a tiny filter, counted twice) measured
+//!    with real sessions over loopback against a rendezvous in a child
+//!    process, whose RSS alone is read (the peers' halves of the
+//!    connections are the benchmark's, not the rendezvous's), and the sum
+//!    projected to 100k.
 //! 3. Lookups/s against the 10k and 100k tables (`SessionTable::lookup`:
-//!    filter tests, freshness, limits, region, two random choices), against
+//!    filter tests, freshness, limits, region, two random choices; wall
+//!    clock and per CPU-second of the thread, as the machine is shared), against
 //!    a `HashMap<ItemKey, Vec<PeerKey>>` lookup of the same holdings. The
 //!    filters are announce's real epoch-keyed Bloom filters (`AMAN`), tested
 //!    through [`AnnounceFilter`], a copy of the root package's production
@@ -575,7 +581,7 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 13]> {
 fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
     println!("\n## live sessions: memory and lookups/s (one thread)\n");
     println!(
-        "Each session: {} Zipf-drawn items in a real `balanced` announcement sized for {} items ({} B), a region, a push queue (capacity 16).\n",
+        "Each session: {} Zipf-drawn items in a real `balanced` announcement sized for {} items ({} B), a region, its push state (a drop signal and a subscription to the one broadcast channel of pushes).\n",
         args.items_per_session,
         args.filter_capacity,
         filter_of(&[], args.filter_capacity).len()
@@ -616,7 +622,7 @@ fn sessions_and_lookups(args: &Args, per_conn: f64) -> anyhow::Result<()> {
         lookup_rows.push((n, "uniform (mostly rare)", u0, u1, u2, u3, u4, u5));
     }
     println!(
-        "| live sessions | table + queues, RSS delta | per session | + connections (projected) | total |"
+        "| live sessions | table + push state, RSS delta | per session | + connections (server side, projected) | total |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for (n, bytes) in &mem_rows {
