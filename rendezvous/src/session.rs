@@ -361,6 +361,9 @@ pub struct SessionTable {
     groups: Vec<Option<Group>>,
     free_groups: Vec<u32>,
     group_of: HashMap<(BitLayout, Option<String>), u32>,
+    /// The sliced groups (each has at least `SLICE_MIN / 2` members), so
+    /// that a lookup's cost does not grow with the number of small groups.
+    sliced: Vec<u32>,
     /// Scratch: the slots a lookup has probed.
     probed: Probed,
     scratch: Scratch,
@@ -396,6 +399,7 @@ impl SessionTable {
             groups: Vec::new(),
             free_groups: Vec::new(),
             group_of: HashMap::new(),
+            sliced: Vec::new(),
             probed: Probed::default(),
             scratch: Scratch::default(),
         }
@@ -584,6 +588,7 @@ impl SessionTable {
                 return;
             };
             group.slices = Some(Slices::new(group.layout.bits as usize));
+            self.sliced.push(g);
             for m in 0..group.members.len() {
                 self.slice_in(g, m);
             }
@@ -641,6 +646,9 @@ impl SessionTable {
             me.group = Some((g, m as u32));
         }
         let n = group.members.len();
+        if n == 0 || (group.slices.is_some() && n < SLICE_MIN / 2) {
+            self.sliced.retain(|s| *s != g);
+        }
         if n == 0 {
             let key = (group.layout, group.region.clone());
             self.group_of.remove(&key);
@@ -912,8 +920,10 @@ impl SessionTable {
         sc.hits.clear();
         sc.upto.clear();
         let mut total = 0;
-        for (g, group) in self.groups.iter().enumerate() {
-            let Some(group) = group else { continue };
+        for &g in &self.sliced {
+            let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) else {
+                continue;
+            };
             let Some(slices) = &group.slices else {
                 continue;
             };
@@ -929,7 +939,7 @@ impl SessionTable {
                 continue;
             }
             let from = sc.hits.len();
-            total += slices.holders(group.members.len(), &sc.positions, g as u32, &mut sc.hits);
+            total += slices.holders(group.members.len(), &sc.positions, g, &mut sc.hits);
             let mut acc = sc.upto.last().copied().unwrap_or(0);
             for h in &sc.hits[from..] {
                 acc += u64::from(h.word.count_ones());

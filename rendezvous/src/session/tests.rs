@@ -345,6 +345,16 @@ fn bloom_table(n: u16, max_probes: usize) -> (SessionTable, Vec<Announcement>, V
 /// their limit, the client's region first.
 fn check_exact(t: &mut SessionTable, items: &[ItemKey], rng: &mut SeededEntropy, now: Instant) {
     use crate::hooks::TestBloomFilter;
+    let sliced: Vec<u32> = (0..t.groups.len() as u32)
+        .filter(|g| {
+            t.groups[*g as usize]
+                .as_ref()
+                .is_some_and(|g| g.slices.is_some())
+        })
+        .collect();
+    let mut listed = t.sliced.clone();
+    listed.sort();
+    assert_eq!(listed, sliced, "the sliced list is every sliced group");
     for (k, item) in items.iter().enumerate() {
         let region = ["eu", "us", "as"][k % 3];
         let version = (k % 3) as u64;
