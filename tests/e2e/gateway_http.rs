@@ -243,7 +243,7 @@ async fn a_volunteer_reconnects_after_the_rendezvous_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand() {
     use anonmirror_privacy::{ExposureBudget, Randomization};
-    const EPOCH: u64 = 2;
+    const EPOCH: u64 = 3;
     let dir = TestDir::new();
     let upstream_dir = dir.path().join("upstream");
     let packages = generate_repository(&upstream_dir, 3, 6).expect("repository");
@@ -313,7 +313,15 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
         .iter()
         .map(|p| anonmirror_core::ItemKey(p.sha256))
         .collect();
-    inject_reports(&rv, &keys, 40, EPOCH).await;
+    // An epoch may turn between buying tokens and spending them: retry.
+    let mut injected = Err(String::new());
+    for _ in 0..3 {
+        injected = inject_reports(&rv, &keys, 40, EPOCH).await;
+        if injected.is_ok() {
+            break;
+        }
+    }
+    injected.expect("reports injected");
     // Sessions reopen every epoch; at the next one the counts are
     // published and the balanced volunteer pads.
     let mut padded = None;
@@ -386,7 +394,7 @@ async fn inject_reports(
     items: &[anonmirror_core::ItemKey],
     n: usize,
     epoch_secs: u64,
-) {
+) -> Result<(), String> {
     use anonmirror_announce::{PermanentMemo, ReportParams, encode_report};
     use anonmirror_core::{Epoch, OsEntropy};
     let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
@@ -395,11 +403,14 @@ async fn inject_reports(
         .expect("clock")
         .as_secs();
     let epoch = Epoch(now / epoch_secs);
-    let cred = client.register(now, 8, OsEntropy).await.expect("register");
+    let cred = client
+        .register(now, 8, OsEntropy)
+        .await
+        .map_err(|e| e.to_string())?;
     let tokens = client
         .buy_tokens(&cred, now, epoch, n)
         .await
-        .expect("tokens");
+        .map_err(|e| e.to_string())?;
     let params = ReportParams::from_policy(&anonmirror_privacy::Randomization {
         h: 1,
         f: 0.0,
@@ -415,6 +426,7 @@ async fn inject_reports(
         client
             .popularity(&token, report.to_bytes())
             .await
-            .expect("report accepted");
+            .map_err(|e| e.to_string())?;
     }
+    Ok(())
 }
