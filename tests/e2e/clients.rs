@@ -7,43 +7,9 @@
 use std::io::{Read, Write};
 
 use crate::support::{
-    AptClient, AptRepo, Nginx, NginxOptions, PacmanClient, PacmanRepo, PkgSpec, TestDir, require,
-    sha256,
+    APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, PacmanClient,
+    PacmanRepo, PkgSpec, TestDir, mixed_specs, names, require, sha256,
 };
-
-/// Programs the apt tests run.
-const APT_PROGRAMS: &[&str] = &[
-    "nginx",
-    "dpkg-deb",
-    "apt-ftparchive",
-    "gpg",
-    "gpgconf",
-    "gpg-agent",
-    "xz",
-    "apt-get",
-    "apt-cache",
-];
-
-/// Programs the pacman tests run.
-const PACMAN_PROGRAMS: &[&str] = &["nginx", "bsdtar", "repo-add", "pacman"];
-
-/// Five packages whose sizes mix: tiny to a few MiB.
-fn specs() -> Vec<PkgSpec> {
-    [
-        ("alpha", 1),
-        ("bravo", 5_000),
-        ("charlie", 65_537),
-        ("delta", 700_000),
-        ("echo-tools", 2_500_000),
-    ]
-    .into_iter()
-    .map(|(name, size)| PkgSpec::new(name, "1.0-1", size))
-    .collect()
-}
-
-fn names(specs: &[PkgSpec]) -> Vec<&str> {
-    specs.iter().map(|s| s.name.as_str()).collect()
-}
 
 fn name_versions(packages: &[crate::support::Package]) -> Vec<(String, String)> {
     packages
@@ -90,7 +56,7 @@ fn apt_fetches_every_package_from_nginx_and_sees_a_new_version() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let mut repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     assert!(nginx.addr().ip().is_loopback());
@@ -149,7 +115,7 @@ fn pacman_fetches_every_package_from_nginx_and_sees_a_new_version() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let mut repo = PacmanRepo::build(&dir.path().join("www"), "anontest", "x86_64", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let pacman = PacmanClient::new(
@@ -195,7 +161,7 @@ fn apt_refuses_a_corrupted_package() {
         return;
     }
     let dir = TestDir::new();
-    let specs = &specs()[..2];
+    let specs = &mixed_specs()[..2];
     let repo = AptRepo::build(&dir.path().join("www"), "anontest", specs);
     repo.corrupt("bravo");
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
@@ -232,7 +198,7 @@ fn pacman_refuses_a_corrupted_package() {
         return;
     }
     let dir = TestDir::new();
-    let specs = &specs()[..2];
+    let specs = &mixed_specs()[..2];
     let repo = PacmanRepo::build(&dir.path().join("www"), "anontest", "x86_64", specs);
     repo.corrupt("bravo");
     let nginx = Nginx::start(repo.root(), NginxOptions::default());

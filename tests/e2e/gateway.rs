@@ -16,41 +16,12 @@ use anonmirror_privacy::{Level, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 
 use crate::support::{
-    AptClient, AptRepo, Nginx, NginxOptions, Package, PacmanClient, PacmanRepo, PkgSpec, TestDir,
-    require,
+    APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package, PacmanClient,
+    PacmanRepo, PkgSpec, TestDir, check_files, mixed_specs, names, require,
 };
-
-const APT_PROGRAMS: &[&str] = &[
-    "nginx",
-    "dpkg-deb",
-    "apt-ftparchive",
-    "gpg",
-    "gpgconf",
-    "gpg-agent",
-    "xz",
-    "apt-get",
-];
-const PACMAN_PROGRAMS: &[&str] = &["nginx", "bsdtar", "repo-add", "pacman"];
 
 /// The notify secret of the test rendezvous.
 const NOTIFY_SECRET: [u8; 32] = [7; 32];
-
-fn specs() -> Vec<PkgSpec> {
-    [
-        ("alpha", 1),
-        ("bravo", 5_000),
-        ("charlie", 65_537),
-        ("delta", 700_000),
-        ("echo-tools", 2_500_000),
-    ]
-    .into_iter()
-    .map(|(name, size)| PkgSpec::new(name, "1.0-1", size))
-    .collect()
-}
-
-fn names(specs: &[PkgSpec]) -> Vec<&str> {
-    specs.iter().map(|s| s.name.as_str()).collect()
-}
 
 /// A rendezvous and nodes on one runtime that keeps running while the test
 /// thread drives apt or pacman.
@@ -107,6 +78,17 @@ impl Swarm {
         let node = self.rt.block_on(Node::start(policy, opts)).expect("node");
         self.nodes.push(node);
         i
+    }
+
+    /// An apt client in the test directory's `name`, pointed at node `i`'s
+    /// gateway.
+    fn apt(&self, i: usize, name: &str, repo: &AptRepo) -> AptClient {
+        AptClient::new(
+            &self.dir.join(name),
+            &self.base(i, "deb"),
+            repo.suite(),
+            &repo.key(),
+        )
     }
 
     fn base(&self, i: usize, repo: &str) -> String {
@@ -193,7 +175,7 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
@@ -202,16 +184,9 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
     // The first volunteer is a client like any other: everything comes
     // from the upstream through its gateway.
     let v1 = swarm.node(Level::Open);
-    let apt1 = AptClient::new(
-        &dir.path().join("apt1"),
-        &swarm.base(v1, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt1 = swarm.apt(v1, "apt1", &repo);
     apt1.update();
-    for (file, package) in apt1.download(&names(&specs)).iter().zip(repo.packages()) {
-        package.check_file(file);
-    }
+    check_files(&apt1.download(&names(&specs)), repo.packages());
     assert_eq!(swarm.metrics(v1).from_upstream, total);
     swarm.wait_stored(v1, repo.packages());
     swarm.announce(v1);
@@ -219,16 +194,9 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
 
     // A client at level off: every package from the peer, none from nginx.
     let c = swarm.node(Level::Off);
-    let apt = AptClient::new(
-        &dir.path().join("apt"),
-        &swarm.base(c, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt = swarm.apt(c, "apt", &repo);
     apt.update();
-    for (file, package) in apt.download(&names(&specs)).iter().zip(repo.packages()) {
-        package.check_file(file);
-    }
+    check_files(&apt.download(&names(&specs)), repo.packages());
     let m = swarm.metrics(c);
     assert_eq!(m.from_peers, total, "{m:?}");
     assert_eq!(m.from_upstream, 0, "{m:?}");
@@ -246,7 +214,7 @@ fn pacman_through_the_gateway_gets_packages_from_peers() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let repo = PacmanRepo::build(&dir.path().join("www"), "anontest", "x86_64", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let repos = vec![Repository {
@@ -268,36 +236,14 @@ fn pacman_through_the_gateway_gets_packages_from_peers() {
     let v1 = swarm.node(Level::Open);
     let p1 = client(&swarm, v1, "pacman1");
     p1.sync();
-    for file in p1.download(&names(&specs)) {
-        let package = repo
-            .packages()
-            .iter()
-            .find(|p| {
-                p.url_path
-                    .ends_with(&*file.file_name().expect("name").to_string_lossy())
-            })
-            .expect("a package of the repository");
-        package.check_file(&file);
-    }
+    check_files(&p1.download(&names(&specs)), repo.packages());
     swarm.wait_stored(v1, repo.packages());
     swarm.announce(v1);
 
     let c = swarm.node(Level::Off);
     let p = client(&swarm, c, "pacman");
     p.sync();
-    let files = p.download(&names(&specs));
-    assert_eq!(files.len(), specs.len());
-    for file in files {
-        let package = repo
-            .packages()
-            .iter()
-            .find(|p| {
-                p.url_path
-                    .ends_with(&*file.file_name().expect("name").to_string_lossy())
-            })
-            .expect("a package of the repository");
-        package.check_file(&file);
-    }
+    check_files(&p.download(&names(&specs)), repo.packages());
     let m = swarm.metrics(c);
     assert_eq!(m.from_peers, total, "{m:?}");
     assert_eq!(m.from_upstream, 0, "{m:?}");
@@ -310,18 +256,13 @@ fn a_corrupting_peer_is_blamed_and_apt_still_gets_correct_bytes() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
 
     let v1 = swarm.node(Level::Open);
-    let apt1 = AptClient::new(
-        &dir.path().join("apt1"),
-        &swarm.base(v1, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt1 = swarm.apt(v1, "apt1", &repo);
     apt1.update();
     apt1.download(&["echo-tools"]);
     let victim = repo.package("echo-tools");
@@ -340,12 +281,7 @@ fn a_corrupting_peer_is_blamed_and_apt_still_gets_correct_bytes() {
     swarm.announce(v1);
 
     let c = swarm.node(Level::Off);
-    let apt = AptClient::new(
-        &dir.path().join("apt"),
-        &swarm.base(c, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt = swarm.apt(c, "apt", &repo);
     apt.update();
     let files = apt.download(&["echo-tools"]);
     victim.check_file(&files[0]);
@@ -361,7 +297,7 @@ fn with_every_peer_stalled_packages_come_from_the_upstream() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
@@ -376,16 +312,9 @@ fn with_every_peer_stalled_packages_come_from_the_upstream() {
     ));
 
     let c = swarm.node(Level::Off);
-    let apt = AptClient::new(
-        &dir.path().join("apt"),
-        &swarm.base(c, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt = swarm.apt(c, "apt", &repo);
     apt.update();
-    for (file, package) in apt.download(&names(&specs)).iter().zip(repo.packages()) {
-        package.check_file(file);
-    }
+    check_files(&apt.download(&names(&specs)), repo.packages());
     let m = swarm.metrics(c);
     let total: u64 = repo.packages().iter().map(|p| p.size).sum();
     assert_eq!(m.from_upstream, total, "{m:?}");
@@ -455,18 +384,13 @@ fn an_index_update_pushed_mid_run_retires_the_old_version() {
         return;
     }
     let dir = TestDir::new();
-    let specs = specs();
+    let specs = mixed_specs();
     let mut repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
     let nginx = Nginx::start(repo.root(), NginxOptions::default());
     let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
 
     let v1 = swarm.node(Level::Open);
-    let apt1 = AptClient::new(
-        &dir.path().join("apt1"),
-        &swarm.base(v1, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt1 = swarm.apt(v1, "apt1", &repo);
     apt1.update();
     apt1.download(&names(&specs));
     swarm.wait_stored(v1, repo.packages());
@@ -506,12 +430,7 @@ fn an_index_update_pushed_mid_run_retires_the_old_version() {
     // A client gets the new version from the peer, and the old one, no
     // longer in any index, only passes through from the upstream.
     let c = swarm.node(Level::Off);
-    let apt = AptClient::new(
-        &dir.path().join("apt"),
-        &swarm.base(c, "deb"),
-        repo.suite(),
-        &repo.key(),
-    );
+    let apt = swarm.apt(c, "apt", &repo);
     apt.update();
     assert!(
         apt.available()

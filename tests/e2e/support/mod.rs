@@ -147,6 +147,55 @@ pub fn make_world_readable(root: &Path) {
     }
 }
 
+/// Programs the apt tests run.
+pub const APT_PROGRAMS: &[&str] = &[
+    "nginx",
+    "dpkg-deb",
+    "apt-ftparchive",
+    "gpg",
+    "gpgconf",
+    "gpg-agent",
+    "xz",
+    "apt-get",
+    "apt-cache",
+];
+
+/// Programs the pacman tests run.
+pub const PACMAN_PROGRAMS: &[&str] = &["nginx", "bsdtar", "repo-add", "pacman"];
+
+/// Five packages whose sizes mix: tiny to a few MiB.
+pub fn mixed_specs() -> Vec<PkgSpec> {
+    [
+        ("alpha", 1),
+        ("bravo", 5_000),
+        ("charlie", 65_537),
+        ("delta", 700_000),
+        ("echo-tools", 2_500_000),
+    ]
+    .into_iter()
+    .map(|(name, size)| PkgSpec::new(name, "1.0-1", size))
+    .collect()
+}
+
+/// The names of `specs`, as a package manager takes them.
+pub fn names(specs: &[PkgSpec]) -> Vec<&str> {
+    specs.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// Panics unless `files` are exactly `expected`, each as its index
+/// describes it (matched by file name, in any order).
+pub fn check_files(files: &[PathBuf], expected: &[Package]) {
+    assert_eq!(files.len(), expected.len(), "{files:?}");
+    for file in files {
+        let name = file.file_name().expect("a file name").to_string_lossy();
+        expected
+            .iter()
+            .find(|p| p.url_path.rsplit('/').next() == Some(&*name))
+            .unwrap_or_else(|| panic!("{} is no package of the repository", file.display()))
+            .check_file(file);
+    }
+}
+
 /// A package to put in a repository; the same spec builds a `.deb` or a
 /// `.pkg.tar.zst`.
 #[derive(Clone, Debug)]
