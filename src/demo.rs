@@ -29,7 +29,6 @@ use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 use anyhow::{Context, Result, anyhow};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
-use http_body_util::BodyExt;
 
 use crate::node::{Node, NodeOptions, Summary};
 
@@ -271,21 +270,6 @@ async fn serve_file(
     r
 }
 
-/// GET `url`, the whole body.
-pub async fn http_get(url: &str) -> Result<(StatusCode, Vec<u8>)> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = tokio::time::timeout(Duration::from_secs(60), client.get(url.parse()?))
-        .await
-        .map_err(|_| anyhow!("GET {url}: no answer in 60 s"))??;
-    let status = resp.status();
-    let body = tokio::time::timeout(Duration::from_secs(120), resp.into_body().collect())
-        .await
-        .map_err(|_| anyhow!("GET {url}: body not complete in 120 s"))??
-        .to_bytes();
-    Ok((status, body.to_vec()))
-}
-
 /// A policy for a demo node at `level`: everything under `dir`, every
 /// socket on 127.0.0.1 (any port), peers over TCP, the demo's repository.
 pub fn node_policy(level: Level, dir: &Path, upstream: &str, rendezvous: &Rendezvous) -> Policy {
@@ -331,14 +315,14 @@ pub fn loopback_policy(
 pub async fn fetch_all(gateway: SocketAddr, packages: &[Package]) -> Result<u64> {
     let base = format!("http://{gateway}/demo/");
     for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
-        let (status, _) = http_get(&format!("{base}{index}")).await?;
+        let (status, _) = crate::http::get(&format!("{base}{index}")).await?;
         if status != StatusCode::OK {
             return Err(anyhow!("{index}: {status}"));
         }
     }
     let mut bytes = 0;
     for p in packages {
-        let (status, body) = http_get(&format!("{base}{}", p.path)).await?;
+        let (status, body) = crate::http::get(&format!("{base}{}", p.path)).await?;
         if status != StatusCode::OK {
             return Err(anyhow!("{}: {status}", p.path));
         }

@@ -10,6 +10,7 @@
 mod cli;
 pub mod demo;
 pub mod hooks;
+pub mod http;
 mod logging;
 pub mod node;
 pub mod plot;

@@ -495,7 +495,7 @@ impl Fetcher {
                     }
                     _ = tick.tick(), if hedge.is_none() => {
                         let prefix = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
-                        if self.late(started.elapsed(), prefix, want.size, first_deadline, upstream_time) {
+                        if late(started.elapsed(), prefix, want.size, first_deadline, upstream_time) {
                             tracing::debug!("peers are slow: hedging with the upstream");
                             self.metrics.hedge();
                             let me = self.clone();
@@ -568,29 +568,6 @@ impl Fetcher {
                 }
             }
         }
-    }
-
-    /// Whether peers are late enough for the upstream to start beside
-    /// them (see the module docs).
-    fn late(
-        &self,
-        elapsed: Duration,
-        prefix: u64,
-        size: u64,
-        first_deadline: Duration,
-        upstream_time: Option<Duration>,
-    ) -> bool {
-        if elapsed < first_deadline {
-            return false;
-        }
-        if prefix == 0 {
-            return true;
-        }
-        upstream_time.is_some_and(|u| {
-            let pace = elapsed.as_secs_f64() / prefix as f64;
-            let left = Duration::from_secs_f64(pace * (size - prefix.min(size)) as f64);
-            left > u
-        })
     }
 
     /// Peers' outcomes: blame reported, failures set aside.
@@ -774,6 +751,28 @@ impl Fetcher {
     }
 }
 
+/// Whether peers are late enough for the upstream to start beside
+/// them (see the module docs).
+fn late(
+    elapsed: Duration,
+    prefix: u64,
+    size: u64,
+    first_deadline: Duration,
+    upstream_time: Option<Duration>,
+) -> bool {
+    if elapsed < first_deadline {
+        return false;
+    }
+    if prefix == 0 {
+        return true;
+    }
+    upstream_time.is_some_and(|u| {
+        let pace = elapsed.as_secs_f64() / prefix as f64;
+        let left = Duration::from_secs_f64(pace * (size - prefix.min(size)) as f64);
+        left > u
+    })
+}
+
 fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
     use std::io::Read;
     let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
@@ -791,5 +790,25 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
         if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
             return false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_late_by_the_deadline_or_by_their_pace() {
+        let ms = Duration::from_millis;
+        // Before the first deadline: never.
+        assert!(!late(ms(100), 0, 1000, ms(200), Some(ms(50))));
+        // After it with nothing delivered: always.
+        assert!(late(ms(200), 0, 1000, ms(200), None));
+        // Half delivered in 1 s: 1 s left, against an upstream of 0.5 s.
+        assert!(late(ms(1000), 500, 1000, ms(200), Some(ms(500))));
+        // … against an upstream of 2 s: keep the peers.
+        assert!(!late(ms(1000), 500, 1000, ms(200), Some(ms(2000))));
+        // Without a rate for the upstream, delivering peers are kept.
+        assert!(!late(ms(1000), 1, 1000, ms(200), None));
     }
 }

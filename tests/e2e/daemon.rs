@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anonmirror::demo::{StaticServer, generate_repository, http_get};
+use anonmirror::demo::{StaticServer, generate_repository};
+use anonmirror::http::get as http_get;
 
 use crate::support::{TestDir, program_path, require};
 

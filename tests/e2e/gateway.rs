@@ -442,7 +442,7 @@ fn an_index_update_pushed_mid_run_retires_the_old_version() {
     assert_eq!(m.from_peers, new.size, "{m:?}");
     let (status, body) = swarm
         .rt
-        .block_on(anonmirror::demo::http_get(&format!(
+        .block_on(anonmirror::http::get(&format!(
             "{}/{}",
             swarm.base(c, "deb"),
             old.url_path
