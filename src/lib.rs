@@ -9,7 +9,7 @@
 
 mod cli;
 pub mod demo;
-pub mod hooks;
+pub use anonmirror_mirror::hooks;
 pub mod http;
 mod logging;
 pub mod node;

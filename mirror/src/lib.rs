@@ -6,6 +6,8 @@
 //!   plain `SHA256SUMS`: every package file's SHA-256 and size.
 //! - [`repo`]: what each configured repository's current indexes name.
 //! - [`gateway`]: the HTTP front (`/<repository>/<path>`, metrics).
+//! - [`hooks`]: the rendezvous's seams filled with announce's filters and
+//!   aggregator (here because this crate sees both).
 //! - [`job`]: one download per item: store, else peers, else upstream,
 //!   with the hedge.
 //! - [`peers`]: candidates from the rendezvous, minus peers that failed.
@@ -19,6 +21,7 @@
 
 pub mod err;
 pub mod gateway;
+pub mod hooks;
 pub mod index;
 pub mod job;
 pub mod metrics;

@@ -20,8 +20,7 @@
 //!    clock and per CPU-second of the thread, as the machine is shared), against
 //!    a `HashMap<ItemKey, Vec<PeerKey>>` lookup of the same holdings. The
 //!    filters are announce's real epoch-keyed Bloom filters (`AMAN`), tested
-//!    through [`AnnounceFilter`], a copy of the root package's production
-//!    hook (`src/hooks.rs`; the bench may not depend on the root package);
+//!    through the production hook (`anonmirror_mirror::hooks::AnnouncementFilter`);
 //!    the same tables are also timed through the reference test alone
 //!    (`FilterCheck::holds`: decode and hash per filter tested, the hook as
 //!    it was before prepared filters), on fewer lookups.
@@ -36,12 +35,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anonmirror_announce::announcement::{
-    ANNOUNCEMENT_HEADER_LEN, AnnouncementHeader, ItemHashes, Layout, may_contain_many,
-};
+use anonmirror_announce::announcement::Layout;
 use anonmirror_core::{Clock, Entropy, Epoch, ItemKey, ManualClock, PeerKey, SeededEntropy};
+use anonmirror_mirror::hooks::AnnouncementFilter as AnnounceFilter;
 use anonmirror_privacy::Level;
-use anonmirror_rendezvous::hooks::{BitLayout, FilterCheck, ItemProbe, PreparedFilter};
+use anonmirror_rendezvous::hooks::FilterCheck;
 use anonmirror_rendezvous::msg::{Announcement, Contact};
 use anonmirror_rendezvous::session::{BufferedEntropy, Query, SessionConfig, SessionTable};
 use anonmirror_rendezvous::store::Store;
@@ -336,113 +334,6 @@ fn filter_of(items: &[ItemKey], capacity: usize) -> Vec<u8> {
         &held,
     )
     .to_bytes()
-}
-
-/// The root package's production filter hook (`src/hooks.rs`,
-/// `AnnouncementFilter`), copied: header parsed once per session, the item
-/// hashed once per lookup, h bit reads per filter tested.
-struct AnnounceFilter;
-
-impl FilterCheck for AnnounceFilter {
-    fn holds(&self, filter: &[u8], epoch: Epoch, item: &ItemKey) -> bool {
-        match anonmirror_announce::Announcement::from_bytes(filter) {
-            Ok(a) => a.epoch == epoch && a.may_contain(item),
-            Err(_) => false,
-        }
-    }
-
-    fn prepare(&self, filter: &[u8]) -> PreparedFilter {
-        match AnnouncementHeader::parse(filter) {
-            Ok(head) => PreparedFilter {
-                valid: true,
-                level: Some(head.level.wire_byte()),
-                shape: [head.epoch.0, (u64::from(head.h) << 32) | u64::from(head.m)],
-            },
-            Err(_) => PreparedFilter::default(),
-        }
-    }
-
-    fn probe(&self, item: &ItemKey, epoch: Epoch) -> ItemProbe {
-        ItemProbe {
-            item: *item,
-            epoch,
-            words: *ItemHashes::new(item, epoch).words(),
-        }
-    }
-
-    fn holds_prepared(&self, filter: &[u8], prepared: &PreparedFilter, probe: &ItemProbe) -> bool {
-        header_of(prepared).may_contain(filter, &ItemHashes::from_words(probe.epoch, probe.words))
-    }
-
-    fn holds_many(
-        &self,
-        filters: &[(&[u8], &PreparedFilter)],
-        probe: &ItemProbe,
-        out: &mut [bool],
-    ) {
-        let item = ItemHashes::from_words(probe.epoch, probe.words);
-        const CHUNK: usize = 16;
-        let blank = (header_of(&PreparedFilter::INVALID), &[][..]);
-        for (fs, os) in filters.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            let mut heads = [blank; CHUNK];
-            for (h, (bytes, prepared)) in heads.iter_mut().zip(fs) {
-                *h = (header_of(prepared), *bytes);
-            }
-            may_contain_many(&item, &heads[..fs.len()], os);
-            for (o, (_, prepared)) in os.iter_mut().zip(fs) {
-                *o &= prepared.valid;
-            }
-        }
-    }
-
-    /// An announcement is a plain Bloom filter: the bits after the header,
-    /// under a layout of (epoch, h, m), the words [`FilterCheck::prepare`]
-    /// keeps in `shape`.
-    fn bit_layout(&self, filter: &[u8], prepared: &PreparedFilter) -> Option<BitLayout> {
-        let m = header_of(prepared).m;
-        (prepared.valid && filter.len() == ANNOUNCEMENT_HEADER_LEN + m as usize / 8).then_some(
-            BitLayout {
-                key: prepared.shape,
-                offset: ANNOUNCEMENT_HEADER_LEN as u32,
-                bits: m,
-            },
-        )
-    }
-
-    /// Positions `k < h` of the item: its hash word `k` modulo `m`, as
-    /// [`AnnouncementHeader::position_set`] reads them; none for another
-    /// epoch's layout (such a filter claims nothing).
-    fn positions(&self, probe: &ItemProbe, layout: &BitLayout, out: &mut Vec<u32>) -> bool {
-        out.clear();
-        let head = header_of(&PreparedFilter {
-            valid: true,
-            level: None,
-            shape: layout.key,
-        });
-        if head.epoch != probe.epoch || head.m != layout.bits || head.m == 0 {
-            return false;
-        }
-        let h = usize::from(head.h).min(probe.words.len());
-        out.extend(
-            probe.words[..h]
-                .iter()
-                .map(|w| (w % u64::from(head.m)) as u32),
-        );
-        usize::from(head.h) <= probe.words.len()
-    }
-}
-
-/// The header [`FilterCheck::prepare`] packed into `prepared.shape`; only
-/// the fields a test reads (epoch, h, m) matter.
-fn header_of(prepared: &PreparedFilter) -> AnnouncementHeader {
-    let [epoch, hm] = prepared.shape;
-    AnnouncementHeader {
-        level: Level::Open,
-        epoch: Epoch(epoch),
-        h: (hm >> 32) as u8,
-        count: 0,
-        m: hm as u32,
-    }
 }
 
 /// The same test through the reference method alone: what the production

@@ -2,7 +2,7 @@
 //!
 //! `anonmirror-rendezvous` may not depend on `anonmirror-announce`
 //! (DESIGN.md §2), so it sees announcement filters and popularity reports
-//! as opaque bytes and asks the root package to interpret them through
+//! as opaque bytes and asks the node to interpret them through
 //! [`FilterCheck`] and [`ReportSink`]. These are the production
 //! implementations: the epoch-keyed Bloom filter test of
 //! [`Announcement`], and RAPPOR aggregation with [`Aggregator`], whose
