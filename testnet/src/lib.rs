@@ -1,0 +1,65 @@
+//! Test support for anonmirror's Tor mode: a private network namespace
+//! and a private Tor network inside it.
+//!
+//! Tor-mode tests must show that a node reaches peers only through Tor,
+//! and they cannot use the real Tor network (CI has no internet, and a
+//! test must never send traffic off the machine). So this crate builds a
+//! small Tor network of its own — 3 directory authorities, 2 middle relays
+//! and 2 exits, all C tor on 127.0.0.1 — inside a network namespace that
+//! holds only a loopback interface (and whatever addresses a test adds to
+//! it): whatever a test does there, no packet can leave the machine.
+//!
+//! - [`Namespace`] ([`netns`]): one private network namespace for the whole
+//!   test process; a thread enters it before it builds a runtime or spawns
+//!   a process.
+//! - [`TorNet`] ([`tornet`]): the network itself, C-tor clients with SOCKS
+//!   ports and onion services ([`CTorClient`]), and an arti configuration
+//!   for it in arti's own TOML format ([`TorNet::arti_config_toml`]).
+//! - [`socks5_connect`]: a minimal SOCKS5 client, to use a C-tor client
+//!   from a test.
+//!
+//! The recipe (options, timings, pitfalls) is ../shared/TOR-TESTNET.md.
+//!
+//! This crate is a dev-dependency only: nothing in a default build may
+//! depend on it. It must never start a process outside the namespace nor
+//! configure anything that points outside it, and every wait in it is
+//! bounded. It has no arti dependency: arti is the code under test, and
+//! its configuration is handed over as text.
+
+#![forbid(unsafe_code)]
+
+pub mod netns;
+mod process;
+mod socks;
+pub mod tornet;
+
+pub use netns::Namespace;
+pub use process::program_path;
+pub use socks::socks5_connect;
+pub use tornet::{CTorClient, TorNet};
+
+/// Whether a private Tor network can run here: `tor`, `tor-gencert` and
+/// `ip` are installed and this process may create a network namespace.
+/// When not: under `CI=true` this panics (CI must never skip silently);
+/// otherwise it prints why and returns false, and the test returns early.
+pub fn require_tor() -> bool {
+    let missing: Vec<&str> = ["tor", "tor-gencert", "ip"]
+        .into_iter()
+        .filter(|p| program_path(p).is_none())
+        .collect();
+    let why = if !missing.is_empty() {
+        format!(
+            "missing: {} — run scripts/test, which installs scripts/system-packages",
+            missing.join(", ")
+        )
+    } else if let Err(e) = Namespace::shared() {
+        format!("no private network namespace: {e}")
+    } else {
+        return true;
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
