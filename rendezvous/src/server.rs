@@ -713,11 +713,7 @@ async fn session_owner(
                 let _ = reply.send(table.lookup(&q, now, &mut rng));
             }
             SessionCmd::Directory { region, reply } => {
-                let anns = table
-                    .announcements(region.as_deref())
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                let anns = table.announcements(region.as_deref());
                 let _ = reply.send(anns);
             }
             SessionCmd::Report { key, reply } => {
@@ -802,7 +798,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     let shared = shared.clone();
                     let stop = stop.clone();
                     conns.spawn(async move {
-                        if let Err(e) = connection(stream, shared, stop).await {
+                        // Everything before a session's loop (handshake,
+                        // request, redemption) runs boxed and is freed
+                        // when done: the task itself keeps only the loop,
+                        // which a live session holds for hours.
+                        let r = match Box::pin(connection(stream, shared, stop)).await {
+                            Ok(Some(mut live)) => live.run().await,
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = r {
                             tracing::debug!(error = %e, "connection ended");
                         }
                     });
@@ -836,15 +841,17 @@ fn refusal_of(e: &Error) -> Refusal {
     }
 }
 
+/// A connection up to its answer, or up to a session's loop: `Some` is an
+/// opened session, for the caller to [`LiveSession::run`].
 async fn connection(
     stream: TcpStream,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<Option<LiveSession>> {
     let t = shared.cfg.handshake_timeout;
-    // The handshake and the first request are boxed: a task's future is as
-    // large as its largest state, and the long-lived state is a session's
-    // loop, which needs far less than a handshake.
+    // The handshake and the first request are boxed: this future is
+    // boxed by the caller anyway, but their states are large and only
+    // one of them is alive at a time.
     let mut ch = Box::pin(anonmirror_overlay::accept(
         stream,
         &shared.noise,
@@ -870,7 +877,11 @@ async fn connection(
         Up::OpenSession {
             token,
             announcement,
-        } => return session(ch, shared, token, announcement, stop).await,
+        } => {
+            return open_session(ch, shared, token, announcement, stop)
+                .await
+                .map(Some);
+        }
         other => Box::pin(handle(&shared, other)).await,
     };
     match result {
@@ -885,7 +896,7 @@ async fn connection(
         }
     }
     let _ = Box::pin(ch.shutdown()).await;
-    Ok(())
+    Ok(None)
 }
 
 async fn ask<T>(
@@ -1160,23 +1171,22 @@ async fn register(shared: &Arc<Shared>, stamp: Stamp) -> Result<Vec<Down>> {
     }])
 }
 
-/// A live session: spend the token, open, then pings, pongs and pushes
-/// until silence, close or shutdown.
-async fn session(
+/// Opens a session: spends the token, enters the announcement in the
+/// table and says so to the peer.
+async fn open_session(
     mut ch: Channel<TcpStream>,
     shared: Arc<Shared>,
     token: ByteBuf,
     ann: Announcement,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    // Boxed, like every step before the loop (see `connection`).
+    stop: watch::Receiver<bool>,
+) -> Result<LiveSession> {
     if let Err(e) = Box::pin(redeem(&shared, &token)).await {
         Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
         return Err(e);
     }
     drop(token);
-    let mut pushes = shared.pushes.subscribe();
-    let (drop_tx, mut dropped) = oneshot::channel();
+    let pushes = shared.pushes.subscribe();
+    let (drop_tx, dropped) = oneshot::channel();
     let opened = Box::pin(ask(&shared.session_tx, |reply| {
         SessionOrKey::Session(
             shared.session_tx.clone(),
@@ -1204,61 +1214,97 @@ async fn session(
         },
     ))
     .await?;
-    let (mut tx, mut rx) = ch.split();
-    let mut ping = tokio::time::interval_at(Instant::now() + sc.ping_interval, sc.ping_interval);
-    let mut last_heard = Instant::now();
-    let mut nonce = 0u64;
-    let mut buf = Vec::new();
-    // The loop is what a session's task holds for its whole life, so the
-    // sends it makes now and then (a ping or a push every few seconds at
-    // most) are boxed rather than kept inline in the task's future.
-    let result: Result<()> = loop {
-        let silence_at = last_heard + sc.silence;
-        tokio::select! {
-            _ = stop.changed() => {
-                let bye = Down::Refused(Refusal::ShuttingDown).encode()?;
-                let _ = Box::pin(tx.send(&bye)).await;
-                break Ok(());
-            }
-            _ = tokio::time::sleep_until(silence_at) => break Err(Error::Gone("silent past the ping deadline")),
-            _ = ping.tick() => {
-                nonce = nonce.wrapping_add(1);
-                Box::pin(tx.send(&Down::Ping { nonce }.encode()?)).await?;
-            }
-            _ = &mut dropped => break Err(Error::Gone("dropped by the session owner")),
-            msg = pushes.recv() => match msg {
-                Ok(m) => {
-                    // The push deadline: a session that cannot take a push
-                    // within it is dropped.
-                    match Box::pin(tokio::time::timeout(PUSH_DEADLINE, tx.send(&m))).await {
-                        Ok(r) => r?,
-                        Err(_) => break Err(Error::Gone("missed the push deadline")),
-                    }
+    let (tx, rx) = ch.split();
+    Ok(LiveSession {
+        tx,
+        rx,
+        shared,
+        stop,
+        pushes,
+        dropped,
+        id,
+    })
+}
+
+/// An open session, as its task holds it for the session's whole life
+/// (a hundred thousand of them at once): the channel's halves, the push
+/// subscription and the owner's drop signal, nothing of the opening.
+struct LiveSession {
+    tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<TcpStream>>,
+    rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<TcpStream>>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    pushes: broadcast::Receiver<Arc<[u8]>>,
+    dropped: oneshot::Receiver<()>,
+    id: SessionId,
+}
+
+impl LiveSession {
+    /// Pings, pongs and pushes until silence, close or shutdown.
+    ///
+    /// By reference: the caller's future holds the session once, and this
+    /// one only the loop's own state (an `async fn` taking `self` by value
+    /// keeps it twice).
+    async fn run(&mut self) -> Result<()> {
+        let (every, silence) = (
+            self.shared.cfg.sessions.ping_interval,
+            self.shared.cfg.sessions.silence,
+        );
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        let mut last_heard = Instant::now();
+        let mut nonce = 0u64;
+        let mut buf = Vec::new();
+        // The sends the loop makes now and then (a ping or a push every
+        // few seconds at most) are boxed rather than kept inline in the
+        // task's future.
+        let result: Result<()> = loop {
+            let silence_at = last_heard + silence;
+            tokio::select! {
+                _ = self.stop.changed() => {
+                    let bye = Down::Refused(Refusal::ShuttingDown).encode()?;
+                    let _ = Box::pin(self.tx.send(&bye)).await;
+                    break Ok(());
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    break Err(Error::Gone("fell a full push queue behind"));
+                _ = tokio::time::sleep_until(silence_at) => break Err(Error::Gone("silent past the ping deadline")),
+                _ = ping.tick() => {
+                    nonce = nonce.wrapping_add(1);
+                    Box::pin(self.tx.send(&Down::Ping { nonce }.encode()?)).await?;
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    break Err(Error::Gone("dropped by the session owner"));
-                }
-            },
-            got = Box::pin(rx.recv_into(&mut buf)) => match got {
-                Ok(true) => {
-                    match Up::decode(&buf) {
-                        Ok(Up::Pong { .. }) => {
-                            last_heard = Instant::now();
-                            let _ = Box::pin(shared.session_tx.send(SessionCmd::Heard(id))).await;
+                _ = &mut self.dropped => break Err(Error::Gone("dropped by the session owner")),
+                msg = self.pushes.recv() => match msg {
+                    Ok(m) => {
+                        // The push deadline: a session that cannot take a push
+                        // within it is dropped.
+                        match Box::pin(tokio::time::timeout(PUSH_DEADLINE, self.tx.send(&m))).await {
+                            Ok(r) => r?,
+                            Err(_) => break Err(Error::Gone("missed the push deadline")),
                         }
-                        Ok(_) => break Err(Error::Protocol("only pongs inside a session")),
-                        Err(e) => break Err(e),
                     }
-                }
-                Ok(false) => break Ok(()),
-                Err(e) => break Err(e.into()),
-            },
-        }
-    };
-    let _ = Box::pin(shared.session_tx.send(SessionCmd::Close(id))).await;
-    let _ = Box::pin(tx.shutdown()).await;
-    result
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        break Err(Error::Gone("fell a full push queue behind"));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        break Err(Error::Gone("dropped by the session owner"));
+                    }
+                },
+                got = Box::pin(self.rx.recv_into(&mut buf)) => match got {
+                    Ok(true) => {
+                        match Up::decode(&buf) {
+                            Ok(Up::Pong { .. }) => {
+                                last_heard = Instant::now();
+                                let _ = Box::pin(self.shared.session_tx.send(SessionCmd::Heard(self.id))).await;
+                            }
+                            Ok(_) => break Err(Error::Protocol("only pongs inside a session")),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                },
+            }
+        };
+        let _ = Box::pin(self.shared.session_tx.send(SessionCmd::Close(self.id))).await;
+        let _ = Box::pin(self.tx.shutdown()).await;
+        result
+    }
 }

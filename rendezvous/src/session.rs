@@ -35,7 +35,12 @@
 //! checking freshness and limits, until it has four eligible ones per
 //! wanted candidate or has drawn `max_probes` times (when a tier holds at
 //! most `max_probes` holders it considers each of them, in a random
-//! rotation). The columns cost as much memory as the filters they copy.
+//! rotation). The columns cost as much memory as the filters they copy,
+//! so a sliced session keeps its own copy of the bit array only packed
+//! (the gaps between its set bits, when that is at most half the array:
+//! a filter holding a few hundred items in room for thousands), for the
+//! rare reads that need it (the session leaving or moving within its
+//! group, the group turning loose, the directory).
 //!
 //! Sessions whose filter has no layout, or whose group is small, are
 //! *loose*: a lookup probes up to `max_probes` loose sessions of a tier,
@@ -143,6 +148,132 @@ struct Entry {
     pos_all: usize,
     /// Index in its region's list, while loose and if it has a region.
     pos_region: usize,
+    /// While sliced, and if it is smaller: the filter's bit array packed
+    /// (see [`pack`]), the group's columns holding the bits for lookups;
+    /// `ann.filter` then keeps only the bytes around the array.
+    packed: Option<Box<[u8]>>,
+}
+
+impl Entry {
+    /// The set bits of the filter's bit array under `layout`.
+    fn positions<'a>(&'a self, layout: &BitLayout) -> Box<dyn Iterator<Item = usize> + 'a> {
+        match &self.packed {
+            Some(p) => Box::new(unpack(p)),
+            None => {
+                let (at, len) = (layout.offset as usize, layout.bits as usize / 8);
+                let bits = self.ann.filter.get(at..at + len).unwrap_or(&[]);
+                Box::new(set_bits(bits))
+            }
+        }
+    }
+
+    /// The announcement's filter as it came, bit array included.
+    fn filter(&self, layout: &BitLayout) -> Vec<u8> {
+        if self.packed.is_none() {
+            return self.ann.filter.clone();
+        }
+        let (at, len) = (layout.offset as usize, layout.bits as usize / 8);
+        let at = at.min(self.ann.filter.len());
+        let mut f = Vec::with_capacity(self.ann.filter.len() + len);
+        f.extend_from_slice(&self.ann.filter[..at]);
+        f.resize(at + len, 0);
+        for p in self.positions(layout) {
+            if let Some(b) = f.get_mut(at + p / 8) {
+                *b |= 1 << (p % 8);
+            }
+        }
+        f.extend_from_slice(&self.ann.filter[at..]);
+        f
+    }
+
+    /// Packs the filter's bit array away if that is smaller (the entry has
+    /// just been sliced in).
+    fn pack(&mut self, layout: &BitLayout) {
+        let (at, len) = (layout.offset as usize, layout.bits as usize / 8);
+        if self.packed.is_some() {
+            return;
+        }
+        let Some(bits) = self.ann.filter.get(at..at + len) else {
+            return;
+        };
+        if let Some(p) = pack(bits) {
+            let mut rest = Vec::with_capacity(self.ann.filter.len() - len);
+            rest.extend_from_slice(&self.ann.filter[..at]);
+            rest.extend_from_slice(&self.ann.filter[at + len..]);
+            self.ann.filter = rest;
+            self.packed = Some(p);
+        }
+    }
+
+    /// Puts the bit array back in `ann.filter` (the entry is loose again).
+    fn unpack(&mut self, layout: &BitLayout) {
+        if self.packed.is_some() {
+            self.ann.filter = self.filter(layout);
+            self.packed = None;
+        }
+    }
+}
+
+/// A sparse bit array as the gaps between its set bits (the first from
+/// bit 0), each a LEB128 varint: a filter holding a few hundred items in
+/// room for thousands takes about a byte per set bit instead of a byte
+/// per eight bits. `None` when that is not at most half the array.
+fn pack(bits: &[u8]) -> Option<Box<[u8]>> {
+    let mut out = Vec::new();
+    let mut prev = 0usize;
+    for p in set_bits(bits) {
+        let mut gap = p - prev;
+        prev = p;
+        loop {
+            let b = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        if 2 * out.len() > bits.len() {
+            return None;
+        }
+    }
+    Some(out.into_boxed_slice())
+}
+
+/// The positions [`pack`] packed, ascending.
+fn unpack(packed: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut i = 0;
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let mut gap = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = *packed.get(i)?;
+            i += 1;
+            gap |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        pos += gap;
+        Some(pos)
+    })
+}
+
+/// The set bits of a bit array (bit `p` is bit `p % 8` of byte `p / 8`).
+fn set_bits(bits: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bits.iter().enumerate().flat_map(|(i, &b)| {
+        let mut b = b;
+        std::iter::from_fn(move || {
+            if b == 0 {
+                return None;
+            }
+            let p = i * 8 + b.trailing_zeros() as usize;
+            b &= b - 1;
+            Some(p)
+        })
+    })
 }
 
 /// Sessions whose filters share a bit layout and a region.
@@ -220,21 +351,16 @@ impl Slices {
         self.w = w;
     }
 
-    /// Sets or clears, for member `i`, every bit that is set in `filter`.
-    fn apply(&mut self, i: usize, filter: &[u8], on: bool) {
+    /// Sets or clears, for member `i`, the bits at `positions`.
+    fn apply(&mut self, i: usize, positions: impl Iterator<Item = usize>, on: bool) {
         let w = self.w;
         let bit = 1u64 << (i % 64);
-        for (byte_no, &b) in filter.iter().enumerate().take(self.bits / 8) {
-            let mut b = b;
-            while b != 0 {
-                let p = byte_no * 8 + b.trailing_zeros() as usize;
-                b &= b - 1;
-                if let Some(word) = self.cols.get_mut(p * w + i / 64) {
-                    if on {
-                        *word |= bit;
-                    } else {
-                        *word &= !bit;
-                    }
+        for p in positions.take_while(|p| *p < self.bits) {
+            if let Some(word) = self.cols.get_mut(p * w + i / 64) {
+                if on {
+                    *word |= bit;
+                } else {
+                    *word &= !bit;
                 }
             }
         }
@@ -497,6 +623,7 @@ impl SessionTable {
             loose: false,
             pos_all: 0,
             pos_region: 0,
+            packed: None,
         });
         self.loosen(slot);
         if let Some(layout) = layout {
@@ -604,13 +731,14 @@ impl SessionTable {
         let Some(&slot) = group.members.get(m) else {
             return;
         };
-        let (offset, n) = (group.layout.offset as usize, group.members.len());
+        let (layout, n) = (group.layout, group.members.len());
         if let (Some(slices), Some(e)) = (
             group.slices.as_mut(),
-            self.slots.get(slot as usize).and_then(Option::as_ref),
+            self.slots.get_mut(slot as usize).and_then(Option::as_mut),
         ) {
             slices.reserve(n);
-            slices.apply(m, e.ann.filter.get(offset..).unwrap_or(&[]), true);
+            slices.apply(m, e.positions(&layout), true);
+            e.pack(&layout);
         }
         self.tighten(slot);
     }
@@ -625,17 +753,16 @@ impl SessionTable {
         let Some(group) = self.groups.get_mut(g as usize).and_then(Option::as_mut) else {
             return;
         };
-        let offset = group.layout.offset as usize;
+        let layout = group.layout;
         let last = group.members.len() - 1;
         if let Some(slices) = group.slices.as_mut() {
-            slices.apply(m, e.ann.filter.get(offset..).unwrap_or(&[]), false);
+            slices.apply(m, e.positions(&layout), false);
             if m != last {
                 // The last member moves into the hole.
                 let moved = group.members[last];
                 if let Some(me) = self.slots.get(moved as usize).and_then(Option::as_ref) {
-                    let f = me.ann.filter.get(offset..).unwrap_or(&[]);
-                    slices.apply(last, f, false);
-                    slices.apply(m, f, true);
+                    slices.apply(last, me.positions(&layout), false);
+                    slices.apply(m, me.positions(&layout), true);
                 }
             }
         }
@@ -658,6 +785,9 @@ impl SessionTable {
             group.slices = None;
             let members = group.members.clone();
             for slot in members {
+                if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                    e.unpack(&layout);
+                }
                 self.loosen(slot);
             }
         } else if let Some(slices) = group.slices.as_mut() {
@@ -782,13 +912,25 @@ impl SessionTable {
 
     /// Every live announcement of `region` (all when `None`), ordered by
     /// session key (random per session, so the order leaks nothing).
-    pub fn announcements(&self, region: Option<&str>) -> Vec<&Announcement> {
-        let mut v: Vec<&Announcement> = self
+    pub fn announcements(&self, region: Option<&str>) -> Vec<Announcement> {
+        let mut v: Vec<Announcement> = self
             .slots
             .iter()
             .flatten()
-            .map(|e| &e.ann)
-            .filter(|a| region.is_none() || a.region.as_deref() == region)
+            .filter(|e| region.is_none() || e.ann.region.as_deref() == region)
+            .map(|e| {
+                let layout = e
+                    .group
+                    .and_then(|(g, _)| self.groups.get(g as usize)?.as_ref())
+                    .map(|g| g.layout);
+                match layout {
+                    Some(l) if e.packed.is_some() => Announcement {
+                        filter: e.filter(&l),
+                        ..e.ann.clone()
+                    },
+                    _ => e.ann.clone(),
+                }
+            })
             .collect();
         v.sort_by_key(|a| a.key);
         v

@@ -91,6 +91,10 @@ struct Args {
     /// counted.
     #[arg(long, hide = true)]
     server_child: bool,
+    /// Measure only the per-connection memory (real sessions over
+    /// loopback), nothing else.
+    #[arg(long)]
+    connections_only: bool,
 }
 
 fn rss_bytes() -> anyhow::Result<u64> {
@@ -142,11 +146,15 @@ fn main() -> anyhow::Result<()> {
             .build()?;
         return rt.block_on(server_child());
     }
-    println!("# rendezvous benchmark (one core; release build)\n");
-    redemptions(&args)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.connections_only {
+        rt.block_on(connection_memory(&args))?;
+        return Ok(());
+    }
+    println!("# rendezvous benchmark (one core; release build)\n");
+    redemptions(&args)?;
     let per_conn = rt.block_on(connection_memory(&args))?;
     sessions_and_lookups(&args, per_conn)?;
     rt.block_on(push_latency(&args))?;
@@ -402,7 +410,7 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 13]> {
     }
     // The same sessions behind the reference-only hook.
     let mut reference = SessionTable::new(cfg, BENCH_EPOCH, Arc::new(ReferenceOnly));
-    let anns: Vec<Announcement> = table.announcements(None).into_iter().cloned().collect();
+    let anns: Vec<Announcement> = table.announcements(None);
     for a in anns {
         reference
             .open(a, now, &mut rng)

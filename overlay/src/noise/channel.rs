@@ -12,8 +12,9 @@
 //! reused buffer and decrypts whole frames from there, so the hot path
 //! allocates nothing and copies each byte about once besides the cipher's
 //! own pass. A bulk sender may queue a few frames and write them together
-//! (`send_batch`), which is then the most the sending side buffers. The read buffer starts at 2 KiB and grows only while reads
-//! fill it (bulk transfer), shrinking back once reads are small again: a
+//! (`send_batch`), which is then the most the sending side buffers.
+//! The read buffer starts at 256 bytes and grows only while reads fill it
+//! (bulk transfer), shrinking back once reads are small again: a
 //! rendezvous keeps a hundred thousand mostly idle channels open.
 
 use std::time::Duration;
@@ -31,10 +32,12 @@ const READ_BUF_MAX: usize = 256 * 1024;
 
 /// What a channel starts with, and returns to once idle: room for the
 /// small messages most channels carry (a rendezvous session's pongs, a
-/// handshake). A rendezvous holds one channel per live session, so this is
-/// paid a hundred thousand times; a larger frame is reassembled by the
-/// core until the buffer has grown.
-const READ_BUF_MIN: usize = 2 * 1024;
+/// handshake: 48 bytes). A rendezvous holds one channel per live session,
+/// so this is paid a hundred thousand times; a larger frame is
+/// reassembled by the core until the buffer has grown (fourfold per read
+/// that fills it, so a bulk transfer reaches [`READ_BUF_MAX`] within its
+/// first few reads).
+const READ_BUF_MIN: usize = 256;
 
 /// Consecutive reads of at most [`SMALL_READ`] bytes after which a grown
 /// buffer shrinks back (the bulk transfer it grew for is over). Long
@@ -42,8 +45,9 @@ const READ_BUF_MIN: usize = 2 * 1024;
 /// whatever little has arrived) does not shrink it mid-transfer.
 const SHRINK_AFTER: u32 = 64;
 
-/// A read this small is a control message, not bulk data.
-const SMALL_READ: usize = READ_BUF_MIN / 4;
+/// A read this small is a control message (a request, `Busy`, a ping),
+/// not bulk data.
+const SMALL_READ: usize = 512;
 
 /// Bytes read from the stream and not yet fed to the core.
 ///
@@ -51,7 +55,7 @@ const SMALL_READ: usize = READ_BUF_MIN / 4;
 /// least half of it (a reader keeping pace with a bulk sender rarely fills
 /// it whole), and shrinks back to [`READ_BUF_MIN`] after [`SHRINK_AFTER`]
 /// small reads in a row, so a bulk transfer reads in large batches while
-/// an idle or chatty channel holds 2 KiB.
+/// an idle or chatty channel holds [`READ_BUF_MIN`].
 struct ReadBuf {
     buf: Vec<u8>,
     start: usize,

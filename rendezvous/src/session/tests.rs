@@ -486,3 +486,75 @@ fn sliced_draws_balance_load() {
     assert!(t.lookup(&none, t0, &mut rng).is_empty());
     assert!(t.lookup(&q(2, None, 4), t0, &mut rng).is_empty());
 }
+
+/// A sliced session's bit array is packed away when that is smaller; the
+/// directory still gets every filter back byte for byte, through slicing,
+/// members moving in the columns as others close, and groups turning
+/// loose again.
+#[test]
+fn filters_come_back_whole_from_sliced_groups() {
+    let (mut t, anns, _) = bloom_table(300, 256);
+    let packed = t
+        .slots
+        .iter()
+        .flatten()
+        .filter(|e| e.packed.is_some())
+        .count();
+    assert!(
+        packed > 250,
+        "sparse filters are packed once sliced: {packed}"
+    );
+    let check = |t: &SessionTable, live: &[&Announcement]| {
+        let mut want: Vec<&Announcement> = live.to_vec();
+        want.sort_by_key(|a| a.key);
+        let got = t.announcements(None);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g, w, "announcement as opened");
+        }
+    };
+    check(&t, &anns.iter().collect::<Vec<_>>());
+    let mut live: Vec<&Announcement> = anns.iter().collect();
+    let mut rng = SeededEntropy::new(21);
+    while live.len() > 20 {
+        let a = live.swap_remove(rng.below(live.len() as u64) as usize);
+        let id = t.entry(t.by_key[&a.key]).expect("live").id;
+        assert!(t.close(id));
+        if live.len().is_multiple_of(40) {
+            check(&t, &live);
+        }
+    }
+    assert!(
+        t.slots.iter().flatten().all(|e| e.packed.is_none()),
+        "loose sessions hold their filters whole"
+    );
+    check(&t, &live);
+}
+
+#[test]
+fn packing_keeps_exactly_the_set_bits() {
+    let mut rng = SeededEntropy::new(22);
+    for len in [0usize, 1, 8, 64, 2048] {
+        for density in [0u64, 1, 4, 64, 512] {
+            let bits: Vec<u8> = (0..len)
+                .map(|_| {
+                    (0..8).fold(0u8, |b, k| {
+                        b | (u8::from(density > 0 && rng.below(1024) < density) << k)
+                    })
+                })
+                .collect();
+            let want: Vec<usize> = set_bits(&bits).collect();
+            assert_eq!(
+                want.len() as u32,
+                bits.iter().map(|b| b.count_ones()).sum::<u32>()
+            );
+            match pack(&bits) {
+                Some(p) => {
+                    assert!(2 * p.len() <= bits.len());
+                    assert_eq!(unpack(&p).collect::<Vec<_>>(), want);
+                }
+                None => assert!(density > 0, "an empty array always packs"),
+            }
+        }
+    }
+}
