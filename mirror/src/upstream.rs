@@ -10,9 +10,20 @@
 //! verified against the index either way, and the package manager checks
 //! the index's signature itself; TLS keeps which packages this machine
 //! fetches from the network's view.
+//!
+//! Connections are opened by the node's [`Dialer`]: direct TCP, or Tor
+//! (then the mirror's name goes to the exit unresolved, no DNS query
+//! leaves this machine, and the mirror sees an exit relay, or an onion
+//! mirror sees nothing at all).
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use anonmirror_overlay::TcpTransport;
+use anonmirror_overlay::transport::{BoxStream, Contact, Dialer};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -21,8 +32,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::err::{Error, Result};
 
@@ -55,9 +66,10 @@ impl Estimate {
 /// The HTTP client for upstream mirrors.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<DialConnector>, Empty<Bytes>>,
     estimate: Mutex<Option<Estimate>>,
     timeout: Duration,
+    transport: String,
 }
 
 impl Default for Upstream {
@@ -67,24 +79,33 @@ impl Default for Upstream {
 }
 
 impl Upstream {
-    /// A client whose requests must be answered (head) within `timeout`.
+    /// A client over direct TCP whose requests must be answered (head)
+    /// within `timeout`.
     pub fn new(timeout: Duration) -> Upstream {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        http.enforce_http(false);
+        Upstream::with_dialer(timeout, Arc::new(TcpTransport))
+    }
+
+    /// A client whose connections `dialer` opens.
+    pub fn with_dialer(timeout: Duration, dialer: Arc<dyn Dialer>) -> Upstream {
+        let transport = dialer.describe();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(DialConnector { dialer, timeout });
         Upstream {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             estimate: Mutex::new(None),
             timeout,
+            transport,
         }
+    }
+
+    /// What carries its connections ("tcp", "tor (arti)", ...).
+    pub fn transport(&self) -> &str {
+        &self.transport
     }
 
     /// `method` `url`, with the forwardable headers of `headers`.
@@ -200,6 +221,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_become_contacts_without_resolving_names() {
+        let c = |u: &str| contact_of(&u.parse().expect("uri")).expect(u);
+        assert_eq!(
+            c("http://192.0.2.1:8080/x"),
+            Contact::Tcp("192.0.2.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(
+            c("https://[2001:db8::1]/x"),
+            Contact::Tcp("[2001:db8::1]:443".parse().expect("addr"))
+        );
+        assert_eq!(
+            c("https://deb.example.org/debian/"),
+            Contact::Host {
+                host: "deb.example.org".into(),
+                port: 443
+            }
+        );
+        let onion = format!("{}.onion", "b".repeat(56));
+        assert!(c(&format!("http://{onion}/archlinux/")).is_onion());
+        assert_eq!(c(&format!("http://{onion}/")).to_string(), format!("onion:{onion}:80"));
+    }
+
+    #[test]
     fn join_puts_exactly_one_slash_between() {
         assert_eq!(join("http://m/x", "a/b"), "http://m/x/a/b");
         assert_eq!(join("http://m/x/", "/a"), "http://m/x/a");
@@ -258,5 +302,98 @@ mod tests {
             .await
             .expect_err("ftp");
         assert!(e.to_string().contains("neither http"), "{e}");
+    }
+}
+
+/// Opens hyper's connections through a [`Dialer`]: the URL's host goes
+/// to the dialer as a name (never resolved here unless the dialer is
+/// direct TCP).
+#[derive(Clone, Debug)]
+pub struct DialConnector {
+    dialer: Arc<dyn Dialer>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for DialConnector {
+    type Response = DialedIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<DialedIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (dialer, timeout) = (self.dialer.clone(), self.timeout);
+        Box::pin(async move {
+            let contact = contact_of(&uri)?;
+            let stream = tokio::time::timeout(timeout, dialer.dial(&contact))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            Ok(DialedIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// Where a URL's authority points: an IP literal, a name, or an onion
+/// address, with the scheme's default port.
+fn contact_of(uri: &Uri) -> std::io::Result<Contact> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("the upstream URL has no host"))?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(Contact::Tcp(std::net::SocketAddr::new(ip, port)));
+    }
+    Contact::parse(&format!("{host}:{port}")).map_err(|e| bad(&e.to_string()))
+}
+
+/// A dialed stream as hyper's I/O.
+pub struct DialedIo(TokioIo<BoxStream>);
+
+impl std::fmt::Debug for DialedIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DialedIo")
+    }
+}
+
+impl Connection for DialedIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for DialedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for DialedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

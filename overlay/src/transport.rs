@@ -1,20 +1,37 @@
 //! Transports: how a byte stream to a peer or rendezvous is opened.
 //!
 //! A [`Transport`] connects to a [`Contact`] and listens for others; the
-//! Noise channel runs over whatever stream it yields. TCP lives here now
-//! ([`TcpTransport`]); Tor (onion services through arti, or a SOCKS5 Tor
-//! daemon) will be another implementation of the same traits, so nothing
-//! above this seam knows which one carries it.
+//! Noise channel runs over whatever stream it yields. Three carry
+//! connections:
+//!
+//! - [`TcpTransport`]: direct TCP. The other end learns this machine's
+//!   address, and a [`Contact::Host`] is resolved by the system's resolver.
+//! - [`socks::SocksDialer`]: a Tor daemon's SOCKS5 port (`tor-socks`).
+//!   Names and onion addresses are handed to Tor unresolved (SOCKS5's
+//!   domain form), so no DNS query leaves this machine, and each
+//!   destination gets its own circuit (Tor isolates streams by SOCKS
+//!   credentials, and each destination gets its own).
+//! - `tor::TorDialer` (feature `tor`): arti, Tor in this process.
+//!
+//! Callers that pick one at run time hold an `Arc<dyn` [`Dialer`]`>`,
+//! whose streams are boxed ([`BoxStream`]); [`Dialed`] makes one a
+//! [`Transport`] for the swarm.
 //!
 //! This module must never log or put in an error a contact's address
 //! unwrapped: addresses go through [`Sensitive`], which redacts them
 //! unless the operator opted in. It must never authenticate or encrypt
 //! either: that is the Noise channel's job, on top of every transport.
 
+pub mod socks;
+#[cfg(feature = "tor")]
+pub mod tor;
+
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use anonmirror_core::Sensitive;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,6 +47,31 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Contact {
     /// A TCP socket address (clearnet; levels that allow it only).
     Tcp(SocketAddr),
+    /// A DNS name and port: resolved by the system for TCP, by the exit
+    /// relay over Tor (never on this machine).
+    Host {
+        /// The name, e.g. `rendezvous.example.org`.
+        host: String,
+        /// The port (not 0).
+        port: u16,
+    },
+    /// A Tor v3 onion service: reachable over Tor only.
+    Onion {
+        /// `<56 base32 characters>.onion`.
+        host: String,
+        /// The virtual port (not 0).
+        port: u16,
+    },
+}
+
+/// Why a string is not a [`Contact`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{input}` is not host:port, an IP address and port, or an onion address and port: {problem}"
+)]
+pub struct ContactError {
+    input: String,
+    problem: &'static str,
 }
 
 impl Contact {
@@ -37,12 +79,67 @@ impl Contact {
     pub fn redacted(&self) -> Sensitive<&Contact> {
         Sensitive::new(self)
     }
+
+    /// Parses `host:port`, `IPv4:port`, `[IPv6]:port` or
+    /// `<56 base32>.onion:port` (what the policy's addresses are).
+    pub fn parse(input: &str) -> Result<Contact, ContactError> {
+        let bad = |problem| ContactError {
+            input: input.to_string(),
+            problem,
+        };
+        if let Ok(addr) = input.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(bad("port 0"));
+            }
+            return Ok(Contact::Tcp(addr));
+        }
+        let (host, port) = input.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port is not 1 to 65535"))?;
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+            return Err(bad("an IPv6 address needs brackets: [::1]:7880"));
+        }
+        let host = host.to_ascii_lowercase();
+        if let Some(name) = host.strip_suffix(".onion") {
+            let v3 = name.len() == 56
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+            if !v3 {
+                return Err(bad("not a v3 onion address (56 base32 characters)"));
+            }
+            return Ok(Contact::Onion { host, port });
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad("not a DNS name"));
+        }
+        Ok(Contact::Host { host, port })
+    }
+
+    /// Whether reaching it shows this machine's address to the network
+    /// (anything but an onion service over Tor does, over plain TCP).
+    pub fn is_onion(&self) -> bool {
+        matches!(self, Contact::Onion { .. })
+    }
 }
 
 impl fmt::Display for Contact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Contact::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Contact::Host { host, port } => write!(f, "dns:{host}:{port}"),
+            Contact::Onion { host, port } => write!(f, "onion:{host}:{port}"),
         }
     }
 }
@@ -51,6 +148,93 @@ impl From<SocketAddr> for Contact {
     fn from(addr: SocketAddr) -> Self {
         Contact::Tcp(addr)
     }
+}
+
+/// A byte stream any transport may yield.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A stream of a transport chosen at run time.
+pub type BoxStream = Box<dyn Stream>;
+
+/// What [`Dialer::dial`] returns.
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
+
+/// Opens streams to contacts over a transport chosen at run time (from
+/// the policy): TCP, a Tor daemon's SOCKS port, or arti.
+pub trait Dialer: Send + Sync + fmt::Debug {
+    /// Opens a stream to `contact`. The caller bounds the time it may take.
+    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a>;
+
+    /// What carries the streams, for the operator (`audit`, logs): e.g.
+    /// "tcp" or "tor (arti)".
+    fn describe(&self) -> String;
+
+    /// Whether streams go through Tor (the destination never learns this
+    /// machine's address, and nothing is resolved here).
+    fn is_tor(&self) -> bool;
+}
+
+impl Dialer for TcpTransport {
+    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a> {
+        Box::pin(async move {
+            let s = self.connect(contact).await?;
+            Ok(Box::new(s) as BoxStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        "tcp".into()
+    }
+
+    fn is_tor(&self) -> bool {
+        false
+    }
+}
+
+/// A [`Dialer`] as a [`Transport`] (for the swarm); it cannot listen.
+#[derive(Clone, Debug)]
+pub struct Dialed(pub Arc<dyn Dialer>);
+
+impl Transport for Dialed {
+    type Stream = BoxStream;
+    type Listener = NoListener;
+
+    async fn connect(&self, contact: &Contact) -> io::Result<BoxStream> {
+        self.0.dial(contact).await
+    }
+
+    async fn listen(&self, _contact: &Contact) -> io::Result<NoListener> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a dialer does not listen",
+        ))
+    }
+}
+
+/// The listener of a transport that cannot listen: never constructed.
+#[derive(Debug)]
+pub enum NoListener {}
+
+impl Listener for NoListener {
+    type Stream = BoxStream;
+
+    async fn accept(&mut self) -> io::Result<(BoxStream, Option<Contact>)> {
+        match *self {}
+    }
+
+    fn local_contact(&self) -> io::Result<Contact> {
+        match *self {}
+    }
+}
+
+/// An error for a contact this transport cannot reach.
+fn unreachable_here(contact: &Contact, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{} {why}", contact.redacted()),
+    )
 }
 
 /// A way to open byte streams to contacts and to accept them.
@@ -100,15 +284,30 @@ impl Transport for TcpTransport {
     type Listener = TcpTransportListener;
 
     async fn connect(&self, contact: &Contact) -> io::Result<TcpStream> {
-        let Contact::Tcp(addr) = contact;
-        let stream = TcpStream::connect(addr).await?;
+        let stream = match contact {
+            Contact::Tcp(addr) => TcpStream::connect(addr).await?,
+            // The system's resolver: only ever for TCP, which shows this
+            // machine's address to the destination anyway.
+            Contact::Host { host, port } => TcpStream::connect((host.as_str(), *port)).await?,
+            Contact::Onion { .. } => {
+                return Err(unreachable_here(
+                    contact,
+                    "is an onion service: only Tor reaches it",
+                ));
+            }
+        };
         stream.set_nodelay(true)?;
         tracing::trace!(contact = %contact.redacted(), "tcp connected");
         Ok(stream)
     }
 
     async fn listen(&self, contact: &Contact) -> io::Result<TcpTransportListener> {
-        let Contact::Tcp(addr) = contact;
+        let Contact::Tcp(addr) = contact else {
+            return Err(unreachable_here(
+                contact,
+                "is not a local socket address to listen on",
+            ));
+        };
         let listener = TcpListener::bind(addr).await?;
         tracing::debug!(contact = %contact.redacted(), "tcp listening");
         Ok(TcpTransportListener { listener })
@@ -146,6 +345,51 @@ mod tests {
         assert_eq!(c.to_string(), "tcp:192.0.2.7:4000");
         assert_eq!(c.redacted().to_string(), "[scrubbed]");
         assert_eq!(format!("{:?}", c.redacted()), "[scrubbed]");
+    }
+
+    #[test]
+    fn contacts_parse_from_policy_addresses() {
+        let onion = format!("{}.onion", "abcdefgh234567".repeat(4));
+        assert_eq!(
+            Contact::parse("192.0.2.7:4000"),
+            Ok(Contact::Tcp(SocketAddr::from(([192, 0, 2, 7], 4000))))
+        );
+        assert!(matches!(Contact::parse("[::1]:80"), Ok(Contact::Tcp(a)) if a.is_ipv6()));
+        assert_eq!(
+            Contact::parse("Rendezvous.Example.org:7880"),
+            Ok(Contact::Host {
+                host: "rendezvous.example.org".into(),
+                port: 7880
+            })
+        );
+        let parsed = Contact::parse(&format!("{onion}:7879")).expect("onion");
+        assert!(parsed.is_onion());
+        assert_eq!(parsed.to_string(), format!("onion:{onion}:7879"));
+        for (bad, says) in [
+            ("example.org", "no port"),
+            ("example.org:0", "port 0"),
+            ("example.org:99999", "1 to 65535"),
+            ("::1:80", "brackets"),
+            ("short.onion:80", "v3 onion"),
+            ("bad_name.org:80", "DNS name"),
+            (":80", "DNS name"),
+        ] {
+            let e = Contact::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_refuses_onions_and_listens_only_on_socket_addresses() {
+        let onion = Contact::parse(&format!("{}.onion:80", "a".repeat(56))).expect("onion");
+        let e = TcpTransport
+            .connect(&onion)
+            .await
+            .expect_err("onion over tcp");
+        assert!(e.to_string().contains("only Tor reaches it"), "{e}");
+        assert!(!e.to_string().contains("aaaa"), "redacted: {e}");
+        let name = Contact::parse("localhost:80").expect("name");
+        assert!(TcpTransport.listen(&name).await.is_err());
     }
 
     #[tokio::test]

@@ -5,10 +5,12 @@
 //! session keeps its channel open and answers pings ([`LiveSession`]);
 //! [`Backoff`] spaces reconnections after a session ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
-use tokio::net::TcpStream;
+use anonmirror_overlay::TcpTransport;
+use anonmirror_overlay::transport::{BoxStream, Contact, Dialer};
 
 use crate::credential::ClientCredential;
 use crate::directory::{self, PublishedCounts, Snapshot};
@@ -36,31 +38,53 @@ impl std::fmt::Debug for Token {
 /// A rendezvous, as a client knows it.
 #[derive(Clone, Debug)]
 pub struct Client {
-    addr: std::net::SocketAddr,
+    contact: Contact,
     key: PeerKey,
+    dialer: Arc<dyn Dialer>,
     timeout: Duration,
 }
 
+/// How long a call may take over TCP; over Tor, circuits take longer.
+const TIMEOUT_TCP: Duration = Duration::from_secs(10);
+const TIMEOUT_TOR: Duration = Duration::from_secs(60);
+
 impl Client {
-    /// The rendezvous at `addr` with the pinned Noise `key`.
+    /// The rendezvous at `addr` over direct TCP, with the pinned Noise
+    /// `key`.
     pub fn new(addr: std::net::SocketAddr, key: PeerKey) -> Self {
+        Client::with_dialer(Contact::Tcp(addr), key, Arc::new(TcpTransport))
+    }
+
+    /// The rendezvous at `contact` (an address, a name, or an onion
+    /// address), reached through `dialer`, with the pinned Noise `key`.
+    pub fn with_dialer(contact: Contact, key: PeerKey, dialer: Arc<dyn Dialer>) -> Self {
+        let timeout = if dialer.is_tor() {
+            TIMEOUT_TOR
+        } else {
+            TIMEOUT_TCP
+        };
         Client {
-            addr,
+            contact,
             key,
-            timeout: Duration::from_secs(10),
+            dialer,
+            timeout,
         }
     }
 
-    async fn open(&self) -> Result<anonmirror_overlay::Channel<TcpStream>> {
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+    /// Where the rendezvous is.
+    pub fn contact(&self) -> &Contact {
+        &self.contact
+    }
+
+    async fn open(&self) -> Result<anonmirror_overlay::Channel<BoxStream>> {
+        let stream = tokio::time::timeout(self.timeout, self.dialer.dial(&self.contact))
             .await
             .map_err(|_| Error::Gone("connect timed out"))?
             .map_err(Error::Connect)?;
-        let _ = stream.set_nodelay(true);
         Ok(anonmirror_overlay::connect(stream, &self.key, &channel_params(), self.timeout).await?)
     }
 
-    async fn recv(ch: &mut anonmirror_overlay::Channel<TcpStream>, t: Duration) -> Result<Down> {
+    async fn recv(ch: &mut anonmirror_overlay::Channel<BoxStream>, t: Duration) -> Result<Down> {
         let bytes = tokio::time::timeout(t, ch.recv())
             .await
             .map_err(|_| Error::Gone("no answer in time"))??
@@ -326,7 +350,7 @@ pub enum SessionEvent {
 /// An open session: answers pings, yields pushes.
 #[derive(Debug)]
 pub struct LiveSession {
-    ch: anonmirror_overlay::Channel<TcpStream>,
+    ch: anonmirror_overlay::Channel<BoxStream>,
     silence: Duration,
 }
 

@@ -32,9 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, PeerKey};
+use anonmirror_overlay::transport::BoxStream;
 use anonmirror_overlay::{Channel, ChannelParams, StaticKeypair};
 use anonmirror_privacy::Level;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -277,6 +278,8 @@ pub struct Rendezvous {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Streams from elsewhere than the TCP listener (an onion service).
+    streams: mpsc::Sender<BoxStream>,
 }
 
 impl std::fmt::Debug for Rendezvous {
@@ -361,7 +364,8 @@ impl Rendezvous {
             let watcher = Watcher::new(cfg.upstream.clone())?;
             tasks.spawn(upstream_watch(watcher, shared.clone(), stop_rx.clone()));
         }
-        tasks.spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let (streams, streams_rx) = mpsc::channel(64);
+        tasks.spawn(accept_loop(listener, streams_rx, shared.clone(), stop_rx));
         tracing::info!(%local, key = %key, "rendezvous listening");
         Ok(Rendezvous {
             local,
@@ -370,7 +374,15 @@ impl Rendezvous {
             shared,
             stop,
             tasks,
+            streams,
         })
+    }
+
+    /// Where to hand streams that arrived some other way than the TCP
+    /// listener (an onion service's): each is served like an accepted
+    /// connection. Closed once the rendezvous shuts down.
+    pub fn streams(&self) -> mpsc::Sender<BoxStream> {
+        self.streams.clone()
     }
 
     /// Where it listens.
@@ -787,43 +799,51 @@ async fn upstream_watch(mut w: Watcher, shared: Arc<Shared>, mut stop: watch::Re
     tracing::debug!("upstream watcher stopped");
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    mut streams: mpsc::Receiver<BoxStream>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
-        tokio::select! {
+        let stream: BoxStream = tokio::select! {
             _ = stop.changed() => break,
+            Some(s) = streams.recv() => s,
             r = listener.accept() => match r {
                 Ok((stream, _addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let shared = shared.clone();
-                    let stop = stop.clone();
-                    conns.spawn(async move {
-                        // Everything before a session's loop (handshake,
-                        // request, redemption) runs boxed and is freed
-                        // when done: the task itself keeps only the loop,
-                        // which a live session holds for hours.
-                        let r = match Box::pin(connection(stream, shared, stop)).await {
-                            Ok(Some(mut live)) => live.run().await,
-                            Ok(None) => Ok(()),
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended");
-                        }
-                    });
+                    Box::new(stream)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            // Everything before a session's loop (handshake, request,
+            // redemption) runs boxed and is freed when done: the task
+            // itself keeps only the loop, which a live session holds for
+            // hours.
+            let r = match Box::pin(connection(stream, shared, stop)).await {
+                Ok(Some(mut live)) => live.run().await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
     }
     conns.shutdown().await;
 }
 
-async fn send(ch: &mut Channel<TcpStream>, msg: &Down) -> Result<()> {
+async fn send(ch: &mut Channel<BoxStream>, msg: &Down) -> Result<()> {
     ch.send(&msg.encode()?).await?;
     Ok(())
 }
@@ -844,7 +864,7 @@ fn refusal_of(e: &Error) -> Refusal {
 /// A connection up to its answer, or up to a session's loop: `Some` is an
 /// opened session, for the caller to [`LiveSession::run`].
 async fn connection(
-    stream: TcpStream,
+    stream: BoxStream,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<LiveSession>> {
@@ -1174,7 +1194,7 @@ async fn register(shared: &Arc<Shared>, stamp: Stamp) -> Result<Vec<Down>> {
 /// Opens a session: spends the token, enters the announcement in the
 /// table and says so to the peer.
 async fn open_session(
-    mut ch: Channel<TcpStream>,
+    mut ch: Channel<BoxStream>,
     shared: Arc<Shared>,
     token: ByteBuf,
     ann: Announcement,
@@ -1230,8 +1250,8 @@ async fn open_session(
 /// (a hundred thousand of them at once): the channel's halves, the push
 /// subscription and the owner's drop signal, nothing of the opening.
 struct LiveSession {
-    tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<TcpStream>>,
-    rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<TcpStream>>,
+    tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<BoxStream>>,
+    rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<BoxStream>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     pushes: broadcast::Receiver<Arc<[u8]>>,
