@@ -20,6 +20,24 @@
 //!
 //! The recipe (options, timings, pitfalls) is ../shared/TOR-TESTNET.md.
 //!
+//! A test uses it like this (every test of a test binary shares the one
+//! network, which takes about 20–30 s to come up):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use anonmirror_testnet::{TorNet, require_tor, socks5_connect};
+//!
+//! if !require_tor() {
+//!     return; // skipped, with the reason printed (never under CI=true)
+//! }
+//! // Moves this thread into the namespace, then starts the network once.
+//! let net = TorNet::shared().expect("private Tor network");
+//! let client = net.start_client("user", &[]).expect("tor client");
+//! let stream = socks5_connect(client.socks, "127.0.0.1", 8080, Duration::from_secs(30));
+//! // A tokio runtime built from here on runs inside the namespace too; an
+//! // arti client gets `net.arti_config_toml(state_dir, cache_dir)`.
+//! ```
+//!
 //! This crate is a dev-dependency only: nothing in a default build may
 //! depend on it. It must never start a process outside the namespace nor
 //! configure anything that points outside it, and every wait in it is
