@@ -5,8 +5,8 @@
 //! returns once the microdescriptor consensus lists all 7 with the exits
 //! flagged `Exit`: a client started before that may get a consensus
 //! without an exit and fail with "could not construct a path". Bring-up
-//! takes about 20–30 s, most of it waiting for the first votes (a 15 s
-//! voting interval). [`TorNet::start_client`] adds C-tor clients, each with
+//! took 16–25 s here (key generation included), most of it waiting for the
+//! first votes (a 15 s voting interval). [`TorNet::start_client`] adds C-tor clients, each with
 //! a SOCKS port and any number of onion services, and
 //! [`TorNet::arti_config_toml`] writes arti's configuration for the network.
 //!
@@ -28,6 +28,9 @@
 //!   `ExitPolicyRejectPrivate 0`): arti reads microdescriptors, whose
 //!   policy summaries cannot express "127.0.0.0/8 only". The namespace is
 //!   what keeps traffic local;
+//! - only the authorities are directory caches (`DirCache 0` on the
+//!   others): a relay cache lags a consensus behind at first, and a client
+//!   that asked it for microdescriptors waited ~10 s more to bootstrap;
 //! - exits resolve names against 127.0.0.1, where nothing answers: no DNS
 //!   query leaves either.
 //!
