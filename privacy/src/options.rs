@@ -92,6 +92,9 @@ pub(crate) struct TransportOptions {
     pub kind: Option<Transport>,
     pub allow_tcp_fallback: Option<bool>,
     pub dangerous_allow_clearnet: Option<bool>,
+    pub socks: Option<SocketAddr>,
+    pub experimental_arti_onion_service: Option<bool>,
+    pub dangerous_arti_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +207,14 @@ impl Options {
             &mut p.transport.dangerous_allow_clearnet,
             self.transport.dangerous_allow_clearnet,
         );
+        set(&mut p.transport.socks, self.transport.socks);
+        set(
+            &mut p.transport.experimental_arti_onion_service,
+            self.transport.experimental_arti_onion_service,
+        );
+        if self.transport.dangerous_arti_config.is_some() {
+            p.transport.dangerous_arti_config = self.transport.dangerous_arti_config;
+        }
 
         if self.announce.region.is_some() {
             p.announce.region = self.announce.region;

@@ -194,15 +194,18 @@ impl ServeConfig {
     }
 }
 
-/// How peer connections are carried.
+/// How connections are carried (to peers, the rendezvous and the
+/// upstream mirror).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// Direct TCP: peers learn each other's IP addresses.
     Tcp,
-    /// Tor onion services: peers learn nothing about each other's network
-    /// location.
+    /// Tor, through arti in the daemon (a build with the `tor` feature):
+    /// peers learn nothing about each other's network location.
     Tor,
+    /// Tor, through a Tor daemon's SOCKS5 port (`transport.socks`).
+    TorSocks,
 }
 
 impl Transport {
@@ -211,7 +214,13 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Tor => "tor",
+            Transport::TorSocks => "tor-socks",
         }
+    }
+
+    /// Whether it goes through Tor.
+    pub fn is_tor(self) -> bool {
+        self != Transport::Tcp
     }
 }
 
@@ -226,7 +235,22 @@ pub struct TransportConfig {
     /// Let a `strict` policy use clearnet TCP at all (as `kind`, as a
     /// fallback, or by listening on a non-loopback address).
     pub dangerous_allow_clearnet: bool,
+    /// With `kind = "tor-socks"`: the Tor daemon's SOCKS5 port, on this
+    /// machine.
+    pub socks: SocketAddr,
+    /// With `kind = "tor"`: publish this node's peer server as an onion
+    /// service hosted by arti (a build with the `onion-service` feature),
+    /// which arti itself still calls experimental.
+    pub experimental_arti_onion_service: bool,
+    /// With `kind = "tor"`: an arti configuration file (arti's own TOML
+    /// format) instead of arti's defaults, e.g. another Tor network's
+    /// directory authorities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dangerous_arti_config: Option<PathBuf>,
 }
+
+/// Where a Tor daemon's SOCKS port usually is.
+pub const DEFAULT_SOCKS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9050);
 
 /// `[announce]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -392,6 +416,9 @@ impl Policy {
                 kind: transport,
                 allow_tcp_fallback: fallback,
                 dangerous_allow_clearnet: false,
+                socks: DEFAULT_SOCKS,
+                experimental_arti_onion_service: false,
+                dangerous_arti_config: None,
             },
             announce: AnnounceConfig {
                 region: None,
@@ -547,6 +574,29 @@ impl Policy {
 
     fn check_transport(&self) -> Result<(), Invalid> {
         let t = &self.transport;
+        if !t.socks.ip().is_loopback() {
+            return Err(Invalid::new(
+                "transport.socks",
+                format!(
+                    "{} is not on this machine: the connection to the SOCKS port is plain TCP",
+                    t.socks
+                ),
+            )
+            .hint("run the Tor daemon here, e.g. socks = \"127.0.0.1:9050\""));
+        }
+        if let Some(path) = &t.dangerous_arti_config {
+            check_dir("transport.dangerous_arti_config", path)?;
+        }
+        if t.experimental_arti_onion_service && t.kind != Transport::Tor {
+            return Err(Invalid::new(
+                "transport.experimental_arti_onion_service",
+                format!(
+                    "arti hosts onion services only with kind = \"tor\", not \"{}\"",
+                    t.kind.as_str()
+                ),
+            )
+            .hint("set kind = \"tor\", or remove this key"));
+        }
         if self.level != Level::Strict || t.dangerous_allow_clearnet {
             return Ok(());
         }

@@ -19,6 +19,18 @@
 //!
 //! rustls needs a process-wide crypto provider; [`TorDialer::bootstrap`]
 //! installs ring's if none is (arti's `rustls` feature does not).
+//!
+//! # Onion services (feature `onion-service`)
+//!
+//! [`TorDialer::host_onion_service`] publishes an onion service whose
+//! streams a [`Listener`] yields. Each call makes a new service, under a
+//! random nickname, with its identity key in arti's *ephemeral* keystore
+//! (memory only): a volunteer's onion address is fresh per session and
+//! nothing on disk ties two sessions' addresses together. arti still
+//! calls hosting experimental (and so does the policy's
+//! `experimental_arti_onion_service`); a Tor daemon's onion service, set
+//! up by its operator, is the alternative. A new service takes a while to
+//! become reachable (its descriptor must be published): callers retry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,11 +39,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arti_client::config::{BoolOrAuto, TorClientConfig, TorClientConfigBuilder};
+use arti_client::config::{BoolOrAuto, TorClientConfig};
 use arti_client::{IsolationToken, StreamPrefs, TorClient};
 use futures::StreamExt;
 use tor_rtcompat::PreferredRuntime;
 
+#[cfg(feature = "onion-service")]
+use super::Listener;
 use super::{BoxStream, Contact, DialFuture, Dialer};
 
 /// Destinations whose isolation token is kept; past this the map starts
@@ -64,43 +78,73 @@ impl TorConfig {
         }
     }
 
-    /// The arti client configuration this describes.
+    /// The arti client configuration this describes: the file (if any),
+    /// then ours over it (storage directories; with `onion-service`, an
+    /// in-memory keystore). A key arti does not know is an error, not
+    /// silently ignored: a misspelt setting in a Tor configuration must
+    /// not pass unnoticed.
     pub fn build(&self) -> io::Result<TorClientConfig> {
-        let mut builder = match &self.arti_config {
-            None => TorClientConfigBuilder::default(),
-            Some(path) => read_arti_config(path)?,
+        use tor_config::sources::{ConfigurationSource, ConfigurationSources, MustRead};
+        let where_ = || match &self.arti_config {
+            Some(p) => format!("the arti configuration {}", p.display()),
+            None => "arti's default configuration".into(),
         };
-        builder
-            .storage()
-            .state_dir(path_resolver_path(&self.state_dir))
-            .cache_dir(path_resolver_path(&self.cache_dir));
-        builder.build().map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the arti configuration is not usable: {e}"),
-            )
-        })
+        let invalid = |e: &dyn fmt::Display| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", where_()))
+        };
+        let mut sources = ConfigurationSources::new_empty();
+        if let Some(path) = &self.arti_config {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading the arti configuration {}: {e}", path.display()),
+                )
+            })?;
+            sources.push_source(ConfigurationSource::from_verbatim(text), MustRead::MustRead);
+        }
+        sources.push_source(
+            ConfigurationSource::from_verbatim(self.ours()),
+            MustRead::MustRead,
+        );
+        let tree = sources.load().map_err(|e| invalid(&e))?;
+        let r =
+            tor_config::load::resolve_return_results::<TorClientConfig>(&tree, &Default::default())
+                .map_err(|e| invalid(&e))?;
+        if !r.unrecognized.is_empty() {
+            let keys: Vec<String> = r.unrecognized.iter().map(|k| k.to_string()).collect();
+            return Err(invalid(&format!(
+                "unknown settings: {} (misspelt?)",
+                keys.join(", ")
+            )));
+        }
+        Ok(r.value)
     }
-}
 
-fn path_resolver_path(p: &Path) -> arti_client::config::CfgPath {
-    arti_client::config::CfgPath::new_literal(p)
-}
-
-/// Reads an arti configuration file.
-fn read_arti_config(path: &Path) -> io::Result<TorClientConfigBuilder> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("reading the arti configuration {}: {e}", path.display()),
-        )
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the arti configuration {}: {e}", path.display()),
-        )
-    })
+    /// The settings that are ours whatever the file says, as arti TOML.
+    fn ours(&self) -> String {
+        let literal = |p: &Path| {
+            let mut t = toml::Table::new();
+            t.insert(
+                "literal".into(),
+                toml::Value::String(p.to_string_lossy().into_owned()),
+            );
+            toml::Value::Table(t)
+        };
+        let mut storage = toml::Table::new();
+        storage.insert("state_dir".into(), literal(&self.state_dir));
+        storage.insert("cache_dir".into(), literal(&self.cache_dir));
+        if cfg!(feature = "onion-service") {
+            // Onion service keys in memory only: see the module docs.
+            let mut primary = toml::Table::new();
+            primary.insert("kind".into(), toml::Value::String("ephemeral".into()));
+            let mut keystore = toml::Table::new();
+            keystore.insert("primary".into(), toml::Value::Table(primary));
+            storage.insert("keystore".into(), toml::Value::Table(keystore));
+        }
+        let mut top = toml::Table::new();
+        top.insert("storage".into(), toml::Value::Table(storage));
+        top.to_string()
+    }
 }
 
 /// Streams through Tor, from an arti client in this process.
@@ -234,6 +278,119 @@ impl TorDialer {
     }
 }
 
+#[cfg(feature = "onion-service")]
+impl TorDialer {
+    /// Publishes a new onion service (a fresh address, its key in memory
+    /// only) and yields its streams to virtual port `port`; other ports
+    /// are refused. It lives as long as the returned listener.
+    pub async fn host_onion_service(&self, port: u16) -> io::Result<OnionListener> {
+        use arti_client::config::onion_service::OnionServiceConfigBuilder;
+        use safelog::DisplayRedacted;
+        use tor_hsservice::HsNickname;
+
+        let mut nick = [0u8; 8];
+        getrandom::fill(&mut nick)
+            .map_err(|e| io::Error::other(format!("drawing a nickname: {e}")))?;
+        let nickname = HsNickname::new(format!("anonmirror-{}", hex::encode(nick)))
+            .map_err(|e| io::Error::other(format!("onion service nickname: {e}")))?;
+        let mut cfg = OnionServiceConfigBuilder::default();
+        cfg.nickname(nickname);
+        let cfg = cfg
+            .build()
+            .map_err(|e| io::Error::other(format!("onion service configuration: {e}")))?;
+        let (service, requests) = self
+            .client
+            .launch_onion_service(cfg)
+            .map_err(|e| io::Error::other(format!("launching the onion service: {e}")))?
+            .ok_or_else(|| io::Error::other("the onion service is disabled"))?;
+        let id = service
+            .onion_address()
+            .ok_or_else(|| io::Error::other("the onion service has no address"))?;
+        let host = id.display_unredacted().to_string();
+        let (tx, streams) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            let requests = tor_hsservice::handle_rend_requests(requests);
+            futures::pin_mut!(requests);
+            while let Some(req) = requests.next().await {
+                let wanted = matches!(
+                    req.request(),
+                    tor_proto::stream::IncomingStreamRequest::Begin(b) if b.port() == port
+                );
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if wanted {
+                        match req
+                            .accept(tor_cell::relaycell::msg::Connected::new_empty())
+                            .await
+                        {
+                            Ok(s) => {
+                                let _ = tx.send(Box::new(s) as BoxStream).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "onion stream not accepted"),
+                        }
+                    } else {
+                        let end = tor_cell::relaycell::msg::End::new_with_reason(
+                            tor_cell::relaycell::msg::EndReason::DONE,
+                        );
+                        let _ = req.reject(end).await;
+                    }
+                });
+            }
+        });
+        tracing::info!("onion service launched");
+        Ok(OnionListener {
+            contact: Contact::Onion { host, port },
+            streams,
+            _service: service,
+            task,
+        })
+    }
+}
+
+/// The streams of an onion service this process hosts.
+#[cfg(feature = "onion-service")]
+pub struct OnionListener {
+    contact: Contact,
+    streams: tokio::sync::mpsc::Receiver<BoxStream>,
+    /// The service runs while this is held.
+    _service: Arc<tor_hsservice::RunningOnionService>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "onion-service")]
+impl fmt::Debug for OnionListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnionListener").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "onion-service")]
+impl Drop for OnionListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(feature = "onion-service")]
+impl Listener for OnionListener {
+    type Stream = BoxStream;
+
+    async fn accept(&mut self) -> io::Result<(BoxStream, Option<Contact>)> {
+        match self.streams.recv().await {
+            // An onion service never learns who connects: that is the point.
+            Some(s) => Ok((s, None)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the onion service stopped",
+            )),
+        }
+    }
+
+    fn local_contact(&self) -> io::Result<Contact> {
+        Ok(self.contact.clone())
+    }
+}
+
 impl Dialer for TorDialer {
     fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a> {
         Box::pin(async move {
@@ -265,4 +422,50 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(text: Option<&str>) -> (tempfile::TempDir, TorConfig) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = TorConfig::new(dir.path().join("state"), dir.path().join("cache"));
+        if let Some(text) = text {
+            let file = dir.path().join("arti.toml");
+            std::fs::write(&file, text).expect("write");
+            c.arti_config = Some(file);
+        }
+        (dir, c)
+    }
+
+    #[test]
+    fn the_storage_directories_are_ours_whatever_the_file_says() {
+        let (dir, c) = config_with(Some(
+            "[storage]\nstate_dir = \"/elsewhere/state\"\n[address_filter]\nallow_local_addrs = true\n",
+        ));
+        let built = c.build().expect("valid");
+        let shown = format!("{built:?}");
+        assert!(
+            shown.contains(&dir.path().join("state").display().to_string()),
+            "{shown}"
+        );
+        assert!(!shown.contains("/elsewhere/state"), "{shown}");
+        let (_dir, plain) = config_with(None);
+        plain.build().expect("arti's defaults");
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_an_error_naming_it() {
+        let (_dir, c) = config_with(Some("[address_filter]\nallow_local_adrs = true\n"));
+        let e = c.build().expect_err("misspelt");
+        assert!(e.to_string().contains("allow_local_adrs"), "{e}");
+        assert!(e.to_string().contains("arti.toml"), "{e}");
+        let (_dir, c) = config_with(Some("[storage\n"));
+        assert!(c.build().is_err(), "not TOML");
+        let (dir, mut c) = config_with(None);
+        c.arti_config = Some(dir.path().join("missing.toml"));
+        let e = c.build().expect_err("missing");
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
 }

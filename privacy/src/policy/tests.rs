@@ -370,6 +370,7 @@ fn every_key_is_documented_in_the_default_policy() {
     as_off.rendezvous = None;
     as_off.serve.deny.clear();
     as_off.announce.region = None;
+    as_off.transport.dangerous_arti_config = None;
     assert_eq!(as_off, Policy::defaults_for(Level::Off));
 }
 
@@ -441,7 +442,33 @@ fn wrong_types_are_rejected() {
     let msg = rejects("level = \"paranoid\"", "level");
     assert!(msg.contains("`off`, `open`, `balanced`, `strict`"), "{msg}");
     let msg = rejects("[transport]\nkind = \"udp\"", "transport.kind");
-    assert!(msg.contains("expected `tcp` or `tor`"), "{msg}");
+    assert!(msg.contains("`tcp`, `tor`, `tor-socks`"), "{msg}");
+}
+
+#[test]
+fn tor_settings_are_checked() {
+    let msg = rejects(
+        "[transport]\nkind = \"tor-socks\"\nsocks = \"192.0.2.1:9050\"",
+        "transport.socks",
+    );
+    assert!(msg.contains("not on this machine"), "{msg}");
+    let msg = rejects(
+        "[transport]\nkind = \"tor-socks\"\nexperimental_arti_onion_service = true",
+        "transport.experimental_arti_onion_service",
+    );
+    assert!(msg.contains("kind = \"tor\""), "{msg}");
+    rejects(
+        "[transport]\ndangerous_arti_config = \"arti.toml\"",
+        "transport.dangerous_arti_config",
+    );
+    let p = Policy::from_toml_str(&format!(
+        "level = \"strict\"\n[rendezvous]\naddress = \"rendezvous.example.org:7880\"\n\
+             key = \"{}\"\n[transport]\nkind = \"tor-socks\"\nsocks = \"[::1]:9150\"",
+        "11".repeat(32)
+    ))
+    .expect("strict over a Tor daemon");
+    assert!(p.transport.kind.is_tor());
+    assert_eq!(p.transport.socks.port(), 9150);
 }
 
 #[test]

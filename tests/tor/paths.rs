@@ -1,0 +1,69 @@
+//! An item from a peer, over every Tor path a node can take.
+
+use std::sync::Arc;
+
+use anonmirror_overlay::transport::Dialer;
+use anonmirror_overlay::transport::socks::SocksDialer;
+
+use crate::support::{self, on_tor_net};
+
+/// arti (the `tor` transport) reaches a peer on a non-loopback address
+/// through an exit relay, and the item verifies.
+#[test]
+fn arti_fetches_from_a_peer_through_an_exit() {
+    on_tor_net(|_net| async {
+        let net = anonmirror_testnet::TorNet::shared().expect("network");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let item = support::item(dir.path(), 3 << 20, 1);
+        let (_server, peer) = support::serve_on_peer_ip(&item).await;
+        let arti: Arc<dyn Dialer> = Arc::new(support::arti(net, dir.path()).await);
+        assert!(arti.is_tor());
+        assert_eq!(arti.describe(), "tor (arti)");
+        let got = support::fetch(arti, &peer, &item).await;
+        assert!(got == item.bytes, "the item, verified");
+    });
+}
+
+/// The SOCKS5 fallback (`tor-socks`): the same fetch through a Tor
+/// daemon's SOCKS port.
+#[test]
+fn a_tor_daemon_socks_port_fetches_from_a_peer() {
+    on_tor_net(|net| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let item = support::item(dir.path(), 3 << 20, 2);
+        let (_server, peer) = support::serve_on_peer_ip(&item).await;
+        let daemon = net.start_client("socks-user", &[]).expect("tor daemon");
+        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let got = support::fetch(socks, &peer, &item).await;
+        assert!(got == item.bytes, "the item, verified");
+    });
+}
+
+/// A volunteer reachable only as an arti-hosted onion service (a fresh
+/// address) serves an item to an arti client, and to a Tor daemon's
+/// SOCKS port (onion destinations go through SOCKS unresolved).
+#[test]
+fn a_volunteer_serves_as_an_onion_service() {
+    on_tor_net(|net| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let item = support::item(dir.path(), 2 << 20, 3);
+        let host = support::arti(net, &dir.path().join("host")).await;
+        let listener = host.host_onion_service(7879).await.expect("onion service");
+        let (_server, peer) = support::serve(listener, &item);
+        assert!(peer.contact.is_onion(), "{}", peer.contact);
+        let client: Arc<dyn Dialer> =
+            Arc::new(support::arti(net, &dir.path().join("client")).await);
+        let got = support::fetch(client, &peer, &item).await;
+        assert!(
+            got == item.bytes,
+            "the item, from the onion service, via arti"
+        );
+        let daemon = net.start_client("onion-user", &[]).expect("tor daemon");
+        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let got = support::fetch(socks, &peer, &item).await;
+        assert!(
+            got == item.bytes,
+            "the item, from the onion service, via SOCKS"
+        );
+    });
+}
