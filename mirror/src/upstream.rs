@@ -240,7 +240,10 @@ mod tests {
         );
         let onion = format!("{}.onion", "b".repeat(56));
         assert!(c(&format!("http://{onion}/archlinux/")).is_onion());
-        assert_eq!(c(&format!("http://{onion}/")).to_string(), format!("onion:{onion}:80"));
+        assert_eq!(
+            c(&format!("http://{onion}/")).to_string(),
+            format!("onion:{onion}:80")
+        );
     }
 
     #[test]
