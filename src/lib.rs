@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod carrier;
 mod cli;
 pub mod demo;
 pub use anonmirror_mirror::hooks;

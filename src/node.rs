@@ -50,6 +50,8 @@ use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
 use anyhow::{Context, Result, anyhow};
 use tokio_util::sync::CancellationToken;
 
+use crate::carrier::{Carrier, Serving};
+
 /// The inventory the last selection saw, in the state directory.
 pub const AUDIT_INVENTORY: &str = "inventory.txt";
 /// The current index the last selection saw.
@@ -131,9 +133,20 @@ impl Node {
         )
         .context("opening the store")?;
         let metrics = Arc::new(Metrics::default());
-        let upstream = Arc::new(Upstream::default());
+        // Tor (if the policy asks) before anything connects anywhere.
+        let carrier = Carrier::start(&policy).await?;
+        carrier.record(&policy, &state_dir)?;
+        tracing::info!(connections = %carrier.connections, "transport");
+        let upstream = Arc::new(Upstream::with_dialer(
+            Duration::from_secs(if carrier.is_tor() { 60 } else { 30 }),
+            carrier.dialer.clone(),
+        ));
         let rendezvous = match &policy.rendezvous {
-            Some(r) => Some(Client::new(resolve(&r.address).await?, r.key)),
+            Some(r) => {
+                let contact = anonmirror_overlay::Contact::parse(&r.address)
+                    .map_err(|e| anyhow!("rendezvous.address: {e}"))?;
+                Some(Client::with_dialer(contact, r.key, carrier.dialer.clone()))
+            }
             None => None,
         };
         let peers: Option<Arc<RendezvousPeers>> = rendezvous.as_ref().map(|c| {
@@ -156,6 +169,7 @@ impl Node {
                     work_dir: cache_dir.join("store").join("tmp"),
                     swarm,
                     hedge_after: opts.hedge_after,
+                    dialer: carrier.dialer.clone(),
                 },
             )
             .context("preparing the work directory")?,
@@ -184,23 +198,6 @@ impl Node {
             metrics,
             clock.clone(),
         ));
-        if policy.level.serves()
-            && policy.transport.kind == anonmirror_privacy::Transport::Tor
-            && !policy.transport.allow_tcp_fallback
-        {
-            return Err(anyhow!(
-                "level {} wants peers over Tor only, and the Tor transport is not built yet: \
-                 serving needs transport.kind = \"tcp\" or allow_tcp_fallback = true \
-                 (which shows this node's address to peers)",
-                policy.level
-            ));
-        }
-        if policy.level.serves() && policy.transport.kind == anonmirror_privacy::Transport::Tor {
-            tracing::warn!(
-                "transport.kind = \"tor\", but the Tor transport is not built yet: peers are \
-                 served over the allowed TCP fallback, which shows them this node's address"
-            );
-        }
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let (gateway_addr, server) =
@@ -235,6 +232,9 @@ impl Node {
             let client =
                 rendezvous.ok_or_else(|| anyhow!("level {} needs [rendezvous]", policy.level))?;
             let v = Volunteer {
+                serving: carrier.serving,
+                #[cfg(feature = "tor")]
+                arti: carrier.arti.clone(),
                 policy,
                 opts,
                 client,
@@ -282,21 +282,12 @@ impl Node {
     }
 }
 
-/// `host:port` to one socket address.
-async fn resolve(address: &str) -> Result<SocketAddr> {
-    if address.contains(".onion:") {
-        return Err(anyhow!(
-            "the rendezvous {address} is an onion service: the Tor transport is not built yet"
-        ));
-    }
-    tokio::net::lookup_host(address)
-        .await
-        .with_context(|| format!("resolving the rendezvous {address}"))?
-        .next()
-        .ok_or_else(|| anyhow!("the rendezvous {address} resolves to nothing"))
-}
-
 struct Volunteer {
+    /// How peers reach it.
+    serving: Serving,
+    /// arti, which hosts its onion services.
+    #[cfg(feature = "tor")]
+    arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
     policy: Policy,
     opts: NodeOptions,
     client: Client,
@@ -321,6 +312,34 @@ enum Ended {
 }
 
 impl Volunteer {
+    /// Where this session's peers connect: `serve.listen`, or a fresh
+    /// onion service.
+    async fn peer_listener(&self) -> Result<PeerListener> {
+        match self.serving {
+            #[cfg(feature = "onion-service")]
+            Serving::ArtiOnion => {
+                let arti = self
+                    .arti
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no arti to host the onion service"))?;
+                let l = arti
+                    .host_onion_service(self.policy.serve.listen.port())
+                    .await
+                    .context("launching this session's onion service")?;
+                Ok(PeerListener::Onion(l))
+            }
+            _ => {
+                let l = TcpTransport
+                    .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
+                    .await
+                    .with_context(|| {
+                        format!("listening for peers on {}", self.policy.serve.listen)
+                    })?;
+                Ok(PeerListener::Tcp(l))
+            }
+        }
+    }
+
     async fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let mut entropy = OsEntropy;
@@ -535,15 +554,16 @@ impl Volunteer {
 
         // The peer server, with this session's key.
         let keypair = StaticKeypair::generate().map_err(|e| anyhow!("session key: {e}"))?;
-        let listener = TcpTransport
-            .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
-            .await
-            .with_context(|| format!("listening for peers on {}", self.policy.serve.listen))?;
-        let contact = listener
+        let listener = self.peer_listener().await?;
+        let contact = match listener
             .local_contact()
-            .context("the peer listener's address")?;
-        let anonmirror_overlay::Contact::Tcp(listen_addr) = contact else {
-            return Err(anyhow!("the peer listener has no TCP address"));
+            .context("the peer listener's address")?
+        {
+            anonmirror_overlay::Contact::Tcp(addr) => addr.into(),
+            anonmirror_overlay::Contact::Onion { host, port } => {
+                anonmirror_rendezvous::msg::Contact::Onion { host, port }
+            }
+            other => return Err(anyhow!("a peer listener at {other} cannot be announced")),
         };
         let public = keypair.public();
         let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
@@ -574,7 +594,7 @@ impl Volunteer {
             .collect();
         snapshots.sort();
         let wire = anonmirror_rendezvous::msg::Announcement {
-            contact: listen_addr.into(),
+            contact,
             key: public,
             max_clients: self.policy.serve.max_clients,
             upload_rate: self.policy.serve.upload_rate.bytes_per_sec(),
@@ -727,4 +747,36 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Where a session's peers connect.
+enum PeerListener {
+    Tcp(anonmirror_overlay::transport::TcpTransportListener),
+    #[cfg(feature = "onion-service")]
+    Onion(anonmirror_overlay::transport::tor::OnionListener),
+}
+
+impl Listener for PeerListener {
+    type Stream = anonmirror_overlay::transport::BoxStream;
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Stream, Option<anonmirror_overlay::Contact>)> {
+        match self {
+            PeerListener::Tcp(l) => {
+                let (s, from) = l.accept().await?;
+                Ok((Box::new(s), from))
+            }
+            #[cfg(feature = "onion-service")]
+            PeerListener::Onion(l) => l.accept().await,
+        }
+    }
+
+    fn local_contact(&self) -> std::io::Result<anonmirror_overlay::Contact> {
+        match self {
+            PeerListener::Tcp(l) => l.local_contact(),
+            #[cfg(feature = "onion-service")]
+            PeerListener::Onion(l) => l.local_contact(),
+        }
+    }
 }

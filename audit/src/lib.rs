@@ -26,8 +26,8 @@ use anonmirror_privacy::Policy;
 
 pub use err::Error;
 pub use report::{
-    AuditReport, NO_CREDENTIAL, ReportPrivacy, SnapshotSummary, StageReport, TINY_LEVEL_POPULATION,
-    TINY_POPULATION,
+    AuditReport, InUse, NO_CREDENTIAL, ReportPrivacy, SnapshotSummary, StageReport,
+    TINY_LEVEL_POPULATION, TINY_POPULATION,
 };
 
 /// Audit `policy`'s level for `epoch`.

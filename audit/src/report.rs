@@ -70,6 +70,65 @@ pub struct SnapshotSummary {
     pub level_peers: Option<u64>,
 }
 
+/// The transport a daemon actually used.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InUse {
+    /// What carries its connections ("tor (arti)", "tcp (fallback: ...)").
+    pub connections: String,
+    /// How peers reach it.
+    pub serving: String,
+}
+
+impl InUse {
+    /// Reads a daemon's `transport.txt` (`connections:` and `serving:`
+    /// lines).
+    pub fn parse(text: &str) -> Option<InUse> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        Some(InUse {
+            connections: field("connections:")?,
+            serving: field("serving:")?,
+        })
+    }
+
+    /// Where this falls short of what `level` requires of transport
+    /// (strict: Tor for every connection and an onion service; balanced:
+    /// Tor preferred).
+    pub fn shortfalls(&self, level: Level) -> Vec<String> {
+        let tor = self.connections.starts_with("tor");
+        let onion = self.serving.starts_with("onion");
+        let mut w = Vec::new();
+        match level {
+            Level::Strict => {
+                if !tor {
+                    w.push(format!(
+                        "level strict requires Tor for every connection, but the daemon used: {}",
+                        self.connections
+                    ));
+                }
+                if !onion {
+                    w.push(format!(
+                        "level strict serves through an onion service only, but peers reach the daemon by: {}",
+                        self.serving
+                    ));
+                }
+            }
+            Level::Balanced if !tor => w.push(format!(
+                "level balanced prefers Tor, but the daemon used: {}",
+                self.connections
+            )),
+            Level::Balanced if !onion && !self.serving.starts_with("nobody") => {
+                w.push(format!("peers reach the daemon by {}", self.serving))
+            }
+            _ => {}
+        }
+        w
+    }
+}
+
 /// The whole audit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditReport {
@@ -79,6 +138,10 @@ pub struct AuditReport {
     pub transport: Transport,
     /// Whether TCP is used when Tor is not available.
     pub tcp_fallback: bool,
+    /// What the daemon last said carries its connections and how peers
+    /// reach it (its state directory's `transport.txt`), if it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<InUse>,
     /// The epoch selected for.
     pub epoch: u64,
     /// The popularity used.
@@ -187,6 +250,7 @@ impl AuditReport {
             level,
             transport: t.kind,
             tcp_fallback: t.allow_tcp_fallback,
+            in_use: None,
             epoch: epoch.0,
             snapshot: SnapshotSummary {
                 source: snapshot.source.clone(),
@@ -234,6 +298,10 @@ impl AuditReport {
                 ""
             }
         );
+        if let Some(u) = &self.in_use {
+            let _ = writeln!(s, "in use:       {}", u.connections);
+            let _ = writeln!(s, "serving:      {}", u.serving);
+        }
         let _ = writeln!(s, "epoch:        {}", self.epoch);
         let sn = &self.snapshot;
         let _ = writeln!(

@@ -131,3 +131,31 @@ fn report_snapshots() {
     let r = audit(&strict, Epoch(8), &inventory, &idx, &prior).expect("audits");
     golden("strict-prior.txt", &r.to_text());
 }
+
+#[test]
+fn the_transport_in_use_is_held_to_the_level() {
+    use crate::InUse;
+    let tor = InUse::parse(
+        "connections: tor (arti)\nserving: onion service hosted by arti (a fresh address per session)\n",
+    )
+    .expect("parses");
+    assert!(tor.shortfalls(Level::Strict).is_empty());
+    assert!(tor.shortfalls(Level::Balanced).is_empty());
+    let fallback = InUse::parse(
+        "connections: tcp (fallback: Tor is unavailable: no SOCKS port)\nserving: tcp on 127.0.0.1:7879 (peers see this machine's address)\n",
+    )
+    .expect("parses");
+    let w = fallback.shortfalls(Level::Strict);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("requires Tor") && w[0].contains("fallback"),
+        "{w:?}"
+    );
+    assert_eq!(fallback.shortfalls(Level::Balanced).len(), 1);
+    assert!(fallback.shortfalls(Level::Open).is_empty());
+    assert_eq!(
+        InUse::parse("connections: tcp\n"),
+        None,
+        "both lines or nothing"
+    );
+}

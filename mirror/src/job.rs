@@ -45,8 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
+use anonmirror_overlay::Store;
 use anonmirror_overlay::swarm::{self, Outcome, Sink, SwarmConfig};
-use anonmirror_overlay::{Store, TcpTransport};
+use anonmirror_overlay::transport::{Dialed, Dialer};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -336,6 +337,8 @@ pub struct FetchConfig {
     pub swarm: SwarmConfig,
     /// Overrides the hedge deadline derived from the upstream estimate.
     pub hedge_after: Option<Duration>,
+    /// What opens connections to peers (TCP, or Tor).
+    pub dialer: Arc<dyn Dialer>,
 }
 
 /// Runs jobs.
@@ -475,7 +478,7 @@ impl Fetcher {
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
         let started = Instant::now();
 
-        let transport = TcpTransport;
+        let transport = Dialed(self.config.dialer.clone());
         let mut hedge: Option<tokio::task::JoinHandle<Result<PathBuf, String>>> = None;
         let raced = {
             let swarm_fut =

@@ -121,13 +121,19 @@ impl RendezvousPeers {
     }
 }
 
-/// A rendezvous candidate as the overlay dials it (onion contacts wait for
-/// the Tor transport).
+/// A rendezvous candidate as the overlay dials it.
 pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Candidate> {
-    let addr = c.contact.socket_addr()?;
+    use anonmirror_rendezvous::msg::Contact as Announced;
+    let contact = match &c.contact {
+        Announced::Onion { host, port } => anonmirror_overlay::Contact::Onion {
+            host: host.clone(),
+            port: *port,
+        },
+        tcp => anonmirror_overlay::Contact::Tcp(tcp.socket_addr()?),
+    };
     Some(Candidate {
         addr: PeerAddr {
-            contact: anonmirror_overlay::Contact::Tcp(addr),
+            contact,
             key: c.key,
         },
         level: Level::from_wire_byte(c.level)?,

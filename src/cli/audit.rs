@@ -168,6 +168,12 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
             "expired; the daemon registers anew at its next session".to_owned()
         };
     }
+    if let Ok(text) = std::fs::read_to_string(state.join(crate::carrier::TRANSPORT_FILE))
+        && let Some(u) = anonmirror_audit::InUse::parse(&text)
+    {
+        report.warnings.extend(u.shortfalls(policy.level));
+        report.in_use = Some(u);
+    }
     let text = if cmd.json {
         report.to_json().map_err(fail)?
     } else {

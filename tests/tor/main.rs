@@ -8,6 +8,7 @@
 //! SOCKS port, arti-hosted onion services for a volunteer and for the
 //! rendezvous.
 
+mod daemon;
 mod paths;
 mod rendezvous;
 mod support;
