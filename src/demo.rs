@@ -188,7 +188,12 @@ pub struct StaticServer {
 impl StaticServer {
     /// Serve `root` on 127.0.0.1 (any port).
     pub async fn start(root: PathBuf) -> Result<StaticServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        StaticServer::start_at(root, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serve `root` on `addr`.
+    pub async fn start_at(root: PathBuf, addr: SocketAddr) -> Result<StaticServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();

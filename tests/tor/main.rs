@@ -9,6 +9,7 @@
 //! rendezvous.
 
 mod daemon;
+mod no_leaks;
 mod paths;
 mod rendezvous;
 mod support;
