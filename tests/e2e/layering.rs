@@ -79,6 +79,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "mirror",
             &["core", "privacy", "announce", "overlay", "rendezvous"][..],
         ),
+        // Test support (a private Tor network): depends on nothing of
+        // ours, and only tests use it (root's dev-dependencies).
+        ("testnet", &[][..]),
         // Benchmarks measure the layers; they sit beside the root package.
         (
             "bench",
@@ -102,6 +105,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "rendezvous",
                 "mirror",
                 "audit",
+                "testnet",
             ][..],
         ),
     ])
