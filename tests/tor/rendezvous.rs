@@ -70,20 +70,8 @@ fn the_rendezvous_serves_a_session_as_an_onion_service() {
             .buy_tokens(&cred, clock.unix_secs(), epoch, 1)
             .await
             .expect("a token");
-        let ann = Announcement {
-            contact: Contact::Onion {
-                host: format!("{}.onion", "c".repeat(56)),
-                port: 7879,
-            },
-            key: PeerKey([9; 32]),
-            max_clients: 8,
-            upload_rate: 1 << 20,
-            region: None,
-            snapshots: vec![("core".into(), 1)],
-            filter: Vec::new(),
-        };
         let mut session = c
-            .open_session(&tokens[0], ann)
+            .open_session(&tokens[0], onion_ann('c', 9))
             .await
             .expect("the token buys a session");
         assert_eq!(r.session_count().await.expect("count"), 1);
@@ -99,20 +87,21 @@ fn the_rendezvous_serves_a_session_as_an_onion_service() {
                 version: 2
             }
         );
-        let again = c.open_session(&tokens[0], session_ann()).await;
+        let again = c.open_session(&tokens[0], onion_ann('d', 10)).await;
         assert!(again.is_err(), "a spent token buys nothing");
         forward.abort();
         r.shutdown().await;
     });
 }
 
-fn session_ann() -> Announcement {
+/// An announcement with an onion contact (`<56 × letter>.onion`).
+fn onion_ann(letter: char, key: u8) -> Announcement {
     Announcement {
         contact: Contact::Onion {
-            host: format!("{}.onion", "d".repeat(56)),
+            host: format!("{}.onion", letter.to_string().repeat(56)),
             port: 7879,
         },
-        key: PeerKey([10; 32]),
+        key: PeerKey([key; 32]),
         max_clients: 8,
         upload_rate: 1 << 20,
         region: None,
