@@ -80,7 +80,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             &["core", "privacy", "announce", "overlay", "rendezvous"][..],
         ),
         // Test support (a private Tor network): depends on nothing of
-        // ours, and only tests use it (root's dev-dependencies).
+        // ours; only tests (root's dev-dependencies) and the Tor benchmark
+        // use it.
         ("testnet", &[][..]),
         // Benchmarks measure the layers; they sit beside the root package.
         (
@@ -93,6 +94,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "rendezvous",
                 "mirror",
                 "audit",
+                "testnet",
             ][..],
         ),
         (
