@@ -3,6 +3,11 @@
 //!
 //! On start it prints one line to stdout, for operators and scripts:
 //! `rendezvous listening on ADDR key NOISE_KEY_HEX directory-key ED25519_HEX`.
+//! With `--onion-service-port` (cargo feature `onion-service`) a second
+//! line follows once arti has bootstrapped and launched the service:
+//! `rendezvous onion-service HOST.onion:PORT`. That address comes from a
+//! key arti keeps under the state directory, so it stays the same across
+//! restarts and volunteers can pin it as `rendezvous.address`.
 //!
 //! Exit codes: 0 stopped on a signal; 2 bad command line or configuration;
 //! 3 runtime failure (the store cannot be opened, the address cannot be
@@ -60,6 +65,19 @@ pub struct RendezvousCmd {
     /// Seconds between two conditional requests to each upstream index.
     #[arg(long, default_value_t = 60)]
     upstream_interval_secs: u64,
+    /// Also be reachable as an onion service (arti, experimental in
+    /// arti) on this virtual port. Its address, printed on start, stays
+    /// the same across restarts (its key lives in STATE_DIR/arti-state).
+    /// With `--listen 127.0.0.1:PORT` the onion service is the only way
+    /// in from outside.
+    #[cfg(feature = "onion-service")]
+    #[arg(long, value_name = "PORT")]
+    onion_service_port: Option<u16>,
+    /// An arti configuration file naming another Tor network (a test
+    /// network, bridges) instead of the public one.
+    #[cfg(feature = "onion-service")]
+    #[arg(long, value_name = "FILE", requires = "onion_service_port")]
+    dangerous_arti_config: Option<PathBuf>,
 }
 
 /// Runs the rendezvous.
@@ -97,6 +115,8 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        #[cfg(feature = "onion-service")]
+        let state_dir = cmd.state_dir.clone();
         let mut cfg = ServerConfig::new(
             cmd.listen,
             cmd.state_dir,
@@ -128,10 +148,99 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
             hex_encode(&r.directory_key())
         );
         let _ = std::io::stdout().flush();
+        #[cfg(feature = "onion-service")]
+        let _onion = match cmd.onion_service_port {
+            Some(port) => match onion::serve(&r, &state_dir, port, cmd.dangerous_arti_config).await
+            {
+                Ok(o) => {
+                    println!("rendezvous onion-service {}", o.address);
+                    let _ = std::io::stdout().flush();
+                    Some(o)
+                }
+                Err(e) => {
+                    eprintln!("error: the onion service: {e}");
+                    r.shutdown().await;
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
+            None => None,
+        };
         wait_for_signal().await;
         r.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// The rendezvous as an onion service.
+#[cfg(feature = "onion-service")]
+mod onion {
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use anonmirror_overlay::Listener;
+    use anonmirror_overlay::transport::Contact;
+    use anonmirror_overlay::transport::tor::{OnionKeys, TorConfig, TorDialer};
+    use anonmirror_rendezvous::Rendezvous;
+
+    /// The arti nickname of the service: its key is stored under it.
+    const NICKNAME: &str = "anonmirror-rendezvous";
+
+    /// A running onion service whose streams go to the rendezvous.
+    pub struct Onion {
+        /// `HOST.onion:PORT`, as a policy's `rendezvous.address` says it.
+        pub address: String,
+        _arti: TorDialer,
+        forward: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Onion {
+        fn drop(&mut self) {
+            self.forward.abort();
+        }
+    }
+
+    /// Bootstraps arti (state under `state_dir`), launches the service on
+    /// virtual port `port` and hands its streams to `r`.
+    pub async fn serve(
+        r: &Rendezvous,
+        state_dir: &Path,
+        port: u16,
+        arti_config: Option<PathBuf>,
+    ) -> io::Result<Onion> {
+        let mut config = TorConfig::new(state_dir.join("arti-state"), state_dir.join("arti-cache"));
+        config.onion_keys = OnionKeys::Persistent;
+        if arti_config.is_some() {
+            tracing::warn!("--dangerous-arti-config: arti uses the Tor network that file names");
+        }
+        config.arti_config = arti_config;
+        tracing::info!("starting Tor (arti)");
+        let arti = TorDialer::bootstrap(&config, |p| {
+            tracing::info!(
+                percent = (100.0 * p.fraction).round(),
+                status = %p.status,
+                "Tor bootstrap"
+            );
+        })
+        .await?;
+        let mut listener = arti.host_named_onion_service(NICKNAME, port).await?;
+        let address = match listener.local_contact()? {
+            Contact::Onion { host, port } => format!("{host}:{port}"),
+            other => return Err(io::Error::other(format!("not an onion service: {other}"))),
+        };
+        let streams = r.streams();
+        let forward = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                if streams.send(s).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Onion {
+            address,
+            _arti: arti,
+            forward,
+        })
+    }
 }
 
 fn hex_encode(b: &[u8]) -> String {

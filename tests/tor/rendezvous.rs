@@ -109,3 +109,133 @@ fn onion_ann(letter: char, key: u8) -> Announcement {
         filter: Vec::new(),
     }
 }
+
+/// `anonmirror rendezvous --onion-service-port`: the command prints its
+/// onion address, a volunteer registers through it over arti, and after a
+/// restart the address (and the Noise key) are the same, so a policy can
+/// pin them.
+#[test]
+fn the_rendezvous_command_keeps_its_onion_address_across_restarts() {
+    on_tor_net(|net| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let arti_config = dir.path().join("rendezvous-arti.toml");
+        // The command keeps arti's files in its state directory whatever
+        // the file says; only the network's authorities matter here.
+        std::fs::write(
+            &arti_config,
+            net.arti_config_toml(&dir.path().join("unused"), &dir.path().join("unused")),
+        )
+        .expect("arti config");
+        let dialer: Arc<dyn Dialer> = Arc::new(support::arti(net, &dir.path().join("peer")).await);
+
+        let mut first = None;
+        for run in 0..2u64 {
+            let mut r = RendezvousCommand::start(&dir.path().join("state"), &arti_config);
+            let (onion, key) = r.addresses().await;
+            assert!(onion.is_onion(), "{onion}");
+            match &first {
+                None => first = Some((onion.clone(), key)),
+                Some(pinned) => assert_eq!(
+                    pinned,
+                    &(onion.clone(), key),
+                    "run {run}: the onion address and key are those of the first run"
+                ),
+            }
+            let c = Client::with_dialer(onion, key, dialer.clone());
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let now = anonmirror_core::SystemClock.unix_secs();
+                match c.register(now, 4, SeededEntropy::new(run)).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("run {run}: not yet ({e}); retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => panic!("run {run}: no registration within {PATIENCE:?}: {e}"),
+                }
+            }
+            r.stop();
+        }
+    });
+}
+
+/// `anonmirror rendezvous` as a child process, its stdout read line by
+/// line on a thread.
+struct RendezvousCommand {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl RendezvousCommand {
+    fn start(state_dir: &std::path::Path, arti_config: &std::path::Path) -> RendezvousCommand {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anonmirror"))
+            .args([
+                "rendezvous",
+                "--listen",
+                "127.0.0.1:0",
+                "--pow-difficulty",
+                "4",
+            ])
+            .args(["--onion-service-port", "7880", "--state-dir"])
+            .arg(state_dir)
+            .arg("--dangerous-arti-config")
+            .arg(arti_config)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("anonmirror rendezvous");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        RendezvousCommand { child, lines }
+    }
+
+    /// The onion address and Noise key the command prints.
+    async fn addresses(&mut self) -> (anonmirror_overlay::Contact, PeerKey) {
+        let mut next = async || {
+            tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .expect("a line in time")
+                .expect("the command is running")
+        };
+        let listening = next().await;
+        let key: PeerKey = listening
+            .split_whitespace()
+            .skip_while(|w| *w != "key")
+            .nth(1)
+            .unwrap_or_else(|| panic!("a key in `{listening}`"))
+            .parse()
+            .expect("a Noise key");
+        let onion = next().await;
+        let contact = onion
+            .strip_prefix("rendezvous onion-service ")
+            .unwrap_or_else(|| panic!("the onion line, not `{onion}`"));
+        let contact = anonmirror_overlay::Contact::parse(contact).expect("a contact");
+        (contact, key)
+    }
+
+    /// SIGTERM, and wait for it to go.
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "it stops cleanly on SIGTERM: {status}");
+    }
+}
+
+impl Drop for RendezvousCommand {
+    fn drop(&mut self) {
+        // After `stop` this finds it gone; after a failed assertion it
+        // must not outlive the test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

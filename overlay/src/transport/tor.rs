@@ -26,7 +26,14 @@
 //! streams a [`Listener`] yields. Each call makes a new service, under a
 //! random nickname, with its identity key in arti's *ephemeral* keystore
 //! (memory only): a volunteer's onion address is fresh per session and
-//! nothing on disk ties two sessions' addresses together. arti still
+//! nothing on disk ties two sessions' addresses together.
+//!
+//! A rendezvous needs the opposite: an address that stays the same, so
+//! that volunteers can pin it in their policies. A client started with
+//! [`OnionKeys::Persistent`] keeps onion-service keys in arti's keystore
+//! under its state directory, and
+//! [`TorDialer::host_named_onion_service`] publishes the service of a
+//! nickname with the key stored for it (made on first use). arti still
 //! calls hosting experimental (and so does the policy's
 //! `experimental_arti_onion_service`); a Tor daemon's onion service, set
 //! up by its operator, is the alternative. A new service takes a while to
@@ -65,6 +72,21 @@ pub struct TorConfig {
     pub arti_config: Option<PathBuf>,
     /// How long bootstrapping may take before it is an error.
     pub bootstrap_timeout: Duration,
+    /// Where the keys of hosted onion services live.
+    pub onion_keys: OnionKeys,
+}
+
+/// Where the identity keys of the onion services a client hosts live
+/// (they make the addresses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnionKeys {
+    /// In memory only: every address is new, and nothing on disk links
+    /// two runs (volunteers).
+    #[default]
+    Ephemeral,
+    /// In arti's keystore under the state directory: a named service
+    /// keeps its address across runs (the rendezvous).
+    Persistent,
 }
 
 impl TorConfig {
@@ -75,12 +97,13 @@ impl TorConfig {
             cache_dir: cache_dir.into(),
             arti_config: None,
             bootstrap_timeout: Duration::from_secs(180),
+            onion_keys: OnionKeys::Ephemeral,
         }
     }
 
     /// The arti client configuration this describes: the file (if any),
-    /// then ours over it (storage directories; with `onion-service`, an
-    /// in-memory keystore). A key arti does not know is an error, not
+    /// then ours over it (storage directories; with `onion-service` and
+    /// [`OnionKeys::Ephemeral`], an in-memory keystore). A key arti does not know is an error, not
     /// silently ignored: a misspelt setting in a Tor configuration must
     /// not pass unnoticed.
     pub fn build(&self) -> io::Result<TorClientConfig> {
@@ -133,7 +156,7 @@ impl TorConfig {
         let mut storage = toml::Table::new();
         storage.insert("state_dir".into(), literal(&self.state_dir));
         storage.insert("cache_dir".into(), literal(&self.cache_dir));
-        if cfg!(feature = "onion-service") {
+        if cfg!(feature = "onion-service") && self.onion_keys == OnionKeys::Ephemeral {
             // Onion service keys in memory only: see the module docs.
             let mut primary = toml::Table::new();
             primary.insert("kind".into(), toml::Value::String("ephemeral".into()));
@@ -284,15 +307,33 @@ impl TorDialer {
     /// only) and yields its streams to virtual port `port`; other ports
     /// are refused. It lives as long as the returned listener.
     pub async fn host_onion_service(&self, port: u16) -> io::Result<OnionListener> {
+        let mut nick = [0u8; 8];
+        getrandom::fill(&mut nick)
+            .map_err(|e| io::Error::other(format!("drawing a nickname: {e}")))?;
+        self.host_named_onion_service(&format!("anonmirror-{}", hex::encode(nick)), port)
+            .await
+    }
+
+    /// Publishes the onion service called `nickname` and yields its
+    /// streams to virtual port `port`. Its address comes from the key
+    /// arti keeps for that nickname: the same across runs when this
+    /// client was bootstrapped with [`OnionKeys::Persistent`] (the key is
+    /// made on first use), fresh otherwise.
+    pub async fn host_named_onion_service(
+        &self,
+        nickname: &str,
+        port: u16,
+    ) -> io::Result<OnionListener> {
         use arti_client::config::onion_service::OnionServiceConfigBuilder;
         use safelog::DisplayRedacted;
         use tor_hsservice::HsNickname;
 
-        let mut nick = [0u8; 8];
-        getrandom::fill(&mut nick)
-            .map_err(|e| io::Error::other(format!("drawing a nickname: {e}")))?;
-        let nickname = HsNickname::new(format!("anonmirror-{}", hex::encode(nick)))
-            .map_err(|e| io::Error::other(format!("onion service nickname: {e}")))?;
+        let nickname = HsNickname::new(nickname.to_owned()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("onion service nickname `{nickname}`: {e}"),
+            )
+        })?;
         let mut cfg = OnionServiceConfigBuilder::default();
         cfg.nickname(nickname);
         let cfg = cfg
