@@ -150,11 +150,10 @@ impl Node {
             None => None,
         };
         let peers: Option<Arc<RendezvousPeers>> = rendezvous.as_ref().map(|c| {
-            Arc::new(RendezvousPeers::new(
-                c.clone(),
-                policy.announce.region.clone(),
-                opts.lookup_want,
-            ))
+            Arc::new(
+                RendezvousPeers::new(c.clone(), policy.announce.region.clone(), opts.lookup_want)
+                    .reaching_onions(carrier.is_tor()),
+            )
         });
         let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
         swarm.connect_timeout = Duration::from_secs(5);

@@ -93,6 +93,7 @@ pub struct RendezvousPeers {
     want: u8,
     aside: SetAside,
     own: std::sync::Mutex<Option<PeerKey>>,
+    reach_onions: bool,
 }
 
 impl RendezvousPeers {
@@ -104,7 +105,24 @@ impl RendezvousPeers {
             want,
             aside: SetAside::default(),
             own: std::sync::Mutex::new(None),
+            reach_onions: false,
         }
+    }
+
+    /// Whether this node's connections can reach onion services (they go
+    /// through Tor). Without, candidates with an onion contact are
+    /// dropped from every answer rather than dialled in vain.
+    pub fn reaching_onions(mut self, yes: bool) -> Self {
+        self.reach_onions = yes;
+        self
+    }
+
+    /// Whether `c` is worth dialling: not set aside, not this node's own
+    /// session, and reachable over this node's connections.
+    fn usable(&self, c: &Candidate, own: Option<PeerKey>) -> bool {
+        !self.aside.contains(&c.addr.key)
+            && Some(c.addr.key) != own
+            && (self.reach_onions || !c.addr.contact.is_onion())
     }
 
     /// This node's own session key while it serves: never a candidate of
@@ -168,7 +186,7 @@ impl PeerSource for RendezvousPeers {
                 found
                     .iter()
                     .filter_map(from_rendezvous)
-                    .filter(|c| !self.aside.contains(&c.addr.key) && Some(c.addr.key) != own)
+                    .filter(|c| self.usable(c, own))
                     .collect()
             }
             Err(e) => {
@@ -221,6 +239,48 @@ mod tests {
         assert_eq!(want_for((1 << 20) + 1, 4), 2);
         assert_eq!(want_for(200 << 20, 4), 4);
         assert_eq!(want_for(200 << 20, 0), 1);
+    }
+
+    fn candidate(contact: anonmirror_overlay::Contact, key: u8) -> Candidate {
+        Candidate {
+            addr: PeerAddr {
+                contact,
+                key: PeerKey([key; 32]),
+            },
+            level: Level::Balanced,
+            epoch: Epoch(1),
+        }
+    }
+
+    #[test]
+    fn onion_candidates_only_for_nodes_on_tor() {
+        let client = anonmirror_rendezvous::Client::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            PeerKey([1; 32]),
+        );
+        let tcp = candidate(
+            anonmirror_overlay::Contact::Tcp("192.0.2.1:7879".parse().expect("addr")),
+            2,
+        );
+        let onion = candidate(
+            anonmirror_overlay::Contact::Onion {
+                host: format!("{}.onion", "a".repeat(56)),
+                port: 7879,
+            },
+            3,
+        );
+        let clearnet = RendezvousPeers::new(client.clone(), None, 4);
+        assert!(clearnet.usable(&tcp, None));
+        assert!(!clearnet.usable(&onion, None), "no Tor, no onion");
+        let on_tor = RendezvousPeers::new(client, None, 4).reaching_onions(true);
+        assert!(on_tor.usable(&tcp, None));
+        assert!(on_tor.usable(&onion, None));
+        assert!(
+            !on_tor.usable(&onion, Some(PeerKey([3; 32]))),
+            "never itself"
+        );
+        on_tor.aside().add(PeerKey([2; 32]));
+        assert!(!on_tor.usable(&tcp, None), "set aside");
     }
 
     #[test]
