@@ -1,7 +1,8 @@
 //! In Tor mode the daemon opens no direct connection to a non-loopback
 //! address and resolves no name itself: traced with strace while its
 //! gateway fetches from an upstream mirror on a non-loopback address
-//! (reached through an exit).
+//! (reached through an exit) and from the same mirror as an onion service
+//! (a name only Tor can resolve: the daemon hands it over unresolved).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -31,6 +32,11 @@ fn a_tor_mode_daemon_connects_only_to_tor_and_resolves_nothing() {
         let direct = StaticServer::start_at(root.clone(), SocketAddr::new(PEER_IP, 0))
             .await
             .expect("mirror on the peer address");
+        // The same mirror as a Tor daemon's onion service.
+        let onion_mirror = net
+            .start_client("onion-mirror", &[(80, direct.addr)])
+            .expect("onion mirror");
+        let onion = onion_mirror.onions[0].clone();
         let node = dir.path().join("node");
         std::fs::create_dir_all(&node).expect("mkdir");
         let arti = node.join("arti.toml");
@@ -46,6 +52,7 @@ fn a_tor_mode_daemon_connects_only_to_tor_and_resolves_nothing() {
                 "level = \"off\"\n\n[paths]\nstate_dir = \"{state}\"\ncache_dir = \"{cache}\"\n\n\
                  [gateway]\nlisten = \"127.0.0.1:0\"\n\n\
                  [[repository]]\nname = \"direct\"\nkind = \"apt\"\nurl = \"{direct}\"\n\n\
+                 [[repository]]\nname = \"onion\"\nkind = \"apt\"\nurl = \"http://{onion}/\"\n\n\
                  [transport]\nkind = \"tor\"\ndangerous_arti_config = \"{arti}\"\n",
                 state = node.join("state").display(),
                 cache = node.join("cache").display(),
@@ -80,7 +87,7 @@ fn a_tor_mode_daemon_connects_only_to_tor_and_resolves_nothing() {
             .strip_prefix("gateway listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        for repo in ["direct"] {
+        for repo in ["direct", "onion"] {
             for path in [
                 "dists/demo/Release",
                 "dists/demo/main/binary-all/Packages",
