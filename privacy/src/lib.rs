@@ -35,9 +35,9 @@ pub use err::{Error, Invalid, Location};
 pub use level::{Level, UnknownLevel};
 pub use pattern::DenyPattern;
 pub use policy::{
-    AnnounceConfig, CacheConfig, DEFAULT_POLICY, DEFAULT_POLICY_PATH, GatewayConfig, LogConfig,
-    MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES, MAX_REGION_LEN, MIN_CACHE_SIZE, PathsConfig,
-    Policy, PopularityConfig, Randomization, Rendezvous, Repository, RepositoryKind, ServeConfig,
-    Transport, TransportConfig,
+    AnnounceConfig, CacheConfig, ControlPort, DEFAULT_CONTROL, DEFAULT_POLICY, DEFAULT_POLICY_PATH,
+    GatewayConfig, LogConfig, MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES, MAX_REGION_LEN,
+    MIN_CACHE_SIZE, PathsConfig, Policy, PopularityConfig, Randomization, Rendezvous, Repository,
+    RepositoryKind, ServeConfig, Transport, TransportConfig,
 };
 pub use units::{ByteSize, ExposureBudget, Rate};

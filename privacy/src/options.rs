@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::err::Invalid;
 use crate::level::Level;
 use crate::pattern::DenyPattern;
-use crate::policy::{Policy, Rendezvous, Repository, Transport};
+use crate::policy::{ControlPort, Policy, Rendezvous, Repository, Transport};
 use crate::units::{ByteSize, ExposureBudget, Rate};
 
 /// The whole file.
@@ -93,6 +93,7 @@ pub(crate) struct TransportOptions {
     pub allow_tcp_fallback: Option<bool>,
     pub dangerous_allow_clearnet: Option<bool>,
     pub socks: Option<SocketAddr>,
+    pub control: Option<ControlPort>,
     pub experimental_arti_onion_service: Option<bool>,
     pub dangerous_arti_config: Option<PathBuf>,
 }
@@ -208,6 +209,7 @@ impl Options {
             self.transport.dangerous_allow_clearnet,
         );
         set(&mut p.transport.socks, self.transport.socks);
+        set(&mut p.transport.control, self.transport.control);
         set(
             &mut p.transport.experimental_arti_onion_service,
             self.transport.experimental_arti_onion_service,

@@ -238,6 +238,10 @@ pub struct TransportConfig {
     /// With `kind = "tor-socks"`: the Tor daemon's SOCKS5 port, on this
     /// machine.
     pub socks: SocketAddr,
+    /// With `kind = "tor-socks"` at a level that serves: the Tor daemon's
+    /// control port, which hosts this node's peer server as an onion
+    /// service (a fresh one per session), so peers never see its address.
+    pub control: ControlPort,
     /// With `kind = "tor"`: publish this node's peer server as an onion
     /// service hosted by arti (a build with the `onion-service` feature),
     /// which arti itself still calls experimental.
@@ -251,6 +255,72 @@ pub struct TransportConfig {
 
 /// Where a Tor daemon's SOCKS port usually is.
 pub const DEFAULT_SOCKS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9050);
+
+/// Where Debian's Tor daemon has its control socket
+/// (`/usr/share/tor/tor-service-defaults-torrc`), with cookie
+/// authentication.
+pub const DEFAULT_CONTROL: &str = "/run/tor/control";
+
+/// Where a Tor daemon's control port is (`transport.control`): Tor's
+/// `ControlPort` (a TCP address) or its `ControlSocket` (a Unix socket).
+///
+/// Written in the policy as `"127.0.0.1:9051"` or `"/run/tor/control"`:
+/// text that is an IP address and port is the former, anything else a
+/// path. [`Policy::check`] insists on a loopback address or an absolute
+/// path: whoever holds the control connection runs this node's onion
+/// service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ControlPort {
+    /// A TCP port on this machine (Tor's `ControlPort`).
+    Tcp(SocketAddr),
+    /// A Unix socket (Tor's `ControlSocket`).
+    Unix(PathBuf),
+}
+
+impl ControlPort {
+    /// Reads the policy's text: an IP address and port, else a path.
+    pub fn parse(text: &str) -> ControlPort {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => ControlPort::Tcp(addr),
+            Err(_) => ControlPort::Unix(PathBuf::from(text)),
+        }
+    }
+
+    /// Debian's: [`DEFAULT_CONTROL`].
+    pub fn debian() -> ControlPort {
+        ControlPort::Unix(PathBuf::from(DEFAULT_CONTROL))
+    }
+}
+
+impl std::fmt::Display for ControlPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlPort::Tcp(addr) => write!(f, "{addr}"),
+            ControlPort::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for ControlPort {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ControlPort::Tcp(addr) => s.collect_str(addr),
+            ControlPort::Unix(path) => match path.to_str() {
+                Some(text) => s.serialize_str(text),
+                None => Err(serde::ser::Error::custom(format!(
+                    "transport.control: `{}` is not UTF-8",
+                    path.display()
+                ))),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|text| ControlPort::parse(&text))
+    }
+}
 
 /// `[announce]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -417,6 +487,7 @@ impl Policy {
                 allow_tcp_fallback: fallback,
                 dangerous_allow_clearnet: false,
                 socks: DEFAULT_SOCKS,
+                control: ControlPort::debian(),
                 experimental_arti_onion_service: false,
                 dangerous_arti_config: None,
             },
@@ -583,6 +654,35 @@ impl Policy {
                 ),
             )
             .hint("run the Tor daemon here, e.g. socks = \"127.0.0.1:9050\""));
+        }
+        let control_hint = "write the Tor daemon's ControlPort on this machine, e.g. \
+                            \"127.0.0.1:9051\", or the absolute path of its ControlSocket, \
+                            e.g. \"/run/tor/control\"";
+        match &t.control {
+            ControlPort::Tcp(addr) if !addr.ip().is_loopback() => {
+                return Err(Invalid::new(
+                    "transport.control",
+                    format!(
+                        "{addr} is not on this machine: the connection to the control port \
+                         is plain TCP, and whoever holds it runs this node's onion service"
+                    ),
+                )
+                .hint(control_hint));
+            }
+            ControlPort::Tcp(addr) if addr.port() == 0 => {
+                return Err(Invalid::new("transport.control", "port 0").hint(control_hint));
+            }
+            ControlPort::Unix(path) if !path.is_absolute() => {
+                return Err(Invalid::new(
+                    "transport.control",
+                    format!(
+                        "`{}` is neither an IP address and port nor an absolute path",
+                        path.display()
+                    ),
+                )
+                .hint(control_hint));
+            }
+            _ => {}
         }
         if let Some(path) = &t.dangerous_arti_config {
             check_dir("transport.dangerous_arti_config", path)?;

@@ -472,6 +472,71 @@ fn tor_settings_are_checked() {
 }
 
 #[test]
+fn the_tor_control_port_is_on_this_machine() {
+    // Debian's control socket by default, at every level.
+    for level in Level::ALL {
+        assert_eq!(
+            Policy::defaults_for(level).transport.control,
+            ControlPort::Unix(PathBuf::from("/run/tor/control")),
+            "{level}"
+        );
+    }
+    let control = |value: &str| {
+        at_level(
+            "strict",
+            &format!("[transport]\nkind = \"tor-socks\"\ncontrol = \"{value}\""),
+        )
+    };
+    for (written, want) in [
+        (
+            "127.0.0.1:9051",
+            ControlPort::Tcp(SocketAddr::from(([127, 0, 0, 1], 9051))),
+        ),
+        (
+            "[::1]:9051",
+            ControlPort::Tcp("[::1]:9051".parse().expect("addr")),
+        ),
+        (
+            "/var/run/tor/control",
+            ControlPort::Unix(PathBuf::from("/var/run/tor/control")),
+        ),
+    ] {
+        let p = parse(&control(written));
+        assert_eq!(p.transport.control, want, "{written}");
+        assert_eq!(p.transport.control.to_string(), written);
+        // `policy show` writes it back as it was written.
+        let printed = p.to_toml().expect("serializable");
+        assert!(
+            printed.contains(&format!("control = \"{written}\"")),
+            "{printed}"
+        );
+        assert_eq!(parse(&printed), p);
+    }
+    for (written, says) in [
+        ("192.0.2.1:9051", "not on this machine"),
+        ("0.0.0.0:9051", "not on this machine"),
+        ("127.0.0.1:0", "port 0"),
+        (
+            "run/tor/control",
+            "neither an IP address and port nor an absolute path",
+        ),
+        (
+            "localhost:9051",
+            "neither an IP address and port nor an absolute path",
+        ),
+        ("", "neither"),
+    ] {
+        let msg = rejects(&control(written), "transport.control");
+        assert!(msg.contains(says), "{written}: {msg}");
+        assert!(
+            msg.contains("ControlSocket"),
+            "the hint says what to write: {msg}"
+        );
+    }
+    rejects("[transport]\ncontrol = 9051", "transport.control");
+}
+
+#[test]
 fn out_of_range_values_are_rejected() {
     let msg = rejects("[serve]\nmax_clients = 0", "serve.max_clients");
     assert!(msg.contains("line 2, column 15"), "{msg}");
