@@ -13,6 +13,12 @@
 //!   credentials, and each destination gets its own).
 //! - `tor::TorDialer` (feature `tor`): arti, Tor in this process.
 //!
+//! Two listen through Tor, as onion services (the peer server of a
+//! volunteer that serves over Tor): `tor::OnionListener` (feature
+//! `onion-service`), hosted by arti, and
+//! [`control::DaemonOnionListener`], hosted by a Tor daemon asked through
+//! its control port (`tor-socks`).
+//!
 //! Callers that pick one at run time hold an `Arc<dyn` [`Dialer`]`>`,
 //! whose streams are boxed ([`BoxStream`]); [`Dialed`] makes one a
 //! [`Transport`] for the swarm.
@@ -22,6 +28,7 @@
 //! unless the operator opted in. It must never authenticate or encrypt
 //! either: that is the Noise channel's job, on top of every transport.
 
+pub mod control;
 pub mod socks;
 #[cfg(feature = "tor")]
 pub mod tor;
