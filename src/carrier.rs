@@ -13,10 +13,11 @@
 //! refuses to start: `strict` never falls back unless the operator set
 //! `dangerous_allow_clearnet` too (the policy checks that).
 //!
-//! Serving over Tor means an onion service: with `tor` and
-//! `experimental_arti_onion_service`, arti hosts one per session (a fresh
-//! address); otherwise a serving node over Tor needs the TCP fallback,
-//! and its peers see its address.
+//! Serving over Tor means an onion service, a fresh address per session:
+//! with `tor` and `experimental_arti_onion_service`, arti hosts it; with
+//! `tor-socks`, the Tor daemon does, asked through its control port
+//! (`transport.control`, tried at start). Otherwise a serving node over
+//! Tor needs the TCP fallback, and its peers see its address.
 //!
 //! What the node ended up with is written to the state directory
 //! ([`TRANSPORT_FILE`]) for `anonmirror audit`.
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use anonmirror_overlay::TcpTransport;
 use anonmirror_overlay::transport::Dialer;
+use anonmirror_overlay::transport::control;
 use anonmirror_overlay::transport::socks::SocksDialer;
 use anonmirror_privacy::{Policy, Transport};
 use anyhow::{Result, anyhow};
@@ -47,6 +49,9 @@ pub enum Serving {
     Tcp,
     /// Through an onion service arti hosts, a fresh one per session.
     ArtiOnion,
+    /// Through an onion service the Tor daemon hosts (`ADD_ONION` on its
+    /// control port), a fresh one per session.
+    DaemonOnion,
 }
 
 /// The transport a node ended up with.
@@ -103,7 +108,7 @@ impl Carrier {
                 ));
             }
         };
-        carrier.serving = serving(policy, &carrier)?;
+        carrier.serving = serving(policy, &carrier).await?;
         Ok(carrier)
     }
 
@@ -133,6 +138,9 @@ impl Carrier {
             Serving::ArtiOnion => {
                 "onion service hosted by arti (a fresh address per session)".into()
             }
+            Serving::DaemonOnion => {
+                "onion service of the Tor daemon (a fresh address per session)".into()
+            }
         }
     }
 
@@ -149,7 +157,7 @@ impl Carrier {
 }
 
 /// How peers reach a node with `carrier`, or why it cannot serve.
-fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
+async fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
     if !policy.level.serves() {
         return Ok(Serving::Nobody);
     }
@@ -161,18 +169,41 @@ fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
     if t.experimental_arti_onion_service && carrier.arti.is_some() {
         return Ok(Serving::ArtiOnion);
     }
+    // The Tor daemon's onion service, if its control port lets us in.
+    let daemon = if t.kind == Transport::TorSocks {
+        match control::probe(&t.control).await {
+            Ok(()) => return Ok(Serving::DaemonOnion),
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
     if t.allow_tcp_fallback {
-        tracing::warn!(
-            "peers reach this node over direct TCP (transport.allow_tcp_fallback): \
-             no onion service is configured, so they see this machine's address"
-        );
+        match &daemon {
+            Some(why) => tracing::warn!(
+                reason = %why,
+                "peers reach this node over direct TCP (transport.allow_tcp_fallback): \
+                 the Tor daemon cannot host an onion service, so they see this machine's \
+                 address"
+            ),
+            None => tracing::warn!(
+                "peers reach this node over direct TCP (transport.allow_tcp_fallback): \
+                 no onion service is configured, so they see this machine's address"
+            ),
+        }
         return Ok(Serving::Tcp);
     }
-    let how = if cfg!(feature = "onion-service") {
+    let how = if let Some(why) = daemon {
+        format!(
+            "the Tor daemon hosts one through its control port (transport.control), but: \
+             {why}"
+        )
+    } else if cfg!(feature = "onion-service") {
         "set transport.kind = \"tor\" and transport.experimental_arti_onion_service = true \
          (arti hosts an onion service per session)"
+            .into()
     } else {
-        "this build cannot host onion services (cargo feature `onion-service`)"
+        "this build cannot host onion services (cargo feature `onion-service`)".into()
     };
     Err(anyhow!(
         "level {} serves peers over Tor only, which needs an onion service: {how}; or set \
@@ -245,4 +276,99 @@ async fn arti(_policy: &Policy) -> Result<Carrier, String> {
          Tor daemon instead"
             .into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anonmirror_privacy::{ControlPort, Level};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A `tor-socks` carrier (nothing is dialled here).
+    fn socks_carrier() -> Carrier {
+        let d = SocksDialer::new("127.0.0.1:9".parse().expect("addr")).expect("dialer");
+        Carrier {
+            dialer: Arc::new(d),
+            #[cfg(feature = "tor")]
+            arti: None,
+            serving: Serving::Tcp,
+            connections: "tor (SOCKS5 at 127.0.0.1:9)".into(),
+        }
+    }
+
+    fn tor_socks(level: Level, control: ControlPort) -> Policy {
+        let mut p = Policy::defaults_for(level);
+        p.transport.kind = Transport::TorSocks;
+        p.transport.control = control;
+        p
+    }
+
+    /// A control port that lets anyone in (NULL authentication), for
+    /// one connection.
+    async fn open_control_port() -> ControlPort {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let at = ControlPort::Tcp(l.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.expect("accept");
+            let mut s = BufReader::new(s);
+            let mut line = String::new();
+            while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let reply = match line.split_whitespace().next() {
+                    Some("PROTOCOLINFO") => {
+                        "250-PROTOCOLINFO 1\r\n250-AUTH METHODS=NULL\r\n250 OK\r\n"
+                    }
+                    Some("QUIT") => "250 closing connection\r\n",
+                    _ => "250 OK\r\n",
+                };
+                let _ = s.get_mut().write_all(reply.as_bytes()).await;
+                line.clear();
+            }
+        });
+        at
+    }
+
+    #[tokio::test]
+    async fn a_tor_socks_volunteer_serves_as_the_daemons_onion_service() {
+        let policy = tor_socks(Level::Strict, open_control_port().await);
+        let mut carrier = socks_carrier();
+        carrier.serving = serving(&policy, &carrier).await.expect("serves");
+        assert_eq!(carrier.serving, Serving::DaemonOnion);
+        let dir = tempfile::tempdir().expect("tempdir");
+        carrier.record(&policy, dir.path()).expect("record");
+        let text = std::fs::read_to_string(dir.path().join(TRANSPORT_FILE)).expect("read");
+        assert!(
+            text.contains("serving: onion service of the Tor daemon (a fresh address per session)"),
+            "{text}"
+        );
+        // What `anonmirror audit` makes of it: strict's requirement met.
+        let in_use = anonmirror_audit::InUse::parse(&text).expect("audit reads it");
+        assert_eq!(in_use.shortfalls(Level::Strict), Vec::<String>::new());
+        assert_eq!(in_use.shortfalls(Level::Balanced), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn without_the_control_port_strict_refuses_and_balanced_falls_back() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed = ControlPort::Tcp(l.local_addr().expect("addr"));
+        drop(l);
+        let carrier = socks_carrier();
+        let e = serving(&tor_socks(Level::Strict, closed.clone()), &carrier)
+            .await
+            .expect_err("strict serves over an onion service only");
+        let msg = e.to_string();
+        assert!(msg.contains("transport.control"), "{msg}");
+        assert!(msg.contains(&format!("control port {closed}")), "{msg}");
+        assert!(msg.contains("allow_tcp_fallback"), "{msg}");
+        let balanced = tor_socks(Level::Balanced, closed);
+        assert!(balanced.transport.allow_tcp_fallback);
+        assert_eq!(
+            serving(&balanced, &carrier).await.expect("falls back"),
+            Serving::Tcp
+        );
+        // Nobody at level off: the control port is not even tried.
+        let off = tor_socks(Level::Off, ControlPort::Unix("/nonexistent".into()));
+        assert_eq!(serving(&off, &carrier).await.expect("off"), Serving::Nobody);
+    }
 }

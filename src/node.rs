@@ -327,6 +327,15 @@ impl Volunteer {
                     .context("launching this session's onion service")?;
                 Ok(PeerListener::Onion(l))
             }
+            Serving::DaemonOnion => {
+                let l = anonmirror_overlay::transport::control::DaemonOnionListener::launch(
+                    &self.policy.transport.control,
+                    self.policy.serve.listen.port(),
+                )
+                .await
+                .context("asking the Tor daemon for this session's onion service")?;
+                Ok(PeerListener::DaemonOnion(l))
+            }
             _ => {
                 let l = TcpTransport
                     .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
@@ -753,6 +762,8 @@ enum PeerListener {
     Tcp(anonmirror_overlay::transport::TcpTransportListener),
     #[cfg(feature = "onion-service")]
     Onion(anonmirror_overlay::transport::tor::OnionListener),
+    /// The Tor daemon's onion service (`tor-socks`).
+    DaemonOnion(anonmirror_overlay::transport::control::DaemonOnionListener),
 }
 
 impl Listener for PeerListener {
@@ -768,6 +779,10 @@ impl Listener for PeerListener {
             }
             #[cfg(feature = "onion-service")]
             PeerListener::Onion(l) => l.accept().await,
+            PeerListener::DaemonOnion(l) => {
+                let (s, from) = l.accept().await?;
+                Ok((Box::new(s), from))
+            }
         }
     }
 
@@ -776,6 +791,7 @@ impl Listener for PeerListener {
             PeerListener::Tcp(l) => l.local_contact(),
             #[cfg(feature = "onion-service")]
             PeerListener::Onion(l) => l.local_contact(),
+            PeerListener::DaemonOnion(l) => l.local_contact(),
         }
     }
 }
