@@ -96,7 +96,9 @@ impl InUse {
 
     /// Where this falls short of what `level` requires of transport
     /// (strict: Tor for every connection and an onion service; balanced:
-    /// Tor preferred).
+    /// Tor preferred). Any serving line that starts with "onion" is an
+    /// onion service, whoever hosts it: arti ("onion service hosted by
+    /// arti …") or the Tor daemon ("onion service of the Tor daemon …").
     pub fn shortfalls(&self, level: Level) -> Vec<String> {
         let tor = self.connections.starts_with("tor");
         let onion = self.serving.starts_with("onion");

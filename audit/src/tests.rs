@@ -159,3 +159,32 @@ fn the_transport_in_use_is_held_to_the_level() {
         "both lines or nothing"
     );
 }
+
+#[test]
+fn a_tor_daemons_onion_service_counts_as_onion_serving() {
+    use crate::InUse;
+    let daemon = InUse::parse(
+        "connections: tor (SOCKS5 at 127.0.0.1:9050)\n\
+         serving: onion service of the Tor daemon (a fresh address per session)\n",
+    )
+    .expect("parses");
+    assert_eq!(daemon.connections, "tor (SOCKS5 at 127.0.0.1:9050)");
+    assert_eq!(
+        daemon.serving,
+        "onion service of the Tor daemon (a fresh address per session)"
+    );
+    for level in Level::ALL {
+        assert_eq!(daemon.shortfalls(level), Vec::<String>::new(), "{level}");
+    }
+    // Its control port failed and the policy let it fall back: strict
+    // would not have, and says so.
+    let fallback = InUse::parse(
+        "connections: tor (SOCKS5 at 127.0.0.1:9050)\n\
+         serving: tcp on 127.0.0.1:7879 (peers see this machine's address)\n",
+    )
+    .expect("parses");
+    let w = fallback.shortfalls(Level::Strict);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("onion service only"), "{w:?}");
+    assert_eq!(fallback.shortfalls(Level::Balanced).len(), 1);
+}
