@@ -7,7 +7,8 @@
 //! without an exit and fail with "could not construct a path". Bring-up
 //! took 16–25 s here (key generation included), most of it waiting for the
 //! first votes (a 15 s voting interval). [`TorNet::start_client`] adds C-tor clients, each with
-//! a SOCKS port and any number of onion services, and
+//! a SOCKS port, a control port (cookie authentication) and any number of
+//! onion services, and
 //! [`TorNet::arti_config_toml`] writes arti's configuration for the network.
 //!
 //! The recipe and the reasons for each option are in
@@ -128,13 +129,17 @@ pub struct TorNet {
     bring_up: Duration,
 }
 
-/// A C-tor client of a [`TorNet`]: a SOCKS5 port and the onion services it
-/// hosts. Dropping it kills and reaps its process.
+/// A C-tor client of a [`TorNet`]: a SOCKS5 port, a control port and the
+/// onion services it hosts. Dropping it kills and reaps its process.
 #[derive(Debug)]
 pub struct CTorClient {
     /// Its SOCKS5 port (with `ExtendedErrors`: onion-service failures get
     /// their own reply codes).
     pub socks: SocketAddr,
+    /// Its control port, with cookie authentication (`CookieAuthentication
+    /// 1`: the cookie is `control_auth_cookie` in its data directory, which
+    /// `PROTOCOLINFO` names).
+    pub control: SocketAddr,
     /// `<56 characters>.onion`, one per onion service asked for, in order.
     pub onions: Vec<String>,
     data_dir: PathBuf,
@@ -236,9 +241,10 @@ impl TorNet {
     }
 
     /// Starts a C-tor client named `name` (its files go in
-    /// `<dir>/clients/<name>`, so names must differ) with a SOCKS5 port on
-    /// 127.0.0.1 and one onion service per `(virtual port, target)` entry,
-    /// and waits until it has bootstrapped (at most [`CLIENT_TIMEOUT`]).
+    /// `<dir>/clients/<name>`, so names must differ) with a SOCKS5 port and
+    /// a control port on 127.0.0.1 and one onion service per
+    /// `(virtual port, target)` entry, and waits until it has bootstrapped
+    /// (at most [`CLIENT_TIMEOUT`]).
     ///
     /// The calling thread must be in the [`Namespace`]. An onion service's
     /// descriptor is published some seconds after bootstrap: connect to it
@@ -263,12 +269,15 @@ impl TorNet {
             .create(&data_dir)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", data_dir.display())))?;
         let socks = SocketAddr::from((Ipv4Addr::LOCALHOST, next_port()?));
+        let control = SocketAddr::from((Ipv4Addr::LOCALHOST, next_port()?));
 
         let mut torrc = self.common_torrc.clone();
         let _ = writeln!(torrc, "Nickname {}", name.replace('-', ""));
         let _ = writeln!(torrc, "DataDirectory {}", data_dir.display());
         let _ = writeln!(torrc, "Log notice file {}", log_path(&data_dir).display());
         let _ = writeln!(torrc, "SocksPort {socks} ExtendedErrors");
+        let _ = writeln!(torrc, "ControlPort {control}");
+        let _ = writeln!(torrc, "CookieAuthentication 1");
         let mut hs_dirs = Vec::new();
         for (i, (virtual_port, target)) in onion_services.iter().enumerate() {
             let hs_dir = data_dir.join(format!("hs{i}"));
@@ -281,6 +290,7 @@ impl TorNet {
         let child = spawn_tor(&self.tor, &torrc_path, &data_dir)?;
         let mut client = CTorClient {
             socks,
+            control,
             onions: Vec::new(),
             data_dir,
             child,

@@ -67,6 +67,44 @@ fn strict_refuses_to_start_when_the_tor_daemon_is_unreachable() {
     );
 }
 
+/// Strict over a Tor daemon whose SOCKS port answers but whose control
+/// port does not: no start, since it could serve only through the
+/// daemon's onion service, and the error names transport.control.
+#[test]
+fn strict_refuses_to_start_when_the_tor_daemon_cannot_host_its_onion_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Held open: the start only checks that the SOCKS port accepts.
+    let socks = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let control = closed.local_addr().expect("addr");
+    drop(closed);
+    let policy = strict_policy(
+        dir.path(),
+        &format!(
+            "kind = \"tor-socks\"\nsocks = \"{}\"\ncontrol = \"{control}\"",
+            socks.local_addr().expect("addr")
+        ),
+    );
+    let (ok, stderr) = run_daemon(&policy);
+    assert!(
+        !ok,
+        "a strict daemon that cannot serve must not start: {stderr}"
+    );
+    assert!(stderr.contains("needs an onion service"), "{stderr}");
+    assert!(stderr.contains("transport.control"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the Tor daemon's control port {control}"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("allow_tcp_fallback"), "{stderr}");
+    assert!(
+        !dir.path().join("state").join("credential").exists(),
+        "nothing was attempted"
+    );
+}
+
 /// Strict over arti with a broken arti configuration: no start, naming
 /// the misspelt key (arti would otherwise ignore it silently).
 #[test]

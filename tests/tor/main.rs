@@ -6,7 +6,8 @@
 //! the namespace; the relays are on 127.0.0.1. Every path a node takes in
 //! Tor mode is exercised for real: arti through an exit, a Tor daemon's
 //! SOCKS port, arti-hosted onion services for a volunteer and for the
-//! rendezvous.
+//! rendezvous, a Tor daemon's onion service (through its control port)
+//! for a volunteer.
 
 mod daemon;
 mod no_leaks;

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use anonmirror_overlay::Listener;
 use anonmirror_overlay::transport::Dialer;
+use anonmirror_overlay::transport::control::{ControlPort, DaemonOnionListener};
 use anonmirror_overlay::transport::socks::SocksDialer;
 
 use crate::support::{self, on_tor_net};
@@ -64,6 +66,48 @@ fn a_volunteer_serves_as_an_onion_service() {
         assert!(
             got == item.bytes,
             "the item, from the onion service, via SOCKS"
+        );
+    });
+}
+
+/// A `tor-socks` volunteer reachable only as an onion service of its Tor
+/// daemon (`ADD_ONION` through the control port, cookie authentication:
+/// SAFECOOKIE, as C tor offers it) serves an item to an arti client and
+/// to another Tor daemon's SOCKS port; each listener gets a fresh
+/// address, and the service ends with the listener.
+#[test]
+fn a_volunteer_serves_as_an_onion_service_of_its_tor_daemon() {
+    on_tor_net(|net| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let item = support::item(dir.path(), 2 << 20, 4);
+        let host = net.start_client("daemon-host", &[]).expect("tor daemon");
+        let control = ControlPort::Tcp(host.control);
+        let listener = DaemonOnionListener::launch(&control, 7879)
+            .await
+            .expect("the daemon's onion service");
+        let contact = listener.local_contact().expect("contact");
+        assert!(contact.is_onion(), "{contact}");
+        // A second session: a new address, nothing shared with the first.
+        let next = DaemonOnionListener::launch(&control, 7879)
+            .await
+            .expect("another onion service");
+        assert_ne!(next.local_contact().expect("contact"), contact);
+        next.close().await.expect("DEL_ONION");
+
+        let (_server, peer) = support::serve(listener, &item);
+        let client: Arc<dyn Dialer> =
+            Arc::new(support::arti(net, &dir.path().join("client")).await);
+        let got = support::fetch(client, &peer, &item).await;
+        assert!(
+            got == item.bytes,
+            "the item, from the daemon's onion service, via arti"
+        );
+        let daemon = net.start_client("daemon-user", &[]).expect("tor daemon");
+        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let got = support::fetch(socks, &peer, &item).await;
+        assert!(
+            got == item.bytes,
+            "the item, from the daemon's onion service, via SOCKS"
         );
     });
 }
