@@ -266,7 +266,7 @@ pub const DEFAULT_CONTROL: &str = "/run/tor/control";
 ///
 /// Written in the policy as `"127.0.0.1:9051"` or `"/run/tor/control"`:
 /// text that is an IP address and port is the former, anything else a
-/// path. [`Policy::check`] insists on a loopback address or an absolute
+/// path. The policy insists on a loopback address or an absolute
 /// path: whoever holds the control connection runs this node's onion
 /// service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
