@@ -850,6 +850,49 @@ impl Store {
         result
     }
 
+    /// Keep the file a download wrote, by hard link (else by copy),
+    /// without hashing it again: `proof` says its bytes were checked on
+    /// their way to the file (by the swarm download, or an
+    /// [`ItemHasher`](crate::verify::ItemHasher)), and carries the tree
+    /// (root and outboard) they make. Only the size is checked here.
+    pub fn import_verified(
+        &self,
+        proof: &crate::swarm::Verified,
+        path: &Path,
+        origin: Origin,
+    ) -> Result<ItemMeta, StoreError> {
+        let (key, size) = (&proof.key, proof.size());
+        if let Some(meta) = self.meta(key)? {
+            return Ok(meta);
+        }
+        let _reservation = self.reserve(key, size)?;
+        let tmp = self.tmp_path();
+        let result = (|| {
+            if fs::hard_link(path, &tmp).is_err() {
+                fs::copy(path, &tmp).map_err(io_err("copy", path))?;
+            }
+            let on_disk = fs::metadata(&tmp).map_err(io_err("stat", &tmp))?.len();
+            if on_disk != size {
+                return Err(StoreError::Mismatch {
+                    key: Sensitive::new(*key),
+                    what: format!("expected {size} bytes, the file has {on_disk}"),
+                });
+            }
+            self.commit(
+                key,
+                size,
+                origin,
+                &tmp,
+                proof.tree.root(),
+                proof.tree.outboard(),
+            )
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Add a local file under the SHA-256 of its own bytes (for files no
     /// index names yet, e.g. `anonmirror store add`): one pass computes
     /// the key and the outboard.
@@ -1085,6 +1128,41 @@ mod tests {
         assert!(err.to_string().contains("SHA-256"), "{err}");
         assert!(store.meta(&other).expect("meta").is_none());
         assert!(src.exists(), "the source is never touched");
+    }
+
+    #[test]
+    fn a_verified_download_is_kept_by_link_with_its_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(&dir.path().join("store"), 1 << 30);
+        let (key, data) = item(42, 90_000);
+        let ob =
+            PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], 90_000, BLOCK_SIZE).expect("ob");
+        let tree = Tree::new(90_000, ob.root.into(), ob.data.clone()).expect("tree");
+        let proof = crate::swarm::Verified { key, tree };
+        // A file of another length is not the download the proof is of.
+        let short = dir.path().join("short");
+        fs::write(&short, &data[..89_999]).expect("write");
+        let err = store
+            .import_verified(&proof, &short, Origin::Peer)
+            .expect_err("short");
+        assert!(err.to_string().contains("expected 90000 bytes"), "{err}");
+        assert!(store.meta(&key).expect("meta").is_none());
+        assert_eq!(files_in(&dir.path().join("store").join("tmp")), 0);
+
+        let src = dir.path().join("job-1");
+        fs::write(&src, &data).expect("write");
+        let meta = store
+            .import_verified(&proof, &src, Origin::Peer)
+            .expect("import");
+        assert_eq!(meta.origin, Origin::Peer);
+        assert_eq!(meta.root, *blake3::hash(&data).as_bytes());
+        assert_eq!(store.outboard(&key).expect("ob").expect("held"), ob.data);
+        assert_eq!(
+            fs::metadata(store.item_path(&key)).expect("stat").ino(),
+            fs::metadata(&src).expect("stat").ino(),
+            "hard link, no copy"
+        );
+        assert_eq!(store.used_bytes(), 90_000);
     }
 
     #[test]

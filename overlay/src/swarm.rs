@@ -277,6 +277,32 @@ pub struct SwarmReport {
     pub tree: Option<Tree>,
     /// Times the download restarted because a tree turned out wrong.
     pub restarts: u32,
+    /// On success: what the sink received was the item, every byte
+    /// checked (see [`Verified`]).
+    pub verified: Option<Verified>,
+}
+
+/// Proof that a download handed its sink exactly the item: every chunk
+/// group matched the tree and the whole matched the item key (the
+/// index's SHA-256). Only [`download`] makes one; the store takes it to
+/// keep those bytes without hashing them a second time
+/// ([`Store::import_verified`](crate::store::Store::import_verified)).
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub(crate) key: ItemKey,
+    pub(crate) tree: Tree,
+}
+
+impl Verified {
+    /// The item.
+    pub fn key(&self) -> ItemKey {
+        self.key
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.tree.size()
+    }
 }
 
 impl SwarmReport {
@@ -477,6 +503,7 @@ where
             .collect(),
         tree: None,
         restarts: 0,
+        verified: None,
     };
     // Peers that may still serve (not blamed, not gone).
     let mut usable: Vec<bool> = vec![true; peers.len()];
@@ -541,6 +568,10 @@ where
                 for (i, r) in results {
                     report.peers[i] = r;
                 }
+                report.verified = Some(Verified {
+                    key: item,
+                    tree: tree.clone(),
+                });
                 report.tree = Some(tree);
                 return Ok(report);
             }

@@ -209,6 +209,124 @@ impl Tree {
     }
 }
 
+/// Hashes an item as its bytes pass, in order, without keeping them: its
+/// SHA-256 (the item key) and its tree (BLAKE3 root and bao outboard), in
+/// one pass. What an upstream download uses to prove, like a swarm
+/// download, that the bytes it wrote are the item
+/// ([`ItemHasher::finish`]).
+pub struct ItemHasher {
+    size: u64,
+    sha: ring::digest::Context,
+    /// The chunk group being hashed.
+    group: blake3::Hasher,
+    /// Bytes seen so far.
+    seen: u64,
+    /// Chaining values of the finished groups (items over one group).
+    cvs: Vec<ChainingValue>,
+}
+
+impl std::fmt::Debug for ItemHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemHasher")
+            .field("size", &self.size)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ItemHasher {
+    /// For an item of `size` bytes.
+    pub fn new(size: u64) -> ItemHasher {
+        ItemHasher {
+            size,
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            group: blake3::Hasher::new(),
+            seen: 0,
+            cvs: Vec::with_capacity(if size > GROUP_SIZE {
+                usize::try_from(group_count(size)).unwrap_or(0)
+            } else {
+                0
+            }),
+        }
+    }
+
+    /// The next bytes. Bytes past the size are counted (and make
+    /// [`finish`](Self::finish) fail), not hashed.
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.seen >= self.size {
+                self.seen = self.seen.saturating_add(data.len() as u64);
+                return;
+            }
+            let in_group = self.seen % GROUP_SIZE;
+            let room = (GROUP_SIZE - in_group).min(self.size - self.seen);
+            let take = (data.len() as u64).min(room) as usize;
+            self.sha.update(&data[..take]);
+            self.group.update(&data[..take]);
+            self.seen += take as u64;
+            data = &data[take..];
+            let group_done = self.seen.is_multiple_of(GROUP_SIZE) || self.seen == self.size;
+            if group_done && self.size > GROUP_SIZE {
+                self.cvs.push(self.group.finalize_non_root());
+                self.group = blake3::Hasher::new();
+                if self.seen < self.size {
+                    self.group.set_input_offset(self.seen);
+                }
+            }
+        }
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The size of the item it hashes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The proof that the bytes seen were the item `key`: exactly the
+    /// size, and their SHA-256 is the key. `None` if not.
+    pub fn finish(self, key: anonmirror_core::ItemKey) -> Option<crate::swarm::Verified> {
+        if self.seen != self.size || self.sha.finish().as_ref() != key.0 {
+            return None;
+        }
+        let (root, outboard) = if self.size <= GROUP_SIZE {
+            (*self.group.finalize().as_bytes(), Vec::new())
+        } else {
+            let mut outboard = Vec::with_capacity(outboard_len(self.size) as usize);
+            let root = build(&self.cvs, self.size, true, &mut outboard);
+            (root, outboard)
+        };
+        Some(crate::swarm::Verified {
+            key,
+            tree: Tree {
+                size: self.size,
+                root,
+                outboard,
+            },
+        })
+    }
+}
+
+/// The node over the `len` bytes whose groups' chaining values are `cvs`,
+/// its parent pairs appended to `outboard` in pre-order.
+fn build(cvs: &[ChainingValue], len: u64, is_root: bool, outboard: &mut Vec<u8>) -> [u8; 32] {
+    if len <= GROUP_SIZE {
+        return cvs[0];
+    }
+    let at = outboard.len();
+    outboard.extend_from_slice(&[0u8; PAIR]);
+    let left = left_len(len);
+    let split = (left / GROUP_SIZE) as usize;
+    let l = build(&cvs[..split], left, false, outboard);
+    let r = build(&cvs[split..], len - left, false, outboard);
+    outboard[at..at + 32].copy_from_slice(&l);
+    outboard[at + 32..at + PAIR].copy_from_slice(&r);
+    Tree::merge(&l, &r, is_root)
+}
+
 #[cfg(test)]
 mod tests {
     use anonmirror_core::{Entropy, SeededEntropy};
@@ -311,5 +429,56 @@ mod tests {
         let (size, root, ob) = bao(&other);
         let tree = Tree::new(size, root, ob).expect("self-consistent");
         assert!(!tree.verify_group(0, &honest[..GROUP_SIZE as usize]));
+    }
+
+    #[test]
+    fn item_hasher_makes_the_key_and_bao_tree_in_one_pass() {
+        for (i, &len) in SIZES.iter().enumerate() {
+            let d = data(len, 90 + i as u64);
+            let key = anonmirror_core::ItemKey(
+                ring::digest::digest(&ring::digest::SHA256, &d)
+                    .as_ref()
+                    .try_into()
+                    .expect("32 bytes"),
+            );
+            let (size, root, outboard) = bao(&d);
+            // In uneven pieces, crossing group boundaries anywhere.
+            let mut h = ItemHasher::new(size);
+            let mut rest = &d[..];
+            let mut step = 1usize;
+            while !rest.is_empty() {
+                let n = step.min(rest.len());
+                h.update(&rest[..n]);
+                rest = &rest[n..];
+                step = step * 7 % 40_000 + 1;
+            }
+            let proof = h.finish(key).expect("the item");
+            assert_eq!(proof.tree.root(), root, "root, {len} bytes");
+            assert_eq!(
+                proof.tree.outboard(),
+                &outboard[..],
+                "outboard, {len} bytes"
+            );
+            assert!(Tree::new(size, root, outboard).is_ok());
+
+            let mut wrong = ItemHasher::new(size);
+            wrong.update(&d);
+            let other = anonmirror_core::ItemKey([7; 32]);
+            assert!(wrong.finish(other).is_none(), "another key, {len} bytes");
+            let mut long = ItemHasher::new(size);
+            long.update(&d);
+            long.update(b"x");
+            assert!(long.finish(key).is_none(), "a byte too many, {len} bytes");
+        }
+        let d = data(50_000, 3);
+        let key = anonmirror_core::ItemKey(
+            ring::digest::digest(&ring::digest::SHA256, &d)
+                .as_ref()
+                .try_into()
+                .expect("32 bytes"),
+        );
+        let mut short = ItemHasher::new(50_000);
+        short.update(&d[..49_999]);
+        assert!(short.finish(key).is_none(), "a byte short");
     }
 }
