@@ -5,7 +5,10 @@
 //! One download runs per item however many requests want it (a *job*); it
 //! runs on its own task, so a package manager that hangs up does not waste
 //! what was fetched. Bytes land in a work file under the cache directory,
-//! and every request streams from it as far as its *feed* has published:
+//! written by a thread of the job's own, and every request streams as far
+//! as its *feed* has published: the latest bytes from memory (a reader
+//! that keeps up never reads the work file back), older ones from the
+//! file:
 //!
 //! - **Peers** ([`anonmirror_overlay::swarm`]): only chunk-verified bytes
 //!   are published, in order; the swarm withholds the last piece until the
@@ -36,18 +39,24 @@
 //! are small), peers get `max(HEDGE_FLOOR, 4·t₀)`; before any answer from
 //! the upstream at all, [`HEDGE_UNKNOWN`].
 //!
-//! Completed items are linked into the store (which verifies them once
-//! more) and the work files removed.
+//! Completed items are linked into the store and the work files removed.
+//! Every byte was hashed once on its way: the swarm checks chunk groups
+//! and the whole SHA-256; an upstream download's writer hashes SHA-256
+//! and the tree as it writes ([`ItemHasher`]). Either way the store gets
+//! a [`Verified`] proof and does not read the file again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
 use anonmirror_overlay::Store;
-use anonmirror_overlay::swarm::{self, Outcome, Sink, SwarmConfig};
+use anonmirror_overlay::store::Origin;
+use anonmirror_overlay::swarm::{self, Outcome, Sink, SwarmConfig, Verified};
 use anonmirror_overlay::transport::{Dialed, Dialer};
+use anonmirror_overlay::verify::ItemHasher;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -57,6 +66,7 @@ use tokio::time::Instant;
 use crate::metrics::{Metrics, Source};
 use crate::peers::{Candidate, PeerSource, blamed_range};
 use crate::upstream::Upstream;
+use crate::workfile::WorkFile;
 
 /// The least time peers get before the upstream is hedged in.
 pub const HEDGE_FLOOR: Duration = Duration::from_millis(200);
@@ -64,11 +74,15 @@ pub const HEDGE_FLOOR: Duration = Duration::from_millis(200);
 pub const HEDGE_UNKNOWN: Duration = Duration::from_secs(2);
 /// How often a running swarm's progress is compared with the upstream's.
 const HEDGE_TICK: Duration = Duration::from_millis(50);
+/// Bytes of a feed kept in memory once the work file holds them too.
+const RECENT_MAX: usize = 16 << 20;
+/// Writes queued for a work file's thread before the download waits.
+const WRITES_QUEUED: usize = 16;
 
 /// Which side of the race finished first.
 enum Raced {
     Swarm(Result<swarm::SwarmReport, swarm::SwarmError>),
-    Hedge(PathBuf),
+    Hedge(PathBuf, Verified),
 }
 
 /// Bytes published by one download.
@@ -77,7 +91,78 @@ struct Feed {
     path: Arc<PathBuf>,
     source: Source,
     lineage: u32,
+    /// Bytes a reader may take: from `recent`, else from the file.
     prefix: u64,
+    recent: Arc<Recent>,
+}
+
+/// The latest published bytes of a feed, in memory. Pieces leave only
+/// once the work file holds them, and only while more than
+/// [`RECENT_MAX`] bytes are kept.
+#[derive(Debug, Default)]
+struct Recent(Mutex<RecentInner>);
+
+#[derive(Debug, Default)]
+struct RecentInner {
+    /// Counts resets: the writer's reports of an earlier generation no
+    /// longer say anything about the file.
+    generation: u64,
+    pieces: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, offset: u64, piece: Bytes) {
+        let mut r = self.lock();
+        r.bytes += piece.len();
+        r.pieces.push_back((offset, piece));
+    }
+
+    /// Everything goes; returns the new generation.
+    fn reset(&self) -> u64 {
+        let mut r = self.lock();
+        r.generation += 1;
+        r.pieces.clear();
+        r.bytes = 0;
+        r.generation
+    }
+
+    /// The work file holds bytes `..upto` of `generation`.
+    fn in_file(&self, generation: u64, upto: u64) {
+        let mut r = self.lock();
+        if r.generation != generation {
+            return;
+        }
+        while r.bytes > RECENT_MAX {
+            match r.pieces.front() {
+                Some((o, p)) if o + p.len() as u64 <= upto => {
+                    r.bytes -= p.len();
+                    r.pieces.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Bytes from `pos` up to `end` (exclusive) or the end of the piece
+    /// holding `pos`, if memory still has it.
+    fn get(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let r = self.lock();
+        let i = r.pieces.partition_point(|(o, _)| *o <= pos);
+        let (o, p) = r.pieces.get(i.checked_sub(1)?)?;
+        let from = usize::try_from(pos - o).ok()?;
+        if from >= p.len() {
+            return None;
+        }
+        let to = usize::try_from(end.saturating_sub(*o)).map_or(p.len(), |e| e.min(p.len()));
+        Some(p.slice(from..to))
+    }
 }
 
 /// What a job has published.
@@ -118,7 +203,7 @@ impl Job {
         self.size
     }
 
-    fn new_file(&self, dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    fn new_file(&self, dir: &Path) -> std::io::Result<(PathBuf, WorkFile)> {
         let mut name = [0u8; 12];
         OsEntropy.fill(&mut name);
         let path = dir.join(format!("job-{}", hex::encode(name)));
@@ -126,7 +211,7 @@ impl Job {
         if let Ok(mut f) = self.files.lock() {
             f.push(path.clone());
         }
-        Ok((path, file))
+        Ok((path.clone(), WorkFile::open(&path, file)))
     }
 
     fn publish(&self, f: impl FnOnce(&mut JobState)) {
@@ -180,7 +265,14 @@ impl Job {
                         r.lineage = Some(feed.lineage);
                     }
                     if feed.prefix > r.pos {
-                        let want = (feed.prefix.min(r.end) - r.pos).min(256 * 1024) as usize;
+                        let until = feed.prefix.min(r.end);
+                        if let Some(bytes) = feed.recent.get(r.pos, until) {
+                            r.pos += bytes.len() as u64;
+                            r.sent = true;
+                            r.metrics.item_bytes(feed.source, bytes.len() as u64);
+                            return Some((Ok(bytes), r));
+                        }
+                        let want = (until - r.pos).min(256 * 1024) as usize;
                         match read_at(&mut r.file, &feed.path, r.pos, want).await {
                             Ok(bytes) => {
                                 r.pos += bytes.len() as u64;
@@ -238,91 +330,167 @@ async fn read_at(
     Ok(Bytes::from(buf))
 }
 
-/// A swarm sink writing into a job's work file on a thread of its own and
-/// publishing each piece once it is written.
+/// What a work file's thread is told.
+enum Write {
+    Bytes(Bytes),
+    /// Start over from byte 0.
+    Reset,
+}
+
+/// The thread writing a job's work file, in order, hashing as it goes
+/// when given an [`ItemHasher`].
+struct WorkWriter {
+    tx: Option<SyncSender<Write>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<Option<ItemHasher>>>>,
+}
+
+impl WorkWriter {
+    fn spawn(file: WorkFile, recent: Arc<Recent>, hasher: Option<ItemHasher>) -> WorkWriter {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Write>(WRITES_QUEUED);
+        let thread = std::thread::spawn(move || {
+            let mut file = file;
+            let mut hasher = hasher;
+            let mut generation = 0u64;
+            for w in rx {
+                match w {
+                    Write::Bytes(bytes) => {
+                        file.write(&bytes)?;
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&bytes);
+                        }
+                        recent.in_file(generation, file.flushed());
+                    }
+                    Write::Reset => {
+                        file.reset()?;
+                        generation += 1;
+                        if let Some(h) = hasher.as_mut() {
+                            *h = ItemHasher::new(h.size());
+                        }
+                    }
+                }
+            }
+            file.finish()?;
+            Ok(hasher)
+        });
+        WorkWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn stopped() -> std::io::Error {
+        std::io::Error::other("the work file writer stopped")
+    }
+
+    /// Queue `w`, waiting on this thread while the queue is full.
+    fn send_blocking(&self, w: Write) -> std::io::Result<()> {
+        match &self.tx {
+            Some(tx) => tx.send(w).map_err(|_| Self::stopped()),
+            None => Err(Self::stopped()),
+        }
+    }
+
+    /// Queue `w`, waiting off the runtime's threads while the queue is
+    /// full.
+    async fn send(&self, w: Write) -> std::io::Result<()> {
+        let Some(tx) = &self.tx else {
+            return Err(Self::stopped());
+        };
+        match tx.try_send(w) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(w)) => {
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(w))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(|_| Self::stopped())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Self::stopped()),
+        }
+    }
+
+    /// Wait for every write (and the file's data to be on disk); the
+    /// hasher, if one was given, has seen every byte.
+    async fn finish(mut self) -> std::io::Result<Option<ItemHasher>> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|_| std::io::Error::other("the work file writer panicked"))?,
+            None => Ok(None),
+        }
+    }
+}
+
+/// A swarm sink: each verified piece is published from memory at once and
+/// written to the job's work file by its thread.
 struct FeedSink {
-    tx: Option<std::sync::mpsc::SyncSender<Option<Vec<u8>>>>,
-    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    job: Arc<Job>,
+    path: Arc<PathBuf>,
+    recent: Arc<Recent>,
+    offset: u64,
+    writer: WorkWriter,
 }
 
 impl FeedSink {
-    fn new(job: Arc<Job>, path: PathBuf, file: std::fs::File, source: Source) -> FeedSink {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+    fn new(job: Arc<Job>, path: PathBuf, file: WorkFile, source: Source) -> FeedSink {
         let path = Arc::new(path);
+        let recent = Arc::new(Recent::default());
         job.publish(|s| {
             s.feed = Some(Feed {
                 path: path.clone(),
                 source,
                 lineage: s.lineage,
                 prefix: 0,
+                recent: recent.clone(),
             })
         });
-        let writer = std::thread::spawn(move || {
-            use std::io::{Seek, Write};
-            let mut file = file;
-            for cmd in rx {
-                match cmd {
-                    Some(bytes) => {
-                        file.write_all(&bytes)?;
-                        let n = bytes.len() as u64;
-                        job.publish(|s| {
-                            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path))
-                            {
-                                f.prefix += n;
-                            }
-                        });
-                    }
-                    None => {
-                        file.set_len(0)?;
-                        file.seek(std::io::SeekFrom::Start(0))?;
-                        job.publish(|s| {
-                            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path))
-                            {
-                                if f.prefix > 0 {
-                                    s.lineage += 1;
-                                    f.lineage = s.lineage;
-                                }
-                                f.prefix = 0;
-                            }
-                        });
-                    }
-                }
-            }
-            file.sync_data()
-        });
+        let writer = WorkWriter::spawn(file, recent.clone(), None);
         FeedSink {
-            tx: Some(tx),
-            writer: Some(writer),
+            job,
+            path,
+            recent,
+            offset: 0,
+            writer,
         }
-    }
-
-    fn send(&mut self, cmd: Option<Vec<u8>>) -> std::io::Result<()> {
-        if self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok()) {
-            return Ok(());
-        }
-        Err(std::io::Error::other("the work file writer stopped"))
     }
 
     /// Wait for every write.
-    async fn finish(mut self) -> std::io::Result<()> {
-        self.tx = None;
-        match self.writer.take() {
-            Some(w) => tokio::task::spawn_blocking(move || w.join())
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(|_| std::io::Error::other("the work file writer panicked"))?,
-            None => Ok(()),
-        }
+    async fn finish(self) -> std::io::Result<()> {
+        self.writer.finish().await.map(|_| ())
     }
 }
 
 impl Sink for FeedSink {
     fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
-        self.send(Some(bytes))
+        let bytes = Bytes::from(bytes);
+        let n = bytes.len() as u64;
+        self.recent.push(self.offset, bytes.clone());
+        self.offset += n;
+        let path = &self.path;
+        self.job.publish(|s| {
+            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, path)) {
+                f.prefix += n;
+            }
+        });
+        self.writer.send_blocking(Write::Bytes(bytes))
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        self.send(None)
+        self.recent.reset();
+        self.offset = 0;
+        let path = &self.path;
+        self.job.publish(|s| {
+            if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, path)) {
+                if f.prefix > 0 {
+                    s.lineage += 1;
+                    f.lineage = s.lineage;
+                }
+                f.prefix = 0;
+            }
+        });
+        self.writer.send_blocking(Write::Reset)
     }
 }
 
@@ -479,7 +647,7 @@ impl Fetcher {
         let started = Instant::now();
 
         let transport = Dialed(self.config.dialer.clone());
-        let mut hedge: Option<tokio::task::JoinHandle<Result<PathBuf, String>>> = None;
+        let mut hedge: Option<tokio::task::JoinHandle<Result<(PathBuf, Verified), String>>> = None;
         let raced = {
             let swarm_fut =
                 swarm::download(&transport, &cfg, want.key, want.size, &addrs, &mut sink);
@@ -491,7 +659,7 @@ impl Fetcher {
                     r = async { hedge.as_mut().expect("guarded").await }, if hedge.is_some() => {
                         hedge = None;
                         match r {
-                            Ok(Ok(up)) => break Raced::Hedge(up),
+                            Ok(Ok((up, proof))) => break Raced::Hedge(up, proof),
                             Ok(Err(e)) => tracing::info!(error = %e, "hedged upstream failed"),
                             Err(e) => tracing::info!(error = %e, "hedged upstream panicked"),
                         }
@@ -512,9 +680,11 @@ impl Fetcher {
         };
         let result = match raced {
             Raced::Swarm(r) => r,
-            Raced::Hedge(up) => {
+            Raced::Hedge(up, proof) => {
                 // The hedge won; the swarm was dropped with its future.
-                drop(sink);
+                // Its writes are waited for: what was published is
+                // compared with the hedge's file.
+                let _ = sink.finish().await;
                 if job
                     .state
                     .borrow()
@@ -529,7 +699,7 @@ impl Fetcher {
                     }
                 }
                 self.switch_to_upstream(job, &path, up).await;
-                return self.finish(job, want, Source::Upstream).await;
+                return self.finish(job, want, Source::Upstream, &proof).await;
             }
         };
         let report = match &result {
@@ -538,7 +708,7 @@ impl Fetcher {
         };
         self.account(&group, want, &report).await;
         match result {
-            Ok(_) => {
+            Ok(report) => {
                 sink.finish()
                     .await
                     .map_err(|e| format!("writing the work file: {e}"))?;
@@ -546,16 +716,19 @@ impl Fetcher {
                     h.abort();
                 }
                 self.metrics.item_completed(Source::Peers);
-                self.import(want, &path).await
+                match &report.verified {
+                    Some(proof) => self.import(proof, &path, Origin::Peer).await,
+                    None => Err("the swarm download ended without its proof".to_owned()),
+                }
             }
             Err(e) => {
-                drop(sink);
+                let _ = sink.finish().await;
                 tracing::info!(error = %e, "peers could not deliver: upstream");
                 if let Some(h) = hedge {
                     match h.await {
-                        Ok(Ok(up)) => {
+                        Ok(Ok((up, proof))) => {
                             self.switch_to_upstream(job, &path, up).await;
-                            return self.finish(job, want, Source::Upstream).await;
+                            return self.finish(job, want, Source::Upstream, &proof).await;
                         }
                         Ok(Err(e)) => return Err(e),
                         Err(e) => return Err(e.to_string()),
@@ -565,9 +738,9 @@ impl Fetcher {
                 if published == 0 {
                     self.upstream_primary(job, want).await
                 } else {
-                    let up = self.upstream_hedge(job, want).await?;
+                    let (up, proof) = self.upstream_hedge(job, want).await?;
                     self.switch_to_upstream(job, &path, up).await;
-                    self.finish(job, want, Source::Upstream).await
+                    self.finish(job, want, Source::Upstream, &proof).await
                 }
             }
         }
@@ -620,6 +793,7 @@ impl Fetcher {
                 source: Source::Upstream,
                 lineage: s.lineage,
                 prefix: size,
+                recent: Arc::default(),
             });
         });
     }
@@ -631,6 +805,7 @@ impl Fetcher {
             .new_file(&self.config.work_dir)
             .map_err(|e| format!("creating a work file: {e}"))?;
         let path = Arc::new(path);
+        let recent = Arc::new(Recent::default());
         job.publish(|s| {
             if s.feed.as_ref().is_some_and(|f| f.prefix > 0) {
                 s.lineage += 1;
@@ -640,10 +815,11 @@ impl Fetcher {
                 source: Source::Upstream,
                 lineage: s.lineage,
                 prefix: 0,
+                recent: recent.clone(),
             })
         });
-        let ok = self
-            .download_upstream(want, file, |n| {
+        let proof = self
+            .download_upstream(want, file, Some(&recent), |n| {
                 job.publish(|s| {
                     if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path)) {
                         f.prefix += n;
@@ -651,39 +827,45 @@ impl Fetcher {
                 })
             })
             .await?;
-        if !ok {
+        let Some(proof) = proof else {
             // Passed on as received; not stored, not shared.
             tracing::info!(
                 item = %Sensitive::new(want.key),
                 "the upstream's file does not match the index: passed on, not stored"
             );
             return Ok(());
-        }
-        self.finish(job, want, Source::Upstream).await
+        };
+        self.finish(job, want, Source::Upstream, &proof).await
     }
 
     /// The upstream as a hedge: returns the work file once the whole file
     /// matched the index.
-    async fn upstream_hedge(&self, job: &Arc<Job>, want: &Want) -> Result<PathBuf, String> {
+    async fn upstream_hedge(
+        &self,
+        job: &Arc<Job>,
+        want: &Want,
+    ) -> Result<(PathBuf, Verified), String> {
         let (path, file) = job
             .new_file(&self.config.work_dir)
             .map_err(|e| format!("creating a work file: {e}"))?;
-        if self.download_upstream(want, file, |_| {}).await? {
-            Ok(path)
-        } else {
-            Err("the upstream's file does not match the index".to_owned())
+        match self.download_upstream(want, file, None, |_| {}).await? {
+            Some(proof) => Ok((path, proof)),
+            None => Err("the upstream's file does not match the index".to_owned()),
         }
     }
 
-    /// GET the item into `file`, calling `progress` after each write.
-    /// Returns whether size and SHA-256 matched the index.
+    /// GET the item into `file` (through its own writer thread, which
+    /// hashes it), each body frame handed to `recent` (when given) and
+    /// announced to `progress` as it arrives. Returns the proof that the
+    /// file is the item, or `None` when size or SHA-256 differ from the
+    /// index.
     async fn download_upstream(
         &self,
         want: &Want,
-        file: std::fs::File,
+        file: WorkFile,
+        recent: Option<&Arc<Recent>>,
         progress: impl Fn(u64),
-    ) -> Result<bool, String> {
-        use tokio::io::AsyncWriteExt;
+    ) -> Result<Option<Verified>, String> {
         let resp = self
             .upstream
             .get_with(&want.url, &[])
@@ -694,38 +876,48 @@ impl Fetcher {
         }
         let started = std::time::Instant::now();
         let mut body = resp.into_body();
-        let mut file = tokio::fs::File::from_std(file);
-        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let writer = WorkWriter::spawn(
+            file,
+            recent.cloned().unwrap_or_default(),
+            Some(ItemHasher::new(want.size)),
+        );
         let mut got = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            got += data.len() as u64;
-            if got > want.size {
-                return Ok(false);
+            if got + data.len() as u64 > want.size {
+                // Longer than the index says: not the item.
+                let _ = writer.finish().await;
+                return Ok(None);
             }
-            sha.update(&data);
-            // tokio's file writes in the background: flush before readers
-            // are told the bytes are there.
-            file.write_all(&data)
-                .await
-                .map_err(|e| format!("writing the work file: {e}"))?;
-            file.flush()
-                .await
-                .map_err(|e| format!("writing the work file: {e}"))?;
+            if let Some(r) = recent {
+                r.push(got, data.clone());
+            }
+            got += data.len() as u64;
             progress(data.len() as u64);
+            writer
+                .send(Write::Bytes(data))
+                .await
+                .map_err(|e| format!("writing the work file: {e}"))?;
         }
-        file.flush()
+        let hasher = writer
+            .finish()
             .await
             .map_err(|e| format!("writing the work file: {e}"))?;
         self.upstream.observe_body(got, started.elapsed());
-        Ok(got == want.size && sha.finish().as_ref() == want.key.0)
+        Ok(hasher.and_then(|h| h.finish(want.key)))
     }
 
     /// Link the completed copy into the store and end the job.
-    async fn finish(&self, job: &Arc<Job>, want: &Want, source: Source) -> Result<(), String> {
+    async fn finish(
+        &self,
+        job: &Arc<Job>,
+        want: &Want,
+        source: Source,
+        proof: &Verified,
+    ) -> Result<(), String> {
         let path = job
             .state
             .borrow()
@@ -735,13 +927,20 @@ impl Fetcher {
             .ok_or("no feed")?;
         // Counted when the last byte is there, before the store links it.
         self.metrics.item_completed(source);
-        self.import(want, &path).await
+        let origin = match source {
+            Source::Peers => Origin::Peer,
+            _ => Origin::Upstream,
+        };
+        debug_assert_eq!(proof.key(), want.key);
+        self.import(proof, &path, origin).await
     }
 
-    async fn import(&self, want: &Want, path: &Path) -> Result<(), String> {
+    async fn import(&self, proof: &Verified, path: &Path, origin: Origin) -> Result<(), String> {
         let store = self.store.clone();
-        let (key, size, path) = (want.key, want.size, path.to_path_buf());
-        match tokio::task::spawn_blocking(move || store.import(&key, size, &path)).await {
+        let (proof, path) = (proof.clone(), path.to_path_buf());
+        match tokio::task::spawn_blocking(move || store.import_verified(&proof, &path, origin))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             // The package manager has its bytes either way; a full disk
             // only costs the cache.
@@ -784,12 +983,15 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
     let (mut fa, mut fb) = (fa.take(len), fb.take(len));
     let mut ba = vec![0u8; 1 << 16];
     let mut bb = vec![0u8; 1 << 16];
+    let mut compared = 0u64;
     loop {
         let n = match fa.read(&mut ba) {
-            Ok(0) => return true,
+            // Equal only if all of `len` was there to compare.
+            Ok(0) => return compared == len,
             Ok(n) => n,
             Err(_) => return false,
         };
+        compared += n as u64;
         if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
             return false;
         }
@@ -799,6 +1001,39 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_bytes_leave_memory_only_once_in_the_file() {
+        let r = Recent::default();
+        let piece = |n: u8| Bytes::from(vec![n; RECENT_MAX / 2]);
+        let half = (RECENT_MAX / 2) as u64;
+        for i in 0..4u8 {
+            r.push(u64::from(i) * half, piece(i));
+        }
+        // Slices within a piece, cut at the requested end.
+        assert_eq!(r.get(10, 20).expect("held").len(), 10);
+        assert_eq!(r.get(half - 1, 4 * half).expect("held").len(), 1);
+        assert_eq!(r.get(half, 4 * half).expect("held")[0], 1);
+        assert!(r.get(4 * half, 5 * half).is_none(), "not published");
+        // Over the limit, but nothing is in the file yet: all kept.
+        r.in_file(0, 0);
+        assert!(r.get(0, 1).is_some());
+        // The file holds three pieces: the oldest go until the limit holds.
+        r.in_file(0, 3 * half);
+        assert!(r.get(0, 1).is_none() && r.get(half, half + 1).is_none());
+        assert!(r.get(2 * half, 2 * half + 1).is_some());
+        // After a reset, the writer's reports of the old file mean nothing.
+        let generation = r.reset();
+        assert!(r.get(2 * half, 2 * half + 1).is_none());
+        for i in 0..4u8 {
+            r.push(u64::from(i) * half, piece(i + 10));
+        }
+        r.in_file(generation - 1, 4 * half);
+        assert_eq!(r.get(0, 1).expect("kept")[0], 10);
+        r.in_file(generation, 4 * half);
+        assert!(r.get(0, 1).is_none());
+        assert_eq!(r.get(3 * half, 3 * half + 1).expect("kept")[0], 13);
+    }
 
     #[test]
     fn peers_are_late_by_the_deadline_or_by_their_pace() {

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod peers;
 pub mod repo;
 pub mod upstream;
+mod workfile;
 
 pub use err::{Error, Result};
 pub use gateway::Gateway;
