@@ -537,6 +537,13 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The running daemon's process id ("0" if stopped).
+    fn pid(&self) -> String {
+        self.proc
+            .as_ref()
+            .map_or("0".into(), |p| p.child.id().to_string())
+    }
+
     async fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("daemon")
@@ -660,6 +667,22 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
+/// CPU time (user and system) process `pid` ("self" for this one) has
+/// used so far, in seconds; 0 if /proc does not say.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name: state is the first, utime and stime
+    // the 12th and 13th, in clock ticks (USER_HZ, 100 per second).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Case 1 or 3: a fresh client daemon through its gateway vs straight from
 /// nginx, `runs` times.
 async fn client_vs_nginx(
@@ -674,11 +697,13 @@ async fn client_vs_nginx(
     for run in 0..args.runs {
         let out = dir.join(format!("out{run}"));
         std::fs::create_dir_all(&out)?;
+        let me = cpu_secs("self");
         let (bytes, t) = fetch_set(nginx, "", packages, Some(&out)).await?;
+        let me = cpu_secs("self") - me;
         std::fs::remove_dir_all(&out)?;
         std::fs::create_dir_all(&out)?;
         println!(
-            "  run {run}: nginx {:.2} s ({:.0} MiB/s)",
+            "  run {run}: nginx {:.2} s ({:.0} MiB/s); CPU: client {me:.2} s",
             t.as_secs_f64(),
             mib(bytes) / t.as_secs_f64()
         );
@@ -686,16 +711,19 @@ async fn client_vs_nginx(
 
         let mut client =
             Daemon::start(bin, &dir.join(format!("client{run}")), Level::Off, nginx, r).await?;
+        let pid = client.pid();
+        let (me, daemon) = (cpu_secs("self"), cpu_secs(&pid));
         let (bytes, t) = fetch_set(client.gateway, "bench/", packages, Some(&out))
             .await
             .context("the client through its gateway")?;
+        let (me, daemon) = (cpu_secs("self") - me, cpu_secs(&pid) - daemon);
         let m = metrics(client.gateway).await?;
         client.stop().await?;
         std::fs::remove_dir_all(&out)?;
         std::fs::remove_dir_all(dir.join(format!("client{run}")).join("cache"))?;
         println!(
-            "  run {run}: gateway {:.2} s ({:.0} MiB/s): peers {:.0} MiB, upstream {:.0} MiB, \
-             hedges {}, items by peers {} / upstream {}",
+            "  run {run}: gateway {:.2} s ({:.0} MiB/s); CPU: client {me:.2} s, daemon {daemon:.2} s; \
+             peers {:.0} MiB, upstream {:.0} MiB, hedges {}, items by peers {} / upstream {}",
             t.as_secs_f64(),
             mib(bytes) / t.as_secs_f64(),
             mib(m.from_peers),
