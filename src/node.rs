@@ -642,6 +642,13 @@ impl Volunteer {
                 },
                 _ = &mut deadline => break Ok(Ended::Reopen),
                 _ = self.reannounce.notified() => break Ok(Ended::Reopen),
+                // Announced but unreachable helps nobody: the session
+                // ends, and the next one (after the usual backoff, so a
+                // flapping Tor daemon does not burn the epoch's tokens)
+                // gets a new listener.
+                _ = server.unreachable() => {
+                    break Err(anyhow!("the peer listener is gone (its onion service stopped)"));
+                }
                 _ = self.cancel.cancelled() => break Ok(Ended::Stopping),
                 _ = tick.tick() => {
                     let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);

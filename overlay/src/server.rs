@@ -123,6 +123,8 @@ pub struct ServerStats {
 pub struct ServerHandle {
     contact: Contact,
     cancel: CancellationToken,
+    /// Cancelled when the listener is gone for good.
+    unreachable: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<ServerStats>,
 }
@@ -136,6 +138,14 @@ impl ServerHandle {
     /// Counters of what the server has done.
     pub fn stats(&self) -> &ServerStats {
         &self.stats
+    }
+
+    /// Resolves once the listener is gone for good (an onion service that
+    /// stopped, the Tor daemon's control connection lost): the server can
+    /// no longer be reached at its contact, and whoever announced it
+    /// should stop doing so.
+    pub async fn unreachable(&self) {
+        self.unreachable.cancelled().await;
     }
 
     /// Stop accepting, let every channel close cleanly, and wait for them.
@@ -188,15 +198,18 @@ where
         limiter,
         stats: stats.clone(),
     });
+    let unreachable = CancellationToken::new();
     tracker.spawn(accept_loop(
         listener,
         shared,
         cancel.clone(),
+        unreachable.clone(),
         tracker.clone(),
     ));
     Ok(ServerHandle {
         contact,
         cancel,
+        unreachable,
         tracker,
         stats,
     })
@@ -206,6 +219,7 @@ async fn accept_loop<L>(
     mut listener: L,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    unreachable: CancellationToken,
     tracker: TaskTracker,
 ) where
     L: Listener,
@@ -218,6 +232,13 @@ async fn accept_loop<L>(
         };
         let (stream, _remote) = match accepted {
             Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                // The listener's transport is gone (see `Listener`):
+                // nothing will arrive any more.
+                tracing::warn!(error = %e, "peer server: its listener is gone");
+                unreachable.cancel();
+                return;
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // rather than spin.

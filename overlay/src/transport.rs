@@ -269,7 +269,8 @@ pub trait Listener: Send {
 
     /// The next incoming stream, with the remote contact where the
     /// transport knows one (TCP does; an onion service does not, which is
-    /// the point).
+    /// the point). An error of kind `NotConnected` says the listener is
+    /// gone for good (its onion service stopped): callers stop accepting.
     fn accept(
         &mut self,
     ) -> impl Future<Output = io::Result<(Self::Stream, Option<Contact>)>> + Send;

@@ -627,3 +627,67 @@ async fn limits_hold_under_fifty_concurrent_clients() {
     );
     h.shutdown().await;
 }
+
+/// A listener whose transport went away after one accept.
+struct Vanishing {
+    inner: anonmirror_overlay::transport::TcpTransportListener,
+    accepted: bool,
+}
+
+impl Listener for Vanishing {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(tokio::net::TcpStream, Option<Contact>)> {
+        if self.accepted {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the onion service stopped",
+            ));
+        }
+        self.accepted = true;
+        self.inner.accept().await
+    }
+
+    fn local_contact(&self) -> std::io::Result<Contact> {
+        self.inner.local_contact()
+    }
+}
+
+/// A listener that is gone for good makes the server say it cannot be
+/// reached (so its session stops announcing it); the channel it already
+/// accepted is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_listener_is_gone_says_so() {
+    let (key, data) = item_bytes(200_000, 77);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 1 << 30, Arc::new(ManualClock::at_unix(1))).expect("store");
+    store
+        .insert(&key, data.len() as u64, Origin::Import, &data[..])
+        .expect("insert");
+    let inner = TcpTransport
+        .listen(&Contact::Tcp("127.0.0.1:0".parse().expect("addr")))
+        .await
+        .expect("listen");
+    let keypair = StaticKeypair::generate().expect("keypair");
+    let peer = PeerAddr {
+        contact: inner.local_contact().expect("contact"),
+        key: keypair.public(),
+    };
+    let server = server::spawn(
+        Vanishing {
+            inner,
+            accepted: false,
+        },
+        store,
+        keypair,
+        params(),
+        ServerConfig::default(),
+    )
+    .expect("server");
+    let (got, _) = fetch(key, data.len() as u64, std::slice::from_ref(&peer)).await;
+    assert!(got == data, "the channel accepted before is served");
+    tokio::time::timeout(Duration::from_secs(30), server.unreachable())
+        .await
+        .expect("the server says its listener is gone");
+    server.shutdown().await;
+}
