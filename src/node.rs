@@ -232,7 +232,7 @@ impl Node {
                 rendezvous.ok_or_else(|| anyhow!("level {} needs [rendezvous]", policy.level))?;
             let v = Volunteer {
                 serving: carrier.serving,
-                #[cfg(feature = "tor")]
+                #[cfg(feature = "onion-service")]
                 arti: carrier.arti.clone(),
                 policy,
                 opts,
@@ -285,7 +285,7 @@ struct Volunteer {
     /// How peers reach it.
     serving: Serving,
     /// arti, which hosts its onion services.
-    #[cfg(feature = "tor")]
+    #[cfg(feature = "onion-service")]
     arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
     policy: Policy,
     opts: NodeOptions,
