@@ -5,10 +5,10 @@
 //! One download runs per item however many requests want it (a *job*); it
 //! runs on its own task, so a package manager that hangs up does not waste
 //! what was fetched. Bytes land in a work file under the cache directory,
-//! written by a thread of the job's own, and every request streams as far
-//! as its *feed* has published: the latest bytes from memory (a reader
-//! that keeps up never reads the work file back), older ones from the
-//! file:
+//! written on a blocking thread of the job's own, and every request
+//! streams as far as its *feed* has published: the latest bytes from
+//! memory (a reader that keeps up never reads the work file back), older
+//! ones from the file:
 //!
 //! - **Peers** ([`anonmirror_overlay::swarm`]): only chunk-verified bytes
 //!   are published, in order; the swarm withholds the last piece until the
@@ -341,13 +341,15 @@ enum Write {
 /// when given an [`ItemHasher`].
 struct WorkWriter {
     tx: Option<SyncSender<Write>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<Option<ItemHasher>>>>,
+    thread: Option<tokio::task::JoinHandle<std::io::Result<Option<ItemHasher>>>>,
 }
 
 impl WorkWriter {
     fn spawn(file: WorkFile, recent: Arc<Recent>, hasher: Option<ItemHasher>) -> WorkWriter {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Write>(WRITES_QUEUED);
-        let thread = std::thread::spawn(move || {
+        // On the runtime's blocking pool: its threads are reused from job
+        // to job.
+        let thread = tokio::task::spawn_blocking(move || {
             let mut file = file;
             let mut hasher = hasher;
             let mut generation = 0u64;
@@ -414,10 +416,9 @@ impl WorkWriter {
     async fn finish(mut self) -> std::io::Result<Option<ItemHasher>> {
         self.tx = None;
         match self.thread.take() {
-            Some(t) => tokio::task::spawn_blocking(move || t.join())
+            Some(t) => t
                 .await
-                .map_err(std::io::Error::other)?
-                .map_err(|_| std::io::Error::other("the work file writer panicked"))?,
+                .map_err(|e| std::io::Error::other(format!("the work file writer: {e}")))?,
             None => Ok(None),
         }
     }
