@@ -622,6 +622,7 @@ impl Fetcher {
     }
 
     async fn drive(self: &Arc<Self>, job: &Arc<Job>, want: &Want) -> Result<(), String> {
+        let asked = Instant::now();
         let candidates = match &self.peers {
             Some(p) => {
                 p.candidates(&want.repository, want.version, want.key, want.size)
@@ -629,6 +630,11 @@ impl Fetcher {
             }
             None => Vec::new(),
         };
+        tracing::debug!(
+            candidates = candidates.len(),
+            lookup_us = asked.elapsed().as_micros() as u64,
+            "candidates"
+        );
         if candidates.is_empty() {
             tracing::debug!("no peers: upstream");
             return self.upstream_primary(job, want).await;
@@ -680,7 +686,13 @@ impl Fetcher {
             }
         };
         let result = match raced {
-            Raced::Swarm(r) => r,
+            Raced::Swarm(r) => {
+                tracing::debug!(
+                    swarm_us = started.elapsed().as_micros() as u64,
+                    "swarm done"
+                );
+                r
+            }
             Raced::Hedge(up, proof) => {
                 // The hedge won; the swarm was dropped with its future.
                 // Its writes are waited for: what was published is
@@ -716,6 +728,10 @@ impl Fetcher {
                 if let Some(h) = hedge {
                     h.abort();
                 }
+                tracing::debug!(
+                    peers_us = started.elapsed().as_micros() as u64,
+                    "item from peers"
+                );
                 self.metrics.item_completed(Source::Peers);
                 match &report.verified {
                     Some(proof) => self.import(proof, &path, Origin::Peer).await,

@@ -621,8 +621,15 @@ enum Verdict {
     Incomplete,
 }
 
-/// Ask `peer` for the item's tree; on success the channel is kept for
-/// fetching pieces.
+/// Bytes per piece under `config` (a whole number of chunk groups).
+fn piece_size(config: &SwarmConfig) -> u64 {
+    config.piece_size.div_ceil(GROUP_SIZE).max(1) * GROUP_SIZE
+}
+
+/// Ask `peer` for the item's tree and, in the same request, for the
+/// first piece (saving a round trip per item: most packages are one
+/// piece); on success the channel is kept, the first piece's `Data` on
+/// its way.
 async fn fetch_tree<T>(
     transport: &T,
     config: &SwarmConfig,
@@ -640,7 +647,7 @@ where
         &Message::Request {
             item,
             offset: 0,
-            len: 0,
+            len: piece_size(config).min(size),
             want_meta: true,
         },
     )
@@ -761,14 +768,23 @@ where
     T: Transport + Clone + 'static,
     T::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let piece_size = config.piece_size.div_ceil(GROUP_SIZE).max(1) * GROUP_SIZE;
+    let piece_size = piece_size(config);
     let n_pieces = tree.size().div_ceil(piece_size).max(1) as usize;
+    // The source was asked for the first piece with the tree.
+    let first_asked = tree.size() > 0;
+    let mut pieces = vec![Piece::Pending; n_pieces];
+    if first_asked {
+        pieces[0] = Piece::InFlight {
+            holders: vec![source],
+            since: source_started,
+        };
+    }
     let shared = Arc::new(Shared {
         item,
         tree,
         piece_size,
         sched: Mutex::new(Sched {
-            pieces: vec![Piece::Pending; n_pieces],
+            pieces,
             next_deliver: 0,
             window: config.window.max(1),
             finished: false,
@@ -783,10 +799,10 @@ where
         if !usable[i] {
             continue;
         }
-        let channel = if i == source {
-            source_channel.take()
+        let (channel, asked) = if i == source {
+            (source_channel.take(), first_asked.then_some(0))
         } else {
-            None
+            (None, None)
         };
         let started = if i == source {
             source_started
@@ -800,6 +816,7 @@ where
             i,
             peer.clone(),
             channel,
+            asked,
             started,
             done_tx.clone(),
         ));
@@ -871,6 +888,7 @@ async fn worker<T>(
     me: usize,
     peer: PeerAddr,
     channel: Option<PeerChannel<T>>,
+    asked: Option<usize>,
     started: Instant,
     done: mpsc::Sender<Done>,
 ) -> (usize, PeerReport)
@@ -880,7 +898,7 @@ where
 {
     let mut bytes = 0u64;
     let outcome = work(
-        &transport, &config, &shared, me, &peer, channel, &done, &mut bytes,
+        &transport, &config, &shared, me, &peer, channel, asked, &done, &mut bytes,
     )
     .await;
     (
@@ -902,6 +920,7 @@ async fn work<T>(
     me: usize,
     peer: &PeerAddr,
     channel: Option<PeerChannel<T>>,
+    asked: Option<usize>,
     done: &mpsc::Sender<Done>,
     bytes: &mut u64,
 ) -> Outcome
@@ -909,8 +928,9 @@ where
     T: Transport,
     T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // Pieces this peer was asked for, oldest first.
-    let mut outstanding: VecDeque<usize> = VecDeque::new();
+    // Pieces this peer was asked for, oldest first (the source peer was
+    // asked for the first with the tree).
+    let mut outstanding: VecDeque<usize> = asked.into_iter().collect();
     let release_all = |outstanding: &VecDeque<usize>| {
         let mut s = shared.sched();
         for p in outstanding {
