@@ -21,6 +21,7 @@
 //! A size cap is kept by evicting the least recently used items, never one
 //! that is pinned (being served) or being written.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -816,18 +817,10 @@ impl Store {
     /// system (no copy), else by copy; verified like any insert against
     /// the size and SHA-256 the index states.
     pub fn import(&self, key: &ItemKey, size: u64, path: &Path) -> Result<ItemMeta, StoreError> {
-        if let Some(meta) = self.meta(key)? {
-            return Ok(meta);
-        }
-        let _reservation = self.reserve(key, size)?;
-        let tmp = self.tmp_path();
-        let result = (|| {
-            let linked = self.link_and_hash(path, &tmp)?;
+        self.import_with(key, size, Origin::Import, |tmp| {
+            let linked = self.link_and_hash(path, tmp)?;
             if linked.size != size {
-                return Err(StoreError::Mismatch {
-                    key: Sensitive::new(*key),
-                    what: format!("expected {size} bytes, the file has {}", linked.size),
-                });
+                return Err(size_mismatch(key, size, linked.size));
             }
             if linked.key != *key {
                 return Err(StoreError::Mismatch {
@@ -835,19 +828,8 @@ impl Store {
                     what: "SHA-256 of the file differs from the index".to_owned(),
                 });
             }
-            self.commit(
-                key,
-                size,
-                Origin::Import,
-                &tmp,
-                linked.root,
-                &linked.outboard,
-            )
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+            Ok((linked.root, Cow::Owned(linked.outboard)))
+        })
     }
 
     /// Keep the file a download wrote, by hard link (else by copy),
@@ -862,31 +844,34 @@ impl Store {
         origin: Origin,
     ) -> Result<ItemMeta, StoreError> {
         let (key, size) = (&proof.key, proof.size());
+        self.import_with(key, size, origin, |tmp| {
+            link_or_copy(path, tmp)?;
+            let on_disk = fs::metadata(tmp).map_err(io_err("stat", tmp))?.len();
+            if on_disk != size {
+                return Err(size_mismatch(key, size, on_disk));
+            }
+            Ok((proof.tree.root(), Cow::Borrowed(proof.tree.outboard())))
+        })
+    }
+
+    /// What imports share: nothing to do if the item is held; else room
+    /// reserved, `place` puts the file at a fresh temporary path and says
+    /// its tree (or why it is not the item), and the file is committed,
+    /// or removed if anything failed.
+    fn import_with<'a>(
+        &self,
+        key: &ItemKey,
+        size: u64,
+        origin: Origin,
+        place: impl FnOnce(&Path) -> Result<([u8; 32], Cow<'a, [u8]>), StoreError>,
+    ) -> Result<ItemMeta, StoreError> {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
         }
         let _reservation = self.reserve(key, size)?;
         let tmp = self.tmp_path();
-        let result = (|| {
-            if fs::hard_link(path, &tmp).is_err() {
-                fs::copy(path, &tmp).map_err(io_err("copy", path))?;
-            }
-            let on_disk = fs::metadata(&tmp).map_err(io_err("stat", &tmp))?.len();
-            if on_disk != size {
-                return Err(StoreError::Mismatch {
-                    key: Sensitive::new(*key),
-                    what: format!("expected {size} bytes, the file has {on_disk}"),
-                });
-            }
-            self.commit(
-                key,
-                size,
-                origin,
-                &tmp,
-                proof.tree.root(),
-                proof.tree.outboard(),
-            )
-        })();
+        let result = place(&tmp)
+            .and_then(|(root, outboard)| self.commit(key, size, origin, &tmp, root, &outboard));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -924,9 +909,7 @@ impl Store {
     /// Hard-link (or copy) `path` to `tmp` and hash it: SHA-256, size and
     /// bao outboard in one read.
     fn link_and_hash(&self, path: &Path, tmp: &Path) -> Result<Linked, StoreError> {
-        if fs::hard_link(path, tmp).is_err() {
-            fs::copy(path, tmp).map_err(io_err("copy", path))?;
-        }
+        link_or_copy(path, tmp)?;
         let file = File::open(tmp).map_err(io_err("open", tmp))?;
         let size = file.metadata().map_err(io_err("stat", tmp))?.len();
         let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
@@ -944,6 +927,22 @@ impl Store {
             root: outboard.root.into(),
             outboard: outboard.data,
         })
+    }
+}
+
+/// Hard-links `path` at `tmp`, or copies it where a link cannot be made
+/// (another file system).
+fn link_or_copy(path: &Path, tmp: &Path) -> Result<(), StoreError> {
+    if fs::hard_link(path, tmp).is_err() {
+        fs::copy(path, tmp).map_err(io_err("copy", path))?;
+    }
+    Ok(())
+}
+
+fn size_mismatch(key: &ItemKey, expected: u64, got: u64) -> StoreError {
+    StoreError::Mismatch {
+        key: Sensitive::new(*key),
+        what: format!("expected {expected} bytes, the file has {got}"),
     }
 }
 

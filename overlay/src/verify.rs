@@ -276,11 +276,6 @@ impl ItemHasher {
         }
     }
 
-    /// Bytes seen so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// The size of the item it hashes.
     pub fn size(&self) -> u64 {
         self.size
