@@ -238,35 +238,47 @@ async fn socks(policy: &Policy) -> Result<Carrier, String> {
 /// arti, bootstrapped, if this build has it and it can.
 #[cfg(feature = "tor")]
 async fn arti(policy: &Policy) -> Result<Carrier, String> {
-    use anonmirror_overlay::transport::tor::{TorConfig, TorDialer};
+    use anonmirror_overlay::transport::tor::TorConfig;
     let mut config = TorConfig::new(
         policy.paths.state_dir.join("arti"),
         policy.paths.cache_dir.join("arti"),
     );
     config.arti_config = policy.transport.dangerous_arti_config.clone();
-    if config.arti_config.is_some() {
-        tracing::warn!(
-            "transport.dangerous_arti_config: arti uses the Tor network that file names"
-        );
-    }
-    tracing::info!("starting Tor (arti)");
-    let d = TorDialer::bootstrap(&config, |p| {
-        tracing::info!(
-            percent = (100.0 * p.fraction).round(),
-            status = %p.status,
-            "Tor bootstrap"
-        );
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    tracing::info!("Tor ready");
-    let d = Arc::new(d);
+    let d = Arc::new(
+        bootstrap_arti(&config, "transport.dangerous_arti_config")
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     Ok(Carrier {
         dialer: d.clone(),
         arti: Some(d),
         serving: Serving::Tcp,
         connections: "tor (arti)".into(),
     })
+}
+
+/// Starts arti with `config`, its progress in the log; `setting` names
+/// where an arti configuration file came from, for the warning that one
+/// is in use.
+#[cfg(feature = "tor")]
+pub(crate) async fn bootstrap_arti(
+    config: &anonmirror_overlay::transport::tor::TorConfig,
+    setting: &str,
+) -> std::io::Result<anonmirror_overlay::transport::tor::TorDialer> {
+    if config.arti_config.is_some() {
+        tracing::warn!("{setting}: arti uses the Tor network that file names");
+    }
+    tracing::info!("starting Tor (arti)");
+    let d = anonmirror_overlay::transport::tor::TorDialer::bootstrap(config, |p| {
+        tracing::info!(
+            percent = (100.0 * p.fraction).round(),
+            status = %p.status,
+            "Tor bootstrap"
+        );
+    })
+    .await?;
+    tracing::info!("Tor ready");
+    Ok(d)
 }
 
 #[cfg(not(feature = "tor"))]

@@ -209,19 +209,8 @@ mod onion {
     ) -> io::Result<Onion> {
         let mut config = TorConfig::new(state_dir.join("arti-state"), state_dir.join("arti-cache"));
         config.onion_keys = OnionKeys::Persistent;
-        if arti_config.is_some() {
-            tracing::warn!("--dangerous-arti-config: arti uses the Tor network that file names");
-        }
         config.arti_config = arti_config;
-        tracing::info!("starting Tor (arti)");
-        let arti = TorDialer::bootstrap(&config, |p| {
-            tracing::info!(
-                percent = (100.0 * p.fraction).round(),
-                status = %p.status,
-                "Tor bootstrap"
-            );
-        })
-        .await?;
+        let arti = crate::carrier::bootstrap_arti(&config, "--dangerous-arti-config").await?;
         let mut listener = arti.host_named_onion_service(NICKNAME, port).await?;
         let address = match listener.local_contact()? {
             Contact::Onion { host, port } => format!("{host}:{port}"),
