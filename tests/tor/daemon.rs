@@ -29,6 +29,12 @@ fn strict_policy(dir: &Path, transport: &str) -> std::path::PathBuf {
     path
 }
 
+/// A loopback address nothing listens on.
+fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
 fn run_daemon(policy: &Path) -> (bool, String) {
     let out = bin()
         .args(["daemon", "--policy"])
@@ -46,12 +52,9 @@ fn run_daemon(policy: &Path) -> (bool, String) {
 #[test]
 fn strict_refuses_to_start_when_the_tor_daemon_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
     let policy = strict_policy(
         dir.path(),
-        &format!("kind = \"tor-socks\"\nsocks = \"127.0.0.1:{port}\""),
+        &format!("kind = \"tor-socks\"\nsocks = \"{}\"", closed_port()),
     );
     let (ok, stderr) = run_daemon(&policy);
     assert!(!ok, "a strict daemon without Tor must not start: {stderr}");
@@ -75,9 +78,7 @@ fn strict_refuses_to_start_when_the_tor_daemon_cannot_host_its_onion_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Held open: the start only checks that the SOCKS port accepts.
     let socks = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let control = closed.local_addr().expect("addr");
-    drop(closed);
+    let control = closed_port();
     let policy = strict_policy(
         dir.path(),
         &format!(
