@@ -20,6 +20,15 @@
 //! (not fsynced: no case fsyncs). Reported: median MiB/s per case, and
 //! ratios to nginx and raw TCP.
 //!
+//! Every case writes over the same output file in place, and a round of
+//! every case goes unmeasured first (`--warmup`). This machine is a
+//! virtual machine whose kernel hands freed memory back to the host at
+//! once (virtio-balloon free page reporting): a new file's page-cache
+//! pages then cost a host fault each, several times the copy itself (the
+//! same case measured 5 and 12 cycles/byte in one process, depending on
+//! which pages it met), and the cost lands on whichever case allocates.
+//! Writing over cached pages takes that out of every case alike.
+//!
 //! Then the upload limit: a peer server capped at `--cap-mib` MiB/s serves
 //! 50 concurrent clients; the aggregate rate is reported against the cap.
 //!
@@ -58,6 +67,9 @@ struct Args {
     /// Runs per case; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Unmeasured rounds of every case first (see the module doc).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Upload cap for the limit measurement, MiB/s.
     #[arg(long, default_value_t = 50)]
     cap_mib: u64,
@@ -176,7 +188,7 @@ async fn http_get(port: u16, path: &str, out: &Path) -> Result<u64> {
         .context("no content-length")?
         .trim()
         .parse()?;
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, output(out)?);
     file.write_all(&head[body_start..])?;
     let mut got = (head.len() - body_start) as u64;
     while got < len {
@@ -229,9 +241,15 @@ async fn raw_server(file: PathBuf) -> Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The output file, opened for writing over its cached pages in place
+/// (see the module doc); every case writes all of it.
+fn output(out: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(out)
+}
+
 async fn raw_get(addr: SocketAddr, len: u64, out: &Path) -> Result<u64> {
     let mut s = TcpStream::connect(addr).await?;
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, output(out)?);
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
     while got < len {
@@ -269,7 +287,7 @@ async fn peer(
 }
 
 async fn swarm_get(peers: &[PeerAddr], key: ItemKey, size: u64, out: &Path) -> Result<u64> {
-    let mut sink = FileSink::new(std::fs::File::create(out)?);
+    let mut sink = FileSink::new(output(out)?);
     let report = swarm::download(
         &TcpTransport,
         &SwarmConfig::new(params()),
@@ -661,12 +679,12 @@ async fn main() -> Result<()> {
     let out = dir.join("out.bin");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
     let mut cpu_samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
-    for run in 0..args.runs {
+    for round in 0..args.warmup + args.runs {
+        let run = round.checked_sub(args.warmup);
         for (c, case) in Case::ALL.into_iter().enumerate() {
             if !args.cases.is_empty() && !args.cases.iter().any(|n| n == case.short()) {
                 continue;
             }
-            let _ = std::fs::remove_file(&out);
             let cpu_before = cpu_now(&nginx);
             let start = Instant::now();
             let got = match case {
@@ -684,12 +702,15 @@ async fn main() -> Result<()> {
             // Cycles per byte over both ends (both run here; nginx's
             // workers counted for its case).
             let cpb = cpu * cpu_hz() / size as f64;
+            let label = run.map_or_else(|| "warm-up".to_owned(), |r| format!("run {r}"));
             eprintln!(
-                "run {run} {:32} {speed:8.0} MiB/s {cpu:6.2} CPU s {cpb:5.2} cycles/byte",
+                "{label:7} {:32} {speed:8.0} MiB/s {cpu:6.2} CPU s {cpb:5.2} cycles/byte",
                 case.name()
             );
-            samples[c].push(speed);
-            cpu_samples[c].push(cpb);
+            if run.is_some() {
+                samples[c].push(speed);
+                cpu_samples[c].push(cpb);
+            }
         }
         // The output of the last case must be the item itself.
         if sha256_file(&out)? != key {
