@@ -74,7 +74,8 @@ pub struct SwarmConfig {
     pub piece_size: u64,
     /// Pieces that may be claimed past the first undelivered one.
     pub window: usize,
-    /// Time allowed for a connection and its handshake.
+    /// Time allowed for a connection, and at most for its handshake (which
+    /// gets less after a fast connection: see [`handshake_allowance`]).
     pub connect_timeout: Duration,
     /// Silence after which a peer counts as stalled.
     pub stall_timeout: Duration,
@@ -229,7 +230,8 @@ pub enum Outcome {
     Busy,
     /// It does not hold the item.
     NotFound,
-    /// It went silent for the stall timeout; its pieces went to others.
+    /// It went silent: no answer to the handshake within its allowance,
+    /// or nothing for the stall timeout; its pieces went to others.
     Stalled,
     /// It was still fetching, with nothing delivered, when faster peers
     /// completed the item.
@@ -695,6 +697,30 @@ fn unexpected_answer(msg: Message<'_>) -> Outcome {
     }
 }
 
+/// Round trips of its own connection a peer gets to answer the handshake.
+pub const HANDSHAKE_RTTS: u32 = 8;
+/// The least time a peer gets to answer the handshake, whatever its
+/// connection's speed: a loaded machine's scheduling and the peer's key
+/// work.
+pub const HANDSHAKE_MIN: Duration = Duration::from_millis(100);
+
+/// How long the handshake may take after a connection that took
+/// `connected`: [`HANDSHAKE_RTTS`] times as long, at least
+/// [`HANDSHAKE_MIN`], at most `limit`.
+///
+/// Opening the connection costs the transport about one round trip (TCP's
+/// own handshake; through Tor, the stream's setup over its circuit), and
+/// the Noise handshake one more plus the peer's key work. A peer that takes
+/// many times longer is not working: a process that hangs still has its
+/// connections accepted by the kernel, and would otherwise hold a download
+/// for all of `limit`.
+pub fn handshake_allowance(connected: Duration, limit: Duration) -> Duration {
+    connected
+        .saturating_mul(HANDSHAKE_RTTS)
+        .max(HANDSHAKE_MIN)
+        .min(limit)
+}
+
 async fn open<T>(
     transport: &T,
     config: &SwarmConfig,
@@ -704,13 +730,18 @@ where
     T: Transport,
     T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let dialled = Instant::now();
     let stream = tokio::time::timeout(config.connect_timeout, transport.connect(&peer.contact))
         .await
         .map_err(|_| Outcome::Unavailable("connect timed out".into()))?
         .map_err(|e| Outcome::Unavailable(format!("connect: {e}")))?;
-    crate::noise::connect(stream, &peer.key, &config.params, config.connect_timeout)
+    let allowance = handshake_allowance(dialled.elapsed(), config.connect_timeout);
+    crate::noise::connect(stream, &peer.key, &config.params, allowance)
         .await
-        .map_err(|e| Outcome::Unavailable(format!("handshake: {e}")))
+        .map_err(|e| match e {
+            crate::Error::Timeout { .. } => Outcome::Stalled,
+            e => Outcome::Unavailable(format!("handshake: {e}")),
+        })
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -956,7 +987,17 @@ where
             };
             let Some(piece) = claimed else { break };
             if channel.is_none() {
-                match open(transport, config, peer).await {
+                let opened = tokio::select! {
+                    _ = shared.stop.cancelled() => {
+                        // Done (or abandoned) while this peer was still
+                        // being reached.
+                        outstanding.push_back(piece);
+                        release_all(&outstanding);
+                        return if served_any { Outcome::Served } else { Outcome::Slow };
+                    }
+                    r = open(transport, config, peer) => r,
+                };
+                match opened {
                     Ok(c) => channel = Some(c),
                     Err(outcome) => {
                         outstanding.push_back(piece);

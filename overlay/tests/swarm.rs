@@ -231,6 +231,75 @@ async fn fetch(key: ItemKey, size: u64, peers: &[PeerAddr]) -> (Vec<u8>, swarm::
     (out, report)
 }
 
+/// A peer whose address accepts connections and never answers, as a hung
+/// process's does (the kernel still accepts for it); the connections are
+/// held open until the test ends.
+async fn silent() -> PeerAddr {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(LOCAL))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    PeerAddr {
+        contact: Contact::from(addr),
+        key: StaticKeypair::generate().expect("keypair").public(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_the_handshake_is_left_after_its_allowance() {
+    let (key, data) = item_bytes(2 * 1024 * 1024 + 777, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_h, good) = honest(dir.path(), &[(&key, &data)], ServerConfig::default()).await;
+    // An hour to connect: only the handshake allowance, a few round trips
+    // of the connection itself, can end the wait for the silent peer.
+    let mut cfg = config();
+    cfg.connect_timeout = Duration::from_secs(3600);
+    assert_eq!(
+        swarm::handshake_allowance(Duration::from_micros(100), cfg.connect_timeout),
+        swarm::HANDSHAKE_MIN
+    );
+    assert_eq!(
+        swarm::handshake_allowance(Duration::from_secs(1), cfg.connect_timeout),
+        Duration::from_secs(u64::from(swarm::HANDSHAKE_RTTS))
+    );
+    // First in line (asked for the tree) and second (a worker's peer).
+    for order in [[0, 1], [1, 0]] {
+        let mute = silent().await;
+        let both = [good.clone(), mute];
+        let peers = [both[order[0]].clone(), both[order[1]].clone()];
+        let mut out = Vec::new();
+        let report = tokio::time::timeout(
+            Duration::from_secs(120),
+            swarm::download(
+                &TcpTransport,
+                &cfg,
+                key,
+                data.len() as u64,
+                &peers,
+                &mut out,
+            ),
+        )
+        .await
+        .expect("the download does not wait out the connect timeout")
+        .expect("download completes");
+        assert!(out == data);
+        let m = order.iter().position(|&i| i == 1).expect("silent peer");
+        assert!(
+            matches!(report.peers[m].outcome, Outcome::Stalled | Outcome::Slow),
+            "{:?}",
+            report.peers[m]
+        );
+        assert_eq!(report.peers[m].bytes, 0);
+        assert!(report.culprits().next().is_none());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_and_four_peers_deliver_the_item() {
     let (key, data) = item_bytes(6 * 1024 * 1024 + 12_345, 1);
