@@ -37,7 +37,10 @@
 //! upstream starts whenever the peers' own pace predicts a finish later
 //! than `now + u`. While only the upstream's latency is known (index files
 //! are small), peers get `max(HEDGE_FLOOR, 4·t₀)`; before any answer from
-//! the upstream at all, [`HEDGE_UNKNOWN`].
+//! the upstream at all, [`HEDGE_UNKNOWN`]. Peers that do not even answer
+//! the handshake within a few round trips of their own connection
+//! ([`swarm::handshake_allowance`]) are left sooner: with none left, the
+//! upstream starts at once.
 //!
 //! Completed items are linked into the store and the work files removed.
 //! Every byte was hashed once on its way: the swarm checks chunk groups
@@ -212,6 +215,17 @@ impl Job {
             f.push(path.clone());
         }
         Ok((path.clone(), WorkFile::open(&path, file)))
+    }
+
+    /// A new work file, made on the blocking pool: creating a file can
+    /// take a file system a millisecond or more (ext4 without a journal
+    /// skips every recently deleted inode one by one).
+    async fn work_file(self: &Arc<Self>, dir: PathBuf) -> Result<(PathBuf, WorkFile), String> {
+        let job = self.clone();
+        tokio::task::spawn_blocking(move || job.new_file(&dir))
+            .await
+            .map_err(|e| format!("creating a work file: {e}"))?
+            .map_err(|e| format!("creating a work file: {e}"))
     }
 
     fn publish(&self, f: impl FnOnce(&mut JobState)) {
@@ -623,6 +637,16 @@ impl Fetcher {
 
     async fn drive(self: &Arc<Self>, job: &Arc<Job>, want: &Want) -> Result<(), String> {
         let asked = Instant::now();
+        // Every way on needs a work file: it is made while the lookup runs.
+        let work_file = tokio::spawn({
+            let (job, dir) = (job.clone(), self.config.work_dir.clone());
+            async move { job.work_file(dir).await }
+        });
+        let work_file = async move {
+            work_file
+                .await
+                .map_err(|e| format!("creating a work file: {e}"))?
+        };
         let candidates = match &self.peers {
             Some(p) => {
                 p.candidates(&want.repository, want.version, want.key, want.size)
@@ -637,7 +661,7 @@ impl Fetcher {
         );
         if candidates.is_empty() {
             tracing::debug!("no peers: upstream");
-            return self.upstream_primary(job, want).await;
+            return self.upstream_primary(job, want, work_file.await?).await;
         }
         // Peers of one level and epoch share one channel parameter set;
         // the first candidate's decides (a lookup answers one epoch).
@@ -646,9 +670,7 @@ impl Fetcher {
         let addrs: Vec<swarm::PeerAddr> = group.iter().map(|c| c.addr.clone()).collect();
         let mut cfg = self.config.swarm.clone();
         cfg.params = params;
-        let (path, file) = job
-            .new_file(&self.config.work_dir)
-            .map_err(|e| format!("creating a work file: {e}"))?;
+        let (path, file) = work_file.await?;
         let mut sink = FeedSink::new(job.clone(), path.clone(), file, Source::Peers);
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
         let started = Instant::now();
@@ -753,7 +775,8 @@ impl Fetcher {
                 }
                 let published = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
                 if published == 0 {
-                    self.upstream_primary(job, want).await
+                    let file = job.work_file(self.config.work_dir.clone()).await?;
+                    self.upstream_primary(job, want, file).await
                 } else {
                     let (up, proof) = self.upstream_hedge(job, want).await?;
                     self.switch_to_upstream(job, &path, up).await;
@@ -817,10 +840,12 @@ impl Fetcher {
 
     /// The upstream as the only source: bytes published as they arrive,
     /// stored if the whole file matches.
-    async fn upstream_primary(&self, job: &Arc<Job>, want: &Want) -> Result<(), String> {
-        let (path, file) = job
-            .new_file(&self.config.work_dir)
-            .map_err(|e| format!("creating a work file: {e}"))?;
+    async fn upstream_primary(
+        &self,
+        job: &Arc<Job>,
+        want: &Want,
+        (path, file): (PathBuf, WorkFile),
+    ) -> Result<(), String> {
         let path = Arc::new(path);
         let recent = Arc::new(Recent::default());
         job.publish(|s| {
@@ -862,9 +887,7 @@ impl Fetcher {
         job: &Arc<Job>,
         want: &Want,
     ) -> Result<(PathBuf, Verified), String> {
-        let (path, file) = job
-            .new_file(&self.config.work_dir)
-            .map_err(|e| format!("creating a work file: {e}"))?;
+        let (path, file) = job.work_file(self.config.work_dir.clone()).await?;
         match self.download_upstream(want, file, None, |_| {}).await? {
             Some(proof) => Ok((path, proof)),
             None => Err("the upstream's file does not match the index".to_owned()),
