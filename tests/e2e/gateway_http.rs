@@ -313,9 +313,19 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
         .iter()
         .map(|p| anonmirror_core::ItemKey(p.sha256))
         .collect();
-    // An epoch may turn between buying tokens and spending them: retry.
+    // Tokens are bought and spent within one epoch of three seconds: each
+    // try starts early in an epoch, and one that met a turn anyway (a
+    // loaded machine) is retried.
     let mut injected = Err(String::new());
-    for _ in 0..3 {
+    for _ in 0..10 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let into = now_ms % (EPOCH * 1000);
+        if into > EPOCH * 1000 / 4 {
+            tokio::time::sleep(Duration::from_millis(EPOCH * 1000 - into)).await;
+        }
         injected = inject_reports(&rv, &keys, 40, EPOCH).await;
         if injected.is_ok() {
             break;
