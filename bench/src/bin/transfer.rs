@@ -244,7 +244,11 @@ async fn raw_server(file: PathBuf) -> Result<SocketAddr> {
 /// The output file, opened for writing over its cached pages in place
 /// (see the module doc); every case writes all of it.
 fn output(out: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(out)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(out)
 }
 
 async fn raw_get(addr: SocketAddr, len: u64, out: &Path) -> Result<u64> {
