@@ -4,9 +4,19 @@
 //! linked by a connection), sends one request and reads the answer. A
 //! session keeps its channel open and answers pings ([`LiveSession`]);
 //! [`Backoff`] spaces reconnections after a session ends.
+//!
+//! Lookups come in runs (a package manager fetching one package after the
+//! other), and a channel's connection and handshake cost more than the
+//! lookup itself (a millisecond on loopback, round trips over Tor). So
+//! after each lookup a *spare* channel is opened in the background and the
+//! next lookup, if it comes within [`SPARE_MAX_AGE`], is sent on it. A
+//! spare still carries exactly one request, as any call's channel: what
+//! the rendezvous can link (the time one channel opened and the previous
+//! one closed) it could link just as well from when fresh channels open.
+//! A lookup whose spare failed is sent again on a fresh channel.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 use anonmirror_overlay::TcpTransport;
@@ -42,6 +52,21 @@ pub struct Client {
     key: PeerKey,
     dialer: Arc<dyn Dialer>,
     timeout: Duration,
+    /// The channel opened ahead for the next lookup (shared by clones).
+    spare: Arc<Mutex<Option<Spare>>>,
+}
+
+/// The oldest spare channel a lookup uses: well within the time a
+/// rendezvous gives a channel to bring its request (10 s by default).
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(4);
+
+type OpenChannel = Result<anonmirror_overlay::Channel<BoxStream>>;
+
+/// A channel being opened, or open, for the next lookup.
+#[derive(Debug)]
+struct Spare {
+    started: Instant,
+    channel: tokio::task::JoinHandle<OpenChannel>,
 }
 
 /// How long a call may take over TCP; over Tor, circuits take longer.
@@ -68,6 +93,7 @@ impl Client {
             key,
             dialer,
             timeout,
+            spare: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -97,9 +123,55 @@ impl Client {
 
     /// One request, all answers until the rendezvous closes.
     async fn call(&self, up: &Up) -> Result<Down> {
-        let mut ch = self.open().await?;
+        let ch = self.open().await?;
+        self.call_on(ch, up).await
+    }
+
+    async fn call_on(
+        &self,
+        mut ch: anonmirror_overlay::Channel<BoxStream>,
+        up: &Up,
+    ) -> Result<Down> {
         ch.send(&up.encode()?).await?;
         Self::recv(&mut ch, self.timeout).await
+    }
+
+    /// A request that may be sent twice (a lookup): on the spare channel
+    /// if there is a fresh one, again on a fresh channel if that failed;
+    /// then a new spare is opened for the next one.
+    async fn call_with_spare(&self, up: &Up) -> Result<Down> {
+        let spare = self
+            .spare
+            .lock()
+            .map_err(|_| Error::Internal("spare channel lock poisoned".into()))?
+            .take();
+        let answer = match spare {
+            Some(s) if s.started.elapsed() < SPARE_MAX_AGE => {
+                let tried = match s.channel.await {
+                    Ok(Ok(ch)) => self.call_on(ch, up).await,
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::Internal(e.to_string())),
+                };
+                match tried {
+                    Err(e) if e.is_transport() => {
+                        tracing::debug!(error = %e, "spare rendezvous channel failed: a fresh one");
+                        self.call(up).await
+                    }
+                    other => other,
+                }
+            }
+            // Too old (the rendezvous may have closed it): dropped.
+            _ => self.call(up).await,
+        };
+        let me = self.clone();
+        let spare = Spare {
+            started: Instant::now(),
+            channel: tokio::spawn(async move { me.open().await }),
+        };
+        if let Ok(mut slot) = self.spare.lock() {
+            *slot = Some(spare);
+        }
+        answer
     }
 
     /// Registers: solves the proof-of-work (on a blocking thread) and
@@ -204,7 +276,7 @@ impl Client {
             region: region.map(str::to_owned),
             want,
         };
-        match self.call(&up).await? {
+        match self.call_with_spare(&up).await? {
             Down::Peers(p) => Ok(p),
             _ => Err(Error::Protocol("expected Peers")),
         }

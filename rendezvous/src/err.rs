@@ -96,6 +96,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The connection or channel failed, not the request: sending it
+    /// again on another channel may succeed.
+    pub(crate) fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Error::Channel(_) | Error::Gone(_) | Error::Connect(_) | Error::Io { .. }
+        )
+    }
+
     pub(crate) fn store(e: impl std::fmt::Display) -> Error {
         Error::Store(e.to_string())
     }

@@ -469,3 +469,113 @@ async fn an_upstream_index_change_is_pushed_to_live_sessions() {
     assert!(reqs.len() - switch >= 2);
     r.shutdown().await;
 }
+
+/// A dialer over TCP that counts its dials and can be told to refuse.
+#[derive(Debug, Default)]
+struct GatedDialer {
+    dials: std::sync::atomic::AtomicUsize,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl anonmirror_overlay::transport::Dialer for GatedDialer {
+    fn dial<'a>(
+        &'a self,
+        contact: &'a anonmirror_overlay::transport::Contact,
+    ) -> anonmirror_overlay::transport::DialFuture<'a> {
+        use std::sync::atomic::Ordering;
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let refuse = self.refuse.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if refuse {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "refused by the test",
+                ));
+            }
+            anonmirror_overlay::TcpTransport.dial(contact).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        "tcp (gated)".into()
+    }
+
+    fn is_tor(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_goes_on_the_spare_channel_the_last_one_opened() {
+    use anonmirror_core::ItemKey;
+    use anonmirror_overlay::transport::Dialer as _;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let dialer = Arc::new(GatedDialer::default());
+    let c = Client::with_dialer(
+        anonmirror_overlay::transport::Contact::from(r.local_addr()),
+        r.key(),
+        dialer.clone(),
+    );
+    assert_eq!(dialer.describe(), "tcp (gated)");
+    let item = ItemKey([9; 32]);
+    c.lookup(item, 1000, "core", 1, None, 4)
+        .await
+        .expect("first lookup, on a fresh channel");
+    // The spare for the next lookup is dialled in the background.
+    for _ in 0..500 {
+        if dialer.dials.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 2);
+    // No new connection can be made now: the lookup can only go on the
+    // spare.
+    dialer.refuse.store(true, Ordering::SeqCst);
+    c.lookup(item, 1000, "core", 1, None, 4)
+        .await
+        .expect("second lookup, on the spare");
+    // Its own spare was refused, and so is a fresh channel: an error, not
+    // a hang or a stale answer.
+    let err = c
+        .lookup(item, 1000, "core", 1, None, 4)
+        .await
+        .expect_err("no channel at all");
+    assert!(matches!(err, Error::Connect(_)), "{err}");
+    dialer.refuse.store(false, Ordering::SeqCst);
+    c.lookup(item, 1000, "core", 1, None, 4)
+        .await
+        .expect("connections again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_channel_the_rendezvous_closed_is_replaced_by_a_fresh_one() {
+    use anonmirror_core::ItemKey;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let mut cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        dir.path().to_path_buf(),
+        Arc::new(SortedKeysFilter),
+        Arc::new(CollectingSink::default()),
+    );
+    cfg.clock = Arc::new(clock.clone());
+    cfg.epoch_secs = EPOCH_SECS;
+    // Channels that bring no request are closed quickly: the spare dies
+    // long before the client's own age limit.
+    cfg.handshake_timeout = Duration::from_millis(200);
+    assert!(cfg.handshake_timeout < anonmirror_rendezvous::client::SPARE_MAX_AGE);
+    let r = Rendezvous::start(cfg).await.expect("start");
+    let c = Client::new(r.local_addr(), r.key());
+    let item = ItemKey([3; 32]);
+    for _ in 0..3 {
+        c.lookup(item, 1000, "core", 1, None, 4)
+            .await
+            .expect("lookup");
+        // Past the rendezvous's deadline for the spare's request.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
