@@ -206,26 +206,16 @@ impl Job {
         self.size
     }
 
-    fn new_file(&self, dir: &Path) -> std::io::Result<(PathBuf, WorkFile)> {
+    /// The path of a new work file under `dir`, removed with the job. The
+    /// file itself is made by its writer's thread ([`WorkWriter`]).
+    fn work_path(&self, dir: &Path) -> PathBuf {
         let mut name = [0u8; 12];
         OsEntropy.fill(&mut name);
         let path = dir.join(format!("job-{}", hex::encode(name)));
-        let file = std::fs::File::create_new(&path)?;
         if let Ok(mut f) = self.files.lock() {
             f.push(path.clone());
         }
-        Ok((path.clone(), WorkFile::open(&path, file)))
-    }
-
-    /// A new work file, made on the blocking pool: creating a file can
-    /// take a file system a millisecond or more (ext4 without a journal
-    /// skips every recently deleted inode one by one).
-    async fn work_file(self: &Arc<Self>, dir: PathBuf) -> Result<(PathBuf, WorkFile), String> {
-        let job = self.clone();
-        tokio::task::spawn_blocking(move || job.new_file(&dir))
-            .await
-            .map_err(|e| format!("creating a work file: {e}"))?
-            .map_err(|e| format!("creating a work file: {e}"))
+        path
     }
 
     fn publish(&self, f: impl FnOnce(&mut JobState)) {
@@ -359,12 +349,18 @@ struct WorkWriter {
 }
 
 impl WorkWriter {
-    fn spawn(file: WorkFile, recent: Arc<Recent>, hasher: Option<ItemHasher>) -> WorkWriter {
+    /// Makes the work file at `path` and writes what it is sent, on a
+    /// thread of its own: creating a file can take a file system a
+    /// millisecond or more (ext4 without a journal steps over every
+    /// recently deleted inode), and readers meanwhile take the bytes from
+    /// memory.
+    fn spawn(path: PathBuf, recent: Arc<Recent>, hasher: Option<ItemHasher>) -> WorkWriter {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Write>(WRITES_QUEUED);
         // On the runtime's blocking pool: its threads are reused from job
         // to job.
         let thread = tokio::task::spawn_blocking(move || {
-            let mut file = file;
+            let created = std::fs::File::create_new(&path)?;
+            let mut file = WorkFile::open(&path, created);
             let mut hasher = hasher;
             let mut generation = 0u64;
             for w in rx {
@@ -449,7 +445,7 @@ struct FeedSink {
 }
 
 impl FeedSink {
-    fn new(job: Arc<Job>, path: PathBuf, file: WorkFile, source: Source) -> FeedSink {
+    fn new(job: Arc<Job>, path: PathBuf, source: Source) -> FeedSink {
         let path = Arc::new(path);
         let recent = Arc::new(Recent::default());
         job.publish(|s| {
@@ -461,7 +457,7 @@ impl FeedSink {
                 recent: recent.clone(),
             })
         });
-        let writer = WorkWriter::spawn(file, recent.clone(), None);
+        let writer = WorkWriter::spawn(path.as_path().to_owned(), recent.clone(), None);
         FeedSink {
             job,
             path,
@@ -637,16 +633,6 @@ impl Fetcher {
 
     async fn drive(self: &Arc<Self>, job: &Arc<Job>, want: &Want) -> Result<(), String> {
         let asked = Instant::now();
-        // Every way on needs a work file: it is made while the lookup runs.
-        let work_file = tokio::spawn({
-            let (job, dir) = (job.clone(), self.config.work_dir.clone());
-            async move { job.work_file(dir).await }
-        });
-        let work_file = async move {
-            work_file
-                .await
-                .map_err(|e| format!("creating a work file: {e}"))?
-        };
         let candidates = match &self.peers {
             Some(p) => {
                 p.candidates(&want.repository, want.version, want.key, want.size)
@@ -661,7 +647,7 @@ impl Fetcher {
         );
         if candidates.is_empty() {
             tracing::debug!("no peers: upstream");
-            return self.upstream_primary(job, want, work_file.await?).await;
+            return self.upstream_primary(job, want).await;
         }
         // Peers of one level and epoch share one channel parameter set;
         // the first candidate's decides (a lookup answers one epoch).
@@ -670,8 +656,8 @@ impl Fetcher {
         let addrs: Vec<swarm::PeerAddr> = group.iter().map(|c| c.addr.clone()).collect();
         let mut cfg = self.config.swarm.clone();
         cfg.params = params;
-        let (path, file) = work_file.await?;
-        let mut sink = FeedSink::new(job.clone(), path.clone(), file, Source::Peers);
+        let path = job.work_path(&self.config.work_dir);
+        let mut sink = FeedSink::new(job.clone(), path.clone(), Source::Peers);
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
         let started = Instant::now();
 
@@ -775,8 +761,7 @@ impl Fetcher {
                 }
                 let published = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
                 if published == 0 {
-                    let file = job.work_file(self.config.work_dir.clone()).await?;
-                    self.upstream_primary(job, want, file).await
+                    self.upstream_primary(job, want).await
                 } else {
                     let (up, proof) = self.upstream_hedge(job, want).await?;
                     self.switch_to_upstream(job, &path, up).await;
@@ -840,12 +825,8 @@ impl Fetcher {
 
     /// The upstream as the only source: bytes published as they arrive,
     /// stored if the whole file matches.
-    async fn upstream_primary(
-        &self,
-        job: &Arc<Job>,
-        want: &Want,
-        (path, file): (PathBuf, WorkFile),
-    ) -> Result<(), String> {
+    async fn upstream_primary(&self, job: &Arc<Job>, want: &Want) -> Result<(), String> {
+        let path = job.work_path(&self.config.work_dir);
         let path = Arc::new(path);
         let recent = Arc::new(Recent::default());
         job.publish(|s| {
@@ -861,7 +842,7 @@ impl Fetcher {
             })
         });
         let proof = self
-            .download_upstream(want, file, Some(&recent), |n| {
+            .download_upstream(want, path.as_path().to_owned(), Some(&recent), |n| {
                 job.publish(|s| {
                     if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path)) {
                         f.prefix += n;
@@ -887,25 +868,34 @@ impl Fetcher {
         job: &Arc<Job>,
         want: &Want,
     ) -> Result<(PathBuf, Verified), String> {
-        let (path, file) = job.work_file(self.config.work_dir.clone()).await?;
-        match self.download_upstream(want, file, None, |_| {}).await? {
+        let path = job.work_path(&self.config.work_dir);
+        match self
+            .download_upstream(want, path.clone(), None, |_| {})
+            .await?
+        {
             Some(proof) => Ok((path, proof)),
             None => Err("the upstream's file does not match the index".to_owned()),
         }
     }
 
-    /// GET the item into `file` (through its own writer thread, which
-    /// hashes it), each body frame handed to `recent` (when given) and
-    /// announced to `progress` as it arrives. Returns the proof that the
+    /// GET the item into a new work file at `path` (through its own
+    /// writer thread, which hashes it), each body frame handed to `recent`
+    /// (when given) and announced to `progress` as it arrives. Returns the proof that the
     /// file is the item, or `None` when size or SHA-256 differ from the
     /// index.
     async fn download_upstream(
         &self,
         want: &Want,
-        file: WorkFile,
+        path: PathBuf,
         recent: Option<&Arc<Recent>>,
         progress: impl Fn(u64),
     ) -> Result<Option<Verified>, String> {
+        // The file is made while the request goes out.
+        let writer = WorkWriter::spawn(
+            path,
+            recent.cloned().unwrap_or_default(),
+            Some(ItemHasher::new(want.size)),
+        );
         let resp = self
             .upstream
             .get_with(&want.url, &[])
@@ -916,11 +906,6 @@ impl Fetcher {
         }
         let started = std::time::Instant::now();
         let mut body = resp.into_body();
-        let writer = WorkWriter::spawn(
-            file,
-            recent.cloned().unwrap_or_default(),
-            Some(ItemHasher::new(want.size)),
-        );
         let mut got = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
