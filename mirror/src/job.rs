@@ -57,7 +57,7 @@ use std::time::Duration;
 use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
 use anonmirror_overlay::Store;
 use anonmirror_overlay::store::Origin;
-use anonmirror_overlay::swarm::{self, Outcome, Sink, SwarmConfig, Verified};
+use anonmirror_overlay::swarm::{self, Outcome, Pieces, Sink, SwarmConfig, Verified};
 use anonmirror_overlay::transport::{Dialed, Dialer};
 use anonmirror_overlay::verify::ItemHasher;
 use bytes::Bytes;
@@ -434,6 +434,34 @@ impl WorkWriter {
     }
 }
 
+/// A piece's buffer, lent to the readers and the work file's writer as
+/// [`Bytes`]; back to the swarm's [`Pieces`] once the last of them is done.
+struct Lent {
+    buf: Vec<u8>,
+    pieces: Pieces,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.pieces.give_back(std::mem::take(&mut self.buf));
+    }
+}
+
+impl Lent {
+    fn bytes(buf: Vec<u8>, pieces: &Pieces) -> Bytes {
+        Bytes::from_owner(Lent {
+            buf,
+            pieces: pieces.clone(),
+        })
+    }
+}
+
 /// A swarm sink: each verified piece is published from memory at once and
 /// written to the job's work file by its thread.
 struct FeedSink {
@@ -442,10 +470,11 @@ struct FeedSink {
     recent: Arc<Recent>,
     offset: u64,
     writer: WorkWriter,
+    pieces: Pieces,
 }
 
 impl FeedSink {
-    fn new(job: Arc<Job>, path: PathBuf, source: Source) -> FeedSink {
+    fn new(job: Arc<Job>, path: PathBuf, source: Source, pieces: Pieces) -> FeedSink {
         let path = Arc::new(path);
         let recent = Arc::new(Recent::default());
         job.publish(|s| {
@@ -464,6 +493,7 @@ impl FeedSink {
             recent,
             offset: 0,
             writer,
+            pieces,
         }
     }
 
@@ -475,7 +505,7 @@ impl FeedSink {
 
 impl Sink for FeedSink {
     fn write(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
-        let bytes = Bytes::from(bytes);
+        let bytes = Lent::bytes(bytes, &self.pieces);
         let n = bytes.len() as u64;
         self.recent.push(self.offset, bytes.clone());
         self.offset += n;
@@ -657,7 +687,7 @@ impl Fetcher {
         let mut cfg = self.config.swarm.clone();
         cfg.params = params;
         let path = job.work_path(&self.config.work_dir);
-        let mut sink = FeedSink::new(job.clone(), path.clone(), Source::Peers);
+        let mut sink = FeedSink::new(job.clone(), path.clone(), Source::Peers, cfg.pieces.clone());
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
         let started = Instant::now();
 
@@ -1025,6 +1055,18 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lent_piece_goes_back_when_its_last_reader_is_done() {
+        let pieces = Pieces::default();
+        let bytes = Lent::bytes(vec![7u8; 1000], &pieces);
+        let reader = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(pieces.kept(), 0, "a reader still holds it");
+        assert_eq!(&reader[..], &[7u8; 10]);
+        drop(reader);
+        assert_eq!(pieces.kept(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -36,6 +36,11 @@
 //! sends nothing for [`SwarmConfig::stall_timeout`] is dropped and its
 //! pieces return to the pool.
 //!
+//! Memory. A piece's buffer is fresh memory unless its consumer hands it
+//! back: [`Pieces`] keeps a few for the next pieces, since every page of
+//! fresh memory costs a fault and a zeroed page (a fifth of a gateway's
+//! CPU when it was measured, "Gateway" in BENCHMARKS.md).
+//!
 //! This module must never pass an unverified byte to the sink, and never
 //! log an item key or a peer's contact unredacted.
 
@@ -79,6 +84,50 @@ pub struct SwarmConfig {
     pub connect_timeout: Duration,
     /// Silence after which a peer counts as stalled.
     pub stall_timeout: Duration,
+    /// Where piece buffers come from (and may be handed back to).
+    pub pieces: Pieces,
+}
+
+/// Piece buffers kept for reuse, shared by clones.
+///
+/// A download takes its buffers here and passes each to its [`Sink`]; a
+/// sink that is done with one hands it back with [`Pieces::give_back`].
+/// At most [`Pieces::KEEP`] are kept; a buffer is only reused for a piece
+/// at least half its capacity, so small items never sit in large buffers.
+#[derive(Clone, Debug, Default)]
+pub struct Pieces(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pieces {
+    /// Buffers kept at most (with 1 MiB pieces, 16 MiB).
+    pub const KEEP: usize = 16;
+
+    /// An empty buffer with room for `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        if let Ok(mut kept) = self.0.lock()
+            && let Some(i) = kept
+                .iter()
+                .position(|b| b.capacity() >= capacity && b.capacity() / 2 <= capacity)
+        {
+            let mut buf = kept.swap_remove(i);
+            buf.clear();
+            return buf;
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    /// Keep `buf` for a later piece (dropped if enough are kept).
+    pub fn give_back(&self, buf: Vec<u8>) {
+        if let Ok(mut kept) = self.0.lock()
+            && kept.len() < Self::KEEP
+        {
+            kept.push(buf);
+        }
+    }
+
+    /// Buffers kept now.
+    pub fn kept(&self) -> usize {
+        self.0.lock().map_or(0, |k| k.len())
+    }
 }
 
 impl SwarmConfig {
@@ -91,6 +140,7 @@ impl SwarmConfig {
             window: 64,
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
+            pieces: Pieces::default(),
         }
     }
 }
@@ -454,6 +504,7 @@ struct Shared {
     item: ItemKey,
     tree: Tree,
     piece_size: u64,
+    pieces: Pieces,
     sched: Mutex<Sched>,
     /// Wakes idle workers when pieces return to the pool or the window moves.
     changed: Notify,
@@ -814,6 +865,7 @@ where
         item,
         tree,
         piece_size,
+        pieces: config.pieces.clone(),
         sched: Mutex::new(Sched {
             pieces,
             next_deliver: 0,
@@ -1087,7 +1139,7 @@ async fn receive_piece<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let (start, end) = shared.piece_range(piece);
     let len = (end - start) as usize;
     // Room for the last message's header and tag while it is opened.
-    let mut data = Vec::with_capacity(len + MAX_DATA_HEADER + TAG_LEN);
+    let mut data = shared.pieces.take(len + MAX_DATA_HEADER + TAG_LEN);
     let mut checked = 0u64; // bytes of `data` already verified
     while data.len() < len {
         let pos = data.len();
