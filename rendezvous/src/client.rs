@@ -145,23 +145,30 @@ impl Client {
             .lock()
             .map_err(|_| Error::Internal("spare channel lock poisoned".into()))?
             .take();
-        let answer = match spare {
-            Some(s) if s.started.elapsed() < SPARE_MAX_AGE => {
-                let tried = match s.channel.await {
-                    Ok(Ok(ch)) => self.call_on(ch, up).await,
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(Error::Internal(e.to_string())),
-                };
-                match tried {
-                    Err(e) if e.is_transport() => {
-                        tracing::debug!(error = %e, "spare rendezvous channel failed: a fresh one");
-                        self.call(up).await
-                    }
-                    other => other,
+        // One too old may have been closed by the rendezvous: dropped.
+        let channel = match spare {
+            Some(s) if s.started.elapsed() < SPARE_MAX_AGE => match s.channel.await {
+                Ok(Ok(ch)) => Some(ch),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "no spare rendezvous channel: a fresh one");
+                    None
                 }
-            }
-            // Too old (the rendezvous may have closed it): dropped.
-            _ => self.call(up).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no spare rendezvous channel: a fresh one");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let answer = match channel {
+            Some(ch) => match self.call_on(ch, up).await {
+                Err(e) if e.is_transport() => {
+                    tracing::debug!(error = %e, "the spare rendezvous channel failed: a fresh one");
+                    self.call(up).await
+                }
+                other => other,
+            },
+            None => self.call(up).await,
         };
         let me = self.clone();
         let spare = Spare {
