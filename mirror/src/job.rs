@@ -346,6 +346,8 @@ enum Write {
 struct WorkWriter {
     tx: Option<SyncSender<Write>>,
     thread: Option<tokio::task::JoinHandle<std::io::Result<Option<ItemHasher>>>>,
+    /// Why the thread stopped, once it has failed.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl WorkWriter {
@@ -358,47 +360,71 @@ impl WorkWriter {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Write>(WRITES_QUEUED);
         // On the runtime's blocking pool: its threads are reused from job
         // to job.
+        let failure = Arc::new(Mutex::new(None));
+        let failed = failure.clone();
         let thread = tokio::task::spawn_blocking(move || {
-            let created = std::fs::File::create_new(&path)?;
-            let mut file = WorkFile::open(&path, created);
-            let mut hasher = hasher;
-            let mut generation = 0u64;
-            for w in rx {
-                match w {
-                    Write::Bytes(bytes) => {
-                        file.write(&bytes)?;
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&bytes);
-                        }
-                        recent.in_file(generation, file.flushed());
-                    }
-                    Write::Reset => {
-                        file.reset()?;
-                        generation += 1;
-                        if let Some(h) = hasher.as_mut() {
-                            *h = ItemHasher::new(h.size());
-                        }
-                    }
-                }
+            let written = Self::run(&path, &rx, &recent, hasher);
+            if let Err(e) = &written
+                && let Ok(mut f) = failed.lock()
+            {
+                *f = Some(e.to_string());
             }
-            file.finish()?;
-            Ok(hasher)
+            written
         });
         WorkWriter {
             tx: Some(tx),
             thread: Some(thread),
+            failure,
         }
     }
 
-    fn stopped() -> std::io::Error {
-        std::io::Error::other("the work file writer stopped")
+    /// The thread's work: make the file, write and hash what comes.
+    fn run(
+        path: &Path,
+        rx: &std::sync::mpsc::Receiver<Write>,
+        recent: &Recent,
+        hasher: Option<ItemHasher>,
+    ) -> std::io::Result<Option<ItemHasher>> {
+        // Made here, off the request's path.
+        let created = std::fs::File::create_new(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("creating it: {e}")))?;
+        let mut file = WorkFile::open(path, created);
+        let mut hasher = hasher;
+        let mut generation = 0u64;
+        for w in rx {
+            match w {
+                Write::Bytes(bytes) => {
+                    file.write(&bytes)?;
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&bytes);
+                    }
+                    recent.in_file(generation, file.flushed());
+                }
+                Write::Reset => {
+                    file.reset()?;
+                    generation += 1;
+                    if let Some(h) = hasher.as_mut() {
+                        *h = ItemHasher::new(h.size());
+                    }
+                }
+            }
+        }
+        file.finish()?;
+        Ok(hasher)
+    }
+
+    fn stopped(&self) -> std::io::Error {
+        match self.failure.lock().ok().and_then(|f| f.clone()) {
+            Some(why) => std::io::Error::other(format!("the work file writer stopped: {why}")),
+            None => std::io::Error::other("the work file writer stopped"),
+        }
     }
 
     /// Queue `w`, waiting on this thread while the queue is full.
     fn send_blocking(&self, w: Write) -> std::io::Result<()> {
         match &self.tx {
-            Some(tx) => tx.send(w).map_err(|_| Self::stopped()),
-            None => Err(Self::stopped()),
+            Some(tx) => tx.send(w).map_err(|_| self.stopped()),
+            None => Err(self.stopped()),
         }
     }
 
@@ -406,7 +432,7 @@ impl WorkWriter {
     /// full.
     async fn send(&self, w: Write) -> std::io::Result<()> {
         let Some(tx) = &self.tx else {
-            return Err(Self::stopped());
+            return Err(self.stopped());
         };
         match tx.try_send(w) {
             Ok(()) => Ok(()),
@@ -415,9 +441,9 @@ impl WorkWriter {
                 tokio::task::spawn_blocking(move || tx.send(w))
                     .await
                     .map_err(std::io::Error::other)?
-                    .map_err(|_| Self::stopped())
+                    .map_err(|_| self.stopped())
             }
-            Err(TrySendError::Disconnected(_)) => Err(Self::stopped()),
+            Err(TrySendError::Disconnected(_)) => Err(self.stopped()),
         }
     }
 
@@ -910,9 +936,9 @@ impl Fetcher {
 
     /// GET the item into a new work file at `path` (through its own
     /// writer thread, which hashes it), each body frame handed to `recent`
-    /// (when given) and announced to `progress` as it arrives. Returns the proof that the
-    /// file is the item, or `None` when size or SHA-256 differ from the
-    /// index.
+    /// (when given) and announced to `progress` as it arrives. Returns the
+    /// proof that the file is the item, or `None` when size or SHA-256
+    /// differ from the index.
     async fn download_upstream(
         &self,
         want: &Want,
@@ -1055,6 +1081,29 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_work_file_that_cannot_be_made_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing").join("job-x");
+        let writer = WorkWriter::spawn(path, Arc::new(Recent::default()), None);
+        let mut sent = Ok(());
+        // The thread fails at once; sends stop being taken soon after.
+        for _ in 0..=WRITES_QUEUED {
+            sent = writer.send(Write::Bytes(Bytes::from_static(b"x"))).await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        let finished = writer.finish().await;
+        let e = finished.expect_err("no file to write");
+        assert!(e.to_string().contains("creating it"), "{e}");
+        if let Err(e) = sent {
+            assert!(e.to_string().contains("creating it"), "{e}");
+        }
+    }
+
     #[test]
     fn a_lent_piece_goes_back_when_its_last_reader_is_done() {
         let pieces = Pieces::default();
@@ -1066,8 +1115,6 @@ mod tests {
         drop(reader);
         assert_eq!(pieces.kept(), 1);
     }
-
-    use super::*;
 
     #[test]
     fn recent_bytes_leave_memory_only_once_in_the_file() {
