@@ -105,6 +105,9 @@ pub struct Summary {
     pub within_budget: bool,
 }
 
+/// How long a stopping node waits for its downloads under way.
+pub const STOP_DRAIN: Duration = Duration::from_secs(10);
+
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
@@ -274,10 +277,15 @@ impl Node {
         &self.gateway
     }
 
-    /// Stop everything and wait for it.
+    /// Stop everything and wait for it: the gateway and the volunteer
+    /// at once, then the downloads under way for at most [`STOP_DRAIN`]
+    /// (so that the last package fetched is in the store next time).
     pub async fn stop(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if !self.gateway.fetcher().drain(STOP_DRAIN).await {
+            tracing::info!("stopped with downloads still under way: they are dropped");
+        }
     }
 }
 

@@ -584,6 +584,8 @@ pub struct Fetcher {
     metrics: Arc<Metrics>,
     config: FetchConfig,
     jobs: Mutex<HashMap<ItemKey, Arc<Job>>>,
+    /// Every job's task, for [`Fetcher::drain`].
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -632,7 +634,18 @@ impl Fetcher {
             metrics,
             config,
             jobs: Mutex::new(HashMap::new()),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Wait, at most `limit`, for the jobs under way to end: a package
+    /// manager's last package is often still being linked into the store
+    /// when the daemon is told to stop. Returns whether they all ended.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.tasks.close();
+        let ended = tokio::time::timeout(limit, self.tasks.wait()).await.is_ok();
+        self.tasks.reopen();
+        ended
     }
 
     /// The store.
@@ -658,7 +671,7 @@ impl Fetcher {
         jobs.insert(want.key, job.clone());
         let me = self.clone();
         let j = job.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let result = me.drive(&j, &want).await;
             if let Err(e) = &result {
                 tracing::info!(item = %Sensitive::new(want.key), error = %e, "fetch failed");
@@ -1082,6 +1095,89 @@ fn same_prefix(a: &Path, b: &Path, len: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream on 127.0.0.1 that answers one GET with `body`: half of
+    /// it at once, the rest after `pause`.
+    async fn slow_upstream(body: Vec<u8>, pause: Duration) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            let half = body.len() / 2;
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body[..half]).await;
+            tokio::time::sleep(pause).await;
+            let _ = s.write_all(&body[half..]).await;
+            let _ = s.flush().await;
+        });
+        format!("http://{addr}/item")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_waits_for_a_download_under_way_to_be_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut body = vec![0u8; 300_000];
+        OsEntropy.fill(&mut body);
+        let key = ItemKey(
+            ring::digest::digest(&ring::digest::SHA256, &body)
+                .as_ref()
+                .try_into()
+                .expect("32 bytes"),
+        );
+        let url = slow_upstream(body.clone(), Duration::from_millis(300)).await;
+        let store = Store::open(
+            &dir.path().join("store"),
+            1 << 30,
+            Arc::new(anonmirror_core::SystemClock),
+        )
+        .expect("store");
+        let fetcher = Arc::new(
+            Fetcher::new(
+                store.clone(),
+                Arc::new(Upstream::new(Duration::from_secs(10))),
+                None,
+                Arc::new(Metrics::default()),
+                FetchConfig {
+                    work_dir: dir.path().join("store").join("tmp"),
+                    swarm: SwarmConfig::new(anonmirror_overlay::ChannelParams::new(
+                        anonmirror_privacy::Level::Open,
+                        anonmirror_core::Epoch(0),
+                    )),
+                    hedge_after: None,
+                    dialer: Arc::new(anonmirror_overlay::TcpTransport),
+                },
+            )
+            .expect("fetcher"),
+        );
+        let job = fetcher.job(Want {
+            key,
+            size: body.len() as u64,
+            repository: "r".into(),
+            version: 1,
+            url,
+        });
+        drop(job);
+        // The upstream is still pausing: nothing is stored yet.
+        assert!(store.meta(&key).expect("store").is_none());
+        assert!(
+            fetcher.drain(Duration::from_secs(60)).await,
+            "the job ended"
+        );
+        assert_eq!(
+            store.meta(&key).expect("store").map(|m| m.size),
+            Some(body.len() as u64)
+        );
+        // Jobs still run after a drain.
+        assert!(fetcher.drain(Duration::from_secs(1)).await);
+    }
 
     #[tokio::test]
     async fn a_work_file_that_cannot_be_made_says_why() {
