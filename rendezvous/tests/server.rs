@@ -11,7 +11,8 @@ use anonmirror_rendezvous::{
 
 const EPOCH_SECS: u64 = 1_000;
 
-async fn start(clock: &ManualClock, dir: &std::path::Path) -> Rendezvous {
+/// A rendezvous on 127.0.0.1 keeping its state in `dir`, on `clock`.
+fn config(clock: &ManualClock, dir: &std::path::Path) -> ServerConfig {
     let mut cfg = ServerConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         dir.to_path_buf(),
@@ -20,6 +21,11 @@ async fn start(clock: &ManualClock, dir: &std::path::Path) -> Rendezvous {
     );
     cfg.clock = Arc::new(clock.clone());
     cfg.epoch_secs = EPOCH_SECS;
+    cfg
+}
+
+async fn start(clock: &ManualClock, dir: &std::path::Path) -> Rendezvous {
+    let mut cfg = config(clock, dir);
     cfg.credentials.pow_difficulty = 4;
     cfg.credentials.tokens_per_epoch = 256;
     cfg.maintenance_interval = Duration::from_millis(50);
@@ -375,14 +381,7 @@ async fn an_upstream_index_change_is_pushed_to_live_sessions() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
-    let mut cfg = ServerConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        dir.path().to_path_buf(),
-        Arc::new(SortedKeysFilter),
-        Arc::new(CollectingSink::default()),
-    );
-    cfg.clock = Arc::new(clock.clone());
-    cfg.epoch_secs = EPOCH_SECS;
+    let mut cfg = config(&clock, dir.path());
     cfg.credentials.pow_difficulty = 4;
     cfg.notify_secret_hash = Some(*blake3::hash(&[5; 32]).as_bytes());
     cfg.upstream.interval = Duration::from_millis(20);
@@ -556,14 +555,7 @@ async fn a_spare_channel_the_rendezvous_closed_is_replaced_by_a_fresh_one() {
     use anonmirror_core::ItemKey;
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
-    let mut cfg = ServerConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        dir.path().to_path_buf(),
-        Arc::new(SortedKeysFilter),
-        Arc::new(CollectingSink::default()),
-    );
-    cfg.clock = Arc::new(clock.clone());
-    cfg.epoch_secs = EPOCH_SECS;
+    let mut cfg = config(&clock, dir.path());
     // Channels that bring no request are closed quickly: the spare dies
     // long before the client's own age limit.
     cfg.handshake_timeout = Duration::from_millis(200);
