@@ -26,10 +26,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonmirror_overlay::TcpTransport;
-use anonmirror_overlay::transport::Dialer;
-use anonmirror_overlay::transport::control;
-use anonmirror_overlay::transport::socks::SocksDialer;
+use anonmirror_channel::TcpTransport;
+use anonmirror_channel::transport::Dialer;
+use anonmirror_channel::transport::control;
+use anonmirror_channel::transport::socks::SocksDialer;
 use anonmirror_privacy::{Policy, Transport};
 use anyhow::{Result, anyhow};
 
@@ -60,7 +60,7 @@ pub struct Carrier {
     pub dialer: Arc<dyn Dialer>,
     /// arti, when it carries connections (it also hosts onion services).
     #[cfg(feature = "tor")]
-    pub arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
+    pub arti: Option<Arc<anonmirror_channel::transport::tor::TorDialer>>,
     /// How peers reach this node.
     pub serving: Serving,
     /// What carries connections, for people: the dialer's description,
@@ -238,7 +238,7 @@ async fn socks(policy: &Policy) -> Result<Carrier, String> {
 /// arti, bootstrapped, if this build has it and it can.
 #[cfg(feature = "tor")]
 async fn arti(policy: &Policy) -> Result<Carrier, String> {
-    use anonmirror_overlay::transport::tor::TorConfig;
+    use anonmirror_channel::transport::tor::TorConfig;
     let mut config = TorConfig::new(
         policy.paths.state_dir.join("arti"),
         policy.paths.cache_dir.join("arti"),
@@ -262,14 +262,14 @@ async fn arti(policy: &Policy) -> Result<Carrier, String> {
 /// is in use.
 #[cfg(feature = "tor")]
 pub(crate) async fn bootstrap_arti(
-    config: &anonmirror_overlay::transport::tor::TorConfig,
+    config: &anonmirror_channel::transport::tor::TorConfig,
     setting: &str,
-) -> std::io::Result<anonmirror_overlay::transport::tor::TorDialer> {
+) -> std::io::Result<anonmirror_channel::transport::tor::TorDialer> {
     if config.arti_config.is_some() {
         tracing::warn!("{setting}: arti uses the Tor network that file names");
     }
     tracing::info!("starting Tor (arti)");
-    let d = anonmirror_overlay::transport::tor::TorDialer::bootstrap(config, |p| {
+    let d = anonmirror_channel::transport::tor::TorDialer::bootstrap(config, |p| {
         tracing::info!(
             percent = (100.0 * p.fraction).round(),
             status = %p.status,

@@ -35,6 +35,7 @@ use anonmirror_announce::{
     Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
     select,
 };
+use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport, Transport};
 use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
 use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
 use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
@@ -43,10 +44,10 @@ use anonmirror_mirror::upstream::{Upstream, join};
 use anonmirror_mirror::{Gateway, Metrics};
 use anonmirror_overlay::server::ServerConfig;
 use anonmirror_overlay::swarm::SwarmConfig;
-use anonmirror_overlay::{ChannelParams, Listener, StaticKeypair, Store, TcpTransport, Transport};
 use anonmirror_privacy::{Level, Policy};
 use anonmirror_rendezvous::credential::ClientCredential;
 use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
+use anonmirror_store::Store;
 use anyhow::{Context, Result, anyhow};
 use tokio_util::sync::CancellationToken;
 
@@ -146,7 +147,7 @@ impl Node {
         ));
         let rendezvous = match &policy.rendezvous {
             Some(r) => {
-                let contact = anonmirror_overlay::Contact::parse(&r.address)
+                let contact = anonmirror_core::Contact::parse(&r.address)
                     .map_err(|e| anyhow!("rendezvous.address: {e}"))?;
                 Some(Client::with_dialer(contact, r.key, carrier.dialer.clone()))
             }
@@ -294,7 +295,7 @@ struct Volunteer {
     serving: Serving,
     /// arti, which hosts its onion services.
     #[cfg(feature = "onion-service")]
-    arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
+    arti: Option<Arc<anonmirror_channel::transport::tor::TorDialer>>,
     policy: Policy,
     opts: NodeOptions,
     client: Client,
@@ -336,7 +337,7 @@ impl Volunteer {
                 Ok(PeerListener::Onion(l))
             }
             Serving::DaemonOnion => {
-                let l = anonmirror_overlay::transport::control::DaemonOnionListener::launch(
+                let l = anonmirror_channel::transport::control::DaemonOnionListener::launch(
                     &self.policy.transport.control,
                     self.policy.serve.listen.port(),
                 )
@@ -346,7 +347,7 @@ impl Volunteer {
             }
             _ => {
                 let l = TcpTransport
-                    .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
+                    .listen(&anonmirror_core::Contact::Tcp(self.policy.serve.listen))
                     .await
                     .with_context(|| {
                         format!("listening for peers on {}", self.policy.serve.listen)
@@ -575,8 +576,8 @@ impl Volunteer {
             .local_contact()
             .context("the peer listener's address")?
         {
-            anonmirror_overlay::Contact::Tcp(addr) => addr.into(),
-            anonmirror_overlay::Contact::Onion { host, port } => {
+            anonmirror_core::Contact::Tcp(addr) => addr.into(),
+            anonmirror_core::Contact::Onion { host, port } => {
                 anonmirror_rendezvous::msg::Contact::Onion { host, port }
             }
             other => return Err(anyhow!("a peer listener at {other} cannot be announced")),
@@ -774,19 +775,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Where a session's peers connect.
 enum PeerListener {
-    Tcp(anonmirror_overlay::transport::TcpTransportListener),
+    Tcp(anonmirror_channel::transport::TcpTransportListener),
     #[cfg(feature = "onion-service")]
-    Onion(anonmirror_overlay::transport::tor::OnionListener),
+    Onion(anonmirror_channel::transport::tor::OnionListener),
     /// The Tor daemon's onion service (`tor-socks`).
-    DaemonOnion(anonmirror_overlay::transport::control::DaemonOnionListener),
+    DaemonOnion(anonmirror_channel::transport::control::DaemonOnionListener),
 }
 
 impl Listener for PeerListener {
-    type Stream = anonmirror_overlay::transport::BoxStream;
+    type Stream = anonmirror_channel::transport::BoxStream;
 
     async fn accept(
         &mut self,
-    ) -> std::io::Result<(Self::Stream, Option<anonmirror_overlay::Contact>)> {
+    ) -> std::io::Result<(Self::Stream, Option<anonmirror_core::Contact>)> {
         match self {
             PeerListener::Tcp(l) => {
                 let (s, from) = l.accept().await?;
@@ -801,7 +802,7 @@ impl Listener for PeerListener {
         }
     }
 
-    fn local_contact(&self) -> std::io::Result<anonmirror_overlay::Contact> {
+    fn local_contact(&self) -> std::io::Result<anonmirror_core::Contact> {
         match self {
             PeerListener::Tcp(l) => l.local_contact(),
             #[cfg(feature = "onion-service")]

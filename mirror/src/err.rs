@@ -13,7 +13,7 @@ pub enum Error {
     Upstream(String),
     /// The local store or cache failed.
     #[error("store: {0}")]
-    Store(#[from] anonmirror_overlay::StoreError),
+    Store(#[from] anonmirror_store::Error),
     /// Local I/O failed.
     #[error("{what}: {source}")]
     Io {

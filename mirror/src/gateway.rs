@@ -444,7 +444,7 @@ async fn serve_item(gw: &Gateway, want: Want, headers: &HeaderMap, head: bool) -
 
 /// `start..end` of a stored item; the reader keeps it pinned meanwhile.
 fn file_stream(
-    reader: anonmirror_overlay::ItemReader,
+    reader: anonmirror_store::ItemReader,
     start: u64,
     end: u64,
     metrics: Arc<Metrics>,

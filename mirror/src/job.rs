@@ -54,12 +54,13 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anonmirror_channel::transport::{Dialed, Dialer};
 use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
-use anonmirror_overlay::Store;
-use anonmirror_overlay::store::Origin;
-use anonmirror_overlay::swarm::{self, Outcome, Pieces, Sink, SwarmConfig, Verified};
-use anonmirror_overlay::transport::{Dialed, Dialer};
-use anonmirror_overlay::verify::ItemHasher;
+use anonmirror_overlay::swarm::{self, Outcome, Pieces, Sink, SwarmConfig};
+use anonmirror_store::Origin;
+use anonmirror_store::Store;
+use anonmirror_store::Verified;
+use anonmirror_store::verify::ItemHasher;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -1147,12 +1148,12 @@ mod tests {
                 Arc::new(Metrics::default()),
                 FetchConfig {
                     work_dir: dir.path().join("store").join("tmp"),
-                    swarm: SwarmConfig::new(anonmirror_overlay::ChannelParams::new(
+                    swarm: SwarmConfig::new(anonmirror_channel::ChannelParams::new(
                         anonmirror_privacy::Level::Open,
                         anonmirror_core::Epoch(0),
                     )),
                     hedge_after: None,
-                    dialer: Arc::new(anonmirror_overlay::TcpTransport),
+                    dialer: Arc::new(anonmirror_channel::TcpTransport),
                 },
             )
             .expect("fetcher"),

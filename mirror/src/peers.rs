@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use anonmirror_channel::ChannelParams;
 use anonmirror_core::{Epoch, ItemKey, PeerKey, Sensitive};
-use anonmirror_overlay::ChannelParams;
 use anonmirror_overlay::swarm::{Blame, PeerAddr};
 use anonmirror_privacy::Level;
 use async_trait::async_trait;
@@ -143,11 +143,11 @@ impl RendezvousPeers {
 pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Candidate> {
     use anonmirror_rendezvous::msg::Contact as Announced;
     let contact = match &c.contact {
-        Announced::Onion { host, port } => anonmirror_overlay::Contact::Onion {
+        Announced::Onion { host, port } => anonmirror_core::Contact::Onion {
             host: host.clone(),
             port: *port,
         },
-        tcp => anonmirror_overlay::Contact::Tcp(tcp.socket_addr()?),
+        tcp => anonmirror_core::Contact::Tcp(tcp.socket_addr()?),
     };
     Some(Candidate {
         addr: PeerAddr {
@@ -222,7 +222,7 @@ pub fn blamed_range(blame: &Blame, size: u64) -> (u64, u64) {
     match blame {
         Blame::BadData { offset } => (
             *offset,
-            anonmirror_overlay::verify::GROUP_SIZE.min(size - (*offset).min(size)),
+            anonmirror_store::verify::GROUP_SIZE.min(size - (*offset).min(size)),
         ),
         _ => (0, size),
     }
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(want_for(200 << 20, 0), 1);
     }
 
-    fn candidate(contact: anonmirror_overlay::Contact, key: u8) -> Candidate {
+    fn candidate(contact: anonmirror_core::Contact, key: u8) -> Candidate {
         Candidate {
             addr: PeerAddr {
                 contact,
@@ -259,11 +259,11 @@ mod tests {
             PeerKey([1; 32]),
         );
         let tcp = candidate(
-            anonmirror_overlay::Contact::Tcp("192.0.2.1:7879".parse().expect("addr")),
+            anonmirror_core::Contact::Tcp("192.0.2.1:7879".parse().expect("addr")),
             2,
         );
         let onion = candidate(
-            anonmirror_overlay::Contact::Onion {
+            anonmirror_core::Contact::Onion {
                 host: format!("{}.onion", "a".repeat(56)),
                 port: 7879,
             },
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_blamed_range_is_the_chunk_group_or_the_item() {
-        let g = anonmirror_overlay::verify::GROUP_SIZE;
+        let g = anonmirror_store::verify::GROUP_SIZE;
         assert_eq!(blamed_range(&Blame::BadData { offset: g }, 3 * g), (g, g));
         assert_eq!(blamed_range(&Blame::BadData { offset: g }, g + 5), (g, 5));
         assert_eq!(blamed_range(&Blame::BadOutboard, 9), (0, 9));

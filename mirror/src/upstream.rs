@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anonmirror_overlay::TcpTransport;
-use anonmirror_overlay::transport::{BoxStream, Contact, Dialer};
+use anonmirror_channel::TcpTransport;
+use anonmirror_channel::transport::{BoxStream, Dialer};
+use anonmirror_core::Contact;
 
 use bytes::Bytes;
 use http_body_util::Empty;

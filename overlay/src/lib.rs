@@ -1,25 +1,19 @@
-//! The overlay: how peers talk to each other and to the rendezvous.
+//! The overlay: what peers say to each other over a channel.
 //!
-//! Noise NK channels over any byte stream, the peer wire protocol, and the
-//! transports that carry them. Protocol logic is sans-I/O (bytes in, bytes
-//! and events out); tokio appears only in thin drivers.
+//! - [`wire`]: the peer messages, specified byte by byte.
+//! - [`server`]: a volunteer's peer server, within the policy's limits
+//!   ([`limit`]).
+//! - [`swarm`]: the verified download of one item from several peers.
 //!
-//! This crate must never import `anonmirror-announce`, and never let a byte
-//! that failed authentication reach its caller.
+//! Channels and transports are `anonmirror-channel`'s; the content store
+//! and chunk-group verification are `anonmirror-store`'s.
+//!
+//! This crate must never import `anonmirror-announce`, and never hand its
+//! caller a byte that failed verification.
 
 #![forbid(unsafe_code)]
 
-mod err;
 pub mod limit;
-pub mod noise;
 pub mod server;
-pub mod store;
 pub mod swarm;
-pub mod transport;
-pub mod verify;
 pub mod wire;
-
-pub use err::{Error, Result};
-pub use noise::{Channel, ChannelParams, StaticKeypair, Suite, accept, connect};
-pub use store::{ItemMeta, ItemReader, Origin, Store, StoreError};
-pub use transport::{Contact, Listener, TcpTransport, Transport};

@@ -45,12 +45,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limit::RateLimiter;
-use crate::noise::{Channel, ChannelParams, StaticKeypair};
-use crate::store::{ItemReader, Store};
-use crate::transport::{Contact, Listener};
 use crate::wire::{
     ErrorCode, MAX_DATA_PAYLOAD, MAX_OUTBOARD_PART, Message, Sender, encode_data_header,
 };
+use anonmirror_channel::noise::{Channel, ChannelParams, StaticKeypair};
+use anonmirror_channel::transport::Listener;
+use anonmirror_core::Contact;
+use anonmirror_store::{ItemReader, Store};
 
 /// Called with an item a client asked for and the store does not hold
 /// (the node may fetch it, e.g. a padding item it announced).
@@ -261,7 +262,7 @@ async fn accept_loop<L>(
         tracker.spawn(async move {
             let channel = tokio::select! {
                 _ = cancel.cancelled() => return,
-                c = crate::noise::accept(stream, &shared.keypair, &shared.params, shared.config.handshake_timeout) => c,
+                c = anonmirror_channel::noise::accept(stream, &shared.keypair, &shared.params, shared.config.handshake_timeout) => c,
             };
             let mut channel = match channel {
                 Ok(c) => c,
@@ -308,10 +309,10 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin + Send>(channel: &mut Channel<
 async fn send<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
     msg: &Message<'_>,
-) -> crate::Result<()> {
+) -> anonmirror_channel::Result<()> {
     let bytes = msg
         .encode()
-        .map_err(|_| crate::Error::Misuse("could not encode a message"))?;
+        .map_err(|_| anonmirror_channel::Error::Misuse("could not encode a message"))?;
     channel.send(&bytes).await
 }
 
@@ -319,7 +320,7 @@ async fn send_error<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
     code: ErrorCode,
     text: &str,
-) -> crate::Result<()> {
+) -> anonmirror_channel::Result<()> {
     send(
         channel,
         &Message::Error {
@@ -336,7 +337,7 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
     shared: &Shared,
     cancel: &CancellationToken,
-) -> crate::Result<()> {
+) -> anonmirror_channel::Result<()> {
     let mut inbound = Vec::new();
     let mut outbound = Vec::with_capacity(crate::wire::MAX_MESSAGE);
     // The two block buffers of `send_range`, kept across requests.
@@ -423,7 +424,7 @@ async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
     item: &ItemKey,
     reader: &ItemReader,
     outbound: &mut Vec<u8>,
-) -> crate::Result<()> {
+) -> anonmirror_channel::Result<()> {
     let outboard = match shared.store.outboard(item) {
         Ok(Some(ob)) => ob,
         Ok(None) | Err(_) => {
@@ -451,7 +452,7 @@ async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
             bytes: part.into(),
         }
         .encode_into(outbound)
-        .map_err(|_| crate::Error::Misuse("could not encode an outboard part"))?;
+        .map_err(|_| anonmirror_channel::Error::Misuse("could not encode an outboard part"))?;
         channel.send(outbound).await?;
         offset += part.len() as u64;
     }
@@ -529,7 +530,7 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
     offset: u64,
     len: u64,
     blocks: &mut Vec<Block>,
-) -> crate::Result<()> {
+) -> anonmirror_channel::Result<()> {
     let end = offset + len;
     let block_len = |at: u64| ((end - at) as usize).min(BLOCK);
     let mut next = (offset < end).then(|| {
@@ -548,7 +549,11 @@ async fn send_range<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 tracing::warn!(error = %e, "peer server: reading an item failed");
                 return send_error(channel, ErrorCode::Internal, "store failure").await;
             }
-            Err(_) => return Err(crate::Error::Misuse("the disk read task panicked")),
+            Err(_) => {
+                return Err(anonmirror_channel::Error::Misuse(
+                    "the disk read task panicked",
+                ));
+            }
         };
         if cancel.is_cancelled() {
             return send_error(channel, ErrorCode::ShuttingDown, "shutting down").await;

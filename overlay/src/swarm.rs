@@ -55,11 +55,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::noise::TAG_LEN;
-use crate::noise::{Channel, ChannelParams};
-use crate::transport::{Contact, Transport};
-use crate::verify::{GROUP_SIZE, Tree, outboard_len};
 use crate::wire::{MAX_DATA_HEADER, Message, Sender, data_header_len};
+use anonmirror_channel::noise::TAG_LEN;
+use anonmirror_channel::noise::{Channel, ChannelParams};
+use anonmirror_channel::transport::Transport;
+use anonmirror_core::Contact;
+use anonmirror_store::verify::{GROUP_SIZE, Tree, Verified, outboard_len};
 
 /// A peer to download from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,29 +335,6 @@ pub struct SwarmReport {
     pub verified: Option<Verified>,
 }
 
-/// Proof that a download handed its sink exactly the item: every chunk
-/// group matched the tree and the whole matched the item key (the
-/// index's SHA-256). Only [`download`] makes one; the store takes it to
-/// keep those bytes without hashing them a second time
-/// ([`Store::import_verified`](crate::store::Store::import_verified)).
-#[derive(Clone, Debug)]
-pub struct Verified {
-    pub(crate) key: ItemKey,
-    pub(crate) tree: Tree,
-}
-
-impl Verified {
-    /// The item.
-    pub fn key(&self) -> ItemKey {
-        self.key
-    }
-
-    /// Its size.
-    pub fn size(&self) -> u64 {
-        self.tree.size()
-    }
-}
-
 impl SwarmReport {
     /// Peers to report to the rendezvous: those blamed.
     pub fn culprits(&self) -> impl Iterator<Item = (&PeerAddr, &Blame)> {
@@ -617,14 +595,11 @@ where
             *i != source && matches!(r.outcome, Outcome::Blamed(Blame::BadData { .. }))
         });
         match verdict {
-            Verdict::Complete => {
+            Verdict::Complete { sha256 } => {
                 for (i, r) in results {
                     report.peers[i] = r;
                 }
-                report.verified = Some(Verified {
-                    key: item,
-                    tree: tree.clone(),
-                });
+                report.verified = Verified::matching(item, tree.clone(), sha256.as_ref());
                 report.tree = Some(tree);
                 return Ok(report);
             }
@@ -669,7 +644,10 @@ where
 }
 
 enum Verdict {
-    Complete,
+    /// Every piece delivered; the whole item's SHA-256.
+    Complete {
+        sha256: ring::digest::Digest,
+    },
     ShaMismatch,
     Incomplete,
 }
@@ -787,10 +765,10 @@ where
         .map_err(|_| Outcome::Unavailable("connect timed out".into()))?
         .map_err(|e| Outcome::Unavailable(format!("connect: {e}")))?;
     let allowance = handshake_allowance(dialled.elapsed(), config.connect_timeout);
-    crate::noise::connect(stream, &peer.key, &config.params, allowance)
+    anonmirror_channel::noise::connect(stream, &peer.key, &config.params, allowance)
         .await
         .map_err(|e| match e {
-            crate::Error::Timeout { .. } => Outcome::Stalled,
+            anonmirror_channel::Error::Timeout { .. } => Outcome::Stalled,
             e => Outcome::Unavailable(format!("handshake: {e}")),
         })
 }
@@ -824,7 +802,7 @@ async fn recv<'b, S: AsyncRead + AsyncWrite + Unpin + Send>(
 }
 
 /// What a failed channel says about the peer.
-fn channel_failed(e: crate::Error) -> Outcome {
+fn channel_failed(e: anonmirror_channel::Error) -> Outcome {
     match anonmirror_core::HasKind::kind(&e) {
         anonmirror_core::ErrorKind::PeerMisbehaved => {
             Outcome::Blamed(Blame::Protocol(e.to_string()))
@@ -934,7 +912,7 @@ where
                         .finish();
                 if digest.as_ref() == item.as_bytes() {
                     sink.write(bytes)?;
-                    verdict = Verdict::Complete;
+                    verdict = Verdict::Complete { sha256: digest };
                 } else {
                     verdict = Verdict::ShaMismatch;
                 }

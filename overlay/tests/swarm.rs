@@ -8,15 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
+use anonmirror_channel::transport::{Listener, TcpTransport, Transport};
+use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, ManualClock, SeededEntropy};
-use anonmirror_overlay::noise::{ChannelParams, StaticKeypair};
 use anonmirror_overlay::server::{self, ServerConfig, ServerHandle};
-use anonmirror_overlay::store::{Origin, Store};
 use anonmirror_overlay::swarm::{self, Blame, Outcome, PeerAddr, SwarmConfig};
-use anonmirror_overlay::transport::{Contact, Listener, TcpTransport, Transport};
-use anonmirror_overlay::verify::outboard_len;
 use anonmirror_overlay::wire::{MAX_DATA_PAYLOAD, Message, Sender};
 use anonmirror_privacy::Level;
+use anonmirror_store::verify::outboard_len;
+use anonmirror_store::{Origin, Store};
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
 
@@ -103,7 +104,7 @@ async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
     let ob = PreOrderOutboard::<Vec<u8>>::create_sized(
         &data[..],
         data.len() as u64,
-        anonmirror_overlay::store::BLOCK_SIZE,
+        anonmirror_store::BLOCK_SIZE,
     )
     .expect("outboard");
     let root: [u8; 32] = ob.root.into();
@@ -125,7 +126,7 @@ async fn liar(data: Vec<u8>, lie: Lie) -> PeerAddr {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let (data, root, outboard, keypair) = &*shared;
-                let Ok(mut ch) = anonmirror_overlay::noise::accept(
+                let Ok(mut ch) = anonmirror_channel::noise::accept(
                     stream,
                     keypair,
                     &params(),
@@ -574,7 +575,7 @@ async fn the_server_answers_bad_ranges_and_pings() {
     let (h, peer) = honest(dir.path(), &[(&key, &data)], cfg).await;
     let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
     let mut ch =
-        anonmirror_overlay::noise::connect(stream, &peer.key, &params(), Duration::from_secs(5))
+        anonmirror_channel::noise::connect(stream, &peer.key, &params(), Duration::from_secs(5))
             .await
             .expect("handshake");
     let mut ask = async |m: Message<'_>| {
@@ -653,7 +654,7 @@ async fn limits_hold_under_fifty_concurrent_clients() {
     let (h, peer) = honest(dir.path(), &[(&key, &data)], cfg).await;
     let open = || async {
         let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
-        anonmirror_overlay::noise::connect(stream, &peer.key, &params(), Duration::from_secs(10))
+        anonmirror_channel::noise::connect(stream, &peer.key, &params(), Duration::from_secs(10))
             .await
             .expect("handshake")
     };
@@ -689,7 +690,7 @@ async fn limits_hold_under_fifty_concurrent_clients() {
         let data = data.clone();
         tasks.spawn(async move {
             let stream = TcpTransport.connect(&peer.contact).await.expect("connect");
-            let mut ch = anonmirror_overlay::noise::connect(
+            let mut ch = anonmirror_channel::noise::connect(
                 stream,
                 &peer.key,
                 &params(),
@@ -751,7 +752,7 @@ async fn limits_hold_under_fifty_concurrent_clients() {
 
 /// A listener whose transport went away after one accept.
 struct Vanishing {
-    inner: anonmirror_overlay::transport::TcpTransportListener,
+    inner: anonmirror_channel::transport::TcpTransportListener,
     accepted: bool,
 }
 

@@ -18,9 +18,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anonmirror_channel::TcpTransport;
+use anonmirror_channel::transport::{BoxStream, Dialer};
+use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
-use anonmirror_overlay::TcpTransport;
-use anonmirror_overlay::transport::{BoxStream, Contact, Dialer};
 
 use crate::credential::ClientCredential;
 use crate::directory::{self, PublishedCounts, Snapshot};
@@ -60,7 +61,7 @@ pub struct Client {
 /// rendezvous gives a channel to bring its request (10 s by default).
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(4);
 
-type OpenChannel = Result<anonmirror_overlay::Channel<BoxStream>>;
+type OpenChannel = Result<anonmirror_channel::Channel<BoxStream>>;
 
 /// A channel being opened, or open, for the next lookup.
 #[derive(Debug)]
@@ -102,15 +103,15 @@ impl Client {
         &self.contact
     }
 
-    async fn open(&self) -> Result<anonmirror_overlay::Channel<BoxStream>> {
+    async fn open(&self) -> Result<anonmirror_channel::Channel<BoxStream>> {
         let stream = tokio::time::timeout(self.timeout, self.dialer.dial(&self.contact))
             .await
             .map_err(|_| Error::Gone("connect timed out"))?
             .map_err(Error::Connect)?;
-        Ok(anonmirror_overlay::connect(stream, &self.key, &channel_params(), self.timeout).await?)
+        Ok(anonmirror_channel::connect(stream, &self.key, &channel_params(), self.timeout).await?)
     }
 
-    async fn recv(ch: &mut anonmirror_overlay::Channel<BoxStream>, t: Duration) -> Result<Down> {
+    async fn recv(ch: &mut anonmirror_channel::Channel<BoxStream>, t: Duration) -> Result<Down> {
         let bytes = tokio::time::timeout(t, ch.recv())
             .await
             .map_err(|_| Error::Gone("no answer in time"))??
@@ -129,7 +130,7 @@ impl Client {
 
     async fn call_on(
         &self,
-        mut ch: anonmirror_overlay::Channel<BoxStream>,
+        mut ch: anonmirror_channel::Channel<BoxStream>,
         up: &Up,
     ) -> Result<Down> {
         ch.send(&up.encode()?).await?;
@@ -429,7 +430,7 @@ pub enum SessionEvent {
 /// An open session: answers pings, yields pushes.
 #[derive(Debug)]
 pub struct LiveSession {
-    ch: anonmirror_overlay::Channel<BoxStream>,
+    ch: anonmirror_channel::Channel<BoxStream>,
     silence: Duration,
 }
 

@@ -50,7 +50,7 @@ pub enum Error {
     Refused(Refusal),
     /// The Noise channel failed; its own error says who is to blame.
     #[error("channel: {0}")]
-    Channel(#[from] anonmirror_overlay::Error),
+    Channel(#[from] anonmirror_channel::Error),
     /// The other end went away or did not answer in time.
     #[error("the other end went away: {0}")]
     Gone(&'static str),

@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anonmirror_channel::transport::BoxStream;
+use anonmirror_channel::{Channel, ChannelParams, StaticKeypair};
 use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, PeerKey};
-use anonmirror_overlay::transport::BoxStream;
-use anonmirror_overlay::{Channel, ChannelParams, StaticKeypair};
 use anonmirror_privacy::Level;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -872,7 +872,7 @@ async fn connection(
     // The handshake and the first request are boxed: this future is
     // boxed by the caller anyway, but their states are large and only
     // one of them is alive at a time.
-    let mut ch = Box::pin(anonmirror_overlay::accept(
+    let mut ch = Box::pin(anonmirror_channel::accept(
         stream,
         &shared.noise,
         &channel_params(),
@@ -1250,8 +1250,8 @@ async fn open_session(
 /// (a hundred thousand of them at once): the channel's halves, the push
 /// subscription and the owner's drop signal, nothing of the opening.
 struct LiveSession {
-    tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<BoxStream>>,
-    rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<BoxStream>>,
+    tx: anonmirror_channel::noise::SendHalf<tokio::io::WriteHalf<BoxStream>>,
+    rx: anonmirror_channel::noise::RecvHalf<tokio::io::ReadHalf<BoxStream>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     pushes: broadcast::Receiver<Arc<[u8]>>,

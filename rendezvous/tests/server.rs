@@ -476,11 +476,11 @@ struct GatedDialer {
     refuse: std::sync::atomic::AtomicBool,
 }
 
-impl anonmirror_overlay::transport::Dialer for GatedDialer {
+impl anonmirror_channel::transport::Dialer for GatedDialer {
     fn dial<'a>(
         &'a self,
-        contact: &'a anonmirror_overlay::transport::Contact,
-    ) -> anonmirror_overlay::transport::DialFuture<'a> {
+        contact: &'a anonmirror_core::Contact,
+    ) -> anonmirror_channel::transport::DialFuture<'a> {
         use std::sync::atomic::Ordering;
         self.dials.fetch_add(1, Ordering::SeqCst);
         let refuse = self.refuse.load(Ordering::SeqCst);
@@ -491,7 +491,7 @@ impl anonmirror_overlay::transport::Dialer for GatedDialer {
                     "refused by the test",
                 ));
             }
-            anonmirror_overlay::TcpTransport.dial(contact).await
+            anonmirror_channel::TcpTransport.dial(contact).await
         })
     }
 
@@ -506,15 +506,15 @@ impl anonmirror_overlay::transport::Dialer for GatedDialer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_goes_on_the_spare_channel_the_last_one_opened() {
+    use anonmirror_channel::transport::Dialer as _;
     use anonmirror_core::ItemKey;
-    use anonmirror_overlay::transport::Dialer as _;
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
     let r = start(&clock, dir.path()).await;
     let dialer = Arc::new(GatedDialer::default());
     let c = Client::with_dialer(
-        anonmirror_overlay::transport::Contact::from(r.local_addr()),
+        anonmirror_core::Contact::from(r.local_addr()),
         r.key(),
         dialer.clone(),
     );

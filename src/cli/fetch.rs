@@ -14,11 +14,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
+use anonmirror_channel::transport::TcpTransport;
+use anonmirror_core::Contact;
 use anonmirror_core::{ItemKey, PeerKey};
 use anonmirror_overlay::swarm::{
     self, FileSink, Outcome, PeerAddr, Sink, SwarmConfig, SwarmReport,
 };
-use anonmirror_overlay::transport::{Contact, TcpTransport};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 

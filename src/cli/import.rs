@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use anonmirror_core::{Clock, SystemClock};
 use anonmirror_mirror::repo::{Item, Repo};
-use anonmirror_overlay::Store;
 use anonmirror_privacy::{Level, Policy};
+use anonmirror_store::Store;
 use clap::Args;
 
 use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
@@ -136,7 +136,7 @@ pub fn run(cmd: ImportCmd) -> ExitCode {
                     done = true;
                     break;
                 }
-                Err(anonmirror_overlay::StoreError::Mismatch { .. }) => {}
+                Err(anonmirror_store::Error::Mismatch { .. }) => {}
                 Err(e) => {
                     eprintln!("error: {}: {e}", path.display());
                     return ExitCode::from(EXIT_RUNTIME);

@@ -177,9 +177,9 @@ mod onion {
     use std::io;
     use std::path::{Path, PathBuf};
 
-    use anonmirror_overlay::Listener;
-    use anonmirror_overlay::transport::Contact;
-    use anonmirror_overlay::transport::tor::{OnionKeys, TorConfig, TorDialer};
+    use anonmirror_channel::Listener;
+    use anonmirror_channel::transport::tor::{OnionKeys, TorConfig, TorDialer};
+    use anonmirror_core::Contact;
     use anonmirror_rendezvous::Rendezvous;
 
     /// The arti nickname of the service: its key is stored under it.

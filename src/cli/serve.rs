@@ -13,10 +13,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
+use anonmirror_channel::transport::{TcpTransport, Transport};
+use anonmirror_core::Contact;
 use anonmirror_core::Epoch;
-use anonmirror_overlay::noise::{ChannelParams, StaticKeypair};
 use anonmirror_overlay::server::{self, ServerConfig};
-use anonmirror_overlay::transport::{Contact, TcpTransport, Transport};
 use anonmirror_privacy::{ByteSize, Level};
 use clap::Args;
 

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anonmirror_core::SystemClock;
-use anonmirror_overlay::store::Store;
 use anonmirror_privacy::ByteSize;
+use anonmirror_store::Store;
 use clap::Subcommand;
 
 use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};

@@ -362,7 +362,7 @@ async fn stalled_session(
         Layout::for_capacity(items.len(), None),
         &items,
     );
-    let key = anonmirror_overlay::StaticKeypair::generate()
+    let key = anonmirror_channel::StaticKeypair::generate()
         .expect("key")
         .public();
     let ann = anonmirror_rendezvous::msg::Announcement {

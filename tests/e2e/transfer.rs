@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Entropy, SeededEntropy, SystemClock};
-use anonmirror_overlay::store::Store;
+use anonmirror_store::Store;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_anonmirror"))

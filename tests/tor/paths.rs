@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use anonmirror_overlay::Listener;
-use anonmirror_overlay::transport::Dialer;
-use anonmirror_overlay::transport::control::{ControlPort, DaemonOnionListener};
-use anonmirror_overlay::transport::socks::SocksDialer;
+use anonmirror_channel::Listener;
+use anonmirror_channel::transport::Dialer;
+use anonmirror_channel::transport::control::{ControlPort, DaemonOnionListener};
+use anonmirror_channel::transport::socks::SocksDialer;
 
 use crate::support::{self, on_tor_net};
 

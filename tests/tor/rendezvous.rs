@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anonmirror_channel::Listener;
+use anonmirror_channel::transport::Dialer;
 use anonmirror_core::{Clock, Epoch, ManualClock, PeerKey, SeededEntropy};
-use anonmirror_overlay::Listener;
-use anonmirror_overlay::transport::Dialer;
 use anonmirror_rendezvous::msg::{Announcement, Contact};
 use anonmirror_rendezvous::{
     Client, CollectingSink, Rendezvous, ServerConfig, SessionEvent, SortedKeysFilter,
@@ -198,7 +198,7 @@ impl RendezvousCommand {
     }
 
     /// The onion address and Noise key the command prints.
-    async fn addresses(&mut self) -> (anonmirror_overlay::Contact, PeerKey) {
+    async fn addresses(&mut self) -> (anonmirror_core::Contact, PeerKey) {
         let mut next = async || {
             tokio::time::timeout(PATIENCE, self.lines.recv())
                 .await
@@ -217,7 +217,7 @@ impl RendezvousCommand {
         let contact = onion
             .strip_prefix("rendezvous onion-service ")
             .unwrap_or_else(|| panic!("the onion line, not `{onion}`"));
-        let contact = anonmirror_overlay::Contact::parse(contact).expect("a contact");
+        let contact = anonmirror_core::Contact::parse(contact).expect("a contact");
         (contact, key)
     }
 

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use anonmirror_channel::transport::tor::{TorConfig, TorDialer};
+use anonmirror_channel::transport::{Dialed, Dialer};
+use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport, Transport};
+use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, ItemKey, SeededEntropy, SystemClock};
-use anonmirror_overlay::store::{Origin, Store};
 use anonmirror_overlay::swarm::{self, PeerAddr, SwarmConfig};
-use anonmirror_overlay::transport::tor::{TorConfig, TorDialer};
-use anonmirror_overlay::transport::{Contact, Dialed, Dialer};
-use anonmirror_overlay::{ChannelParams, Listener, StaticKeypair, TcpTransport, Transport};
 use anonmirror_privacy::Level;
+use anonmirror_store::{Origin, Store};
 use anonmirror_testnet::{Namespace, TorNet, require_tor};
 
 /// The namespace-only address peers listen on.

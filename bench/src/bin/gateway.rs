@@ -633,7 +633,7 @@ async fn stalled_session(
     );
     let ann = anonmirror_rendezvous::msg::Announcement {
         contact: contact.into(),
-        key: anonmirror_overlay::StaticKeypair::generate()
+        key: anonmirror_channel::StaticKeypair::generate()
             .map_err(|e| anyhow!("{e}"))?
             .public(),
         max_clients: 8,

@@ -25,12 +25,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anonmirror_bench::{median, mib_per_sec};
-use anonmirror_core::Epoch;
-use anonmirror_overlay::noise::{MAX_MESSAGE, Session};
-use anonmirror_overlay::transport::Listener as _;
-use anonmirror_overlay::{
-    ChannelParams, Contact, StaticKeypair, Suite, TcpTransport, Transport as _, accept, connect,
+use anonmirror_channel::noise::{MAX_MESSAGE, Session};
+use anonmirror_channel::transport::Listener as _;
+use anonmirror_channel::{
+    ChannelParams, StaticKeypair, Suite, TcpTransport, Transport as _, accept, connect,
 };
+use anonmirror_core::Contact;
+use anonmirror_core::Epoch;
 use anonmirror_privacy::Level;
 use anyhow::{Context, Result, bail};
 use clap::Parser;

@@ -45,14 +45,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anonmirror_bench::{median, mib_per_sec};
+use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
+use anonmirror_channel::transport::{TcpTransport, Transport as _};
+use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, OsEntropy, SystemClock};
-use anonmirror_overlay::noise::{ChannelParams, StaticKeypair};
 use anonmirror_overlay::server::{self, ServerConfig, ServerHandle};
-use anonmirror_overlay::store::Store;
 use anonmirror_overlay::swarm::{self, FileSink, PeerAddr, SwarmConfig};
-use anonmirror_overlay::transport::{Contact, TcpTransport, Transport as _};
 use anonmirror_overlay::wire::{Message, Sender};
 use anonmirror_privacy::Level;
+use anonmirror_store::Store;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -374,7 +375,7 @@ async fn upload_limit(
         let key = *key;
         tasks.spawn(async move {
             let stream = TcpTransport.connect(&addr.contact).await?;
-            let mut ch = anonmirror_overlay::noise::connect(
+            let mut ch = anonmirror_channel::noise::connect(
                 stream,
                 &addr.key,
                 &params(),
@@ -454,10 +455,10 @@ fn cpu_hz() -> f64 {
 /// A Noise channel's two directions, in memory: what one end seals, the
 /// other opens.
 fn frame_pair() -> Result<(
-    anonmirror_overlay::noise::FrameSender,
-    anonmirror_overlay::noise::FrameReceiver,
+    anonmirror_channel::noise::FrameSender,
+    anonmirror_channel::noise::FrameReceiver,
 )> {
-    use anonmirror_overlay::noise::Session;
+    use anonmirror_channel::noise::Session;
     let keypair = StaticKeypair::generate()?;
     let mut plain = Vec::new();
     let mut i = Session::initiator(&keypair.public(), &params())?;
@@ -474,8 +475,8 @@ fn frame_pair() -> Result<(
 /// Each stage of the verified path alone, one thread, in memory: the
 /// per-byte CPU cost the two cores share during a transfer. Best of 5.
 fn stages(dir: &Path, mib: u64) -> Result<()> {
-    use anonmirror_overlay::noise::MAX_MESSAGE;
-    use anonmirror_overlay::verify::Tree;
+    use anonmirror_channel::noise::MAX_MESSAGE;
+    use anonmirror_store::verify::Tree;
     let total = (mib.min(256) << 20) as usize;
     let mut data = vec![0u8; total];
     OsEntropy.fill(&mut data);

@@ -10,12 +10,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anonmirror_core::{Epoch, ErrorKind, HasKind, PeerKey};
-use anonmirror_overlay::noise::MAX_MESSAGE;
-use anonmirror_overlay::transport::{Listener as _, TcpTransportListener};
-use anonmirror_overlay::{
-    ChannelParams, Contact, Error, StaticKeypair, TcpTransport, Transport as _, accept, connect,
+use anonmirror_channel::noise::MAX_MESSAGE;
+use anonmirror_channel::transport::{Listener as _, TcpTransportListener};
+use anonmirror_channel::{
+    ChannelParams, Error, StaticKeypair, TcpTransport, Transport as _, accept, connect,
 };
+use anonmirror_core::{Contact, Epoch, ErrorKind, HasKind, PeerKey};
 use anonmirror_privacy::Level;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -28,9 +28,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anonmirror_core::{Clock, ErrorKind, HasKind, ItemKey, Sensitive};
+use anonmirror_core::{Clock, ItemKey, Sensitive};
 
-use crate::verify::Tree;
+use crate::err::{Error, db_err, io_err, size_mismatch};
+use crate::import::{HashingReader, link_or_copy};
+use crate::meta::{ItemMeta, Origin};
+use crate::verify::{Tree, Verified};
 use bao_tree::BlockSize;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
@@ -41,155 +44,6 @@ pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
 
 const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("items");
 const OUTBOARDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outboards");
-
-/// Version byte of the metadata record, so the layout can change later.
-const META_V1: u8 = 1;
-const META_LEN: usize = 1 + 8 + 32 + 8 + 1;
-
-/// Where an item came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// Downloaded from peers.
-    Peer,
-    /// Downloaded from the upstream mirror.
-    Upstream,
-    /// Imported from a local package cache or added by hand.
-    Import,
-}
-
-impl Origin {
-    fn to_byte(self) -> u8 {
-        match self {
-            Origin::Peer => 0,
-            Origin::Upstream => 1,
-            Origin::Import => 2,
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Origin> {
-        match b {
-            0 => Some(Origin::Peer),
-            1 => Some(Origin::Upstream),
-            2 => Some(Origin::Import),
-            _ => None,
-        }
-    }
-}
-
-/// What the store knows of an item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ItemMeta {
-    /// Size in bytes.
-    pub size: u64,
-    /// BLAKE3 root of the bao tree (16 KiB chunk groups).
-    pub root: [u8; 32],
-    /// Last time it was inserted or opened, in Unix seconds.
-    pub last_use: u64,
-    /// Where it came from.
-    pub origin: Origin,
-}
-
-impl ItemMeta {
-    fn encode(&self) -> [u8; META_LEN] {
-        let mut out = [0u8; META_LEN];
-        out[0] = META_V1;
-        out[1..9].copy_from_slice(&self.size.to_le_bytes());
-        out[9..41].copy_from_slice(&self.root);
-        out[41..49].copy_from_slice(&self.last_use.to_le_bytes());
-        out[49] = self.origin.to_byte();
-        out
-    }
-
-    fn decode(b: &[u8]) -> Option<ItemMeta> {
-        if b.len() != META_LEN || b[0] != META_V1 {
-            return None;
-        }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let mut root = [0u8; 32];
-        root.copy_from_slice(&b[9..41]);
-        Some(ItemMeta {
-            size: u64_at(1),
-            root,
-            last_use: u64_at(41),
-            origin: Origin::from_byte(b[49])?,
-        })
-    }
-}
-
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The bytes offered are not the item the index names.
-    #[error("item {key}: {what}")]
-    Mismatch {
-        /// The item.
-        key: Sensitive<ItemKey>,
-        /// What did not match.
-        what: String,
-    },
-    /// The item cannot fit: larger than the cap, or everything else is in use.
-    #[error(
-        "item {key} of {size} bytes does not fit under the cap of {cap} bytes ({pinned} bytes in use)"
-    )]
-    Full {
-        /// The item.
-        key: Sensitive<ItemKey>,
-        /// Its size.
-        size: u64,
-        /// The store's cap.
-        cap: u64,
-        /// Bytes held by pinned items that cannot be evicted.
-        pinned: u64,
-    },
-    /// The same item is already being written by someone else.
-    #[error("item {0} is already being written")]
-    Busy(Sensitive<ItemKey>),
-    /// A file system operation failed.
-    #[error("store {op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The metadata database failed.
-    #[error("store database: {0}")]
-    Db(String),
-    /// The metadata database holds a record we cannot read.
-    #[error("store database holds a malformed record for item {0}")]
-    Corrupt(Sensitive<ItemKey>),
-}
-
-impl HasKind for StoreError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            StoreError::Mismatch { .. } => ErrorKind::BadInput,
-            StoreError::Full { .. } | StoreError::Busy(_) => ErrorKind::LocalIo,
-            StoreError::Io { .. } | StoreError::Db(_) => ErrorKind::LocalIo,
-            StoreError::Corrupt(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// In-memory bookkeeping, guarded by one mutex.
 #[derive(Default)]
@@ -305,9 +159,9 @@ impl ItemWriter {
     }
 
     /// Append the next bytes of the item.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if self.written + bytes.len() as u64 > self.size {
-            return Err(StoreError::Mismatch {
+            return Err(Error::Mismatch {
                 key: Sensitive::new(self.key),
                 what: format!("expected {} bytes, got more", self.size),
             });
@@ -324,9 +178,9 @@ impl ItemWriter {
     /// it with `tree`'s root and outboard. The caller vouches that the tree
     /// describes these bytes (the swarm checked every chunk group against
     /// it); the SHA-256 the store checks itself.
-    pub fn finish(self, tree: &Tree) -> Result<ItemMeta, StoreError> {
+    pub fn finish(self, tree: &Tree) -> Result<ItemMeta, Error> {
         if tree.size() != self.size {
-            return Err(StoreError::Mismatch {
+            return Err(Error::Mismatch {
                 key: Sensitive::new(self.key),
                 what: format!("tree for {} bytes, item of {}", tree.size(), self.size),
             });
@@ -334,9 +188,9 @@ impl ItemWriter {
         self.finish_with(tree.root(), tree.outboard())
     }
 
-    fn finish_with(mut self, root: [u8; 32], outboard: &[u8]) -> Result<ItemMeta, StoreError> {
+    fn finish_with(mut self, root: [u8; 32], outboard: &[u8]) -> Result<ItemMeta, Error> {
         if self.written != self.size {
-            return Err(StoreError::Mismatch {
+            return Err(Error::Mismatch {
                 key: Sensitive::new(self.key),
                 what: format!("expected {} bytes, got {}", self.size, self.written),
             });
@@ -347,7 +201,7 @@ impl ItemWriter {
         )
         .finish();
         if sha.as_ref() != self.key.as_bytes() {
-            return Err(StoreError::Mismatch {
+            return Err(Error::Mismatch {
                 key: Sensitive::new(self.key),
                 what: "SHA-256 of the bytes differs from the index".to_owned(),
             });
@@ -383,7 +237,7 @@ impl Drop for ItemWriter {
 struct Tee<'a, R> {
     src: R,
     writer: &'a mut ItemWriter,
-    failed: Option<StoreError>,
+    failed: Option<Error>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
@@ -401,7 +255,7 @@ impl<R: Read> Read for Tee<'_, R> {
 impl Store {
     /// Open (or create) the store in `dir` with a cap of `cap` bytes, and
     /// bring it back to a consistent state after any crash.
-    pub fn open(dir: &Path, cap: u64, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, cap: u64, clock: Arc<dyn Clock>) -> Result<Store, Error> {
         for sub in ["items", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
@@ -433,7 +287,7 @@ impl Store {
 
     /// Delete leftovers of interrupted inserts and reconcile metadata with
     /// files, then count the bytes in use.
-    fn recover(&self) -> Result<(), StoreError> {
+    fn recover(&self) -> Result<(), Error> {
         let tmp = self.inner.dir.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
             let path = entry.map_err(io_err("list", &tmp))?.path();
@@ -504,7 +358,7 @@ impl Store {
     }
 
     /// The metadata of an item, if held.
-    pub fn meta(&self, key: &ItemKey) -> Result<Option<ItemMeta>, StoreError> {
+    pub fn meta(&self, key: &ItemKey) -> Result<Option<ItemMeta>, Error> {
         let rtx = self.inner.db.begin_read().map_err(db_err)?;
         let table = match rtx.open_table(ITEMS) {
             Ok(t) => t,
@@ -515,12 +369,12 @@ impl Store {
             None => Ok(None),
             Some(v) => ItemMeta::decode(v.value())
                 .map(Some)
-                .ok_or(StoreError::Corrupt(Sensitive::new(*key))),
+                .ok_or(Error::Corrupt(Sensitive::new(*key))),
         }
     }
 
     /// The bao outboard of an item (pre-order hash pairs, no size prefix).
-    pub fn outboard(&self, key: &ItemKey) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn outboard(&self, key: &ItemKey) -> Result<Option<Vec<u8>>, Error> {
         let rtx = self.inner.db.begin_read().map_err(db_err)?;
         let table = match rtx.open_table(OUTBOARDS) {
             Ok(t) => t,
@@ -534,7 +388,7 @@ impl Store {
     }
 
     /// Every item held, with its metadata.
-    pub fn list(&self) -> Result<Vec<(ItemKey, ItemMeta)>, StoreError> {
+    pub fn list(&self) -> Result<Vec<(ItemKey, ItemMeta)>, Error> {
         let rtx = self.inner.db.begin_read().map_err(db_err)?;
         let table = match rtx.open_table(ITEMS) {
             Ok(t) => t,
@@ -546,15 +400,14 @@ impl Store {
             let (k, v) = row.map_err(db_err)?;
             let raw = <[u8; 32]>::try_from(k.value()).map_err(db_err)?;
             let key = ItemKey(raw);
-            let meta =
-                ItemMeta::decode(v.value()).ok_or(StoreError::Corrupt(Sensitive::new(key)))?;
+            let meta = ItemMeta::decode(v.value()).ok_or(Error::Corrupt(Sensitive::new(key)))?;
             out.push((key, meta));
         }
         Ok(out)
     }
 
     /// Open an item for reading, pinning it and marking it used now.
-    pub fn open_item(&self, key: &ItemKey) -> Result<Option<ItemReader>, StoreError> {
+    pub fn open_item(&self, key: &ItemKey) -> Result<Option<ItemReader>, Error> {
         // Pin first, so eviction cannot remove the file between the lookup
         // and the open.
         *self.lock().pins.entry(*key).or_insert(0) += 1;
@@ -603,7 +456,7 @@ impl Store {
         key: &ItemKey,
         meta: &ItemMeta,
         durability: Durability,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let mut wtx = self.inner.db.begin_write().map_err(db_err)?;
         wtx.set_durability(durability).map_err(db_err)?;
         {
@@ -617,13 +470,13 @@ impl Store {
 
     /// Reserve room for `size` bytes, evicting least recently used items
     /// that are neither pinned nor being written.
-    fn reserve(&self, key: &ItemKey, size: u64) -> Result<Reservation, StoreError> {
+    fn reserve(&self, key: &ItemKey, size: u64) -> Result<Reservation, Error> {
         let cap = self.inner.cap;
         loop {
             let victim = {
                 let mut state = self.lock();
                 if state.writing.contains(key) {
-                    return Err(StoreError::Busy(Sensitive::new(*key)));
+                    return Err(Error::Busy(Sensitive::new(*key)));
                 }
                 if state.used + state.reserved + size <= cap {
                     state.writing.insert(*key);
@@ -655,7 +508,7 @@ impl Store {
                             .filter(|(k, _)| pinned.contains(k))
                             .map(|(_, m)| m.size)
                             .sum();
-                        return Err(StoreError::Full {
+                        return Err(Error::Full {
                             key: Sensitive::new(*key),
                             size,
                             cap,
@@ -670,7 +523,7 @@ impl Store {
 
     /// Remove an item unless it is pinned or being written; returns whether
     /// it was removed.
-    pub fn evict(&self, key: &ItemKey) -> Result<bool, StoreError> {
+    pub fn evict(&self, key: &ItemKey) -> Result<bool, Error> {
         let mut state = self.lock();
         if state.pins.contains_key(key) || state.writing.contains(key) {
             return Ok(false);
@@ -701,12 +554,7 @@ impl Store {
 
     /// Start writing an item of `size` bytes, reserving room for it under
     /// the cap (evicting least recently used items if needed).
-    pub fn writer(
-        &self,
-        key: &ItemKey,
-        size: u64,
-        origin: Origin,
-    ) -> Result<ItemWriter, StoreError> {
+    pub fn writer(&self, key: &ItemKey, size: u64, origin: Origin) -> Result<ItemWriter, Error> {
         let reservation = self.reserve(key, size)?;
         let tmp = self.tmp_path();
         let file = File::create_new(&tmp).map_err(io_err("create", &tmp))?;
@@ -732,7 +580,7 @@ impl Store {
         size: u64,
         origin: Origin,
         src: impl Read,
-    ) -> Result<ItemMeta, StoreError> {
+    ) -> Result<ItemMeta, Error> {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
         }
@@ -754,7 +602,7 @@ impl Store {
             Ok(outboard) => outboard,
             // The source ended before `size` bytes.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(StoreError::Mismatch {
+                return Err(Error::Mismatch {
                     key: Sensitive::new(*key),
                     what: format!("expected {size} bytes, got {}", writer.written()),
                 });
@@ -782,7 +630,7 @@ impl Store {
         tmp: &Path,
         root: [u8; 32],
         outboard: &[u8],
-    ) -> Result<ItemMeta, StoreError> {
+    ) -> Result<ItemMeta, Error> {
         let dest = self.item_path(key);
         fs::rename(tmp, &dest).map_err(io_err("rename into", &dest))?;
         let items_dir = self.inner.dir.join("items");
@@ -816,14 +664,14 @@ impl Store {
     /// Add an existing file, by hard link when it is on the same file
     /// system (no copy), else by copy; verified like any insert against
     /// the size and SHA-256 the index states.
-    pub fn import(&self, key: &ItemKey, size: u64, path: &Path) -> Result<ItemMeta, StoreError> {
+    pub fn import(&self, key: &ItemKey, size: u64, path: &Path) -> Result<ItemMeta, Error> {
         self.import_with(key, size, Origin::Import, |tmp| {
             let linked = self.link_and_hash(path, tmp)?;
             if linked.size != size {
                 return Err(size_mismatch(key, size, linked.size));
             }
             if linked.key != *key {
-                return Err(StoreError::Mismatch {
+                return Err(Error::Mismatch {
                     key: Sensitive::new(*key),
                     what: "SHA-256 of the file differs from the index".to_owned(),
                 });
@@ -839,10 +687,10 @@ impl Store {
     /// (root and outboard) they make. Only the size is checked here.
     pub fn import_verified(
         &self,
-        proof: &crate::swarm::Verified,
+        proof: &Verified,
         path: &Path,
         origin: Origin,
-    ) -> Result<ItemMeta, StoreError> {
+    ) -> Result<ItemMeta, Error> {
         let (key, size) = (&proof.key, proof.size());
         self.import_with(key, size, origin, |tmp| {
             link_or_copy(path, tmp)?;
@@ -863,8 +711,8 @@ impl Store {
         key: &ItemKey,
         size: u64,
         origin: Origin,
-        place: impl FnOnce(&Path) -> Result<([u8; 32], Cow<'a, [u8]>), StoreError>,
-    ) -> Result<ItemMeta, StoreError> {
+        place: impl FnOnce(&Path) -> Result<([u8; 32], Cow<'a, [u8]>), Error>,
+    ) -> Result<ItemMeta, Error> {
         if let Some(meta) = self.meta(key)? {
             return Ok(meta);
         }
@@ -881,7 +729,7 @@ impl Store {
     /// Add a local file under the SHA-256 of its own bytes (for files no
     /// index names yet, e.g. `anonmirror store add`): one pass computes
     /// the key and the outboard.
-    pub fn add_file(&self, path: &Path) -> Result<(ItemKey, ItemMeta), StoreError> {
+    pub fn add_file(&self, path: &Path) -> Result<(ItemKey, ItemMeta), Error> {
         let tmp = self.tmp_path();
         let result = (|| {
             let linked = self.link_and_hash(path, &tmp)?;
@@ -908,7 +756,7 @@ impl Store {
 
     /// Hard-link (or copy) `path` to `tmp` and hash it: SHA-256, size and
     /// bao outboard in one read.
-    fn link_and_hash(&self, path: &Path, tmp: &Path) -> Result<Linked, StoreError> {
+    fn link_and_hash(&self, path: &Path, tmp: &Path) -> Result<Linked, Error> {
         link_or_copy(path, tmp)?;
         let file = File::open(tmp).map_err(io_err("open", tmp))?;
         let size = file.metadata().map_err(io_err("stat", tmp))?.len();
@@ -930,42 +778,12 @@ impl Store {
     }
 }
 
-/// Hard-links `path` at `tmp`, or copies it where a link cannot be made
-/// (another file system).
-fn link_or_copy(path: &Path, tmp: &Path) -> Result<(), StoreError> {
-    if fs::hard_link(path, tmp).is_err() {
-        fs::copy(path, tmp).map_err(io_err("copy", path))?;
-    }
-    Ok(())
-}
-
-fn size_mismatch(key: &ItemKey, expected: u64, got: u64) -> StoreError {
-    StoreError::Mismatch {
-        key: Sensitive::new(*key),
-        what: format!("expected {expected} bytes, the file has {got}"),
-    }
-}
-
 /// A file linked into `tmp/` and hashed.
 struct Linked {
     key: ItemKey,
     size: u64,
     root: [u8; 32],
     outboard: Vec<u8>,
-}
-
-/// Hashes what passes through, for imports (the bytes are already on disk).
-struct HashingReader<'a, R> {
-    src: R,
-    sha: &'a mut ring::digest::Context,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.src.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -1074,7 +892,7 @@ mod tests {
         let err = store
             .insert(&big, 120_000, Origin::Peer, &big_data[..])
             .expect_err("too big");
-        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert!(matches!(err, Error::Full { .. }), "{err}");
     }
 
     #[test]
@@ -1137,7 +955,7 @@ mod tests {
         let ob =
             PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], 90_000, BLOCK_SIZE).expect("ob");
         let tree = Tree::new(90_000, ob.root.into(), ob.data.clone()).expect("tree");
-        let proof = crate::swarm::Verified { key, tree };
+        let proof = Verified { key, tree };
         // A file of another length is not the download the proof is of.
         let short = dir.path().join("short");
         fs::write(&short, &data[..89_999]).expect("write");
@@ -1177,7 +995,7 @@ mod tests {
             w.write(&data[..40_000]).expect("write");
             assert!(matches!(
                 store.writer(&key, 100_000, Origin::Peer),
-                Err(StoreError::Busy(_))
+                Err(Error::Busy(_))
             ));
             // Dropped half-way: nothing stays, the room is given back.
         }

@@ -23,6 +23,7 @@
 //!
 //! This module must never accept a group it has not hashed.
 
+use anonmirror_core::ItemKey;
 use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
 };
@@ -283,7 +284,7 @@ impl ItemHasher {
 
     /// The proof that the bytes seen were the item `key`: exactly the
     /// size, and their SHA-256 is the key. `None` if not.
-    pub fn finish(self, key: anonmirror_core::ItemKey) -> Option<crate::swarm::Verified> {
+    pub fn finish(self, key: ItemKey) -> Option<Verified> {
         if self.seen != self.size || self.sha.finish().as_ref() != key.0 {
             return None;
         }
@@ -294,7 +295,7 @@ impl ItemHasher {
             let root = build(&self.cvs, self.size, true, &mut outboard);
             (root, outboard)
         };
-        Some(crate::swarm::Verified {
+        Some(Verified {
             key,
             tree: Tree {
                 size: self.size,
@@ -302,6 +303,38 @@ impl ItemHasher {
                 outboard,
             },
         })
+    }
+}
+
+/// Proof that bytes were exactly the item: every chunk group matched the
+/// tree and the whole matched the item key (the index's SHA-256). The
+/// swarm download makes one when it delivered an item ([`Verified::matching`]),
+/// [`ItemHasher::finish`] when it hashed one; the store takes it to keep
+/// those bytes without hashing them a second time
+/// ([`Store::import_verified`](crate::Store::import_verified)).
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub(crate) key: ItemKey,
+    pub(crate) tree: Tree,
+}
+
+impl Verified {
+    /// The proof for bytes whose every chunk group was checked against
+    /// `tree` and whose whole SHA-256 is `sha256`: `None` unless that is the
+    /// item key. The caller vouches for the chunk-group checks (the swarm
+    /// download makes them as the bytes arrive); this checks the rest.
+    pub fn matching(key: ItemKey, tree: Tree, sha256: &[u8]) -> Option<Verified> {
+        (sha256 == key.as_bytes()).then_some(Verified { key, tree })
+    }
+
+    /// The item.
+    pub fn key(&self) -> ItemKey {
+        self.key
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.tree.size()
     }
 }
 

@@ -322,7 +322,7 @@ where
     /// Sends each message as its own frame, as [`Channel::send`] would one
     /// by one, but with the frames written together: one `write` for a
     /// batch instead of one per frame (bulk senders: the peer server).
-    pub(crate) async fn send_batch(
+    pub async fn send_batch(
         &mut self,
         messages: &mut (dyn Iterator<Item = &[u8]> + Send),
     ) -> Result<()> {
@@ -354,9 +354,9 @@ where
 
     /// The next message decrypted into `buf` from the index `place` picks
     /// given the message's length, bytes before it left alone (see
-    /// [`super::FrameReceiver::handle_input_at`]): a bulk receiver opens
+    /// `FrameReceiver::handle_input_at`): a bulk receiver opens
     /// each payload where it belongs. `false` on a clean end of stream.
-    pub(crate) async fn recv_into_at(
+    pub async fn recv_into_at(
         &mut self,
         buf: &mut Vec<u8>,
         place: &mut (dyn FnMut(usize) -> usize + Send),
