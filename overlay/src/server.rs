@@ -339,7 +339,7 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
     cancel: &CancellationToken,
 ) -> anonmirror_channel::Result<()> {
     let mut inbound = Vec::new();
-    let mut outbound = Vec::with_capacity(crate::wire::MAX_MESSAGE);
+    let mut outbound = Vec::with_capacity(anonmirror_channel::noise::MAX_MESSAGE);
     // The two block buffers of `send_range`, kept across requests.
     let mut blocks: Vec<Block> = Vec::with_capacity(2);
     loop {

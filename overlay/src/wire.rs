@@ -124,9 +124,9 @@ use serde::{Deserialize, Serialize};
 /// change to the byte format or the meaning of a message.
 pub const WIRE_VERSION: u8 = 1;
 
-/// The most bytes one encoded message may take: a Noise channel message
-/// carries at most 65,535 bytes, 16 of which are the AEAD tag.
-pub const MAX_MESSAGE: usize = 65_535 - 16;
+// The most bytes one encoded message may take is the channel's: a Noise
+// message carries at most 65,535 bytes, 16 of which are the AEAD tag.
+use anonmirror_channel::noise::MAX_MESSAGE;
 
 /// The most bytes a postcard varint of a u64 takes (64 bits / 7 rounded up).
 const MAX_VARINT_U64: usize = 10;

@@ -3,10 +3,11 @@
 //! per package for what it pulls in (features resolved as when that package
 //! is built alone).
 //!
-//! core ← privacy ← announce ← audit; core, privacy ← overlay ← rendezvous;
-//! overlay, rendezvous, announce ← mirror; the root package ← all.
-//! announce and overlay never import each other; audit never pulls in
-//! tokio's networking or arti; nothing depends on the root package.
+//! core ← privacy ← announce ← audit; core, privacy ← channel;
+//! core ← store; channel, store ← overlay; channel ← rendezvous;
+//! overlay, store, rendezvous, announce ← mirror; the root package ← all.
+//! announce and overlay never import each other; audit and store never
+//! pull in tokio's networking or arti; nothing depends on the root package.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -73,11 +74,21 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("privacy", &["core"][..]),
         ("announce", &["core", "privacy"][..]),
         ("audit", &["core", "privacy", "announce"][..]),
-        ("overlay", &["core", "privacy"][..]),
-        ("rendezvous", &["core", "privacy", "overlay"][..]),
+        ("channel", &["core", "privacy"][..]),
+        ("store", &["core"][..]),
+        ("overlay", &["core", "privacy", "channel", "store"][..]),
+        ("rendezvous", &["core", "privacy", "channel"][..]),
         (
             "mirror",
-            &["core", "privacy", "announce", "overlay", "rendezvous"][..],
+            &[
+                "core",
+                "privacy",
+                "announce",
+                "channel",
+                "store",
+                "overlay",
+                "rendezvous",
+            ][..],
         ),
         // Test support (a private Tor network): depends on nothing of
         // ours; only tests (root's dev-dependencies) and the Tor benchmark
@@ -90,6 +101,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "core",
                 "privacy",
                 "announce",
+                "channel",
+                "store",
                 "overlay",
                 "rendezvous",
                 "mirror",
@@ -103,6 +116,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "core",
                 "privacy",
                 "announce",
+                "channel",
+                "store",
                 "overlay",
                 "rendezvous",
                 "mirror",
@@ -176,25 +191,34 @@ fn announce_and_overlay_never_import_each_other() {
     assert!(!names(&closure("anonmirror-overlay")).contains("anonmirror-announce"));
 }
 
-#[test]
-fn audit_pulls_in_no_networking() {
-    let closure = closure("anonmirror-audit");
-    for (name, features) in &closure {
+/// Fails if `package` pulls in Tor, a networking crate or tokio's `net`.
+fn assert_no_networking(package: &str) {
+    for (name, features) in &closure(package) {
         assert!(
             !(name.starts_with("arti") || name.starts_with("tor-")),
-            "audit pulls in `{name}`: it must never reach Tor"
+            "{package} pulls in `{name}`: it must never reach Tor"
         );
         assert!(
             !["hyper", "reqwest", "axum", "mio", "socket2"].contains(&name.as_str()),
-            "audit pulls in the networking crate `{name}`"
+            "{package} pulls in the networking crate `{name}`"
         );
         if name == "tokio" {
             assert!(
                 !features.contains("net"),
-                "audit pulls in tokio with its `net` feature"
+                "{package} pulls in tokio with its `net` feature"
             );
         }
     }
+}
+
+#[test]
+fn audit_pulls_in_no_networking() {
+    assert_no_networking("anonmirror-audit");
+}
+
+#[test]
+fn the_store_pulls_in_no_networking() {
+    assert_no_networking("anonmirror-store");
 }
 
 #[test]

@@ -1,0 +1,93 @@
+//! What a swarm download needs to know: the peers and the knobs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anonmirror_core::PeerKey;
+
+use anonmirror_channel::noise::ChannelParams;
+use anonmirror_core::Contact;
+
+/// A peer to download from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// Where it listens.
+    pub contact: Contact,
+    /// Its Noise static key for this session.
+    pub key: PeerKey,
+}
+
+/// How a download behaves.
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    /// Prologue parameters of every channel.
+    pub params: ChannelParams,
+    /// Bytes per piece; rounded up to a multiple of the chunk group.
+    pub piece_size: u64,
+    /// Pieces that may be claimed past the first undelivered one.
+    pub window: usize,
+    /// Time allowed for a connection, and at most for its handshake (which
+    /// gets less after a fast connection: see [`handshake_allowance`](super::handshake_allowance)).
+    pub connect_timeout: Duration,
+    /// Silence after which a peer counts as stalled.
+    pub stall_timeout: Duration,
+    /// Where piece buffers come from (and may be handed back to).
+    pub pieces: Pieces,
+}
+
+/// Piece buffers kept for reuse, shared by clones.
+///
+/// A download takes its buffers here and passes each to its [`Sink`](super::Sink); a
+/// sink that is done with one hands it back with [`Pieces::give_back`].
+/// At most [`Pieces::KEEP`] are kept; a buffer is only reused for a piece
+/// at least half its capacity, so small items never sit in large buffers.
+#[derive(Clone, Debug, Default)]
+pub struct Pieces(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pieces {
+    /// Buffers kept at most (with 1 MiB pieces, 16 MiB).
+    pub const KEEP: usize = 16;
+
+    /// An empty buffer with room for `capacity` bytes.
+    pub(crate) fn take(&self, capacity: usize) -> Vec<u8> {
+        if let Ok(mut kept) = self.0.lock()
+            && let Some(i) = kept
+                .iter()
+                .position(|b| b.capacity() >= capacity && b.capacity() / 2 <= capacity)
+        {
+            let mut buf = kept.swap_remove(i);
+            buf.clear();
+            return buf;
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    /// Keep `buf` for a later piece (dropped if enough are kept).
+    pub fn give_back(&self, buf: Vec<u8>) {
+        if let Ok(mut kept) = self.0.lock()
+            && kept.len() < Self::KEEP
+        {
+            kept.push(buf);
+        }
+    }
+
+    /// Buffers kept now.
+    pub fn kept(&self) -> usize {
+        self.0.lock().map_or(0, |k| k.len())
+    }
+}
+
+impl SwarmConfig {
+    /// Defaults for `params`: 1 MiB pieces, a 64-piece window, 10 s to
+    /// connect, 10 s of silence before a peer counts as stalled.
+    pub fn new(params: ChannelParams) -> SwarmConfig {
+        SwarmConfig {
+            params,
+            piece_size: 1 << 20,
+            window: 64,
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+            pieces: Pieces::default(),
+        }
+    }
+}
