@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_channel::TcpTransport;
-use anonmirror_channel::transport::Dialer;
+use anonmirror_channel::transport::Transport;
 use anonmirror_channel::transport::control;
-use anonmirror_channel::transport::socks::SocksDialer;
-use anonmirror_privacy::{Policy, Transport};
+use anonmirror_channel::transport::socks::SocksTransport;
+use anonmirror_privacy::{Policy, TransportKind};
 use anyhow::{Result, anyhow};
 
 /// What carries connections, in the state directory, for `audit`.
@@ -57,10 +57,10 @@ pub enum Serving {
 /// The transport a node ended up with.
 pub struct Carrier {
     /// Opens every outgoing connection.
-    pub dialer: Arc<dyn Dialer>,
+    pub dialer: Arc<dyn Transport>,
     /// arti, when it carries connections (it also hosts onion services).
     #[cfg(feature = "tor")]
-    pub arti: Option<Arc<anonmirror_channel::transport::tor::TorDialer>>,
+    pub arti: Option<Arc<anonmirror_channel::transport::tor::TorTransport>>,
     /// How peers reach this node.
     pub serving: Serving,
     /// What carries connections, for people: the dialer's description,
@@ -83,9 +83,9 @@ impl Carrier {
     pub async fn start(policy: &Policy) -> Result<Carrier> {
         let t = &policy.transport;
         let tor = match t.kind {
-            Transport::Tcp => None,
-            Transport::TorSocks => Some(socks(policy).await),
-            Transport::Tor => Some(arti(policy).await),
+            TransportKind::Tcp => None,
+            TransportKind::TorSocks => Some(socks(policy).await),
+            TransportKind::Tor => Some(arti(policy).await),
         };
         let mut carrier = match tor {
             None => Carrier::tcp("tcp".into()),
@@ -170,7 +170,7 @@ async fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
         return Ok(Serving::ArtiOnion);
     }
     // The Tor daemon's onion service, if its control port lets us in.
-    let daemon = if t.kind == Transport::TorSocks {
+    let daemon = if t.kind == TransportKind::TorSocks {
         match control::probe(&t.control).await {
             Ok(()) => return Ok(Serving::DaemonOnion),
             Err(e) => Some(e),
@@ -224,8 +224,8 @@ async fn socks(policy: &Policy) -> Result<Carrier, String> {
             ));
         }
     }
-    let d = SocksDialer::new(at).map_err(|e| e.to_string())?;
-    let connections = Dialer::describe(&d);
+    let d = SocksTransport::new(at).map_err(|e| e.to_string())?;
+    let connections = Transport::describe(&d);
     Ok(Carrier {
         dialer: Arc::new(d),
         #[cfg(feature = "tor")]
@@ -264,12 +264,12 @@ async fn arti(policy: &Policy) -> Result<Carrier, String> {
 pub(crate) async fn bootstrap_arti(
     config: &anonmirror_channel::transport::tor::TorConfig,
     setting: &str,
-) -> std::io::Result<anonmirror_channel::transport::tor::TorDialer> {
+) -> std::io::Result<anonmirror_channel::transport::tor::TorTransport> {
     if config.arti_config.is_some() {
         tracing::warn!("{setting}: arti uses the Tor network that file names");
     }
     tracing::info!("starting Tor (arti)");
-    let d = anonmirror_channel::transport::tor::TorDialer::bootstrap(config, |p| {
+    let d = anonmirror_channel::transport::tor::TorTransport::bootstrap(config, |p| {
         tracing::info!(
             percent = (100.0 * p.fraction).round(),
             status = %p.status,
@@ -298,7 +298,7 @@ mod tests {
 
     /// A `tor-socks` carrier (nothing is dialled here).
     fn socks_carrier() -> Carrier {
-        let d = SocksDialer::new("127.0.0.1:9".parse().expect("addr")).expect("dialer");
+        let d = SocksTransport::new("127.0.0.1:9".parse().expect("addr")).expect("dialer");
         Carrier {
             dialer: Arc::new(d),
             #[cfg(feature = "tor")]
@@ -310,7 +310,7 @@ mod tests {
 
     fn tor_socks(level: Level, control: ControlPort) -> Policy {
         let mut p = Policy::defaults_for(level);
-        p.transport.kind = Transport::TorSocks;
+        p.transport.kind = TransportKind::TorSocks;
         p.transport.control = control;
         p
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anonmirror_core::{Entropy, SeededEntropy};
 use anonmirror_mirror::metrics::Snapshot;
-use anonmirror_privacy::{ByteSize, Level, Policy, Transport};
+use anonmirror_privacy::{ByteSize, Level, Policy, TransportKind};
 use anonmirror_privacy::{Rendezvous as RendezvousConfig, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 use anyhow::{Context, Result, anyhow};
@@ -305,7 +305,7 @@ pub fn loopback_policy(
     p.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     p.serve.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     p.serve.upload_rate = anonmirror_privacy::Rate(1 << 30);
-    p.transport.kind = Transport::Tcp;
+    p.transport.kind = TransportKind::Tcp;
     p.repositories = repositories;
     p.rendezvous = Some(RendezvousConfig {
         address: rendezvous.local_addr().to_string(),

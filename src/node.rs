@@ -35,7 +35,7 @@ use anonmirror_announce::{
     Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
     select,
 };
-use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport, Transport};
+use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport};
 use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
 use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
 use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
@@ -295,7 +295,7 @@ struct Volunteer {
     serving: Serving,
     /// arti, which hosts its onion services.
     #[cfg(feature = "onion-service")]
-    arti: Option<Arc<anonmirror_channel::transport::tor::TorDialer>>,
+    arti: Option<Arc<anonmirror_channel::transport::tor::TorTransport>>,
     policy: Policy,
     opts: NodeOptions,
     client: Client,

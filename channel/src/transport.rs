@@ -6,12 +6,12 @@
 //!
 //! - [`TcpTransport`]: direct TCP. The other end learns this machine's
 //!   address, and a [`Contact::Host`] is resolved by the system's resolver.
-//! - [`socks::SocksDialer`]: a Tor daemon's SOCKS5 port (`tor-socks`).
+//! - [`socks::SocksTransport`]: a Tor daemon's SOCKS5 port (`tor-socks`).
 //!   Names and onion addresses are handed to Tor unresolved (SOCKS5's
 //!   domain form), so no DNS query leaves this machine, and each
 //!   destination gets its own circuit (Tor isolates streams by SOCKS
 //!   credentials, and each destination gets its own).
-//! - `tor::TorDialer` (feature `tor`): arti, Tor in this process.
+//! - `tor::TorTransport` (feature `tor`): arti, Tor in this process.
 //!
 //! Two listen through Tor, as onion services (the peer server of a
 //! volunteer that serves over Tor): `tor::OnionListener` (feature
@@ -19,9 +19,8 @@
 //! [`control::DaemonOnionListener`], hosted by a Tor daemon asked through
 //! its control port (`tor-socks`).
 //!
-//! Callers that pick one at run time hold an `Arc<dyn` [`Dialer`]`>`,
-//! whose streams are boxed ([`BoxStream`]); [`Dialed`] makes one a
-//! [`Transport`] for the swarm.
+//! Every one is a [`Transport`]; callers that pick one at run time hold an
+//! `Arc<dyn Transport>`, and streams are boxed ([`BoxStream`]).
 //!
 //! This module must never log or put in an error a contact's address
 //! unwrapped: addresses go through [`anonmirror_core::Sensitive`], which redacts them
@@ -48,17 +47,23 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-/// A stream of a transport chosen at run time.
+/// A stream of whichever transport opened it.
 pub type BoxStream = Box<dyn Stream>;
 
-/// What [`Dialer::dial`] returns.
-pub type DialFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
+/// What [`Transport::connect`] returns.
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
 
-/// Opens streams to contacts over a transport chosen at run time (from
-/// the policy): TCP, a Tor daemon's SOCKS port, or arti.
-pub trait Dialer: Send + Sync + fmt::Debug {
+/// A way to open byte streams to contacts: TCP, a Tor daemon's SOCKS port,
+/// or arti, chosen at run time from the policy (callers hold an
+/// `Arc<dyn Transport>`, which is a transport too).
+///
+/// Errors are plain I/O errors: whether a transport is TCP or Tor, the
+/// caller's choice is the same (try another peer, or fall back upstream).
+/// Accepting streams is each listener's own business ([`Listener`]): a TCP
+/// socket, an onion service hosted by arti or by a Tor daemon.
+pub trait Transport: Send + Sync + fmt::Debug {
     /// Opens a stream to `contact`. The caller bounds the time it may take.
-    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a>;
+    fn connect<'a>(&'a self, contact: &'a Contact) -> ConnectFuture<'a>;
 
     /// What carries the streams, for the operator (`audit`, logs): e.g.
     /// "tcp" or "tor (arti)".
@@ -69,56 +74,17 @@ pub trait Dialer: Send + Sync + fmt::Debug {
     fn is_tor(&self) -> bool;
 }
 
-impl Dialer for TcpTransport {
-    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a> {
-        Box::pin(async move {
-            let s = self.connect(contact).await?;
-            Ok(Box::new(s) as BoxStream)
-        })
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    fn connect<'a>(&'a self, contact: &'a Contact) -> ConnectFuture<'a> {
+        (**self).connect(contact)
     }
 
     fn describe(&self) -> String {
-        "tcp".into()
+        (**self).describe()
     }
 
     fn is_tor(&self) -> bool {
-        false
-    }
-}
-
-/// A [`Dialer`] as a [`Transport`] (for the swarm); it cannot listen.
-#[derive(Clone, Debug)]
-pub struct Dialed(pub Arc<dyn Dialer>);
-
-impl Transport for Dialed {
-    type Stream = BoxStream;
-    type Listener = NoListener;
-
-    async fn connect(&self, contact: &Contact) -> io::Result<BoxStream> {
-        self.0.dial(contact).await
-    }
-
-    async fn listen(&self, _contact: &Contact) -> io::Result<NoListener> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "a dialer does not listen",
-        ))
-    }
-}
-
-/// The listener of a transport that cannot listen: never constructed.
-#[derive(Debug)]
-pub enum NoListener {}
-
-impl Listener for NoListener {
-    type Stream = BoxStream;
-
-    async fn accept(&mut self) -> io::Result<(BoxStream, Option<Contact>)> {
-        match *self {}
-    }
-
-    fn local_contact(&self) -> io::Result<Contact> {
-        match *self {}
+        (**self).is_tor()
     }
 }
 
@@ -130,25 +96,7 @@ fn unreachable_here(contact: &Contact, why: &str) -> io::Error {
     )
 }
 
-/// A way to open byte streams to contacts and to accept them.
-///
-/// Errors are plain I/O errors: whether a transport is TCP or Tor, the
-/// caller's choice is the same (try another peer, or fall back upstream).
-pub trait Transport: Send + Sync {
-    /// The byte stream a connection yields.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// What [`Transport::listen`] yields.
-    type Listener: Listener<Stream = Self::Stream>;
-
-    /// Opens a stream to `contact`. The caller bounds the time it may take.
-    fn connect(&self, contact: &Contact) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-
-    /// Starts accepting streams at `contact` (for TCP, the local address to
-    /// bind; port 0 picks a free one).
-    fn listen(&self, contact: &Contact) -> impl Future<Output = io::Result<Self::Listener>> + Send;
-}
-
-/// The accepting side of a [`Transport`].
+/// Where streams are accepted: a TCP socket, or an onion service.
 pub trait Listener: Send {
     /// The byte stream an accepted connection yields.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -173,11 +121,9 @@ pub trait Listener: Send {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpTransport;
 
-impl Transport for TcpTransport {
-    type Stream = TcpStream;
-    type Listener = TcpTransportListener;
-
-    async fn connect(&self, contact: &Contact) -> io::Result<TcpStream> {
+impl TcpTransport {
+    /// Opens a TCP stream to `contact` (what [`Transport::connect`] boxes).
+    pub async fn open(&self, contact: &Contact) -> io::Result<TcpStream> {
         let stream = match contact {
             Contact::Tcp(addr) => TcpStream::connect(addr).await?,
             // The system's resolver: only ever for TCP, which shows this
@@ -195,7 +141,9 @@ impl Transport for TcpTransport {
         Ok(stream)
     }
 
-    async fn listen(&self, contact: &Contact) -> io::Result<TcpTransportListener> {
+    /// Starts accepting streams at `contact`, a local socket address to
+    /// bind (port 0 picks a free one).
+    pub async fn listen(&self, contact: &Contact) -> io::Result<TcpTransportListener> {
         let Contact::Tcp(addr) = contact else {
             return Err(unreachable_here(
                 contact,
@@ -205,6 +153,20 @@ impl Transport for TcpTransport {
         let listener = TcpListener::bind(addr).await?;
         tracing::debug!(contact = %contact.redacted(), "tcp listening");
         Ok(TcpTransportListener { listener })
+    }
+}
+
+impl Transport for TcpTransport {
+    fn connect<'a>(&'a self, contact: &'a Contact) -> ConnectFuture<'a> {
+        Box::pin(async move { Ok(Box::new(self.open(contact).await?) as BoxStream) })
+    }
+
+    fn describe(&self) -> String {
+        "tcp".into()
+    }
+
+    fn is_tor(&self) -> bool {
+        false
     }
 }
 
@@ -237,10 +199,7 @@ mod tests {
     #[tokio::test]
     async fn tcp_refuses_onions_and_listens_only_on_socket_addresses() {
         let onion = Contact::parse(&format!("{}.onion:80", "a".repeat(56))).expect("onion");
-        let e = TcpTransport
-            .connect(&onion)
-            .await
-            .expect_err("onion over tcp");
+        let e = TcpTransport.open(&onion).await.expect_err("onion over tcp");
         assert!(e.to_string().contains("only Tor reaches it"), "{e}");
         assert!(!e.to_string().contains("aaaa"), "redacted: {e}");
         let name = Contact::parse("localhost:80").expect("name");
@@ -255,7 +214,7 @@ mod tests {
             .await
             .expect("bind");
         let at = listener.local_contact().expect("local address");
-        let (client, accepted) = tokio::join!(t.connect(&at), listener.accept());
+        let (client, accepted) = tokio::join!(t.open(&at), listener.accept());
         let mut client = client.expect("connect");
         let (mut server, remote) = accepted.expect("accept");
         assert!(client.nodelay().expect("nodelay") && server.nodelay().expect("nodelay"));

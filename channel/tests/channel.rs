@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use anonmirror_channel::noise::MAX_MESSAGE;
 use anonmirror_channel::transport::{Listener as _, TcpTransportListener};
-use anonmirror_channel::{
-    ChannelParams, Error, StaticKeypair, TcpTransport, Transport as _, accept, connect,
-};
+use anonmirror_channel::{ChannelParams, Error, StaticKeypair, TcpTransport, accept, connect};
 use anonmirror_core::{Contact, Epoch, ErrorKind, HasKind, PeerKey};
 use anonmirror_privacy::Level;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +79,7 @@ async fn round_trip_64_mib_in_max_size_messages() {
             ch.shutdown().await.expect("shutdown");
             echoed
         });
-        let stream = TcpTransport.connect(&at).await.expect("connect");
+        let stream = TcpTransport.open(&at).await.expect("connect");
         let ch = connect(stream, &responder, &params(), HANDSHAKE)
             .await
             .expect("handshake");
@@ -164,7 +162,7 @@ async fn proxy(server: Contact, tamper: Tamper) -> Contact {
     let (mut listener, at) = listen().await;
     tokio::spawn(async move {
         let (client, _) = listener.accept().await.expect("proxy accept");
-        let upstream = TcpTransport.connect(&server).await.expect("proxy connect");
+        let upstream = TcpTransport.open(&server).await.expect("proxy connect");
         let (client_rd, client_wr) = client.into_split();
         let (up_rd, up_wr) = upstream.into_split();
         let forward = |_, frame| Act::Forward(frame);
@@ -230,7 +228,7 @@ async fn tampered(count: usize, tamper: Tamper) -> Ended {
     let (listener, at) = listen().await;
     let server = respond(listener, keypair, params());
     let via = proxy(at, tamper).await;
-    let stream = TcpTransport.connect(&via).await.expect("connect");
+    let stream = TcpTransport.open(&via).await.expect("connect");
     // The initiator may be cut off by the responder at any point: what it
     // sees is not under test here, so its errors only stop it.
     if let Ok(mut ch) = connect(stream, &responder, &params(), HANDSHAKE).await {
@@ -396,7 +394,7 @@ async fn mismatched(
     };
     let (listener, at) = listen().await;
     let server = respond(listener, keypair, responder);
-    let stream = TcpTransport.connect(&at).await.expect("connect");
+    let stream = TcpTransport.open(&at).await.expect("connect");
     let client = connect(stream, &key, &initiator, HANDSHAKE)
         .await
         .expect_err("handshake must fail");
@@ -465,7 +463,7 @@ async fn handshake_payload_is_refused() {
         .expect("initiator");
         let mut msg = [0u8; 128];
         let n = rogue.write_message(b"token", &mut msg).expect("message 1");
-        let mut stream = TcpTransport.connect(&at).await.expect("connect");
+        let mut stream = TcpTransport.open(&at).await.expect("connect");
         stream
             .write_all(&u16::try_from(n).expect("small").to_be_bytes())
             .await
@@ -492,7 +490,7 @@ async fn silent_initiator_times_out() {
     bounded(async {
         let keypair = StaticKeypair::generate().expect("keypair");
         let (mut listener, at) = listen().await;
-        let _silent = TcpTransport.connect(&at).await.expect("connect");
+        let _silent = TcpTransport.open(&at).await.expect("connect");
         let (stream, _) = listener.accept().await.expect("accept");
         let after = Duration::from_millis(50);
         let e = accept(stream, &keypair, &params(), after)
@@ -528,7 +526,7 @@ async fn both_directions_and_clean_close() {
             assert_eq!(ch.recv().await.expect("still clean"), None);
             *ch.handshake_hash()
         });
-        let stream = TcpTransport.connect(&at).await.expect("connect");
+        let stream = TcpTransport.open(&at).await.expect("connect");
         let mut ch = connect(stream, &responder, &params(), HANDSHAKE)
             .await
             .expect("handshake");

@@ -54,7 +54,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anonmirror_channel::transport::{Dialed, Dialer};
+use anonmirror_channel::transport::Transport;
 use anonmirror_core::{Entropy, ItemKey, OsEntropy, Sensitive};
 use anonmirror_overlay::swarm::{self, Outcome, Pieces, Sink, SwarmConfig};
 use anonmirror_store::Origin;
@@ -574,7 +574,7 @@ pub struct FetchConfig {
     /// Overrides the hedge deadline derived from the upstream estimate.
     pub hedge_after: Option<Duration>,
     /// What opens connections to peers (TCP, or Tor).
-    pub dialer: Arc<dyn Dialer>,
+    pub dialer: Arc<dyn Transport>,
 }
 
 /// Runs jobs.
@@ -731,7 +731,7 @@ impl Fetcher {
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
         let started = Instant::now();
 
-        let transport = Dialed(self.config.dialer.clone());
+        let transport = self.config.dialer.clone();
         let mut hedge: Option<tokio::task::JoinHandle<Result<(PathBuf, Verified), String>>> = None;
         let raced = {
             let swarm_fut =

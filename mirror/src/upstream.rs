@@ -11,7 +11,7 @@
 //! the index's signature itself; TLS keeps which packages this machine
 //! fetches from the network's view.
 //!
-//! Connections are opened by the node's [`Dialer`]: direct TCP, or Tor
+//! Connections are opened by the node's [`Transport`]: direct TCP, or Tor
 //! (then the mirror's name goes to the exit unresolved, no DNS query
 //! leaves this machine, and the mirror sees an exit relay, or an onion
 //! mirror sees nothing at all).
@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anonmirror_channel::TcpTransport;
-use anonmirror_channel::transport::{BoxStream, Dialer};
+use anonmirror_channel::transport::{BoxStream, Transport};
 use anonmirror_core::Contact;
 
 use bytes::Bytes;
@@ -87,7 +87,7 @@ impl Upstream {
     }
 
     /// A client whose connections `dialer` opens.
-    pub fn with_dialer(timeout: Duration, dialer: Arc<dyn Dialer>) -> Upstream {
+    pub fn with_dialer(timeout: Duration, dialer: Arc<dyn Transport>) -> Upstream {
         let transport = dialer.describe();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -309,12 +309,12 @@ mod tests {
     }
 }
 
-/// Opens hyper's connections through a [`Dialer`]: the URL's host goes
+/// Opens hyper's connections through a [`Transport`]: the URL's host goes
 /// to the dialer as a name (never resolved here unless the dialer is
 /// direct TCP).
 #[derive(Clone, Debug)]
 pub struct DialConnector {
-    dialer: Arc<dyn Dialer>,
+    dialer: Arc<dyn Transport>,
     timeout: Duration,
 }
 
@@ -331,7 +331,7 @@ impl tower_service::Service<Uri> for DialConnector {
         let (dialer, timeout) = (self.dialer.clone(), self.timeout);
         Box::pin(async move {
             let contact = contact_of(&uri)?;
-            let stream = tokio::time::timeout(timeout, dialer.dial(&contact))
+            let stream = tokio::time::timeout(timeout, dialer.connect(&contact))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")

@@ -62,7 +62,6 @@ use std::time::Duration;
 use worker::{fetch_tree, worker};
 
 use anonmirror_core::{ItemKey, Sensitive};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -82,7 +81,6 @@ pub async fn download<T>(
 ) -> Result<SwarmReport, SwarmError>
 where
     T: Transport + Clone + 'static,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut report = SwarmReport {
         peers: peers
@@ -223,13 +221,12 @@ async fn run_attempt<T>(
     peers: &[PeerAddr],
     usable: &[bool],
     source: usize,
-    source_channel: PeerChannel<T>,
+    source_channel: PeerChannel,
     source_started: Instant,
     sink: &mut dyn Sink,
 ) -> std::io::Result<(Vec<(usize, PeerReport)>, Verdict)>
 where
     T: Transport + Clone + 'static,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let piece_size = piece_size(config);
     let n_pieces = tree.size().div_ceil(piece_size).max(1) as usize;

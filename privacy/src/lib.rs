@@ -38,6 +38,6 @@ pub use policy::{
     AnnounceConfig, CacheConfig, ControlPort, DEFAULT_CONTROL, DEFAULT_POLICY, DEFAULT_POLICY_PATH,
     GatewayConfig, LogConfig, MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES, MAX_REGION_LEN,
     MIN_CACHE_SIZE, PathsConfig, Policy, PopularityConfig, Randomization, Rendezvous, Repository,
-    RepositoryKind, ServeConfig, Transport, TransportConfig,
+    RepositoryKind, ServeConfig, TransportConfig, TransportKind,
 };
 pub use units::{ByteSize, ExposureBudget, Rate};

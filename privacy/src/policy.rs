@@ -198,7 +198,7 @@ impl ServeConfig {
 /// upstream mirror).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Transport {
+pub enum TransportKind {
     /// Direct TCP: peers learn each other's IP addresses.
     Tcp,
     /// Tor, through arti in the daemon (a build with the `tor` feature):
@@ -208,19 +208,19 @@ pub enum Transport {
     TorSocks,
 }
 
-impl Transport {
+impl TransportKind {
     /// The transport's name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
-            Transport::Tcp => "tcp",
-            Transport::Tor => "tor",
-            Transport::TorSocks => "tor-socks",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tor => "tor",
+            TransportKind::TorSocks => "tor-socks",
         }
     }
 
     /// Whether it goes through Tor.
     pub fn is_tor(self) -> bool {
-        self != Transport::Tcp
+        self != TransportKind::Tcp
     }
 }
 
@@ -228,7 +228,7 @@ impl Transport {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TransportConfig {
     /// The transport for peer connections.
-    pub kind: Transport,
+    pub kind: TransportKind,
     /// With `kind = tor`: use direct TCP when Tor is unavailable, which
     /// shows this node's address to the peers it then talks to.
     pub allow_tcp_fallback: bool,
@@ -426,7 +426,7 @@ impl Policy {
         let (transport, fallback, listen_ip, min_holders, min_fraction, randomization, budget) =
             match level {
                 Level::Off => (
-                    Transport::Tcp,
+                    TransportKind::Tcp,
                     false,
                     loopback,
                     100,
@@ -435,7 +435,7 @@ impl Policy {
                     ExposureBudget::Bits(0.0),
                 ),
                 Level::Open => (
-                    Transport::Tcp,
+                    TransportKind::Tcp,
                     false,
                     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     0,
@@ -444,7 +444,7 @@ impl Policy {
                     ExposureBudget::Unlimited,
                 ),
                 Level::Balanced => (
-                    Transport::Tor,
+                    TransportKind::Tor,
                     true,
                     loopback,
                     20,
@@ -453,7 +453,7 @@ impl Policy {
                     ExposureBudget::Bits(12.0),
                 ),
                 Level::Strict => (
-                    Transport::Tor,
+                    TransportKind::Tor,
                     false,
                     loopback,
                     100,
@@ -687,7 +687,7 @@ impl Policy {
         if let Some(path) = &t.dangerous_arti_config {
             check_dir("transport.dangerous_arti_config", path)?;
         }
-        if t.experimental_arti_onion_service && t.kind != Transport::Tor {
+        if t.experimental_arti_onion_service && t.kind != TransportKind::Tor {
             return Err(Invalid::new(
                 "transport.experimental_arti_onion_service",
                 format!(
@@ -702,7 +702,7 @@ impl Policy {
         }
         let hint = "strict requires Tor; set transport.dangerous_allow_clearnet = true \
                     to allow this, which weakens privacy";
-        if t.kind == Transport::Tcp {
+        if t.kind == TransportKind::Tcp {
             return Err(Invalid::new(
                 "transport.kind",
                 "level = \"strict\" contradicts kind = \"tcp\"",

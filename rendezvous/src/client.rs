@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anonmirror_channel::TcpTransport;
-use anonmirror_channel::transport::{BoxStream, Dialer};
+use anonmirror_channel::transport::{BoxStream, Transport};
 use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 
@@ -51,7 +51,7 @@ impl std::fmt::Debug for Token {
 pub struct Client {
     contact: Contact,
     key: PeerKey,
-    dialer: Arc<dyn Dialer>,
+    dialer: Arc<dyn Transport>,
     timeout: Duration,
     /// The channel opened ahead for the next lookup (shared by clones).
     spare: Arc<Mutex<Option<Spare>>>,
@@ -83,7 +83,7 @@ impl Client {
 
     /// The rendezvous at `contact` (an address, a name, or an onion
     /// address), reached through `dialer`, with the pinned Noise `key`.
-    pub fn with_dialer(contact: Contact, key: PeerKey, dialer: Arc<dyn Dialer>) -> Self {
+    pub fn with_dialer(contact: Contact, key: PeerKey, dialer: Arc<dyn Transport>) -> Self {
         let timeout = if dialer.is_tor() {
             TIMEOUT_TOR
         } else {
@@ -104,7 +104,7 @@ impl Client {
     }
 
     async fn open(&self) -> Result<anonmirror_channel::Channel<BoxStream>> {
-        let stream = tokio::time::timeout(self.timeout, self.dialer.dial(&self.contact))
+        let stream = tokio::time::timeout(self.timeout, self.dialer.connect(&self.contact))
             .await
             .map_err(|_| Error::Gone("connect timed out"))?
             .map_err(Error::Connect)?;

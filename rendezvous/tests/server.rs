@@ -471,16 +471,16 @@ async fn an_upstream_index_change_is_pushed_to_live_sessions() {
 
 /// A dialer over TCP that counts its dials and can be told to refuse.
 #[derive(Debug, Default)]
-struct GatedDialer {
+struct GatedTransport {
     dials: std::sync::atomic::AtomicUsize,
     refuse: std::sync::atomic::AtomicBool,
 }
 
-impl anonmirror_channel::transport::Dialer for GatedDialer {
-    fn dial<'a>(
+impl anonmirror_channel::transport::Transport for GatedTransport {
+    fn connect<'a>(
         &'a self,
         contact: &'a anonmirror_core::Contact,
-    ) -> anonmirror_channel::transport::DialFuture<'a> {
+    ) -> anonmirror_channel::transport::ConnectFuture<'a> {
         use std::sync::atomic::Ordering;
         self.dials.fetch_add(1, Ordering::SeqCst);
         let refuse = self.refuse.load(Ordering::SeqCst);
@@ -491,7 +491,7 @@ impl anonmirror_channel::transport::Dialer for GatedDialer {
                     "refused by the test",
                 ));
             }
-            anonmirror_channel::TcpTransport.dial(contact).await
+            anonmirror_channel::TcpTransport.connect(contact).await
         })
     }
 
@@ -506,13 +506,13 @@ impl anonmirror_channel::transport::Dialer for GatedDialer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_goes_on_the_spare_channel_the_last_one_opened() {
-    use anonmirror_channel::transport::Dialer as _;
+    use anonmirror_channel::transport::Transport as _;
     use anonmirror_core::ItemKey;
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
     let r = start(&clock, dir.path()).await;
-    let dialer = Arc::new(GatedDialer::default());
+    let dialer = Arc::new(GatedTransport::default());
     let c = Client::with_dialer(
         anonmirror_core::Contact::from(r.local_addr()),
         r.key(),

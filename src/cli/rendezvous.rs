@@ -178,7 +178,7 @@ mod onion {
     use std::path::{Path, PathBuf};
 
     use anonmirror_channel::Listener;
-    use anonmirror_channel::transport::tor::{OnionKeys, TorConfig, TorDialer};
+    use anonmirror_channel::transport::tor::{OnionKeys, TorConfig, TorTransport};
     use anonmirror_core::Contact;
     use anonmirror_rendezvous::Rendezvous;
 
@@ -189,7 +189,7 @@ mod onion {
     pub struct Onion {
         /// `HOST.onion:PORT`, as a policy's `rendezvous.address` says it.
         pub address: String,
-        _arti: TorDialer,
+        _arti: TorTransport,
         forward: tokio::task::JoinHandle<()>,
     }
 

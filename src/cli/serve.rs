@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
-use anonmirror_channel::transport::{TcpTransport, Transport};
+use anonmirror_channel::transport::TcpTransport;
 use anonmirror_core::Contact;
 use anonmirror_core::Epoch;
 use anonmirror_overlay::server::{self, ServerConfig};

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use anonmirror_channel::Listener;
-use anonmirror_channel::transport::Dialer;
+use anonmirror_channel::transport::Transport;
 use anonmirror_channel::transport::control::{ControlPort, DaemonOnionListener};
-use anonmirror_channel::transport::socks::SocksDialer;
+use anonmirror_channel::transport::socks::SocksTransport;
 
 use crate::support::{self, on_tor_net};
 
@@ -18,7 +18,7 @@ fn arti_fetches_from_a_peer_through_an_exit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let item = support::item(dir.path(), 3 << 20, 1);
         let (_server, peer) = support::serve_on_peer_ip(&item).await;
-        let arti: Arc<dyn Dialer> = Arc::new(support::arti(net, dir.path()).await);
+        let arti: Arc<dyn Transport> = Arc::new(support::arti(net, dir.path()).await);
         assert!(arti.is_tor());
         assert_eq!(arti.describe(), "tor (arti)");
         let got = support::fetch(arti, &peer, &item).await;
@@ -35,7 +35,8 @@ fn a_tor_daemon_socks_port_fetches_from_a_peer() {
         let item = support::item(dir.path(), 3 << 20, 2);
         let (_server, peer) = support::serve_on_peer_ip(&item).await;
         let daemon = net.start_client("socks-user", &[]).expect("tor daemon");
-        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let socks: Arc<dyn Transport> =
+            Arc::new(SocksTransport::new(daemon.socks).expect("dialer"));
         let got = support::fetch(socks, &peer, &item).await;
         assert!(got == item.bytes, "the item, verified");
     });
@@ -53,7 +54,7 @@ fn a_volunteer_serves_as_an_onion_service() {
         let listener = host.host_onion_service(7879).await.expect("onion service");
         let (_server, peer) = support::serve(listener, &item);
         assert!(peer.contact.is_onion(), "{}", peer.contact);
-        let client: Arc<dyn Dialer> =
+        let client: Arc<dyn Transport> =
             Arc::new(support::arti(net, &dir.path().join("client")).await);
         let got = support::fetch(client, &peer, &item).await;
         assert!(
@@ -61,7 +62,8 @@ fn a_volunteer_serves_as_an_onion_service() {
             "the item, from the onion service, via arti"
         );
         let daemon = net.start_client("onion-user", &[]).expect("tor daemon");
-        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let socks: Arc<dyn Transport> =
+            Arc::new(SocksTransport::new(daemon.socks).expect("dialer"));
         let got = support::fetch(socks, &peer, &item).await;
         assert!(
             got == item.bytes,
@@ -95,7 +97,7 @@ fn a_volunteer_serves_as_an_onion_service_of_its_tor_daemon() {
         next.close().await.expect("DEL_ONION");
 
         let (_server, peer) = support::serve(listener, &item);
-        let client: Arc<dyn Dialer> =
+        let client: Arc<dyn Transport> =
             Arc::new(support::arti(net, &dir.path().join("client")).await);
         let got = support::fetch(client, &peer, &item).await;
         assert!(
@@ -103,7 +105,8 @@ fn a_volunteer_serves_as_an_onion_service_of_its_tor_daemon() {
             "the item, from the daemon's onion service, via arti"
         );
         let daemon = net.start_client("daemon-user", &[]).expect("tor daemon");
-        let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks).expect("dialer"));
+        let socks: Arc<dyn Transport> =
+            Arc::new(SocksTransport::new(daemon.socks).expect("dialer"));
         let got = support::fetch(socks, &peer, &item).await;
         assert!(
             got == item.bytes,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anonmirror_channel::Listener;
-use anonmirror_channel::transport::Dialer;
+use anonmirror_channel::transport::Transport;
 use anonmirror_core::{Clock, Epoch, ManualClock, PeerKey, SeededEntropy};
 use anonmirror_rendezvous::msg::{Announcement, Contact};
 use anonmirror_rendezvous::{
@@ -48,7 +48,8 @@ fn the_rendezvous_serves_a_session_as_an_onion_service() {
             }
         });
 
-        let dialer: Arc<dyn Dialer> = Arc::new(support::arti(net, &dir.path().join("peer")).await);
+        let dialer: Arc<dyn Transport> =
+            Arc::new(support::arti(net, &dir.path().join("peer")).await);
         let c = Client::with_dialer(onion, r.key(), dialer);
         // The first call waits until the new service is reachable.
         let deadline = Instant::now() + PATIENCE;
@@ -126,7 +127,8 @@ fn the_rendezvous_command_keeps_its_onion_address_across_restarts() {
             net.arti_config_toml(&dir.path().join("unused"), &dir.path().join("unused")),
         )
         .expect("arti config");
-        let dialer: Arc<dyn Dialer> = Arc::new(support::arti(net, &dir.path().join("peer")).await);
+        let dialer: Arc<dyn Transport> =
+            Arc::new(support::arti(net, &dir.path().join("peer")).await);
 
         let mut first = None;
         for run in 0..2u64 {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anonmirror_channel::transport::tor::{TorConfig, TorDialer};
-use anonmirror_channel::transport::{Dialed, Dialer};
-use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport, Transport};
+use anonmirror_channel::transport::Transport;
+use anonmirror_channel::transport::tor::{TorConfig, TorTransport};
+use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport};
 use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, ItemKey, SeededEntropy, SystemClock};
 use anonmirror_overlay::swarm::{self, PeerAddr, SwarmConfig};
@@ -52,7 +52,7 @@ where
 }
 
 /// An arti client of the private network, its files under `dir`.
-pub async fn arti(net: &TorNet, dir: &Path) -> TorDialer {
+pub async fn arti(net: &TorNet, dir: &Path) -> TorTransport {
     std::fs::create_dir_all(dir).expect("arti's directory");
     let config_file = dir.join("arti.toml");
     std::fs::write(
@@ -65,7 +65,7 @@ pub async fn arti(net: &TorNet, dir: &Path) -> TorDialer {
     config.bootstrap_timeout = PATIENCE;
     let progress = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = progress.clone();
-    let dialer = TorDialer::bootstrap(&config, move |p| {
+    let dialer = TorTransport::bootstrap(&config, move |p| {
         if let Ok(mut v) = seen.lock() {
             v.push(p.fraction);
         }
@@ -140,8 +140,8 @@ pub async fn serve_on_peer_ip(item: &Item) -> (anonmirror_overlay::server::Serve
 /// Downloads `item` from `peer` through `dialer`, retrying (a path
 /// through a fresh network or to a fresh onion service takes a while)
 /// until it verifies or [`PATIENCE`] runs out.
-pub async fn fetch(dialer: Arc<dyn Dialer>, peer: &PeerAddr, item: &Item) -> Vec<u8> {
-    let transport = Dialed(dialer);
+pub async fn fetch(dialer: Arc<dyn Transport>, peer: &PeerAddr, item: &Item) -> Vec<u8> {
+    let transport = dialer;
     let mut cfg = SwarmConfig::new(params());
     cfg.connect_timeout = Duration::from_secs(60);
     cfg.stall_timeout = Duration::from_secs(60);

@@ -27,9 +27,7 @@ use std::time::{Duration, Instant};
 use anonmirror_bench::{median, mib_per_sec};
 use anonmirror_channel::noise::{MAX_MESSAGE, Session};
 use anonmirror_channel::transport::Listener as _;
-use anonmirror_channel::{
-    ChannelParams, StaticKeypair, Suite, TcpTransport, Transport as _, accept, connect,
-};
+use anonmirror_channel::{ChannelParams, StaticKeypair, Suite, TcpTransport, accept, connect};
 use anonmirror_core::Contact;
 use anonmirror_core::Epoch;
 use anonmirror_privacy::Level;
@@ -87,7 +85,7 @@ async fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
         .listen(&Contact::from(SocketAddr::from(([127, 0, 0, 1], 0))))
         .await?;
     let at = listener.local_contact()?;
-    let (client, accepted) = tokio::join!(t.connect(&at), listener.accept());
+    let (client, accepted) = tokio::join!(t.open(&at), listener.accept());
     Ok((client?, accepted?.0))
 }
 

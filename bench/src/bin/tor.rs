@@ -46,9 +46,9 @@ use std::time::{Duration, Instant};
 
 use anonmirror_bench::{median, mib_per_sec};
 use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
-use anonmirror_channel::transport::socks::SocksDialer;
-use anonmirror_channel::transport::tor::{TorConfig, TorDialer};
-use anonmirror_channel::transport::{Dialed, Dialer, Listener, TcpTransport, Transport};
+use anonmirror_channel::transport::socks::SocksTransport;
+use anonmirror_channel::transport::tor::{TorConfig, TorTransport};
+use anonmirror_channel::transport::{Listener, TcpTransport, Transport};
 use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, OsEntropy, SystemClock};
 use anonmirror_overlay::server::{self, ServerHandle};
@@ -112,10 +112,10 @@ async fn run(net: &'static TorNet, args: &Args) -> Result<()> {
     let onion_listener = host.host_onion_service(7879).await?;
     let (_onion_server, onion_peer) = serve(onion_listener, &item)?;
 
-    let arti_client: Arc<dyn Dialer> = Arc::new(arti(net, &dir.path().join("client")).await?);
+    let arti_client: Arc<dyn Transport> = Arc::new(arti(net, &dir.path().join("client")).await?);
     let daemon = net.start_client("bench-socks", &[])?;
-    let socks: Arc<dyn Dialer> = Arc::new(SocksDialer::new(daemon.socks)?);
-    let direct: Arc<dyn Dialer> = Arc::new(TcpTransport);
+    let socks: Arc<dyn Transport> = Arc::new(SocksTransport::new(daemon.socks)?);
+    let direct: Arc<dyn Transport> = Arc::new(TcpTransport);
 
     let cases = [
         ("direct TCP", direct, tcp_peer.clone()),
@@ -221,7 +221,7 @@ async fn bootstrap_costs(net: &TorNet, dir: &Path, runs: usize) -> Result<Bootst
 }
 
 /// An arti client of the private network, its files under `dir`.
-async fn arti(net: &TorNet, dir: &Path) -> Result<TorDialer> {
+async fn arti(net: &TorNet, dir: &Path) -> Result<TorTransport> {
     std::fs::create_dir_all(dir)?;
     let config_file = dir.join("arti.toml");
     std::fs::write(
@@ -231,7 +231,7 @@ async fn arti(net: &TorNet, dir: &Path) -> Result<TorDialer> {
     let mut config = TorConfig::new(dir.join("arti-state"), dir.join("arti-cache"));
     config.arti_config = Some(config_file);
     config.bootstrap_timeout = PATIENCE;
-    Ok(TorDialer::bootstrap(&config, |_| {}).await?)
+    Ok(TorTransport::bootstrap(&config, |_| {}).await?)
 }
 
 /// One item in a fresh store.
@@ -304,8 +304,8 @@ impl Sink for Clocked {
 }
 
 /// Downloads `item` from `peer` through `dialer` once.
-async fn fetch(dialer: Arc<dyn Dialer>, peer: &PeerAddr, item: &Item) -> Result<Timing> {
-    let transport = Dialed(dialer);
+async fn fetch(dialer: Arc<dyn Transport>, peer: &PeerAddr, item: &Item) -> Result<Timing> {
+    let transport = dialer;
     let mut cfg = SwarmConfig::new(params());
     cfg.connect_timeout = Duration::from_secs(60);
     cfg.stall_timeout = Duration::from_secs(60);

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use anonmirror_bench::{median, mib_per_sec};
 use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
-use anonmirror_channel::transport::{TcpTransport, Transport as _};
+use anonmirror_channel::transport::TcpTransport;
 use anonmirror_core::Contact;
 use anonmirror_core::{Entropy, Epoch, ItemKey, OsEntropy, SystemClock};
 use anonmirror_overlay::server::{self, ServerConfig, ServerHandle};
@@ -374,7 +374,7 @@ async fn upload_limit(
         let addr = addr.clone();
         let key = *key;
         tasks.spawn(async move {
-            let stream = TcpTransport.connect(&addr.contact).await?;
+            let stream = TcpTransport.open(&addr.contact).await?;
             let mut ch = anonmirror_channel::noise::connect(
                 stream,
                 &addr.key,

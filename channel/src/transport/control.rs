@@ -54,7 +54,7 @@ use tokio::net::TcpStream;
 
 pub use anonmirror_privacy::ControlPort;
 
-use super::{BoxStream, Contact, Listener, TcpTransport, TcpTransportListener, Transport};
+use super::{BoxStream, Contact, Listener, TcpTransport, TcpTransportListener};
 
 /// The longest reply line accepted (a cookie file's path is the longest
 /// thing Tor sends here).

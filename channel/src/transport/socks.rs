@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Contact, DialFuture, Dialer};
+use super::{ConnectFuture, Transport};
+use anonmirror_core::Contact;
 
 const VERSION: u8 = 5;
 const METHOD_USER_PASS: u8 = 2;
@@ -38,27 +39,27 @@ const USERNAME: &[u8] = b"anonmirror";
 
 /// Streams through a SOCKS5 proxy (a Tor daemon's `SocksPort`).
 #[derive(Clone)]
-pub struct SocksDialer {
+pub struct SocksTransport {
     proxy: SocketAddr,
     /// Keys the per-destination isolation credentials.
     isolation: [u8; 32],
 }
 
-impl fmt::Debug for SocksDialer {
+impl fmt::Debug for SocksTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SocksDialer")
+        f.debug_struct("SocksTransport")
             .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
-impl SocksDialer {
+impl SocksTransport {
     /// A dialer through the proxy at `proxy`, with a fresh isolation key.
-    pub fn new(proxy: SocketAddr) -> io::Result<SocksDialer> {
+    pub fn new(proxy: SocketAddr) -> io::Result<SocksTransport> {
         let mut isolation = [0u8; 32];
         getrandom::fill(&mut isolation)
             .map_err(|e| io::Error::other(format!("drawing the SOCKS isolation key: {e}")))?;
-        Ok(SocksDialer { proxy, isolation })
+        Ok(SocksTransport { proxy, isolation })
     }
 
     /// The proxy's address.
@@ -73,7 +74,7 @@ impl SocksDialer {
     }
 
     /// Opens a stream to `contact` through the proxy.
-    pub async fn connect(&self, contact: &Contact) -> io::Result<TcpStream> {
+    pub async fn open(&self, contact: &Contact) -> io::Result<TcpStream> {
         let mut s = TcpStream::connect(self.proxy).await.map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -87,10 +88,10 @@ impl SocksDialer {
     }
 }
 
-impl Dialer for SocksDialer {
-    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a> {
+impl Transport for SocksTransport {
+    fn connect<'a>(&'a self, contact: &'a Contact) -> ConnectFuture<'a> {
         Box::pin(async move {
-            let s = self.connect(contact).await?;
+            let s = self.open(contact).await?;
             Ok(Box::new(s) as super::BoxStream)
         })
     }
@@ -304,8 +305,8 @@ mod tests {
             Contact::parse(&format!("{onion}:7879")).expect("contact"),
         ] {
             let (proxy, seen) = fake_proxy(0).await;
-            let d = SocksDialer::new(proxy).expect("dialer");
-            let mut s = d.connect(&contact).await.expect("connect");
+            let d = SocksTransport::new(proxy).expect("dialer");
+            let mut s = d.open(&contact).await.expect("connect");
             s.write_all(b"hello").await.expect("write");
             let mut back = [0u8; 5];
             s.read_exact(&mut back).await.expect("echo");
@@ -330,9 +331,9 @@ mod tests {
             ("[2001:db8::1]:80", ATYP_V6, 16),
         ] {
             let (proxy, seen) = fake_proxy(0).await;
-            let d = SocksDialer::new(proxy).expect("dialer");
+            let d = SocksTransport::new(proxy).expect("dialer");
             let contact = Contact::parse(text).expect("contact");
-            let mut s = d.connect(&contact).await.expect("connect");
+            let mut s = d.open(&contact).await.expect("connect");
             s.write_all(b"12345").await.expect("write");
             let mut back = [0u8; 5];
             s.read_exact(&mut back).await.expect("echo");
@@ -350,9 +351,9 @@ mod tests {
             (2, "exit's policy"),
         ] {
             let (proxy, _seen) = fake_proxy(code).await;
-            let d = SocksDialer::new(proxy).expect("dialer");
+            let d = SocksTransport::new(proxy).expect("dialer");
             let e = d
-                .connect(&Contact::parse("192.0.2.1:80").expect("contact"))
+                .open(&Contact::parse("192.0.2.1:80").expect("contact"))
                 .await
                 .expect_err("refused");
             assert!(e.to_string().contains(says), "{e}");
@@ -368,9 +369,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let closed = l.local_addr().expect("addr");
         drop(l);
-        let d = SocksDialer::new(closed).expect("dialer");
+        let d = SocksTransport::new(closed).expect("dialer");
         let e = d
-            .connect(&Contact::parse("192.0.2.1:80").expect("contact"))
+            .open(&Contact::parse("192.0.2.1:80").expect("contact"))
             .await
             .expect_err("no proxy");
         assert!(e.to_string().contains("Tor SOCKS port"), "{e}");
@@ -378,12 +379,12 @@ mod tests {
 
     #[test]
     fn each_destination_has_its_own_isolation_credentials() {
-        let d = SocksDialer::new("127.0.0.1:9050".parse().expect("addr")).expect("dialer");
+        let d = SocksTransport::new("127.0.0.1:9050".parse().expect("addr")).expect("dialer");
         let a = Contact::parse("192.0.2.1:80").expect("contact");
         let b = Contact::parse("192.0.2.2:80").expect("contact");
         assert_eq!(d.password(&a), d.password(&a), "one circuit per peer");
         assert_ne!(d.password(&a), d.password(&b), "not shared between peers");
-        let other_run = SocksDialer::new(d.proxy()).expect("dialer");
+        let other_run = SocksTransport::new(d.proxy()).expect("dialer");
         assert_ne!(d.password(&a), other_run.password(&a), "nothing links runs");
     }
 }

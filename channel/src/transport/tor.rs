@@ -1,6 +1,6 @@
 //! Tor in this process, through arti (feature `tor`).
 //!
-//! [`TorDialer::bootstrap`] starts an arti client with its state and
+//! [`TorTransport::bootstrap`] starts an arti client with its state and
 //! cache under directories the caller names, reports bootstrap progress
 //! as it goes, and gives up with a clear error when the Tor network
 //! cannot be reached in time. Every stream then leaves through Tor:
@@ -17,12 +17,12 @@
 //! authorities: a test network, say) or bridges. Whatever it says, the
 //! storage directories are ours.
 //!
-//! rustls needs a process-wide crypto provider; [`TorDialer::bootstrap`]
+//! rustls needs a process-wide crypto provider; [`TorTransport::bootstrap`]
 //! installs ring's if none is (arti's `rustls` feature does not).
 //!
 //! # Onion services (feature `onion-service`)
 //!
-//! [`TorDialer::host_onion_service`] publishes an onion service whose
+//! [`TorTransport::host_onion_service`] publishes an onion service whose
 //! streams a [`Listener`] yields. Each call makes a new service, under a
 //! random nickname, with its identity key in arti's *ephemeral* keystore
 //! (memory only): a volunteer's onion address is fresh per session and
@@ -32,7 +32,7 @@
 //! that volunteers can pin it in their policies. A client started with
 //! [`OnionKeys::Persistent`] keeps onion-service keys in arti's keystore
 //! under its state directory, and
-//! [`TorDialer::host_named_onion_service`] publishes the service of a
+//! [`TorTransport::host_named_onion_service`] publishes the service of a
 //! nickname with the key stored for it (made on first use). arti still
 //! calls hosting experimental (and so does the policy's
 //! `experimental_arti_onion_service`); a Tor daemon's onion service, set
@@ -53,7 +53,8 @@ use tor_rtcompat::PreferredRuntime;
 
 #[cfg(feature = "onion-service")]
 use super::Listener;
-use super::{BoxStream, Contact, DialFuture, Dialer};
+use super::{BoxStream, ConnectFuture, Transport};
+use anonmirror_core::Contact;
 
 /// Destinations whose isolation token is kept; past this the map starts
 /// over (a destination then gets a fresh circuit, which costs a little
@@ -171,15 +172,15 @@ impl TorConfig {
 }
 
 /// Streams through Tor, from an arti client in this process.
-pub struct TorDialer {
+pub struct TorTransport {
     client: Arc<TorClient<PreferredRuntime>>,
     /// One isolation token per destination: one circuit per peer.
     isolation: Mutex<HashMap<Contact, IsolationToken>>,
 }
 
-impl fmt::Debug for TorDialer {
+impl fmt::Debug for TorTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TorDialer").finish_non_exhaustive()
+        f.debug_struct("TorTransport").finish_non_exhaustive()
     }
 }
 
@@ -192,7 +193,7 @@ pub struct Progress {
     pub status: String,
 }
 
-impl TorDialer {
+impl TorTransport {
     /// Starts arti and waits until it can carry streams, calling
     /// `progress` whenever bootstrapping moves on; fails after
     /// `config.bootstrap_timeout` (saying how far it got, and why arti
@@ -200,7 +201,7 @@ impl TorDialer {
     pub async fn bootstrap(
         config: &TorConfig,
         progress: impl Fn(&Progress) + Send + 'static,
-    ) -> io::Result<TorDialer> {
+    ) -> io::Result<TorTransport> {
         install_crypto_provider();
         let cfg = config.build()?;
         for dir in [&config.state_dir, &config.cache_dir] {
@@ -254,7 +255,7 @@ impl TorDialer {
                 ));
             }
         }
-        Ok(TorDialer {
+        Ok(TorTransport {
             client,
             isolation: Mutex::new(HashMap::new()),
         })
@@ -278,7 +279,7 @@ impl TorDialer {
     }
 
     /// Opens a stream to `contact` through Tor.
-    pub async fn connect(&self, contact: &Contact) -> io::Result<arti_client::DataStream> {
+    pub async fn open(&self, contact: &Contact) -> io::Result<arti_client::DataStream> {
         let (host, port) = match contact {
             Contact::Tcp(addr) => (addr.ip().to_string(), addr.port()),
             Contact::Host { host, port } | Contact::Onion { host, port } => (host.clone(), *port),
@@ -302,7 +303,7 @@ impl TorDialer {
 }
 
 #[cfg(feature = "onion-service")]
-impl TorDialer {
+impl TorTransport {
     /// Publishes a new onion service (a fresh address, its key in memory
     /// only) and yields its streams to virtual port `port`; other ports
     /// are refused. It lives as long as the returned listener.
@@ -432,10 +433,10 @@ impl Listener for OnionListener {
     }
 }
 
-impl Dialer for TorDialer {
-    fn dial<'a>(&'a self, contact: &'a Contact) -> DialFuture<'a> {
+impl Transport for TorTransport {
+    fn connect<'a>(&'a self, contact: &'a Contact) -> ConnectFuture<'a> {
         Box::pin(async move {
-            let s = self.connect(contact).await?;
+            let s = self.open(contact).await?;
             Ok(Box::new(s) as BoxStream)
         })
     }

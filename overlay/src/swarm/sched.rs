@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{Pieces, SwarmConfig};
 use anonmirror_channel::noise::Channel;
-use anonmirror_channel::transport::Transport;
+use anonmirror_channel::transport::BoxStream;
 use anonmirror_store::verify::{GROUP_SIZE, Tree};
 
 /// Piece states, shared by the workers of one attempt.
@@ -107,7 +107,7 @@ pub(crate) struct Done {
     pub(crate) bytes: Vec<u8>,
 }
 
-pub(crate) type PeerChannel<T> = Channel<<T as Transport>::Stream>;
+pub(crate) type PeerChannel = Channel<BoxStream>;
 
 /// Bytes per piece under `config` (a whole number of chunk groups).
 pub(crate) fn piece_size(config: &SwarmConfig) -> u64 {

@@ -29,10 +29,9 @@ pub(crate) async fn fetch_tree<T>(
     item: ItemKey,
     size: u64,
     peer: &PeerAddr,
-) -> Result<(Tree, PeerChannel<T>), Outcome>
+) -> Result<(Tree, PeerChannel), Outcome>
 where
     T: Transport,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut channel = open(transport, config, peer).await?;
     send(
@@ -116,10 +115,9 @@ pub(crate) async fn open<T>(
     transport: &T,
     config: &SwarmConfig,
     peer: &PeerAddr,
-) -> Result<PeerChannel<T>, Outcome>
+) -> Result<PeerChannel, Outcome>
 where
     T: Transport,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let dialled = Instant::now();
     let stream = tokio::time::timeout(config.connect_timeout, transport.connect(&peer.contact))
@@ -180,14 +178,13 @@ pub(crate) async fn worker<T>(
     shared: Arc<Shared>,
     me: usize,
     peer: PeerAddr,
-    channel: Option<PeerChannel<T>>,
+    channel: Option<PeerChannel>,
     asked: Option<usize>,
     started: Instant,
     done: mpsc::Sender<Done>,
 ) -> (usize, PeerReport)
 where
     T: Transport,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut bytes = 0u64;
     let outcome = work(
@@ -212,14 +209,13 @@ pub(crate) async fn work<T>(
     shared: &Shared,
     me: usize,
     peer: &PeerAddr,
-    channel: Option<PeerChannel<T>>,
+    channel: Option<PeerChannel>,
     asked: Option<usize>,
     done: &mpsc::Sender<Done>,
     bytes: &mut u64,
 ) -> Outcome
 where
     T: Transport,
-    T::Stream: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Pieces this peer was asked for, oldest first (the source peer was
     // asked for the first with the tree).
