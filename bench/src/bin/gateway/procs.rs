@@ -1,0 +1,319 @@
+//! The processes of a run: nginx, the rendezvous, daemons, and stalled
+//! sessions; each stopped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::metrics;
+use crate::repo::Package;
+use anonmirror_core::{Epoch, ItemKey, OsEntropy, PeerKey};
+use anonmirror_privacy::Level;
+use anyhow::{Context, Result, anyhow, bail};
+
+/// A child process stopped with SIGTERM on drop (nginx's master then stops
+/// its workers; the daemons flush their stores).
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    // Kept open: the child may write more.
+    pub(crate) _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    /// Start `cmd` with stderr into `log`; returns once it printed its
+    /// first stdout line, with that line.
+    pub(crate) fn start(mut cmd: Command, log: &Path) -> Result<(Proc, String)> {
+        let err = std::fs::File::create(log)?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line)?;
+        let proc = Proc {
+            child,
+            _stdout: Some(stdout),
+        };
+        if n == 0 {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{cmd:?} exited without a word; its stderr:\n{tail}");
+        }
+        Ok((proc, line.trim().to_owned()))
+    }
+
+    pub(crate) fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..300 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("pid {} ignored SIGTERM for 30 s: killed", self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Debian's nginx serving `root` on 127.0.0.1, with `limit_rate` when
+/// `cap` is given (bytes per second per request).
+pub(crate) fn start_nginx(
+    root: &Path,
+    prefix: &Path,
+    cap: Option<u64>,
+) -> Result<(Proc, SocketAddr)> {
+    let port = free_port()?;
+    std::fs::create_dir_all(prefix)?;
+    let conf = prefix.join("nginx.conf");
+    let limit = cap.map_or(String::new(), |c| format!(" limit_rate {c};"));
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{ worker_connections 768; }}\n\
+             http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
+             client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {r};{limit} }}\n}}\n",
+            p = prefix.display(),
+            r = root.display(),
+        ),
+    )?;
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "starting nginx (install it: bench/run installs it as root, or apt-get install nginx)",
+        )?;
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((
+                Proc {
+                    child,
+                    _stdout: None,
+                },
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    bail!("nginx did not start listening on 127.0.0.1:{port}")
+}
+
+/// `anonmirror rendezvous`, as a process.
+pub(crate) struct RendezvousProc {
+    pub(crate) _proc: Proc,
+    pub(crate) addr: SocketAddr,
+    pub(crate) key: String,
+    pub(crate) directory_key: String,
+}
+
+pub(crate) async fn start_rendezvous(bin: &Path, dir: &Path) -> Result<RendezvousProc> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("rendezvous")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--pow-difficulty")
+        .arg("8");
+    let log = dir.join("stderr.log");
+    let (proc, line) = tokio::task::spawn_blocking(move || Proc::start(cmd, &log)).await??;
+    // rendezvous listening on ADDR key HEX directory-key HEX
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [_, _, _, addr, _, key, _, dkey] = words[..] else {
+        bail!("unexpected rendezvous line {line:?}");
+    };
+    Ok(RendezvousProc {
+        addr: addr.parse()?,
+        key: key.to_owned(),
+        directory_key: dkey.to_owned(),
+        _proc: proc,
+    })
+}
+
+/// `anonmirror daemon`, as a process, with its policy and directory.
+pub(crate) struct Daemon {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) proc: Option<Proc>,
+    pub(crate) gateway: SocketAddr,
+    pub(crate) starts: usize,
+}
+
+impl Daemon {
+    pub(crate) async fn start(
+        bin: &Path,
+        dir: &Path,
+        level: Level,
+        upstream: SocketAddr,
+        r: &RendezvousProc,
+    ) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("policy.toml"),
+            format!(
+                "level = \"{level}\"\n\
+                 [paths]\nstate_dir = \"{d}/state\"\ncache_dir = \"{d}/cache\"\n\
+                 [cache]\nmax_size = \"16 GiB\"\n\
+                 [gateway]\nlisten = \"127.0.0.1:0\"\n\
+                 [serve]\nlisten = \"127.0.0.1:0\"\nupload_rate = \"1 GiB/s\"\n\
+                 [transport]\nkind = \"tcp\"\n\
+                 [[repository]]\nname = \"bench\"\nkind = \"apt\"\nurl = \"http://{upstream}/\"\n\
+                 [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
+                r.addr, r.key, r.directory_key
+            ),
+        )?;
+        let mut daemon = Daemon {
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            proc: None,
+            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
+            starts: 0,
+        };
+        daemon.spawn().await?;
+        Ok(daemon)
+    }
+
+    /// The running daemon's process id ("0" if stopped).
+    pub(crate) fn pid(&self) -> String {
+        self.proc
+            .as_ref()
+            .map_or("0".into(), |p| p.child.id().to_string())
+    }
+
+    pub(crate) async fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("daemon")
+            .arg("--policy")
+            .arg(self.dir.join("policy.toml"))
+            .arg("--pow-difficulty")
+            .arg("8");
+        let log = self.dir.join(format!("stderr.{}.log", self.starts));
+        self.starts += 1;
+        let (proc, line) = tokio::task::spawn_blocking(move || Proc::start(cmd, &log)).await??;
+        self.gateway = line
+            .strip_prefix("gateway listening on ")
+            .with_context(|| format!("unexpected daemon line {line:?}"))?
+            .parse()?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    pub(crate) async fn stop(&mut self) -> Result<()> {
+        if let Some(p) = self.proc.take() {
+            tokio::task::spawn_blocking(move || drop(p)).await?;
+        }
+        Ok(())
+    }
+
+    /// Stop and start again: the volunteer's first session announces what
+    /// it holds. Returns once that session is open.
+    pub(crate) async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.spawn().await?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if metrics(self.gateway).await?.session_live == 1 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "{}: no session open 60 s after a restart",
+            self.dir.display()
+        )
+    }
+}
+
+// Stalled peers.
+
+/// Opens a session at `r` for a peer at `contact` claiming every item of
+/// `packages`, and answers its pings until aborted.
+pub(crate) async fn stalled_session(
+    r: &RendezvousProc,
+    contact: SocketAddr,
+    packages: &[Package],
+) -> Result<tokio::task::JoinHandle<()>> {
+    use anonmirror_announce::announcement::{Announcement, Layout};
+    let key: PeerKey = r.key.parse()?;
+    let client = anonmirror_rendezvous::Client::new(r.addr, key);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let epoch = Epoch(now / 86_400);
+    let cred = client.register(now, 8, OsEntropy).await?;
+    let tokens = client.buy_tokens(&cred, now, epoch, 1).await?;
+    let token = tokens.first().context("no token")?;
+    let items: std::collections::BTreeSet<ItemKey> =
+        packages.iter().map(|p| ItemKey(p.sha256)).collect();
+    let filter = Announcement::build(
+        Level::Open,
+        epoch,
+        Layout::for_capacity(items.len(), None),
+        &items,
+    );
+    let ann = anonmirror_rendezvous::msg::Announcement {
+        contact: contact.into(),
+        key: anonmirror_channel::StaticKeypair::generate()
+            .map_err(|e| anyhow!("{e}"))?
+            .public(),
+        max_clients: 8,
+        upload_rate: 1 << 20,
+        region: None,
+        // Fresher than any client: lookups never skip it as stale.
+        snapshots: vec![("bench".to_owned(), u64::MAX / 2)],
+        filter: filter.to_bytes(),
+    };
+    let mut live = client.open_session(token, ann).await?;
+    Ok(tokio::spawn(async move {
+        while live.next_event().await.is_ok() {}
+    }))
+}
+
+/// A TCP listener that accepts and never answers (nor closes).
+pub(crate) async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    Ok((
+        addr,
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        }),
+    ))
+}
