@@ -6,7 +6,7 @@
 
 use anonmirror_core::{ErrorKind, HasKind};
 
-use crate::msg::Refusal;
+use crate::refusal::Refusal;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]

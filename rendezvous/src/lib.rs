@@ -36,6 +36,7 @@ pub mod err;
 pub mod hooks;
 pub mod msg;
 pub mod pow;
+pub mod refusal;
 pub mod server;
 pub mod session;
 pub mod store;

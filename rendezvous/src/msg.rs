@@ -93,6 +93,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::err::{Error, Result};
 use crate::pow::Stamp;
+/// Why the rendezvous said no: encoded in `Down::Refused`.
+pub use crate::refusal::Refusal;
 use crate::token::{TOKEN_LEN, TOKEN_REQUEST_LEN, TOKEN_RESPONSE_LEN};
 
 /// The largest published popularity counts: announce's largest counting
@@ -281,44 +283,6 @@ pub struct Candidate {
     pub level: u8,
     /// The epoch of its session.
     pub epoch: u64,
-}
-
-/// Why the rendezvous said no.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The request was malformed or out of place.
-    BadRequest,
-    /// The proof-of-work was wrong, stale or reused.
-    ProofOfWork,
-    /// No such credential (never issued, or swept as expired or dormant).
-    UnknownCredential,
-    /// The credential is past its validity.
-    CredentialExpired,
-    /// The credential was revoked for abuse and is cooling off.
-    CredentialBlacklisted,
-    /// The credential has had its tokens for this epoch.
-    QuotaExhausted,
-    /// The token does not verify.
-    TokenInvalid,
-    /// The token was spent already.
-    TokenSpent,
-    /// The token's key is not accepted (retired, or not yet current).
-    TokenKeyRetired,
-    /// The contact is cooling off after reports of bad data.
-    ContactRefused,
-    /// `notify` without the right secret.
-    NotifyUnauthorized,
-    /// Too many sessions or requests right now.
-    Busy,
-    /// The rendezvous is shutting down.
-    ShuttingDown,
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
 }
 
 /// Initiator to rendezvous. See the module docs for the bytes.

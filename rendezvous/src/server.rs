@@ -45,9 +45,10 @@ use crate::directory::{PublishedCounts, SigningKey, Snapshot};
 use crate::err::{Error, Result};
 use crate::hooks::{FilterCheck, ReportSink};
 use crate::msg::{
-    Announcement, ByteBuf, Candidate, Down, MAX_COUNTS, MAX_PART, PublishedKey, Refusal, Sig, Up,
+    Announcement, ByteBuf, Candidate, Down, MAX_COUNTS, MAX_PART, PublishedKey, Sig, Up,
 };
 use crate::pow::Stamp;
+use crate::refusal::Refusal;
 use crate::session::{Query, ReportOutcome, SessionConfig, SessionId, SessionTable};
 use crate::store::{Row, Store};
 use crate::token::{IssuerKey, Scheme, TokenScheme, token_key_id};

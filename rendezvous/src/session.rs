@@ -88,7 +88,8 @@ use std::time::{Duration, Instant};
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 
 use crate::hooks::{BitLayout, FilterCheck, ItemProbe, PreparedFilter};
-use crate::msg::{Announcement, Candidate, Contact, Refusal};
+use crate::msg::{Announcement, Candidate, Contact};
+use crate::refusal::Refusal;
 
 /// How sessions behave.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use redb::{
 
 use crate::credential::{CredentialConfig, CredentialRecord, Purchase, credential_hash};
 use crate::err::{Error, Result};
-use crate::msg::Refusal;
+use crate::refusal::Refusal;
 use crate::pow::STAMP_WINDOW_SECS;
 
 type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
