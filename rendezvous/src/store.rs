@@ -30,8 +30,8 @@ use redb::{
 
 use crate::credential::{CredentialConfig, CredentialRecord, Purchase, credential_hash};
 use crate::err::{Error, Result};
-use crate::refusal::Refusal;
 use crate::pow::STAMP_WINDOW_SECS;
+use crate::refusal::Refusal;
 
 type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
