@@ -13,7 +13,7 @@
 //!   on blocking threads.
 //! - the session owner (`SessionMgr`, `server/session_owner.rs`) owns the
 //!   [`SessionTable`](crate::session::SessionTable) and each live
-//!   session's drop signal; it expires silent sessions at their deadline
+//!   session's stop signal; it expires silent sessions at their deadline
 //!   (tokio time, so tests can pause it) and fans out `SnapshotChanged`:
 //!   every push goes to every session, so it is encoded once and sent on
 //!   one `broadcast` channel that each session task subscribes to, not
@@ -29,6 +29,11 @@
 //! shares is in `server/shared.rs`, the configuration in
 //! `server/config.rs`.
 //!
+//! Stopping is one [`CancellationToken`]: the owners, the accept loop and
+//! the upstream watcher watch it, and each live session holds a child of
+//! it, which the session owner cancels alone to drop that session.
+//! [`Rendezvous::shutdown`] cancels it and waits for the tasks.
+//!
 //! Logs carry no credential, token, contact or item key.
 
 use std::net::SocketAddr;
@@ -39,6 +44,7 @@ use anonmirror_overlay::transport::BoxStream;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::err::{Error, Result};
 use crate::session::SessionTable;
@@ -66,7 +72,10 @@ pub struct Rendezvous {
     key: PeerKey,
     directory_key: [u8; 32],
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    /// Cancelled to stop: by [`Rendezvous::shutdown`], or when dropped.
+    stop: CancellationToken,
+    /// The owners, the accept loop and the upstream watcher (the accept
+    /// loop waits for its connections).
     tasks: JoinSet<()>,
     /// Streams from elsewhere than the TCP listener (an onion service).
     streams: mpsc::Sender<BoxStream>,
@@ -101,7 +110,7 @@ impl Rendezvous {
         let (key_tx, key_rx) = mpsc::channel(1024);
         let (session_tx, session_rx) = mpsc::channel(1024);
         let (pushes, _) = broadcast::channel(PUSH_QUEUE);
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| Error::Io {
@@ -124,28 +133,23 @@ impl Rendezvous {
             session_tx,
             pushes: pushes.clone(),
             scheme: Scheme::default(),
+            stop: stop.clone(),
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(key_owner(
-            store,
-            cfg.clone(),
-            key_rx,
-            ring_tx,
-            stop_rx.clone(),
-        ));
+        tasks.spawn(key_owner(store, cfg.clone(), key_rx, ring_tx, stop.clone()));
         tasks.spawn(session_owner(
             SessionTable::new(cfg.sessions.clone(), epoch, cfg.filter.clone()),
             cfg.clone(),
             session_rx,
             pushes,
-            stop_rx.clone(),
+            stop.clone(),
         ));
         if !cfg.upstream.indexes.is_empty() {
             let watcher = Watcher::new(cfg.upstream.clone())?;
-            tasks.spawn(upstream_watch(watcher, shared.clone(), stop_rx.clone()));
+            tasks.spawn(upstream_watch(watcher, shared.clone()));
         }
         let (streams, streams_rx) = mpsc::channel(64);
-        tasks.spawn(accept_loop(listener, streams_rx, shared.clone(), stop_rx));
+        tasks.spawn(accept_loop(listener, streams_rx, shared.clone()));
         tracing::info!(%local, key = %key, "rendezvous listening");
         Ok(Rendezvous {
             local,
@@ -212,7 +216,15 @@ impl Rendezvous {
     /// Stops accepting, ends every session and the owners, and waits for
     /// them (the store's commits are all durable already).
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for Rendezvous {
+    /// A rendezvous dropped without [`Rendezvous::shutdown`] stops all the
+    /// same (its tasks are aborted with the `JoinSet` as well).
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anonmirror_overlay::transport::BoxStream;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::config::channel_params;
@@ -22,12 +22,13 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     mut streams: mpsc::Receiver<BoxStream>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
 ) {
+    // Connections are aborted at shutdown (a handshake under way does not
+    // watch for it); live sessions see the stop first and say goodbye.
     let mut conns = JoinSet::new();
     loop {
         let stream: BoxStream = tokio::select! {
-            _ = stop.changed() => break,
+            _ = shared.stop.cancelled() => break,
             Some(s) = streams.recv() => s,
             r = listener.accept() => match r {
                 Ok((stream, _addr)) => {
@@ -43,13 +44,12 @@ pub(super) async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let shared = shared.clone();
-        let stop = stop.clone();
         conns.spawn(async move {
             // Everything before a session's loop (handshake, request,
             // redemption) runs boxed and is freed when done: the task
             // itself keeps only the loop, which a live session holds for
             // hours.
-            let r = match Box::pin(connection(stream, shared, stop)).await {
+            let r = match Box::pin(connection(stream, shared)).await {
                 Ok(Some(mut live)) => live.run().await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
@@ -67,7 +67,6 @@ pub(super) async fn accept_loop(
 pub(super) async fn connection(
     stream: BoxStream,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
 ) -> Result<Option<LiveSession>> {
     let t = shared.cfg.handshake_timeout;
     // The handshake and the first request are boxed: this future is
@@ -99,7 +98,7 @@ pub(super) async fn connection(
             token,
             announcement,
         } => {
-            return open_session(ch, shared, token, announcement, stop)
+            return open_session(ch, shared, token, announcement)
                 .await
                 .map(Some);
         }
@@ -122,21 +121,18 @@ pub(super) async fn connection(
 
 /// Polls the upstream indexes every interval and pushes each change to
 /// every live session.
-pub(super) async fn upstream_watch(
-    mut w: Watcher,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn upstream_watch(mut w: Watcher, shared: Arc<Shared>) {
+    let stop = &shared.stop;
     let mut tick = tokio::time::interval(w.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
         let now = shared.cfg.clock.unix_secs();
         let changes = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             c = w.poll(now) => c,
         };
         for (repository, version) in changes {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anonmirror_core::{Epoch, OsEntropy, PeerKey};
 use anonmirror_overlay::StaticKeypair;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
 use crate::credential::CredentialRecord;
@@ -188,13 +189,13 @@ pub(super) async fn key_owner(
     cfg: ServerConfig,
     mut rx: mpsc::Receiver<KeyCmd>,
     ring_tx: watch::Sender<Arc<KeyRing>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ring = (**ring_tx.borrow()).clone();
     let mut tick = tokio::time::interval(cfg.maintenance_interval);
     loop {
         let cmd = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             _ = tick.tick() => {
                 let now = cfg.clock.unix_secs();
                 let current = Epoch::containing(now, cfg.epoch_secs).0;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use anonmirror_overlay::Channel;
 use anonmirror_overlay::transport::BoxStream;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::config::PUSH_DEADLINE;
 use super::session_owner::SessionCmd;
@@ -23,7 +24,6 @@ pub(super) async fn open_session(
     shared: Arc<Shared>,
     token: ByteBuf,
     ann: Announcement,
-    stop: watch::Receiver<bool>,
 ) -> Result<LiveSession> {
     if let Err(e) = Box::pin(redeem(&shared, &token)).await {
         Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
@@ -31,13 +31,13 @@ pub(super) async fn open_session(
     }
     drop(token);
     let pushes = shared.pushes.subscribe();
-    let (drop_tx, dropped) = oneshot::channel();
+    let cancel = shared.stop.child_token();
     let opened = Box::pin(ask(&shared.session_tx, |reply| {
         SessionOrKey::Session(
             shared.session_tx.clone(),
             SessionCmd::Open {
                 ann,
-                drop: drop_tx,
+                cancel: cancel.clone(),
                 reply,
             },
         )
@@ -64,23 +64,23 @@ pub(super) async fn open_session(
         tx,
         rx,
         shared,
-        stop,
         pushes,
-        dropped,
+        cancel,
         id,
     })
 }
 
 /// An open session, as its task holds it for the session's whole life
 /// (a hundred thousand of them at once): the channel's halves, the push
-/// subscription and the owner's drop signal, nothing of the opening.
+/// subscription and its stop signal, nothing of the opening.
 pub(super) struct LiveSession {
     tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<BoxStream>>,
     rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<BoxStream>>,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
     pushes: broadcast::Receiver<Arc<[u8]>>,
-    dropped: oneshot::Receiver<()>,
+    /// A child of the rendezvous's stop signal: cancelled with it at
+    /// shutdown, or alone by the session owner to drop this session.
+    cancel: CancellationToken,
     id: SessionId,
 }
 
@@ -105,7 +105,10 @@ impl LiveSession {
         let result: Result<()> = loop {
             let silence_at = last_heard + silence;
             tokio::select! {
-                _ = self.stop.changed() => {
+                _ = self.cancel.cancelled() => {
+                    if !self.shared.stop.is_cancelled() {
+                        break Err(Error::Gone("dropped by the session owner"));
+                    }
                     let bye = Down::Refused(Refusal::ShuttingDown).encode()?;
                     let _ = Box::pin(self.tx.send(&bye)).await;
                     break Ok(());
@@ -115,7 +118,6 @@ impl LiveSession {
                     nonce = nonce.wrapping_add(1);
                     Box::pin(self.tx.send(&Down::Ping { nonce }.encode()?)).await?;
                 }
-                _ = &mut self.dropped => break Err(Error::Gone("dropped by the session owner")),
                 msg = self.pushes.recv() => match msg {
                     Ok(m) => {
                         // The push deadline: a session that cannot take a push

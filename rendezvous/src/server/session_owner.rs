@@ -1,14 +1,15 @@
 //! The session owner (`SessionMgr`): the one task that owns the session
-//! table and each live session's drop signal; see the [`super`] module
+//! table and each live session's stop signal; see the [`super`] module
 //! docs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Epoch, ItemKey, OsEntropy, PeerKey};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
 use crate::msg::{Announcement, Candidate, Down};
@@ -18,8 +19,9 @@ use crate::session::{Query, ReportOutcome, SessionId, SessionTable};
 pub(super) enum SessionCmd {
     Open {
         ann: Announcement,
-        /// Dropped (or fired) by the owner to end the session.
-        drop: oneshot::Sender<()>,
+        /// The session's stop signal (a child of the rendezvous's): the
+        /// owner cancels it to end the session.
+        cancel: CancellationToken,
         reply: oneshot::Sender<Result<SessionId, Refusal>>,
     },
     Heard(SessionId),
@@ -61,10 +63,11 @@ pub(super) async fn session_owner(
     cfg: ServerConfig,
     mut rx: mpsc::Receiver<SessionCmd>,
     pushes: broadcast::Sender<Arc<[u8]>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
-    // Each live session's drop signal: dropping it ends the session's task.
-    let mut live: std::collections::HashMap<SessionId, oneshot::Sender<()>> = Default::default();
+    // Each live session's stop signal: cancelling it ends the session's
+    // task.
+    let mut live: HashMap<SessionId, CancellationToken> = HashMap::new();
     // Lookups draw hundreds of small numbers each: batch the OS calls.
     let mut rng = crate::session::BufferedEntropy::new(OsEntropy);
     loop {
@@ -73,10 +76,10 @@ pub(super) async fn session_owner(
             .map(Instant::from_std)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let cmd = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
                 for id in table.expire(Instant::now().into_std()) {
-                    live.remove(&id);
+                    end(&mut live, id);
                     tracing::debug!("session dropped: silent past its deadline");
                 }
                 continue;
@@ -85,11 +88,11 @@ pub(super) async fn session_owner(
         };
         let now = Instant::now().into_std();
         match cmd {
-            SessionCmd::Open { ann, drop, reply } => {
+            SessionCmd::Open { ann, cancel, reply } => {
                 table.set_epoch(Epoch::containing(cfg.clock.unix_secs(), cfg.epoch_secs));
                 let r = table.open(ann, now, &mut rng);
                 if let Ok(id) = r {
-                    live.insert(id, drop);
+                    live.insert(id, cancel);
                     tracing::debug!(live = table.len(), "session opened");
                 }
                 let _ = reply.send(r);
@@ -99,7 +102,7 @@ pub(super) async fn session_owner(
                 if table.close(id) {
                     tracing::debug!(live = table.len(), "session closed");
                 }
-                live.remove(&id);
+                end(&mut live, id);
             }
             SessionCmd::Lookup {
                 item,
@@ -127,7 +130,7 @@ pub(super) async fn session_owner(
             SessionCmd::Report { key, reply } => {
                 let out = table.report(&key, now);
                 if let ReportOutcome::Dropped(id) = out {
-                    live.remove(&id);
+                    end(&mut live, id);
                     tracing::info!("session dropped after reports of bad data");
                 }
                 let _ = reply.send(out);
@@ -164,5 +167,16 @@ pub(super) async fn session_owner(
             }
         }
     }
+    // The sessions end with their owner.
+    for cancel in live.into_values() {
+        cancel.cancel();
+    }
     tracing::debug!("session owner stopped");
+}
+
+/// Ends a live session: its task sees its stop signal cancelled.
+fn end(live: &mut HashMap<SessionId, CancellationToken>, id: SessionId) {
+    if let Some(cancel) = live.remove(&id) {
+        cancel.cancel();
+    }
 }

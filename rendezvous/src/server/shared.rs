@@ -7,6 +7,7 @@ use anonmirror_core::Epoch;
 use anonmirror_overlay::transport::BoxStream;
 use anonmirror_overlay::{Channel, StaticKeypair};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
 use super::key_owner::{KeyCmd, KeyRing};
@@ -29,6 +30,9 @@ pub(super) struct Shared {
     /// subscribes before it opens, so it misses none sent after.
     pub(super) pushes: broadcast::Sender<Arc<[u8]>>,
     pub(super) scheme: Scheme,
+    /// Cancelled when the rendezvous stops; each live session holds a
+    /// child of it, which the session owner cancels to drop the session.
+    pub(super) stop: CancellationToken,
 }
 
 pub(super) async fn ask<T>(
