@@ -324,7 +324,7 @@ mod tests {
         use std::sync::Arc;
 
         use anonmirror_core::{Clock, ManualClock, PeerKey};
-        use anonmirror_rendezvous::msg::{Announcement as SessionAnn, Contact};
+        use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire};
         use anonmirror_rendezvous::{Client, Rendezvous, ServerConfig, directory};
         use snapshot_levels::LevelPeers;
 
@@ -378,8 +378,8 @@ mod tests {
                 let held: BTreeSet<ItemKey> = universe[..5].iter().copied().collect();
                 let a =
                     Announcement::build(Level::Strict, e, Layout::for_capacity(64, Some(5)), &held);
-                let ann = SessionAnn {
-                    contact: Contact::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7879))),
+                let ann = AnnouncementWire {
+                    contact: ContactWire::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7879))),
                     key: PeerKey([3; 32]),
                     max_clients: 4,
                     upload_rate: 1 << 20,

@@ -25,7 +25,7 @@ use anonmirror_overlay::transport::{BoxStream, Contact, Dialer};
 use crate::credential::ClientCredential;
 use crate::directory::{self, PublishedCounts, Snapshot};
 use crate::err::{Error, Result};
-use crate::msg::{Announcement, ByteBuf, Candidate, Down, Up};
+use crate::msg::{AnnouncementWire, ByteBuf, CandidateWire, Down, Up};
 use crate::pow::Stamp;
 use crate::server::channel_params;
 use crate::token::{Scheme, TokenScheme};
@@ -274,7 +274,7 @@ impl Client {
         version: u64,
         region: Option<&str>,
         want: u8,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<Vec<CandidateWire>> {
         let up = Up::Lookup {
             item,
             size,
@@ -396,7 +396,7 @@ impl Client {
     pub async fn open_session(
         &self,
         token: &Token,
-        announcement: Announcement,
+        announcement: AnnouncementWire,
     ) -> Result<LiveSession> {
         let mut ch = self.open().await?;
         let up = Up::OpenSession {

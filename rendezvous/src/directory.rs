@@ -3,7 +3,7 @@
 //!
 //! A [`Snapshot`] is encoded with postcard (field order as declared:
 //! epoch `varint`, generated `varint` Unix s, region `opt<str>`, peers
-//! `seq<Announcement>` in the layout of [`crate::msg`]) and signed with
+//! `seq<AnnouncementWire>` in the layout of [`crate::msg`]) and signed with
 //! Ed25519 (RFC 8032, via ring) over
 //!
 //! ```text
@@ -24,7 +24,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::err::{Error, Result};
-use crate::msg::{Announcement, ByteBuf, MAX_COUNTS, MAX_DIRECTORY};
+use crate::msg::{AnnouncementWire, ByteBuf, MAX_COUNTS, MAX_DIRECTORY};
 
 const CONTEXT: &[u8] = b"anonmirror directory v1\0";
 const COUNTS_CONTEXT: &[u8] = b"anonmirror popularity counts v1\0";
@@ -58,7 +58,7 @@ pub struct Snapshot {
     /// The region, or all.
     pub region: Option<String>,
     /// The sessions' announcements.
-    pub peers: Vec<Announcement>,
+    pub peers: Vec<AnnouncementWire>,
 }
 
 /// The rendezvous's directory signing key.
@@ -170,7 +170,7 @@ fn verify_as<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::Contact;
+    use crate::msg::ContactWire;
     use anonmirror_core::PeerKey;
 
     #[test]
@@ -181,8 +181,8 @@ mod tests {
             epoch: 3,
             generated: 100,
             region: Some("eu".into()),
-            peers: vec![Announcement {
-                contact: Contact::from(std::net::SocketAddr::from(([192, 0, 2, 1], 1))),
+            peers: vec![AnnouncementWire {
+                contact: ContactWire::from(std::net::SocketAddr::from(([192, 0, 2, 1], 1))),
                 key: PeerKey([1; 32]),
                 max_clients: 1,
                 upload_rate: 1,

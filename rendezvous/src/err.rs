@@ -48,6 +48,11 @@ pub enum Error {
     /// (client side).
     #[error("the rendezvous refused: {0}")]
     Refused(Refusal),
+    /// A contact to announce is a DNS name: only an IP address or an
+    /// onion service can be announced (the local configuration is at
+    /// fault).
+    #[error("only an IP address or an onion service can be announced, not a name")]
+    NameNotAnnounceable,
     /// The Noise channel failed; its own error says who is to blame.
     #[error("channel: {0}")]
     Channel(#[from] anonmirror_overlay::Error),
@@ -129,7 +134,7 @@ impl HasKind for Error {
             | Error::NotifyUnauthorized => ErrorKind::PeerMisbehaved,
             Error::Refused(_) | Error::Gone(_) | Error::Connect(_) => ErrorKind::PeerUnavailable,
             Error::Channel(e) => e.kind(),
-            Error::Config { .. } => ErrorKind::LocalConfig,
+            Error::Config { .. } | Error::NameNotAnnounceable => ErrorKind::LocalConfig,
             Error::Upstream { .. } => ErrorKind::Upstream,
             Error::Store(_) | Error::Io { .. } => ErrorKind::LocalIo,
             Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,

@@ -4,10 +4,10 @@
 //! answering by oneshot:
 //!
 //! - the key/credential owner (`KeyMgr`, `server/key_owner.rs`) owns the
-//!   redb [`Store`](crate::store::Store) and the epoch keys. It rotates keys
-//!   (current and next published, previous still accepted, older ones
-//!   retired with their spent sets), sweeps credentials, and spends token
-//!   nonces in batches: it drains every queued spend into one durable
+//!   redb [`Ledger`](crate::ledger::Ledger) and the epoch keys. It
+//!   rotates keys (current and next published, previous still accepted,
+//!   older ones retired with their spent sets), sweeps credentials, and
+//!   spends token nonces in batches: it drains every queued spend into one durable
 //!   commit before answering any of them, so concurrent redemptions of one
 //!   token are decided in one place and exactly one wins. redb calls run
 //!   on blocking threads.
@@ -47,8 +47,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::err::{Error, Result};
+use crate::ledger::{Ledger, Row};
 use crate::session::SessionTable;
-use crate::store::{Row, Store};
 use crate::token::Scheme;
 use crate::upstream::Watcher;
 
@@ -100,12 +100,12 @@ impl Rendezvous {
             source,
         })?;
         let path = cfg.state_dir.join("rendezvous.redb");
-        let store = Arc::new(blocking(move || Store::open(&path)).await?);
+        let ledger = Arc::new(blocking(move || Ledger::open(&path)).await?);
         let (noise, signing) = {
-            let store = store.clone();
-            blocking(move || load_identity(&store)).await?
+            let ledger = ledger.clone();
+            blocking(move || load_identity(&ledger)).await?
         };
-        let ring = load_ring(&store, &cfg).await?;
+        let ring = load_ring(&ledger, &cfg).await?;
         let (ring_tx, ring_rx) = watch::channel(Arc::new(ring));
         let (key_tx, key_rx) = mpsc::channel(1024);
         let (session_tx, session_rx) = mpsc::channel(1024);
@@ -136,7 +136,13 @@ impl Rendezvous {
             stop: stop.clone(),
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(key_owner(store, cfg.clone(), key_rx, ring_tx, stop.clone()));
+        tasks.spawn(key_owner(
+            ledger,
+            cfg.clone(),
+            key_rx,
+            ring_tx,
+            stop.clone(),
+        ));
         tasks.spawn(session_owner(
             SessionTable::new(cfg.sessions.clone(), epoch, cfg.filter.clone()),
             cfg.clone(),
@@ -203,7 +209,7 @@ impl Rendezvous {
 
     /// The complete stored state (every redb row), for audits and the
     /// unlinkability harness.
-    pub async fn dump_store(&self) -> Result<Vec<Row>> {
+    pub async fn dump_ledger(&self) -> Result<Vec<Row>> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .key_tx

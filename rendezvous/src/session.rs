@@ -1,9 +1,10 @@
 //! The live peer directory: sessions, pings, lookup and reports, as a
 //! sans-I/O table (values and `now` in, values out).
 //!
-//! A session is what one spent token buys: an [`Announcement`] (contact,
-//! a Noise static key fresh for this session, limits, optional region,
-//! snapshot versions, announcement filter) under a random [`SessionId`].
+//! A session is what one spent token buys: an announcement
+//! ([`AnnouncementWire`]: contact, a Noise static key fresh for this
+//! session, limits, optional region, snapshot versions, announcement
+//! filter) under a random [`SessionId`].
 //! It lives while the peer answers pings: the driver pings every
 //! `ping_interval` and calls [`SessionTable::heard`] on every message from
 //! the peer; [`SessionTable::expire`] drops sessions silent for longer than
@@ -88,7 +89,7 @@ use std::time::{Duration, Instant};
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 
 use crate::hooks::{BitLayout, FilterCheck, PreparedFilter};
-use crate::msg::{Announcement, Contact};
+use crate::msg::{AnnouncementWire, ContactWire};
 use crate::refusal::Refusal;
 
 mod entropy;
@@ -141,7 +142,7 @@ pub struct SessionId(pub u64);
 #[derive(Debug)]
 struct Entry {
     id: SessionId,
-    ann: Announcement,
+    ann: AnnouncementWire,
     /// What the filter check made of `ann.filter` at open.
     prepared: PreparedFilter,
     last_heard: Instant,
@@ -284,7 +285,7 @@ pub struct SessionTable {
     by_key: HashMap<PeerKey, u32>,
     all: Vec<u32>,
     regions: HashMap<String, Vec<u32>>,
-    refused: HashMap<Contact, Instant>,
+    refused: HashMap<ContactWire, Instant>,
     /// Silence deadlines, soonest first; an entry is stale once its session
     /// is gone or was heard again (a newer entry then stands for it).
     deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
@@ -376,7 +377,7 @@ impl SessionTable {
     /// Opens a session (its token already spent by the caller).
     pub fn open(
         &mut self,
-        ann: Announcement,
+        ann: AnnouncementWire,
         now: Instant,
         rng: &mut dyn Entropy,
     ) -> Result<SessionId, Refusal> {
@@ -719,8 +720,8 @@ impl SessionTable {
 
     /// Every live announcement of `region` (all when `None`), ordered by
     /// session key (random per session, so the order leaks nothing).
-    pub fn announcements(&self, region: Option<&str>) -> Vec<Announcement> {
-        let mut v: Vec<Announcement> = self
+    pub fn announcements(&self, region: Option<&str>) -> Vec<AnnouncementWire> {
+        let mut v: Vec<AnnouncementWire> = self
             .slots
             .iter()
             .flatten()
@@ -731,7 +732,7 @@ impl SessionTable {
                     .and_then(|(g, _)| self.groups.get(g as usize)?.as_ref())
                     .map(|g| g.layout);
                 match layout {
-                    Some(l) if e.packed.is_some() => Announcement {
+                    Some(l) if e.packed.is_some() => AnnouncementWire {
                         filter: e.filter(&l),
                         ..e.ann.clone()
                     },

@@ -79,7 +79,7 @@ fn challenge_digest() -> Result<[u8; 32]> {
 /// What a valid token proves once its signature checks: which key signed
 /// it, and the nonce that must be spent exactly once under that key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub struct VerifiedToken {
     /// SHA-256 of the signing key's SPKI.
     pub key_id: [u8; 32],
     /// The token's nonce.
@@ -120,7 +120,7 @@ pub trait TokenScheme: Send + Sync + 'static {
     fn issue(&self, secret: &Self::Secret, request: &[u8]) -> Result<Vec<u8>>;
     /// Checks a token's format and signature under `public` (rendezvous
     /// side). Does not look at whether it was spent.
-    fn verify(&self, public: &Self::Public, token: &[u8]) -> Result<Verified>;
+    fn verify(&self, public: &Self::Public, token: &[u8]) -> Result<VerifiedToken>;
     /// Blinds a fresh token request for `public` (peer side).
     fn request(&self, public: &Self::Public) -> Result<(Vec<u8>, Self::Pending)>;
     /// Unblinds the rendezvous's response into a token (peer side).
@@ -208,7 +208,7 @@ impl TokenScheme for PublicTokens {
             .map_err(|e| Error::Internal(format!("serializing a token response: {e}")))
     }
 
-    fn verify(&self, public: &PublicKey, token: &[u8]) -> Result<Verified> {
+    fn verify(&self, public: &PublicKey, token: &[u8]) -> Result<VerifiedToken> {
         if token.len() != TOKEN_LEN {
             return Err(Error::Token("wrong length"));
         }
@@ -255,7 +255,7 @@ impl PublicTokens {
         &self,
         public: &PublicKey,
         parsed: PublicToken,
-    ) -> Result<Verified> {
+    ) -> Result<VerifiedToken> {
         let key_id = *parsed.token_key_id();
         if key_id != self.key_id(public)? {
             return Err(Error::Token("signed by another key"));
@@ -264,7 +264,7 @@ impl PublicTokens {
         let keys = OneOriginKey(public);
         poll_once(OriginServer::new().redeem_token(&keys, &SignatureOnly, parsed))?
             .map_err(|_| Error::Token("signature does not verify"))?;
-        Ok(Verified { key_id, nonce })
+        Ok(VerifiedToken { key_id, nonce })
     }
 }
 

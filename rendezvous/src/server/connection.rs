@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::config::channel_params;
-use super::live::{LiveSession, open_session};
+use super::live::{SessionTask, open_session};
 use super::requests::handle;
 use super::shared::{Shared, push, refusal_of, send};
 use crate::err::{Error, Result};
@@ -63,11 +63,11 @@ pub(super) async fn accept_loop(
 }
 
 /// A connection up to its answer, or up to a session's loop: `Some` is an
-/// opened session, for the caller to [`LiveSession::run`].
+/// opened session, for the caller to [`SessionTask::run`].
 pub(super) async fn connection(
     stream: BoxStream,
     shared: Arc<Shared>,
-) -> Result<Option<LiveSession>> {
+) -> Result<Option<SessionTask>> {
     let t = shared.cfg.handshake_timeout;
     // The handshake and the first request are boxed: this future is
     // boxed by the caller anyway, but their states are large and only

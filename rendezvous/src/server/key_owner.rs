@@ -13,9 +13,9 @@ use super::config::ServerConfig;
 use crate::credential::CredentialRecord;
 use crate::directory::SigningKey;
 use crate::err::{Error, Result};
+use crate::ledger::{Ledger, Row};
 use crate::msg::PublishedKey;
 use crate::refusal::Refusal;
-use crate::store::{Row, Store};
 use crate::token::{IssuerKey, Scheme, TokenScheme};
 
 /// One epoch's token key, ready to sign and verify.
@@ -93,10 +93,10 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
 }
 
-pub(super) fn load_identity(store: &Store) -> Result<(StaticKeypair, SigningKey)> {
+pub(super) fn load_identity(ledger: &Ledger) -> Result<(StaticKeypair, SigningKey)> {
     let noise = match (
-        store.meta(META_NOISE_PUBLIC)?,
-        store.meta(META_NOISE_SECRET)?,
+        ledger.meta(META_NOISE_PUBLIC)?,
+        ledger.meta(META_NOISE_SECRET)?,
     ) {
         (Some(p), Some(s)) => {
             let p: [u8; 32] = p
@@ -109,16 +109,16 @@ pub(super) fn load_identity(store: &Store) -> Result<(StaticKeypair, SigningKey)
         }
         _ => {
             let kp = StaticKeypair::generate()?;
-            store.set_meta(META_NOISE_SECRET, &kp.secret_bytes())?;
-            store.set_meta(META_NOISE_PUBLIC, kp.public().as_bytes())?;
+            ledger.set_meta(META_NOISE_SECRET, &kp.secret_bytes())?;
+            ledger.set_meta(META_NOISE_PUBLIC, kp.public().as_bytes())?;
             kp
         }
     };
-    let signing = match store.meta(META_DIRECTORY_KEY)? {
+    let signing = match ledger.meta(META_DIRECTORY_KEY)? {
         Some(d) => SigningKey::from_pkcs8(&d)?,
         None => {
             let d = SigningKey::generate_pkcs8()?;
-            store.set_meta(META_DIRECTORY_KEY, &d)?;
+            ledger.set_meta(META_DIRECTORY_KEY, &d)?;
             SigningKey::from_pkcs8(&d)?
         }
     };
@@ -137,21 +137,21 @@ pub(super) fn ring_key(scheme: &Scheme, secret: IssuerKey) -> Result<RingKey> {
 
 /// Loads stored keys, creates the current and next ones if missing, and
 /// retires older than the previous epoch.
-pub(super) async fn load_ring(store: &Arc<Store>, cfg: &ServerConfig) -> Result<KeyRing> {
+pub(super) async fn load_ring(ledger: &Arc<Ledger>, cfg: &ServerConfig) -> Result<KeyRing> {
     let current = Epoch::containing(cfg.clock.unix_secs(), cfg.epoch_secs).0;
     let mut ring = KeyRing {
         current,
         keys: BTreeMap::new(),
     };
-    rotate(store, &mut ring, current).await?;
+    rotate(ledger, &mut ring, current).await?;
     Ok(ring)
 }
 
-pub(super) async fn rotate(store: &Arc<Store>, ring: &mut KeyRing, current: u64) -> Result<()> {
+pub(super) async fn rotate(ledger: &Arc<Ledger>, ring: &mut KeyRing, current: u64) -> Result<()> {
     let scheme = Scheme::default();
     ring.current = current;
     let oldest = current.saturating_sub(1);
-    let s = store.clone();
+    let s = ledger.clone();
     let retired = blocking(move || s.retire_before(oldest)).await?;
     if !retired.is_empty() {
         tracing::info!(
@@ -160,7 +160,7 @@ pub(super) async fn rotate(store: &Arc<Store>, ring: &mut KeyRing, current: u64)
         );
     }
     ring.keys.retain(|e, _| *e >= oldest);
-    let s = store.clone();
+    let s = ledger.clone();
     let stored = blocking(move || s.keys()).await?;
     for (e, der) in stored {
         if let std::collections::btree_map::Entry::Vacant(v) = ring.keys.entry(e) {
@@ -171,7 +171,7 @@ pub(super) async fn rotate(store: &Arc<Store>, ring: &mut KeyRing, current: u64)
         if ring.keys.contains_key(&e) {
             continue;
         }
-        let s = store.clone();
+        let s = ledger.clone();
         let secret = blocking(move || {
             let secret = scheme.generate()?;
             s.put_key(e, &scheme.secret_to_bytes(&secret)?)?;
@@ -185,7 +185,7 @@ pub(super) async fn rotate(store: &Arc<Store>, ring: &mut KeyRing, current: u64)
 }
 
 pub(super) async fn key_owner(
-    store: Arc<Store>,
+    ledger: Arc<Ledger>,
     cfg: ServerConfig,
     mut rx: mpsc::Receiver<KeyCmd>,
     ring_tx: watch::Sender<Arc<KeyRing>>,
@@ -200,12 +200,12 @@ pub(super) async fn key_owner(
                 let now = cfg.clock.unix_secs();
                 let current = Epoch::containing(now, cfg.epoch_secs).0;
                 if current != ring.current {
-                    match rotate(&store, &mut ring, current).await {
+                    match rotate(&ledger, &mut ring, current).await {
                         Ok(()) => { let _ = ring_tx.send(Arc::new(ring.clone())); }
                         Err(e) => tracing::error!(error = %e, "rotating token keys failed"),
                     }
                 }
-                let (s, c, secs) = (store.clone(), cfg.credentials.clone(), cfg.epoch_secs);
+                let (s, c, secs) = (ledger.clone(), cfg.credentials.clone(), cfg.epoch_secs);
                 match blocking(move || s.sweep(now, current, secs, &c)).await {
                     Ok(swept) => tracing::debug!(?swept, "credential sweep"),
                     Err(e) => tracing::error!(error = %e, "credential sweep failed"),
@@ -242,7 +242,7 @@ pub(super) async fn key_owner(
                         Err(_) => break,
                     }
                 }
-                let s = store.clone();
+                let s = ledger.clone();
                 let res = blocking(move || s.spend(&batch)).await;
                 match res {
                     Ok(fresh) => {
@@ -258,17 +258,17 @@ pub(super) async fn key_owner(
                     }
                 }
                 for c in other {
-                    handle_key_cmd(&store, &cfg, c).await;
+                    handle_key_cmd(&ledger, &cfg, c).await;
                 }
             }
-            c => handle_key_cmd(&store, &cfg, c).await,
+            c => handle_key_cmd(&ledger, &cfg, c).await,
         }
     }
     tracing::debug!("key owner stopped");
 }
 
-pub(super) async fn handle_key_cmd(store: &Arc<Store>, cfg: &ServerConfig, cmd: KeyCmd) {
-    let s = store.clone();
+pub(super) async fn handle_key_cmd(ledger: &Arc<Ledger>, cfg: &ServerConfig, cmd: KeyCmd) {
+    let s = ledger.clone();
     match cmd {
         KeyCmd::Register {
             stamp_digest,

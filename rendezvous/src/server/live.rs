@@ -13,7 +13,7 @@ use super::config::PUSH_DEADLINE;
 use super::session_owner::SessionCmd;
 use super::shared::{SessionOrKey, Shared, ask, redeem, refusal_of, send};
 use crate::err::{Error, Result};
-use crate::msg::{Announcement, ByteBuf, Down, Up};
+use crate::msg::{AnnouncementWire, ByteBuf, Down, Up};
 use crate::refusal::Refusal;
 use crate::session::SessionId;
 
@@ -23,8 +23,8 @@ pub(super) async fn open_session(
     mut ch: Channel<BoxStream>,
     shared: Arc<Shared>,
     token: ByteBuf,
-    ann: Announcement,
-) -> Result<LiveSession> {
+    ann: AnnouncementWire,
+) -> Result<SessionTask> {
     if let Err(e) = Box::pin(redeem(&shared, &token)).await {
         Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
         return Err(e);
@@ -60,7 +60,7 @@ pub(super) async fn open_session(
     ))
     .await?;
     let (tx, rx) = ch.split();
-    Ok(LiveSession {
+    Ok(SessionTask {
         tx,
         rx,
         shared,
@@ -73,7 +73,7 @@ pub(super) async fn open_session(
 /// An open session, as its task holds it for the session's whole life
 /// (a hundred thousand of them at once): the channel's halves, the push
 /// subscription and its stop signal, nothing of the opening.
-pub(super) struct LiveSession {
+pub(super) struct SessionTask {
     tx: anonmirror_overlay::noise::SendHalf<tokio::io::WriteHalf<BoxStream>>,
     rx: anonmirror_overlay::noise::RecvHalf<tokio::io::ReadHalf<BoxStream>>,
     shared: Arc<Shared>,
@@ -84,7 +84,7 @@ pub(super) struct LiveSession {
     id: SessionId,
 }
 
-impl LiveSession {
+impl SessionTask {
     /// Pings, pongs and pushes until silence, close or shutdown.
     ///
     /// By reference: the caller's future holds the session once, and this

@@ -12,13 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
-use crate::msg::{Announcement, Candidate, Down};
+use crate::msg::{AnnouncementWire, CandidateWire, Down};
 use crate::refusal::Refusal;
 use crate::session::{Query, ReportOutcome, SessionId, SessionTable};
 
 pub(super) enum SessionCmd {
     Open {
-        ann: Announcement,
+        ann: AnnouncementWire,
         /// The session's stop signal (a child of the rendezvous's): the
         /// owner cancels it to end the session.
         cancel: CancellationToken,
@@ -33,11 +33,11 @@ pub(super) enum SessionCmd {
         version: u64,
         region: Option<String>,
         want: usize,
-        reply: oneshot::Sender<Vec<Candidate>>,
+        reply: oneshot::Sender<Vec<CandidateWire>>,
     },
     Directory {
         region: Option<String>,
-        reply: oneshot::Sender<Vec<Announcement>>,
+        reply: oneshot::Sender<Vec<AnnouncementWire>>,
     },
     Report {
         key: PeerKey,

@@ -9,12 +9,17 @@ use anonmirror_core::{Entropy, PeerKey};
 
 use super::{Entry, Query, SessionTable, assignment_time};
 use crate::hooks::{ItemProbe, PreparedFilter};
-use crate::msg::Candidate;
+use crate::msg::CandidateWire;
 
 impl SessionTable {
     /// Peers for an item; see the module docs. Each returned candidate
     /// counts as an assignment at `now`.
-    pub fn lookup(&mut self, q: &Query<'_>, now: Instant, rng: &mut dyn Entropy) -> Vec<Candidate> {
+    pub fn lookup(
+        &mut self,
+        q: &Query<'_>,
+        now: Instant,
+        rng: &mut dyn Entropy,
+    ) -> Vec<CandidateWire> {
         let want = q.want;
         let mut out = Vec::with_capacity(want);
         if want == 0 {
@@ -112,7 +117,7 @@ impl SessionTable {
                     let until = now + assignment_time(q.size, e.ann.upload_rate, window);
                     let at = e.assignments.partition_point(|x| *x <= until);
                     e.assignments.insert(at, until);
-                    out.push(Candidate {
+                    out.push(CandidateWire {
                         contact: e.ann.contact.clone(),
                         key: e.ann.key,
                         region: e.ann.region.clone(),

@@ -15,7 +15,7 @@
 //! Every write commits with `Durability::Immediate` before the caller is
 //! answered: a token is only ever reported accepted once its nonce is on
 //! disk, so kill -9 cannot make it spendable again; batching many nonces
-//! into one commit ([`Store::spend`]) is what makes that affordable.
+//! into one commit ([`Ledger::spend`]) is what makes that affordable.
 //!
 //! Sessions are not here: they are soft state (see [`crate::session`]),
 //! and nothing here refers to one. The store is synchronous; its owner
@@ -60,23 +60,26 @@ pub struct Swept {
 /// One stored row: table name, key, value.
 pub type Row = (String, Vec<u8>, Vec<u8>);
 
-/// The durable store.
+/// The durable state: the rendezvous's ledger of what it issued and what
+/// was spent (credentials, blacklist, proof-of-work stamps, epoch keys,
+/// spent token nonces), which it must never forget across a crash. Not a
+/// `Store`: the content store of items has that name.
 #[derive(Debug)]
-pub struct Store {
+pub struct Ledger {
     db: Database,
 }
 
-impl Store {
+impl Ledger {
     /// Opens (or creates) the store at `path`. redb repairs an interrupted
     /// commit by itself, falling back to the last durable one.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Ledger> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         for t in [META, CREDENTIALS, BLACKLIST, STAMPS, KEYS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
-        Ok(Store { db })
+        Ok(Ledger { db })
     }
 
     fn write(&self) -> Result<redb::WriteTransaction> {
@@ -393,9 +396,9 @@ fn decode_record(b: &[u8]) -> Result<CredentialRecord> {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("r.redb")).expect("open");
+        let s = Ledger::open(&dir.path().join("r.redb")).expect("open");
         (dir, s)
     }
 
