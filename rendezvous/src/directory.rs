@@ -82,7 +82,7 @@ impl SigningKey {
     pub fn from_pkcs8(bytes: &[u8]) -> Result<SigningKey> {
         Ed25519KeyPair::from_pkcs8(bytes)
             .map(SigningKey)
-            .map_err(|e| Error::store(format!("directory key: {e}")))
+            .map_err(|_| Error::LedgerCorrupt("directory key"))
     }
 
     /// The public key clients pin.

@@ -4,6 +4,8 @@
 //! those reach a log only through [`anonmirror_core::Sensitive`], and an
 //! error is the kind of thing that gets logged.
 
+use std::sync::Arc;
+
 use anonmirror_core::{ErrorKind, HasKind};
 
 use crate::refusal::Refusal;
@@ -79,9 +81,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// The durable store failed (disk, permissions, corruption).
-    #[error("store: {0}")]
-    Store(String),
+    /// The ledger's database failed (disk, permissions, or corruption
+    /// redb found). Shared, because one failed group commit answers every
+    /// spend that was in it.
+    #[error("ledger: {0}")]
+    Ledger(#[source] Arc<redb::Error>),
+    /// A value in the ledger does not parse (corruption, or a ledger
+    /// written by an incompatible version); names which value.
+    #[error("the ledger holds a bad {0}")]
+    LedgerCorrupt(&'static str),
+    /// The group commit a token's spend was part of failed; each spend in
+    /// it gets the one error.
+    #[error("spending tokens: {0}")]
+    SpendFailed(#[source] Arc<Error>),
     /// Local I/O failed (sockets, files).
     #[error("{what}: {source}")]
     Io {
@@ -110,10 +122,6 @@ impl Error {
         )
     }
 
-    pub(crate) fn store(e: impl std::fmt::Display) -> Error {
-        Error::Store(e.to_string())
-    }
-
     pub(crate) fn malformed(what: &'static str, reason: impl std::fmt::Display) -> Error {
         Error::Malformed {
             what,
@@ -136,7 +144,10 @@ impl HasKind for Error {
             Error::Channel(e) => e.kind(),
             Error::Config { .. } | Error::NameNotAnnounceable => ErrorKind::LocalConfig,
             Error::Upstream { .. } => ErrorKind::Upstream,
-            Error::Store(_) | Error::Io { .. } => ErrorKind::LocalIo,
+            Error::Ledger(_)
+            | Error::LedgerCorrupt(_)
+            | Error::SpendFailed(_)
+            | Error::Io { .. } => ErrorKind::LocalIo,
             Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,
         }
     }
@@ -149,7 +160,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Error {
-                Error::store(e)
+                Error::Ledger(Arc::new(e.into()))
             }
         }
     )*};
@@ -184,7 +195,12 @@ mod tests {
             .kind(),
             ErrorKind::LocalConfig
         );
-        assert_eq!(Error::Store("disk".into()).kind(), ErrorKind::LocalIo);
+        let disk = Error::from(redb::StorageError::from(std::io::Error::other("disk")));
+        assert_eq!(disk.kind(), ErrorKind::LocalIo);
+        assert_eq!(
+            Error::SpendFailed(Arc::new(disk)).kind(),
+            ErrorKind::LocalIo
+        );
         assert_eq!(Error::Gone("ping").kind(), ErrorKind::PeerUnavailable);
     }
 }

@@ -389,7 +389,7 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 fn decode_record(b: &[u8]) -> Result<CredentialRecord> {
-    postcard::from_bytes(b).map_err(|e| Error::store(format!("credential record: {e}")))
+    postcard::from_bytes(b).map_err(|_| Error::LedgerCorrupt("credential record"))
 }
 
 #[cfg(test)]

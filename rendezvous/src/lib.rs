@@ -47,7 +47,8 @@ pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
 pub use directory::PublishedCounts;
 pub use err::{Error, Result};
 pub use hooks::{
-    CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportSink, SortedKeysFilter,
+    CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportRejected, ReportSink,
+    SortedKeysFilter,
 };
 pub use server::{Rendezvous, ServerConfig, channel_params};
 pub use upstream::{UpstreamIndex, WatchConfig};

@@ -178,10 +178,10 @@ impl TokenScheme for PublicTokens {
 
     fn secret_from_bytes(&self, bytes: &[u8]) -> Result<IssuerKey> {
         let sk = blind_rsa_signatures::SecretKey::from_der(bytes)
-            .map_err(|e| Error::store(format!("stored issuer key does not parse: {e}")))?;
+            .map_err(|_| Error::LedgerCorrupt("issuer key (does not parse)"))?;
         let pk = sk
             .public_key()
-            .map_err(|e| Error::store(format!("stored issuer key: {e}")))?;
+            .map_err(|_| Error::LedgerCorrupt("issuer key"))?;
         Ok(IssuerKey { pk, sk })
     }
 

@@ -101,10 +101,10 @@ pub(super) fn load_identity(ledger: &Ledger) -> Result<(StaticKeypair, SigningKe
         (Some(p), Some(s)) => {
             let p: [u8; 32] = p
                 .try_into()
-                .map_err(|_| Error::store("stored Noise public key"))?;
+                .map_err(|_| Error::LedgerCorrupt("Noise public key"))?;
             let s: [u8; 32] = s
                 .try_into()
-                .map_err(|_| Error::store("stored Noise secret key"))?;
+                .map_err(|_| Error::LedgerCorrupt("Noise secret key"))?;
             StaticKeypair::from_parts(PeerKey(p), s)?
         }
         _ => {
@@ -252,8 +252,9 @@ pub(super) async fn key_owner(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "spending tokens failed");
+                        let e = Arc::new(e);
                         for r in replies {
-                            let _ = r.send(Err(Error::Store(e.to_string())));
+                            let _ = r.send(Err(Error::SpendFailed(e.clone())));
                         }
                     }
                 }

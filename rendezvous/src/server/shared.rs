@@ -106,7 +106,11 @@ pub(super) fn refusal_of(e: &Error) -> Refusal {
         Error::Token(_) => Refusal::TokenInvalid,
         Error::Refused(r) => *r,
         Error::ShuttingDown => Refusal::ShuttingDown,
-        Error::Store(_) | Error::Internal(_) | Error::Io { .. } => Refusal::Busy,
+        Error::Ledger(_)
+        | Error::LedgerCorrupt(_)
+        | Error::SpendFailed(_)
+        | Error::Internal(_)
+        | Error::Io { .. } => Refusal::Busy,
         _ => Refusal::BadRequest,
     }
 }
