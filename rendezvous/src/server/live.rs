@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::PUSH_DEADLINE;
 use super::session_owner::SessionCmd;
-use super::shared::{SessionOrKey, Shared, ask, redeem, refusal_of, send};
+use super::shared::{Shared, ask, redeem, refusal_of, send};
 use crate::err::{Error, Result};
 use crate::msg::{AnnouncementWire, ByteBuf, Down, Up};
 use crate::refusal::Refusal;
@@ -32,15 +32,10 @@ pub(super) async fn open_session(
     drop(token);
     let pushes = shared.pushes.subscribe();
     let cancel = shared.stop.child_token();
-    let opened = Box::pin(ask(&shared.session_tx, |reply| {
-        SessionOrKey::Session(
-            shared.session_tx.clone(),
-            SessionCmd::Open {
-                ann,
-                cancel: cancel.clone(),
-                reply,
-            },
-        )
+    let opened = Box::pin(ask(&shared.session_tx, |reply| SessionCmd::Open {
+        ann,
+        cancel: cancel.clone(),
+        reply,
     }))
     .await?;
     let id = match opened {

@@ -7,7 +7,7 @@ use anonmirror_core::Epoch;
 
 use super::key_owner::{KeyCmd, blocking};
 use super::session_owner::SessionCmd;
-use super::shared::{SessionOrKey, Shared, ask, push, redeem};
+use super::shared::{Shared, ask, push, redeem};
 use crate::directory::{PublishedCounts, Snapshot};
 use crate::err::{Error, Result};
 use crate::msg::{ByteBuf, Down, MAX_COUNTS, MAX_PART, Sig, Up};
@@ -35,16 +35,11 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
                 .ok_or(Error::Refused(Refusal::TokenKeyRetired))?
                 .clone();
             let n = requests.len() as u32;
-            ask(&shared.key_tx, |reply| {
-                SessionOrKey::Key(
-                    shared.key_tx.clone(),
-                    KeyCmd::Buy {
-                        credential,
-                        epoch,
-                        n,
-                        reply,
-                    },
-                )
+            ask(&shared.key_tx, |reply| KeyCmd::Buy {
+                credential,
+                epoch,
+                n,
+                reply,
             })
             .await??
             .map_err(Error::Refused)?;
@@ -67,32 +62,22 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
             region,
             want,
         } => {
-            let peers = ask(&shared.session_tx, |reply| {
-                SessionOrKey::Session(
-                    shared.session_tx.clone(),
-                    SessionCmd::Lookup {
-                        item,
-                        size,
-                        repository,
-                        version,
-                        region,
-                        want: usize::from(want),
-                        reply,
-                    },
-                )
+            let peers = ask(&shared.session_tx, |reply| SessionCmd::Lookup {
+                item,
+                size,
+                repository,
+                version,
+                region,
+                want: usize::from(want),
+                reply,
             })
             .await?;
             Ok(vec![Down::Peers(peers)])
         }
         Up::Directory { region } => {
-            let peers = ask(&shared.session_tx, |reply| {
-                SessionOrKey::Session(
-                    shared.session_tx.clone(),
-                    SessionCmd::Directory {
-                        region: region.clone(),
-                        reply,
-                    },
-                )
+            let peers = ask(&shared.session_tx, |reply| SessionCmd::Directory {
+                region: region.clone(),
+                reply,
             })
             .await?;
             let now = cfg.clock.unix_secs();
@@ -118,14 +103,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
             // The item and range are the client's evidence; the rendezvous
             // cannot check them (it holds no data), so only the strike
             // counts. They are deliberately not logged or kept.
-            let out = ask(&shared.session_tx, |reply| {
-                SessionOrKey::Session(
-                    shared.session_tx.clone(),
-                    SessionCmd::Report {
-                        key: session,
-                        reply,
-                    },
-                )
+            let out = ask(&shared.session_tx, |reply| SessionCmd::Report {
+                key: session,
+                reply,
             })
             .await?;
             tracing::debug!(?out, "report");
@@ -169,10 +149,7 @@ pub(super) async fn popularity_counts(shared: &Arc<Shared>) -> Result<Vec<Down>>
     let Some((epoch, counts)) = blocking(move || Ok(sink.publishable(current))).await? else {
         return Ok(vec![Down::NoCounts]);
     };
-    let levels = ask(&shared.session_tx, |reply| {
-        SessionOrKey::Session(shared.session_tx.clone(), SessionCmd::Levels(reply))
-    })
-    .await?;
+    let levels = ask(&shared.session_tx, SessionCmd::Levels).await?;
     let mut level_peers = [0u64; 4];
     for (level, n) in levels {
         if let Some(slot) = level_peers.get_mut(usize::from(level)) {
@@ -211,15 +188,10 @@ pub(super) async fn register(shared: &Arc<Shared>, stamp: Stamp) -> Result<Vec<D
         now,
         shared.cfg.credentials.pow_difficulty,
     )?;
-    let (credential, expires) = ask(&shared.key_tx, |reply| {
-        SessionOrKey::Key(
-            shared.key_tx.clone(),
-            KeyCmd::Register {
-                stamp_digest: digest,
-                stamp_time: stamp.time,
-                reply,
-            },
-        )
+    let (credential, expires) = ask(&shared.key_tx, |reply| KeyCmd::Register {
+        stamp_digest: digest,
+        stamp_time: stamp.time,
+        reply,
     })
     .await??;
     tracing::debug!("credential registered");

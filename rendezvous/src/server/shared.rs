@@ -35,22 +35,17 @@ pub(super) struct Shared {
     pub(super) stop: CancellationToken,
 }
 
-pub(super) async fn ask<T>(
-    tx: &mpsc::Sender<impl Send>,
-    make: impl FnOnce(oneshot::Sender<T>) -> SessionOrKey,
+/// Sends an owner the command `make` builds around a reply slot, and
+/// waits for the reply.
+pub(super) async fn ask<C, T>(
+    tx: &mpsc::Sender<C>,
+    make: impl FnOnce(oneshot::Sender<T>) -> C,
 ) -> Result<T> {
-    let _ = tx;
     let (reply, rx) = oneshot::channel();
-    match make(reply) {
-        SessionOrKey::Key(tx, cmd) => tx.send(cmd).await.map_err(|_| Error::ShuttingDown)?,
-        SessionOrKey::Session(tx, cmd) => tx.send(cmd).await.map_err(|_| Error::ShuttingDown)?,
-    }
+    tx.send(make(reply))
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
     rx.await.map_err(|_| Error::ShuttingDown)
-}
-
-pub(super) enum SessionOrKey {
-    Key(mpsc::Sender<KeyCmd>, KeyCmd),
-    Session(mpsc::Sender<SessionCmd>, SessionCmd),
 }
 
 /// Verifies a token's signature under an accepted key and spends it.
@@ -61,15 +56,10 @@ pub(super) async fn redeem(shared: &Shared, token: &[u8]) -> Result<Epoch> {
         .accepting(&key_id)
         .ok_or(Error::Token("key not accepted"))?;
     let v = shared.scheme.verify(&key.public, token)?;
-    let fresh = ask(&shared.key_tx, |reply| {
-        SessionOrKey::Key(
-            shared.key_tx.clone(),
-            KeyCmd::Spend {
-                epoch,
-                nonce: v.nonce,
-                reply,
-            },
-        )
+    let fresh = ask(&shared.key_tx, |reply| KeyCmd::Spend {
+        epoch,
+        nonce: v.nonce,
+        reply,
     })
     .await??;
     if !fresh {
@@ -80,15 +70,10 @@ pub(super) async fn redeem(shared: &Shared, token: &[u8]) -> Result<Epoch> {
 }
 
 pub(super) async fn push(shared: &Shared, repository: String, version: u64) -> Result<usize> {
-    ask(&shared.session_tx, |reply| {
-        SessionOrKey::Session(
-            shared.session_tx.clone(),
-            SessionCmd::Push {
-                repository,
-                version,
-                reply,
-            },
-        )
+    ask(&shared.session_tx, |reply| SessionCmd::Push {
+        repository,
+        version,
+        reply,
     })
     .await
 }
