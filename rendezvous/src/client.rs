@@ -143,7 +143,7 @@ impl Client {
         let spare = self
             .spare
             .lock()
-            .map_err(|_| Error::Internal("spare channel lock poisoned".into()))?
+            .map_err(|_| Error::bug("spare channel lock poisoned"))?
             .take();
         // One too old may have been closed by the rendezvous: dropped.
         let channel = match spare {
@@ -193,7 +193,7 @@ impl Client {
         let stamp =
             tokio::task::spawn_blocking(move || Stamp::solve(&key, now, difficulty, &mut entropy))
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(|e| Error::bug_from("the proof-of-work task", e))?;
         match self.call(&Up::Register(stamp)).await? {
             Down::Registered {
                 credential,

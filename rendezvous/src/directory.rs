@@ -75,7 +75,7 @@ impl SigningKey {
     pub fn generate_pkcs8() -> Result<Vec<u8>> {
         Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map(|d| d.as_ref().to_vec())
-            .map_err(|_| Error::Internal("Ed25519 key generation failed".into()))
+            .map_err(|_| Error::bug("Ed25519 key generation failed"))
     }
 
     /// Loads a stored key.
@@ -105,7 +105,8 @@ impl SigningKey {
     /// Each kind of signed object has its own context, so a signature over
     /// one can never pass for the other.
     fn sign_as<T: Serialize>(&self, context: &[u8], value: &T) -> Result<(Vec<u8>, [u8; 64])> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = postcard::to_allocvec(value)
+            .map_err(|e| Error::bug_from("encoding a signed value", e))?;
         let mut msg = context.to_vec();
         msg.extend_from_slice(&bytes);
         let mut sig = [0u8; 64];

@@ -103,10 +103,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A cryptographic library failed on input we produced ourselves, or an
-    /// owner task vanished: a bug.
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A library failed on input we produced ourselves, a task vanished,
+    /// or a bound we keep was broken: a bug.
+    #[error("internal: {what}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Internal {
+        /// What was being done.
+        what: &'static str,
+        /// The library's error, if one failed.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The rendezvous is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -120,6 +126,22 @@ impl Error {
             self,
             Error::Channel(_) | Error::Gone(_) | Error::Connect(_) | Error::Io { .. }
         )
+    }
+
+    /// A bug while doing `what`.
+    pub(crate) fn bug(what: &'static str) -> Error {
+        Error::Internal { what, source: None }
+    }
+
+    /// A bug: a library failed (`source`) while doing `what`.
+    pub(crate) fn bug_from(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Internal {
+            what,
+            source: Some(source.into()),
+        }
     }
 
     pub(crate) fn malformed(what: &'static str, reason: impl std::fmt::Display) -> Error {
@@ -148,7 +170,7 @@ impl HasKind for Error {
             | Error::LedgerCorrupt(_)
             | Error::SpendFailed(_)
             | Error::Io { .. } => ErrorKind::LocalIo,
-            Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,
+            Error::Internal { .. } | Error::ShuttingDown => ErrorKind::Internal,
         }
     }
 }

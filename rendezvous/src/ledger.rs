@@ -119,8 +119,8 @@ impl Ledger {
                 return Err(Error::ProofOfWork("stamp already used"));
             }
             stamps.insert(&stamp_digest[..], &stamp_time.to_be_bytes()[..])?;
-            let value =
-                postcard::to_allocvec(record).map_err(|e| Error::Internal(e.to_string()))?;
+            let value = postcard::to_allocvec(record)
+                .map_err(|e| Error::bug_from("encoding a credential record", e))?;
             tx.open_table(CREDENTIALS)?
                 .insert(&credential_hash(credential)[..], &value[..])?;
         }
@@ -168,8 +168,8 @@ impl Ledger {
             if p == Purchase::Abuse {
                 creds.remove(&hash[..])?;
             } else {
-                let value =
-                    postcard::to_allocvec(&rec).map_err(|e| Error::Internal(e.to_string()))?;
+                let value = postcard::to_allocvec(&rec)
+                    .map_err(|e| Error::bug_from("encoding a credential record", e))?;
                 creds.insert(&hash[..], &value[..])?;
             }
             p
@@ -346,7 +346,7 @@ impl Ledger {
                 }
                 let t = tables
                     .get_mut(epoch)
-                    .ok_or_else(|| Error::Internal("spent table vanished".into()))?;
+                    .ok_or_else(|| Error::bug("spent table vanished"))?;
                 out.push(t.insert(&nonce[..], &[][..])?.is_none());
             }
         }

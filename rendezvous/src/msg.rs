@@ -565,7 +565,8 @@ fn decode_canonical<T: Serialize + DeserializeOwned>(
     if !rest.is_empty() {
         return Err(Error::malformed(what, "trailing bytes"));
     }
-    let again = postcard::to_allocvec(&msg).map_err(|e| Error::Internal(e.to_string()))?;
+    let again =
+        postcard::to_allocvec(&msg).map_err(|e| Error::bug_from("re-encoding a message", e))?;
     if again != input {
         return Err(Error::malformed(what, "non-canonical encoding"));
     }
@@ -573,12 +574,9 @@ fn decode_canonical<T: Serialize + DeserializeOwned>(
 }
 
 fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let bytes = postcard::to_allocvec(msg).map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes = postcard::to_allocvec(msg).map_err(|e| Error::bug_from("encoding a message", e))?;
     if bytes.len() > MAX_MESSAGE {
-        return Err(Error::Internal(format!(
-            "a message of {} bytes does not fit a channel message",
-            bytes.len()
-        )));
+        return Err(Error::bug("a message that does not fit a channel message"));
     }
     Ok(bytes)
 }

@@ -73,7 +73,7 @@ pub fn challenge() -> &'static TokenChallenge {
 fn challenge_digest() -> Result<[u8; 32]> {
     challenge()
         .digest()
-        .map_err(|e| Error::Internal(format!("challenge digest: {e}")))
+        .map_err(|e| Error::bug_from("challenge digest", e))
 }
 
 /// What a valid token proves once its signature checks: which key signed
@@ -154,7 +154,7 @@ impl TokenScheme for PublicTokens {
 
     fn generate(&self) -> Result<IssuerKey> {
         IssuerKey::generate(&mut DefaultRng, KEY_BITS)
-            .map_err(|e| Error::Internal(format!("RSA key generation: {e}")))
+            .map_err(|e| Error::bug_from("RSA key generation", e))
     }
 
     fn public(&self, secret: &IssuerKey) -> Result<PublicKey> {
@@ -166,14 +166,14 @@ impl TokenScheme for PublicTokens {
         ring::digest::digest(&ring::digest::SHA256, &spki)
             .as_ref()
             .try_into()
-            .map_err(|_| Error::Internal("SHA-256 is 32 bytes".into()))
+            .map_err(|_| Error::bug("SHA-256 is 32 bytes"))
     }
 
     fn secret_to_bytes(&self, secret: &IssuerKey) -> Result<Vec<u8>> {
         secret
             .sk
             .to_der()
-            .map_err(|e| Error::Internal(format!("serializing an issuer key: {e}")))
+            .map_err(|e| Error::bug_from("serializing an issuer key", e))
     }
 
     fn secret_from_bytes(&self, bytes: &[u8]) -> Result<IssuerKey> {
@@ -187,7 +187,7 @@ impl TokenScheme for PublicTokens {
 
     fn public_to_bytes(&self, public: &PublicKey) -> Result<Vec<u8>> {
         privacypass::public_tokens::server::serialize_public_key(public)
-            .map_err(|e| Error::Internal(format!("serializing a public key: {e}")))
+            .map_err(|e| Error::bug_from("serializing a public key", e))
     }
 
     fn public_from_bytes(&self, bytes: &[u8]) -> Result<PublicKey> {
@@ -205,7 +205,7 @@ impl TokenScheme for PublicTokens {
         let resp = poll_once(IssuerServer::new().issue_token_response(&store, req))?
             .map_err(|e| Error::malformed("token request", e))?;
         resp.tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token response: {e}")))
+            .map_err(|e| Error::bug_from("serializing a token response", e))
     }
 
     fn verify(&self, public: &PublicKey, token: &[u8]) -> Result<VerifiedToken> {
@@ -228,7 +228,7 @@ impl TokenScheme for PublicTokens {
             .map_err(|e| Error::malformed("token public key", e))?;
         let bytes = req
             .tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token request: {e}")))?;
+            .map_err(|e| Error::bug_from("serializing a token request", e))?;
         Ok((bytes, PendingToken(state)))
     }
 
@@ -244,7 +244,7 @@ impl TokenScheme for PublicTokens {
             .map_err(|e| Error::malformed("token response", e))?;
         token
             .tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token: {e}")))
+            .map_err(|e| Error::bug_from("serializing a token", e))
     }
 }
 
@@ -274,8 +274,8 @@ pub(crate) fn poll_once<F: Future>(f: F) -> Result<F::Output> {
     let mut f = std::pin::pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Ok(v),
-        Poll::Pending => Err(Error::Internal(
-            "a privacypass future waited on an in-memory store".into(),
+        Poll::Pending => Err(Error::bug(
+            "a privacypass future waited on an in-memory store",
         )),
     }
 }

@@ -90,7 +90,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+        .map_err(|e| Error::bug_from("blocking task", e))?
 }
 
 pub(super) fn load_identity(ledger: &Ledger) -> Result<(StaticKeypair, SigningKey)> {

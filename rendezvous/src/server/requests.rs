@@ -164,9 +164,7 @@ pub(super) async fn popularity_counts(shared: &Arc<Shared>) -> Result<Vec<Down>>
     };
     let (bytes, sig) = shared.signing.sign_counts(&published)?;
     if bytes.len() as u64 > MAX_COUNTS {
-        return Err(Error::Internal(
-            "popularity counts exceed MAX_COUNTS".into(),
-        ));
+        return Err(Error::bug("popularity counts exceed MAX_COUNTS"));
     }
     let mut out = vec![Down::CountsHead {
         total: bytes.len() as u64,

@@ -94,7 +94,7 @@ pub(super) fn refusal_of(e: &Error) -> Refusal {
         Error::Ledger(_)
         | Error::LedgerCorrupt(_)
         | Error::SpendFailed(_)
-        | Error::Internal(_)
+        | Error::Internal { .. }
         | Error::Io { .. } => Refusal::Busy,
         _ => Refusal::BadRequest,
     }
