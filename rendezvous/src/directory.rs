@@ -15,7 +15,7 @@
 //! `varint`, level_peers `[4]` of `varint`, counts `bytes`) and the
 //! context `b"anonmirror popularity counts v1\0"`.
 //!
-//! The signing key is the rendezvous's own, kept in the store; clients pin
+//! The signing key is the rendezvous's own, kept in the ledger; clients pin
 //! its public half next to the rendezvous's Noise key. Peers are ordered
 //! by session key, which is random per session, so the order says nothing
 //! about when a session opened.

@@ -18,7 +18,7 @@
 //! into one commit ([`Ledger::spend`]) is what makes that affordable.
 //!
 //! Sessions are not here: they are soft state (see [`crate::session`]),
-//! and nothing here refers to one. The store is synchronous; its owner
+//! and nothing here refers to one. The ledger is synchronous; its owner
 //! ([`crate::server`]) calls it from blocking threads.
 
 use std::path::Path;
@@ -70,7 +70,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (or creates) the store at `path`. redb repairs an interrupted
+    /// Opens (or creates) the ledger at `path`. redb repairs an interrupted
     /// commit by itself, falling back to the last durable one.
     pub fn open(path: &Path) -> Result<Ledger> {
         let db = Database::create(path)?;
@@ -396,7 +396,7 @@ fn decode_record(b: &[u8]) -> Result<CredentialRecord> {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Ledger) {
+    fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Ledger::open(&dir.path().join("r.redb")).expect("open");
         (dir, s)
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn registration_refuses_a_reused_stamp_and_stores_only_the_hash() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         let cfg = CredentialConfig::default();
         let rec = CredentialRecord::new(100, 0, &cfg);
         s.register(&[1; 32], 100, &[7; 32], &rec).expect("first");
@@ -426,7 +426,7 @@ mod tests {
     /// simulated clock; blacklist entries end after their cooling-off.
     #[test]
     fn sweep_revokes_dormant_and_expired_under_a_simulated_clock() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         let day = 86_400;
         let cfg = CredentialConfig::default();
         let clock = anonmirror_core::ManualClock::at_unix(1_000 * day);
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn spends_once_and_retiring_drops_key_and_spent_set() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         s.put_key(5, b"k5").expect("key");
         s.put_key(6, b"k6").expect("key");
         let n = [4u8; 32];

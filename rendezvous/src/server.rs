@@ -4,7 +4,7 @@
 //! answering by oneshot:
 //!
 //! - the key/credential owner (`KeyMgr`, `server/key_owner.rs`) owns the
-//!   redb [`Ledger`](crate::ledger::Ledger) and the epoch keys. It
+//!   redb [`Ledger`] and the epoch keys. It
 //!   rotates keys (current and next published, previous still accepted,
 //!   older ones retired with their spent sets), sweeps credentials, and
 //!   spends token nonces in batches: it drains every queued spend into one durable
@@ -12,7 +12,7 @@
 //!   token are decided in one place and exactly one wins. redb calls run
 //!   on blocking threads.
 //! - the session owner (`SessionMgr`, `server/session_owner.rs`) owns the
-//!   [`SessionTable`](crate::session::SessionTable) and each live
+//!   [`SessionTable`] and each live
 //!   session's stop signal; it expires silent sessions at their deadline
 //!   (tokio time, so tests can pause it) and fans out `SnapshotChanged`:
 //!   every push goes to every session, so it is encoded once and sent on
@@ -91,7 +91,7 @@ impl std::fmt::Debug for Rendezvous {
 }
 
 impl Rendezvous {
-    /// Opens the store (creating keys on first start), binds, and starts
+    /// Opens the ledger (creating keys on first start), binds, and starts
     /// serving.
     pub async fn start(cfg: ServerConfig) -> Result<Rendezvous> {
         cfg.check()?;
@@ -220,7 +220,7 @@ impl Rendezvous {
     }
 
     /// Stops accepting, ends every session and the owners, and waits for
-    /// them (the store's commits are all durable already).
+    /// them (the ledger's commits are all durable already).
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}

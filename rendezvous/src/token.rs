@@ -26,7 +26,7 @@
 //! last byte.
 //!
 //! This module checks signatures and formats only: whether a nonce was
-//! spent already is the spent set's business ([`crate::store`]), so the
+//! spent already is the spent set's business ([`crate::ledger`]), so the
 //! check here is pure and can run on any task, in parallel.
 //!
 //! `privacypass` exposes issuance and redemption as `async` functions over
@@ -107,7 +107,7 @@ pub trait TokenScheme: Send + Sync + 'static {
     fn public(&self, secret: &Self::Secret) -> Result<Self::Public>;
     /// The key id bound into every token the key signs.
     fn key_id(&self, public: &Self::Public) -> Result<[u8; 32]>;
-    /// The secret key as bytes, for the durable store.
+    /// The secret key as bytes, for the ledger.
     fn secret_to_bytes(&self, secret: &Self::Secret) -> Result<Vec<u8>>;
     /// The inverse of [`TokenScheme::secret_to_bytes`].
     fn secret_from_bytes(&self, bytes: &[u8]) -> Result<Self::Secret>;

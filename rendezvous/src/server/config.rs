@@ -35,7 +35,7 @@ pub const PUSH_DEADLINE: Duration = Duration::from_secs(1);
 pub struct ServerConfig {
     /// Where to listen (port 0: any).
     pub listen: SocketAddr,
-    /// Where the redb store lives.
+    /// Where the ledger (a redb file) lives.
     pub state_dir: PathBuf,
     /// Epoch length (token keys rotate at epoch boundaries).
     pub epoch_secs: u64,
