@@ -572,16 +572,11 @@ impl Volunteer {
         // The peer server, with this session's key.
         let keypair = StaticKeypair::generate().map_err(|e| anyhow!("session key: {e}"))?;
         let listener = self.peer_listener().await?;
-        let contact = match listener
+        let local = listener
             .local_contact()
-            .context("the peer listener's address")?
-        {
-            anonmirror_core::Contact::Tcp(addr) => addr.into(),
-            anonmirror_core::Contact::Onion { host, port } => {
-                anonmirror_rendezvous::msg::Contact::Onion { host, port }
-            }
-            other => return Err(anyhow!("a peer listener at {other} cannot be announced")),
-        };
+            .context("the peer listener's address")?;
+        let contact = anonmirror_rendezvous::msg::ContactWire::try_from(local.clone())
+            .map_err(|_| anyhow!("a peer listener at {local} cannot be announced"))?;
         let public = keypair.public();
         let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
         let gateway = self.gateway.clone();
@@ -610,7 +605,7 @@ impl Volunteer {
             .map(|r| (r.name.clone(), r.version()))
             .collect();
         snapshots.sort();
-        let wire = anonmirror_rendezvous::msg::Announcement {
+        let wire = anonmirror_rendezvous::msg::AnnouncementWire {
             contact,
             key: public,
             max_clients: self.policy.serve.max_clients,

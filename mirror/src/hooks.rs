@@ -17,7 +17,9 @@ use anonmirror_announce::announcement::{
 use anonmirror_announce::{Aggregator, Announcement, PopularityReport};
 use anonmirror_core::{Epoch, ItemKey};
 use anonmirror_privacy::Level;
-use anonmirror_rendezvous::hooks::{BitLayout, FilterCheck, ItemProbe, PreparedFilter, ReportSink};
+use anonmirror_rendezvous::hooks::{
+    BitLayout, FilterCheck, ItemProbe, PreparedFilter, ReportRejected, ReportSink,
+};
 
 /// Tests a session's serving announcement for an item.
 #[derive(Clone, Copy, Debug, Default)]
@@ -149,18 +151,16 @@ impl PopularityAggregator {
 }
 
 impl ReportSink for PopularityAggregator {
-    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), String> {
-        let report = PopularityReport::from_bytes(report).map_err(|e| e.to_string())?;
+    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), ReportRejected> {
+        let report = PopularityReport::from_bytes(report)
+            .map_err(|e| ReportRejected::Malformed(Box::new(e)))?;
         if report.epoch != epoch {
-            return Err(format!(
-                "report for {}, paid for in {}",
-                report.epoch, epoch
-            ));
+            return Err(ReportRejected::WrongEpoch {
+                claimed: report.epoch,
+                paid: epoch,
+            });
         }
-        let mut rounds = self
-            .rounds
-            .lock()
-            .map_err(|_| "aggregator poisoned".to_owned())?;
+        let mut rounds = self.rounds.lock().map_err(|_| ReportRejected::Broken)?;
         let at = match rounds
             .iter()
             .position(|a| a.epoch() == epoch && *a.params() == report.params)
@@ -171,7 +171,9 @@ impl ReportSink for PopularityAggregator {
                 rounds.len() - 1
             }
         };
-        rounds[at].add(&report).map_err(|e| e.to_string())?;
+        rounds[at]
+            .add(&report)
+            .map_err(|e| ReportRejected::Malformed(Box::new(e)))?;
         // Forget epochs older than the ones kept.
         let mut epochs: Vec<Epoch> = rounds.iter().map(|a| a.epoch()).collect();
         epochs.sort();
@@ -311,7 +313,17 @@ mod tests {
         let err = sink
             .accept(Epoch(6), &report.to_bytes())
             .expect_err("wrong epoch");
-        assert!(err.contains("paid for in"), "{err}");
+        assert!(
+            matches!(
+                err,
+                ReportRejected::WrongEpoch {
+                    claimed: Epoch(5),
+                    paid: Epoch(6)
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("paid for in"), "{err}");
         assert!(sink.accept(Epoch(5), b"not a report").is_err());
     }
 
@@ -324,7 +336,7 @@ mod tests {
         use std::sync::Arc;
 
         use anonmirror_core::{Clock, ManualClock, PeerKey};
-        use anonmirror_rendezvous::msg::{Announcement as SessionAnn, Contact};
+        use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire};
         use anonmirror_rendezvous::{Client, Rendezvous, ServerConfig, directory};
         use snapshot_levels::LevelPeers;
 
@@ -378,8 +390,8 @@ mod tests {
                 let held: BTreeSet<ItemKey> = universe[..5].iter().copied().collect();
                 let a =
                     Announcement::build(Level::Strict, e, Layout::for_capacity(64, Some(5)), &held);
-                let ann = SessionAnn {
-                    contact: Contact::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7879))),
+                let ann = AnnouncementWire {
+                    contact: ContactWire::from(std::net::SocketAddr::from(([10, 0, 0, 1], 7879))),
                     key: PeerKey([3; 32]),
                     max_clients: 4,
                     upload_rate: 1 << 20,

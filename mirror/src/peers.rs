@@ -140,18 +140,10 @@ impl RendezvousPeers {
 }
 
 /// A rendezvous candidate as the overlay dials it.
-pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::Candidate) -> Option<Candidate> {
-    use anonmirror_rendezvous::msg::Contact as Announced;
-    let contact = match &c.contact {
-        Announced::Onion { host, port } => anonmirror_core::Contact::Onion {
-            host: host.clone(),
-            port: *port,
-        },
-        tcp => anonmirror_core::Contact::Tcp(tcp.socket_addr()?),
-    };
+pub fn from_rendezvous(c: &anonmirror_rendezvous::msg::CandidateWire) -> Option<Candidate> {
     Some(Candidate {
         addr: PeerAddr {
-            contact,
+            contact: anonmirror_core::Contact::from(c.contact.clone()),
             key: c.key,
         },
         level: Level::from_wire_byte(c.level)?,

@@ -26,7 +26,7 @@ use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 use crate::credential::ClientCredential;
 use crate::directory::{self, PublishedCounts, Snapshot};
 use crate::err::{Error, Result};
-use crate::msg::{Announcement, ByteBuf, Candidate, Down, Up};
+use crate::msg::{AnnouncementWire, ByteBuf, CandidateWire, Down, Up};
 use crate::pow::Stamp;
 use crate::server::channel_params;
 use crate::token::{Scheme, TokenScheme};
@@ -144,7 +144,7 @@ impl Client {
         let spare = self
             .spare
             .lock()
-            .map_err(|_| Error::Internal("spare channel lock poisoned".into()))?
+            .map_err(|_| Error::bug("spare channel lock poisoned"))?
             .take();
         // One too old may have been closed by the rendezvous: dropped.
         let channel = match spare {
@@ -194,7 +194,7 @@ impl Client {
         let stamp =
             tokio::task::spawn_blocking(move || Stamp::solve(&key, now, difficulty, &mut entropy))
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(|e| Error::bug_from("the proof-of-work task", e))?;
         match self.call(&Up::Register(stamp)).await? {
             Down::Registered {
                 credential,
@@ -275,7 +275,7 @@ impl Client {
         version: u64,
         region: Option<&str>,
         want: u8,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<Vec<CandidateWire>> {
         let up = Up::Lookup {
             item,
             size,
@@ -397,7 +397,7 @@ impl Client {
     pub async fn open_session(
         &self,
         token: &Token,
-        announcement: Announcement,
+        announcement: AnnouncementWire,
     ) -> Result<LiveSession> {
         let mut ch = self.open().await?;
         let up = Up::OpenSession {

@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::msg::Refusal;
+use crate::refusal::Refusal;
 
 /// How credentials behave. Defaults follow DESIGN.md §4.
 #[derive(Clone, Debug, PartialEq, Eq)]

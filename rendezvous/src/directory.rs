@@ -3,7 +3,7 @@
 //!
 //! A [`Snapshot`] is encoded with postcard (field order as declared:
 //! epoch `varint`, generated `varint` Unix s, region `opt<str>`, peers
-//! `seq<Announcement>` in the layout of [`crate::msg`]) and signed with
+//! `seq<AnnouncementWire>` in the layout of [`crate::msg`]) and signed with
 //! Ed25519 (RFC 8032, via ring) over
 //!
 //! ```text
@@ -15,7 +15,7 @@
 //! `varint`, level_peers `[4]` of `varint`, counts `bytes`) and the
 //! context `b"anonmirror popularity counts v1\0"`.
 //!
-//! The signing key is the rendezvous's own, kept in the store; clients pin
+//! The signing key is the rendezvous's own, kept in the ledger; clients pin
 //! its public half next to the rendezvous's Noise key. Peers are ordered
 //! by session key, which is random per session, so the order says nothing
 //! about when a session opened.
@@ -24,7 +24,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::err::{Error, Result};
-use crate::msg::{Announcement, ByteBuf, MAX_COUNTS, MAX_DIRECTORY};
+use crate::msg::{AnnouncementWire, ByteBuf, MAX_COUNTS, MAX_DIRECTORY};
 
 const CONTEXT: &[u8] = b"anonmirror directory v1\0";
 const COUNTS_CONTEXT: &[u8] = b"anonmirror popularity counts v1\0";
@@ -58,7 +58,7 @@ pub struct Snapshot {
     /// The region, or all.
     pub region: Option<String>,
     /// The sessions' announcements.
-    pub peers: Vec<Announcement>,
+    pub peers: Vec<AnnouncementWire>,
 }
 
 /// The rendezvous's directory signing key.
@@ -75,14 +75,14 @@ impl SigningKey {
     pub fn generate_pkcs8() -> Result<Vec<u8>> {
         Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map(|d| d.as_ref().to_vec())
-            .map_err(|_| Error::Internal("Ed25519 key generation failed".into()))
+            .map_err(|_| Error::bug("Ed25519 key generation failed"))
     }
 
     /// Loads a stored key.
     pub fn from_pkcs8(bytes: &[u8]) -> Result<SigningKey> {
         Ed25519KeyPair::from_pkcs8(bytes)
             .map(SigningKey)
-            .map_err(|e| Error::store(format!("directory key: {e}")))
+            .map_err(|_| Error::LedgerCorrupt("directory key"))
     }
 
     /// The public key clients pin.
@@ -105,7 +105,8 @@ impl SigningKey {
     /// Each kind of signed object has its own context, so a signature over
     /// one can never pass for the other.
     fn sign_as<T: Serialize>(&self, context: &[u8], value: &T) -> Result<(Vec<u8>, [u8; 64])> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = postcard::to_allocvec(value)
+            .map_err(|e| Error::bug_from("encoding a signed value", e))?;
         let mut msg = context.to_vec();
         msg.extend_from_slice(&bytes);
         let mut sig = [0u8; 64];
@@ -170,7 +171,7 @@ fn verify_as<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::Contact;
+    use crate::msg::ContactWire;
     use anonmirror_core::PeerKey;
 
     #[test]
@@ -181,8 +182,8 @@ mod tests {
             epoch: 3,
             generated: 100,
             region: Some("eu".into()),
-            peers: vec![Announcement {
-                contact: Contact::from(std::net::SocketAddr::from(([192, 0, 2, 1], 1))),
+            peers: vec![AnnouncementWire {
+                contact: ContactWire::from(std::net::SocketAddr::from(([192, 0, 2, 1], 1))),
                 key: PeerKey([1; 32]),
                 max_clients: 1,
                 upload_rate: 1,

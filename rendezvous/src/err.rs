@@ -4,9 +4,11 @@
 //! those reach a log only through [`anonmirror_core::Sensitive`], and an
 //! error is the kind of thing that gets logged.
 
+use std::sync::Arc;
+
 use anonmirror_core::{ErrorKind, HasKind};
 
-use crate::msg::Refusal;
+use crate::refusal::Refusal;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,11 @@ pub enum Error {
     /// (client side).
     #[error("the rendezvous refused: {0}")]
     Refused(Refusal),
+    /// A contact to announce is a DNS name: only an IP address or an
+    /// onion service can be announced (the local configuration is at
+    /// fault).
+    #[error("only an IP address or an onion service can be announced, not a name")]
+    NameNotAnnounceable,
     /// The Noise channel failed; its own error says who is to blame.
     #[error("channel: {0}")]
     Channel(#[from] anonmirror_channel::Error),
@@ -74,9 +81,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// The durable store failed (disk, permissions, corruption).
-    #[error("store: {0}")]
-    Store(String),
+    /// The ledger's database failed (disk, permissions, or corruption
+    /// redb found). Shared, because one failed group commit answers every
+    /// spend that was in it.
+    #[error("ledger: {0}")]
+    Ledger(#[source] Arc<redb::Error>),
+    /// A value in the ledger does not parse (corruption, or a ledger
+    /// written by an incompatible version); names which value.
+    #[error("the ledger holds a bad {0}")]
+    LedgerCorrupt(&'static str),
+    /// The group commit a token's spend was part of failed; each spend in
+    /// it gets the one error.
+    #[error("spending tokens: {0}")]
+    SpendFailed(#[source] Arc<Error>),
     /// Local I/O failed (sockets, files).
     #[error("{what}: {source}")]
     Io {
@@ -86,10 +103,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A cryptographic library failed on input we produced ourselves, or an
-    /// owner task vanished: a bug.
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A library failed on input we produced ourselves, a task vanished,
+    /// or a bound we keep was broken: a bug.
+    #[error("internal: {what}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Internal {
+        /// What was being done.
+        what: &'static str,
+        /// The library's error, if one failed.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The rendezvous is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -105,8 +128,20 @@ impl Error {
         )
     }
 
-    pub(crate) fn store(e: impl std::fmt::Display) -> Error {
-        Error::Store(e.to_string())
+    /// A bug while doing `what`.
+    pub(crate) fn bug(what: &'static str) -> Error {
+        Error::Internal { what, source: None }
+    }
+
+    /// A bug: a library failed (`source`) while doing `what`.
+    pub(crate) fn bug_from(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Internal {
+            what,
+            source: Some(source.into()),
+        }
     }
 
     pub(crate) fn malformed(what: &'static str, reason: impl std::fmt::Display) -> Error {
@@ -129,10 +164,13 @@ impl HasKind for Error {
             | Error::NotifyUnauthorized => ErrorKind::PeerMisbehaved,
             Error::Refused(_) | Error::Gone(_) | Error::Connect(_) => ErrorKind::PeerUnavailable,
             Error::Channel(e) => e.kind(),
-            Error::Config { .. } => ErrorKind::LocalConfig,
+            Error::Config { .. } | Error::NameNotAnnounceable => ErrorKind::LocalConfig,
             Error::Upstream { .. } => ErrorKind::Upstream,
-            Error::Store(_) | Error::Io { .. } => ErrorKind::LocalIo,
-            Error::Internal(_) | Error::ShuttingDown => ErrorKind::Internal,
+            Error::Ledger(_)
+            | Error::LedgerCorrupt(_)
+            | Error::SpendFailed(_)
+            | Error::Io { .. } => ErrorKind::LocalIo,
+            Error::Internal { .. } | Error::ShuttingDown => ErrorKind::Internal,
         }
     }
 }
@@ -144,7 +182,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Error {
-                Error::store(e)
+                Error::Ledger(Arc::new(e.into()))
             }
         }
     )*};
@@ -179,7 +217,12 @@ mod tests {
             .kind(),
             ErrorKind::LocalConfig
         );
-        assert_eq!(Error::Store("disk".into()).kind(), ErrorKind::LocalIo);
+        let disk = Error::from(redb::StorageError::from(std::io::Error::other("disk")));
+        assert_eq!(disk.kind(), ErrorKind::LocalIo);
+        assert_eq!(
+            Error::SpendFailed(Arc::new(disk)).kind(),
+            ErrorKind::LocalIo
+        );
         assert_eq!(Error::Gone("ping").kind(), ErrorKind::PeerUnavailable);
     }
 }

@@ -161,12 +161,36 @@ pub struct ItemProbe {
     pub words: [u64; PROBE_WORDS],
 }
 
+/// Why a [`ReportSink`] rejected a popularity report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportRejected {
+    /// The report does not decode, or does not fit the counts of its
+    /// epoch (the reporting peer is at fault); the source is the report
+    /// format's own error.
+    #[error("malformed popularity report: {0}")]
+    Malformed(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The report names another epoch than the token that paid for it (the
+    /// reporting peer is at fault).
+    #[error("report for {claimed}, paid for in {paid}")]
+    WrongEpoch {
+        /// The epoch the report names.
+        claimed: Epoch,
+        /// The epoch of the token's key.
+        paid: Epoch,
+    },
+    /// The sink cannot take reports any more (a bug: its lock is
+    /// poisoned).
+    #[error("the report sink is broken")]
+    Broken,
+}
+
 /// Takes popularity reports, one per spent token.
 pub trait ReportSink: Send + Sync + 'static {
     /// Accept one report for `epoch`. The rendezvous has already spent the
     /// token that paid for it; the sink validates the report's format and
     /// adds it to the epoch's counts, or rejects it (`Err` with why).
-    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), String>;
+    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), ReportRejected>;
 
     /// The counts to publish while `current` is the epoch: those of the
     /// latest epoch before `current` that has any, encoded for peers
@@ -309,10 +333,10 @@ impl CollectingSink {
 }
 
 impl ReportSink for CollectingSink {
-    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), String> {
+    fn accept(&self, epoch: Epoch, report: &[u8]) -> Result<(), ReportRejected> {
         self.reports
             .lock()
-            .map_err(|_| "poisoned".to_owned())?
+            .map_err(|_| ReportRejected::Broken)?
             .push((epoch, report.to_vec()));
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! It registers anonymous, expiring credentials ([`credential`], with a
 //! proof-of-work, [`pow`]); sells each credential a bounded number of
-//! blinded Privacy Pass tokens per epoch ([`token`], keys in [`store`]);
+//! blinded Privacy Pass tokens per epoch ([`token`], keys in [`ledger`]);
 //! lets a peer open an announcement session by spending one token
 //! ([`session`]); answers anonymous lookups and serves signed directory
 //! snapshots ([`directory`]); takes reports of sessions that served bad
@@ -34,11 +34,12 @@ pub mod credential;
 pub mod directory;
 pub mod err;
 pub mod hooks;
+pub mod ledger;
 pub mod msg;
 pub mod pow;
+pub mod refusal;
 pub mod server;
 pub mod session;
-pub mod store;
 pub mod token;
 pub mod upstream;
 
@@ -46,7 +47,8 @@ pub use client::{Backoff, Client, LiveSession, SessionEvent, Token};
 pub use directory::PublishedCounts;
 pub use err::{Error, Result};
 pub use hooks::{
-    CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportSink, SortedKeysFilter,
+    CollectingSink, FilterCheck, ItemProbe, PreparedFilter, ReportRejected, ReportSink,
+    SortedKeysFilter,
 };
 pub use server::{Rendezvous, ServerConfig, channel_params};
 pub use upstream::{UpstreamIndex, WatchConfig};

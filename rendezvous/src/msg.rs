@@ -30,7 +30,7 @@
 //! | `00` | `Register` | time `varint`(u64), random `[16]`, counter `varint`(u64): a [`Stamp`] |
 //! | `01` | `Keys` | — |
 //! | `02` | `Issue` | credential `[32]`, epoch `varint`, requests `seq<bytes>` (1 ..= [`MAX_ISSUE`], each exactly 259 bytes) |
-//! | `03` | `OpenSession` | token `bytes` (354), announcement [`Announcement`] |
+//! | `03` | `OpenSession` | token `bytes` (354), announcement [`AnnouncementWire`] |
 //! | `04` | `Pong` | nonce `varint`(u64) |
 //! | `05` | `Lookup` | item `[32]`, size `varint`(u64), repository `str`, version `varint`, region `opt<str>`, want `varint`(u8, 1 ..= [`MAX_WANT`]) |
 //! | `06` | `Directory` | region `opt<str>` |
@@ -39,16 +39,17 @@
 //! | `09` | `Popularity` | token `bytes` (354), report `bytes` (1 ..= [`MAX_REPORT`]) |
 //! | `0a` | `PopularityCounts` | — |
 //!
-//! [`Announcement`]: contact [`Contact`], key `[32]` (this session's Noise
-//! static key), max_clients `varint`(u32, ≥ 1), upload_rate `varint`(u64
-//! bytes/s, ≥ 1), region `opt<str>` (1 ..= 16 bytes, `[a-z0-9-]`),
-//! snapshots `seq<(str, varint)>` (≤ [`MAX_REPOSITORIES`], repository
-//! names 1 ..= [`MAX_NAME`] bytes, strictly ascending), filter `bytes`
-//! (≤ [`MAX_FILTER`]).
+//! [`AnnouncementWire`]: contact [`ContactWire`], key `[32]` (this
+//! session's Noise static key), max_clients `varint`(u32, ≥ 1), upload_rate
+//! `varint`(u64 bytes/s, ≥ 1), region `opt<str>` (1 ..= 16 bytes,
+//! `[a-z0-9-]`), snapshots `seq<(str, varint)>` (≤ [`MAX_REPOSITORIES`],
+//! repository names 1 ..= [`MAX_NAME`] bytes, strictly ascending), filter
+//! `bytes` (≤ [`MAX_FILTER`]).
 //!
-//! [`Contact`]: `00` `Tcp` then ip ([`Ip`]: `00` then `[4]`, or `01` then
-//! `[16]`) and port `varint`(u16, ≠ 0); or `01` `Onion` then host `str` (a
-//! v3 onion address: 56 characters `[a-z2-7]` and `.onion`) and port.
+//! [`ContactWire`]: `00` `Tcp` then ip ([`Ip`]: `00` then `[4]`, or `01`
+//! then `[16]`) and port `varint`(u16, ≠ 0); or `01` `Onion` then host
+//! `str` (a v3 onion address: 56 characters `[a-z2-7]` and `.onion`) and
+//! port.
 //!
 //! ## Rendezvous to initiator: [`Down`]
 //!
@@ -60,7 +61,7 @@
 //! | `03` | `SessionOpened` | ping_secs `varint`(u32), silence_secs `varint`(u32) |
 //! | `04` | `Ping` | nonce `varint`(u64) |
 //! | `05` | `SnapshotChanged` | repository `str`, version `varint` |
-//! | `06` | `Peers` | candidates `seq<`[`Candidate`]`>` (≤ [`MAX_WANT`]): contact, key `[32]`, region `opt<str>`, level `u8`, epoch `varint` |
+//! | `06` | `Peers` | candidates `seq<`[`CandidateWire`]`>` (≤ [`MAX_WANT`]): contact, key `[32]`, region `opt<str>`, level `u8`, epoch `varint` |
 //! | `07` | `DirectoryHead` | total `varint`(u64 bytes, ≤ [`MAX_DIRECTORY`]), signature `[64]` (Ed25519) |
 //! | `08` | `DirectoryPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
 //! | `09` | `Ack` | — |
@@ -88,18 +89,21 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use anonmirror_core::Contact;
 use anonmirror_core::{ItemKey, PeerKey};
+// The channel's own bound: one rendezvous message is one channel message.
+use anonmirror_channel::noise::MAX_MESSAGE;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::err::{Error, Result};
 use crate::pow::Stamp;
+/// Why the rendezvous said no: encoded in `Down::Refused`.
+pub use crate::refusal::Refusal;
 use crate::token::{TOKEN_LEN, TOKEN_REQUEST_LEN, TOKEN_RESPONSE_LEN};
 
 /// The largest published popularity counts: announce's largest counting
 /// array (2²² cells) at 5 bytes a cell, and room for the envelope.
 pub const MAX_COUNTS: u64 = 24 << 20;
-/// The most bytes one message may take (a Noise message minus its tag).
-pub const MAX_MESSAGE: usize = 65_535 - 16;
 /// The most token requests in one `Issue`.
 pub const MAX_ISSUE: usize = 64;
 /// The most candidates a lookup may ask for.
@@ -130,9 +134,13 @@ pub enum Ip {
     V6([u8; 16]),
 }
 
-/// Where a serving peer takes connections, for this session.
+/// Where a serving peer takes connections, for this session, as it travels
+/// in an announcement and a lookup's answer. The domain type is
+/// [`Contact`]; the two convert only here (`From<ContactWire> for
+/// Contact`, `TryFrom<Contact> for ContactWire`). A name contact
+/// (`Contact::Host`) cannot be announced: it has no wire form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Contact {
+pub enum ContactWire {
     /// Clearnet TCP.
     Tcp {
         /// The address.
@@ -149,26 +157,26 @@ pub enum Contact {
     },
 }
 
-impl Contact {
+impl ContactWire {
     /// The TCP socket address, if it is one.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
-            Contact::Tcp { ip, port } => Some(SocketAddr::new(
+            ContactWire::Tcp { ip, port } => Some(SocketAddr::new(
                 match ip {
                     Ip::V4(b) => IpAddr::V4(Ipv4Addr::from(*b)),
                     Ip::V6(b) => IpAddr::V6(Ipv6Addr::from(*b)),
                 },
                 *port,
             )),
-            Contact::Onion { .. } => None,
+            ContactWire::Onion { .. } => None,
         }
     }
 
     fn check(&self) -> Result<()> {
         match self {
-            Contact::Tcp { port, .. } if *port == 0 => Err(bound("contact port 0")),
-            Contact::Tcp { .. } => Ok(()),
-            Contact::Onion { host, port } => {
+            ContactWire::Tcp { port, .. } if *port == 0 => Err(bound("contact port 0")),
+            ContactWire::Tcp { .. } => Ok(()),
+            ContactWire::Onion { host, port } => {
                 let name = host.strip_suffix(".onion").unwrap_or("");
                 let ok = *port != 0
                     && name.len() == 56
@@ -185,31 +193,63 @@ impl Contact {
     }
 }
 
-impl From<SocketAddr> for Contact {
-    fn from(a: SocketAddr) -> Contact {
+impl From<SocketAddr> for ContactWire {
+    fn from(a: SocketAddr) -> ContactWire {
         let ip = match a.ip() {
             IpAddr::V4(v) => Ip::V4(v.octets()),
             IpAddr::V6(v) => Ip::V6(v.octets()),
         };
-        Contact::Tcp { ip, port: a.port() }
+        ContactWire::Tcp { ip, port: a.port() }
     }
 }
 
-impl std::fmt::Display for Contact {
+impl From<ContactWire> for Contact {
+    fn from(c: ContactWire) -> Contact {
+        match c {
+            ContactWire::Tcp { ip, port } => Contact::Tcp(SocketAddr::new(
+                match ip {
+                    Ip::V4(b) => IpAddr::V4(Ipv4Addr::from(b)),
+                    Ip::V6(b) => IpAddr::V6(Ipv6Addr::from(b)),
+                },
+                port,
+            )),
+            ContactWire::Onion { host, port } => Contact::Onion { host, port },
+        }
+    }
+}
+
+impl TryFrom<Contact> for ContactWire {
+    type Error = Error;
+
+    /// Refuses a name (`Contact::Host`): only an address or an onion
+    /// service can be announced.
+    fn try_from(c: Contact) -> Result<ContactWire> {
+        match c {
+            Contact::Tcp(addr) => Ok(ContactWire::from(addr)),
+            Contact::Onion { host, port } => Ok(ContactWire::Onion { host, port }),
+            // `Contact::Host`, and whatever else has no wire form.
+            _ => Err(Error::NameNotAnnounceable),
+        }
+    }
+}
+
+impl std::fmt::Display for ContactWire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self, self.socket_addr()) {
             (_, Some(a)) => write!(f, "tcp:{a}"),
-            (Contact::Onion { host, port }, None) => write!(f, "onion:{host}:{port}"),
+            (ContactWire::Onion { host, port }, None) => write!(f, "onion:{host}:{port}"),
             _ => f.write_str("?"),
         }
     }
 }
 
-/// What a serving peer announces when it opens a session.
+/// What a serving peer announces when it opens a session: the message
+/// that carries its announcement filter (announce's `Announcement`, opaque
+/// here) with the session's contact, key and limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Announcement {
+pub struct AnnouncementWire {
     /// Where clients reach it during this session.
-    pub contact: Contact,
+    pub contact: ContactWire,
     /// Its Noise static key for this session only.
     pub key: PeerKey,
     /// Clients it serves at once.
@@ -225,7 +265,7 @@ pub struct Announcement {
     pub filter: Vec<u8>,
 }
 
-impl Announcement {
+impl AnnouncementWire {
     fn check(&self) -> Result<()> {
         self.contact.check()?;
         if self.max_clients == 0 || self.upload_rate == 0 {
@@ -266,11 +306,12 @@ pub struct PublishedKey {
     pub key: Vec<u8>,
 }
 
-/// A peer offered by a lookup.
+/// A peer offered by a lookup, as it travels (the mirror turns it into
+/// the candidate it dials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Candidate {
+pub struct CandidateWire {
     /// Where to reach it.
-    pub contact: Contact,
+    pub contact: ContactWire,
     /// Its session's Noise static key, to pin in the NK handshake.
     pub key: PeerKey,
     /// Its region.
@@ -281,44 +322,6 @@ pub struct Candidate {
     pub level: u8,
     /// The epoch of its session.
     pub epoch: u64,
-}
-
-/// Why the rendezvous said no.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The request was malformed or out of place.
-    BadRequest,
-    /// The proof-of-work was wrong, stale or reused.
-    ProofOfWork,
-    /// No such credential (never issued, or swept as expired or dormant).
-    UnknownCredential,
-    /// The credential is past its validity.
-    CredentialExpired,
-    /// The credential was revoked for abuse and is cooling off.
-    CredentialBlacklisted,
-    /// The credential has had its tokens for this epoch.
-    QuotaExhausted,
-    /// The token does not verify.
-    TokenInvalid,
-    /// The token was spent already.
-    TokenSpent,
-    /// The token's key is not accepted (retired, or not yet current).
-    TokenKeyRetired,
-    /// The contact is cooling off after reports of bad data.
-    ContactRefused,
-    /// `notify` without the right secret.
-    NotifyUnauthorized,
-    /// Too many sessions or requests right now.
-    Busy,
-    /// The rendezvous is shutting down.
-    ShuttingDown,
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
 }
 
 /// Initiator to rendezvous. See the module docs for the bytes.
@@ -342,7 +345,7 @@ pub enum Up {
         /// One token.
         token: ByteBuf,
         /// What the session announces.
-        announcement: Announcement,
+        announcement: AnnouncementWire,
     },
     /// Answer to a ping.
     Pong {
@@ -442,7 +445,7 @@ pub enum Down {
         version: u64,
     },
     /// Lookup answer.
-    Peers(Vec<Candidate>),
+    Peers(Vec<CandidateWire>),
     /// Start of a signed directory.
     DirectoryHead {
         /// Bytes of the snapshot.
@@ -562,7 +565,8 @@ fn decode_canonical<T: Serialize + DeserializeOwned>(
     if !rest.is_empty() {
         return Err(Error::malformed(what, "trailing bytes"));
     }
-    let again = postcard::to_allocvec(&msg).map_err(|e| Error::Internal(e.to_string()))?;
+    let again =
+        postcard::to_allocvec(&msg).map_err(|e| Error::bug_from("re-encoding a message", e))?;
     if again != input {
         return Err(Error::malformed(what, "non-canonical encoding"));
     }
@@ -570,12 +574,9 @@ fn decode_canonical<T: Serialize + DeserializeOwned>(
 }
 
 fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let bytes = postcard::to_allocvec(msg).map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes = postcard::to_allocvec(msg).map_err(|e| Error::bug_from("encoding a message", e))?;
     if bytes.len() > MAX_MESSAGE {
-        return Err(Error::Internal(format!(
-            "a message of {} bytes does not fit a channel message",
-            bytes.len()
-        )));
+        return Err(Error::bug("a message that does not fit a channel message"));
     }
     Ok(bytes)
 }

@@ -1,9 +1,10 @@
 //! The live peer directory: sessions, pings, lookup and reports, as a
 //! sans-I/O table (values and `now` in, values out).
 //!
-//! A session is what one spent token buys: an [`Announcement`] (contact,
-//! a Noise static key fresh for this session, limits, optional region,
-//! snapshot versions, announcement filter) under a random [`SessionId`].
+//! A session is what one spent token buys: an announcement
+//! ([`AnnouncementWire`]: contact, a Noise static key fresh for this
+//! session, limits, optional region, snapshot versions, announcement
+//! filter) under a random [`SessionId`].
 //! It lives while the peer answers pings: the driver pings every
 //! `ping_interval` and calls [`SessionTable::heard`] on every message from
 //! the peer; [`SessionTable::expire`] drops sessions silent for longer than
@@ -87,8 +88,18 @@ use std::time::{Duration, Instant};
 
 use anonmirror_core::{Entropy, Epoch, ItemKey, PeerKey};
 
-use crate::hooks::{BitLayout, FilterCheck, ItemProbe, PreparedFilter};
-use crate::msg::{Announcement, Candidate, Contact, Refusal};
+use crate::hooks::{BitLayout, FilterCheck, PreparedFilter};
+use crate::msg::{AnnouncementWire, ContactWire};
+use crate::refusal::Refusal;
+
+mod entropy;
+mod lookup;
+mod scratch;
+mod slices;
+
+pub use entropy::BufferedEntropy;
+use scratch::{Probed, Scratch};
+use slices::{Slices, pack, set_bits, unpack};
 
 /// How sessions behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,7 +142,7 @@ pub struct SessionId(pub u64);
 #[derive(Debug)]
 struct Entry {
     id: SessionId,
-    ann: Announcement,
+    ann: AnnouncementWire,
     /// What the filter check made of `ann.filter` at open.
     prepared: PreparedFilter,
     last_heard: Instant,
@@ -214,68 +225,6 @@ impl Entry {
     }
 }
 
-/// A sparse bit array as the gaps between its set bits (the first from
-/// bit 0), each a LEB128 varint: a filter holding a few hundred items in
-/// room for thousands takes about a byte per set bit instead of a byte
-/// per eight bits. `None` when that is not at most half the array.
-fn pack(bits: &[u8]) -> Option<Box<[u8]>> {
-    let mut out = Vec::new();
-    let mut prev = 0usize;
-    for p in set_bits(bits) {
-        let mut gap = p - prev;
-        prev = p;
-        loop {
-            let b = (gap & 0x7f) as u8;
-            gap >>= 7;
-            if gap == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-        if 2 * out.len() > bits.len() {
-            return None;
-        }
-    }
-    Some(out.into_boxed_slice())
-}
-
-/// The positions [`pack`] packed, ascending.
-fn unpack(packed: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    let mut i = 0;
-    let mut pos = 0usize;
-    std::iter::from_fn(move || {
-        let mut gap = 0usize;
-        let mut shift = 0;
-        loop {
-            let b = *packed.get(i)?;
-            i += 1;
-            gap |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        pos += gap;
-        Some(pos)
-    })
-}
-
-/// The set bits of a bit array (bit `p` is bit `p % 8` of byte `p / 8`).
-fn set_bits(bits: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    bits.iter().enumerate().flat_map(|(i, &b)| {
-        let mut b = b;
-        std::iter::from_fn(move || {
-            if b == 0 {
-                return None;
-            }
-            let p = i * 8 + b.trailing_zeros() as usize;
-            b &= b - 1;
-            Some(p)
-        })
-    })
-}
-
 /// Sessions whose filters share a bit layout and a region.
 #[derive(Debug)]
 struct Group {
@@ -291,147 +240,6 @@ struct Group {
 /// of it goes back to loose (so a layout few sessions use, e.g. a
 /// peer's odd filter size, costs no more than its filters).
 pub const SLICE_MIN: usize = 64;
-
-/// Words of a column ANDed before checking whether any member is left.
-const BLOCK_WORDS: usize = 64;
-
-/// A group's filters, transposed: `cols[p * w + i / 64]` holds bit `p` of
-/// the filter of member `i` (bit `i % 64`), where `w` is the words per
-/// column. Each column is contiguous, so finding an item's holders reads
-/// its few columns front to back (the hardware prefetches them) rather
-/// than touching one cache line per member.
-#[derive(Debug)]
-struct Slices {
-    bits: usize,
-    /// Words per column.
-    w: usize,
-    cols: Vec<u64>,
-}
-
-impl Slices {
-    fn new(bits: usize) -> Slices {
-        Slices {
-            bits,
-            w: 0,
-            cols: Vec::new(),
-        }
-    }
-
-    /// Words per column for `n` members, with an eighth to spare: growth
-    /// moves the columns (copies them all) once per eighth more members,
-    /// and the spare room costs an eighth more memory.
-    fn words_for(n: usize) -> usize {
-        (n.div_ceil(64) + n.div_ceil(64 * 8)).max(1)
-    }
-
-    /// Makes room for `n` members.
-    fn reserve(&mut self, n: usize) {
-        if n > self.w * 64 {
-            self.relayout(Self::words_for(n));
-        }
-    }
-
-    /// Gives back room when `n` members fill less than half of it (the
-    /// bits of members beyond `n` are all clear).
-    fn shrink(&mut self, n: usize) {
-        if 2 * n.div_ceil(64) < self.w && self.w > 1 {
-            self.relayout(Self::words_for(n));
-        }
-    }
-
-    fn relayout(&mut self, w: usize) {
-        let keep = self.w.min(w);
-        let mut new = vec![0u64; self.bits * w];
-        if self.w > 0 {
-            for (to, from) in new.chunks_exact_mut(w).zip(self.cols.chunks_exact(self.w)) {
-                to[..keep].copy_from_slice(&from[..keep]);
-            }
-        }
-        self.cols = new;
-        self.w = w;
-    }
-
-    /// Sets or clears, for member `i`, the bits at `positions`.
-    fn apply(&mut self, i: usize, positions: impl Iterator<Item = usize>, on: bool) {
-        let w = self.w;
-        let bit = 1u64 << (i % 64);
-        for p in positions.take_while(|p| *p < self.bits) {
-            if let Some(word) = self.cols.get_mut(p * w + i / 64) {
-                if on {
-                    *word |= bit;
-                } else {
-                    *word &= !bit;
-                }
-            }
-        }
-    }
-
-    /// Appends, for each 64 members whose filters have every bit of
-    /// `positions` set, a [`Hit`] for `group`; returns how many members.
-    fn holders(&self, members: usize, positions: &[u32], group: u32, hits: &mut Vec<Hit>) -> u64 {
-        let mut total = 0;
-        let n = members.div_ceil(64).min(self.w);
-        let w = self.w;
-        let cols: Vec<&[u64]> = positions
-            .iter()
-            .filter_map(|&p| self.cols.get(p as usize * w..p as usize * w + n))
-            .collect();
-        if cols.len() != positions.len() || cols.is_empty() {
-            return 0;
-        }
-        let mut acc = [0u64; BLOCK_WORDS];
-        let mut start = 0;
-        while start < n {
-            let len = BLOCK_WORDS.min(n - start);
-            let acc = &mut acc[..len];
-            acc.copy_from_slice(&cols[0][start..start + len]);
-            for col in &cols[1..] {
-                let mut any = 0;
-                for (a, x) in acc.iter_mut().zip(&col[start..start + len]) {
-                    *a &= x;
-                    any |= *a;
-                }
-                if any == 0 {
-                    break;
-                }
-            }
-            for (k, &word) in acc.iter().enumerate() {
-                if word != 0 {
-                    total += u64::from(word.count_ones());
-                    hits.push(Hit {
-                        group,
-                        base: ((start + k) * 64) as u32,
-                        word,
-                    });
-                }
-            }
-            start += len;
-        }
-        total
-    }
-}
-
-/// 64 members of a group, some of which hold the item looked up.
-#[derive(Clone, Copy, Debug)]
-struct Hit {
-    group: u32,
-    /// The member index of the word's bit 0.
-    base: u32,
-    word: u64,
-}
-
-/// What a lookup reuses from one to the next.
-#[derive(Debug, Default)]
-struct Scratch {
-    positions: Vec<u32>,
-    hits: Vec<Hit>,
-    /// Holders up to and including each hit.
-    upto: Vec<u64>,
-    /// Loose sessions of the tier found to hold the item.
-    loose: Vec<u32>,
-    /// Every holder, when there are few enough to consider each.
-    every: Vec<u32>,
-}
 
 /// What a lookup asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -477,7 +285,7 @@ pub struct SessionTable {
     by_key: HashMap<PeerKey, u32>,
     all: Vec<u32>,
     regions: HashMap<String, Vec<u32>>,
-    refused: HashMap<Contact, Instant>,
+    refused: HashMap<ContactWire, Instant>,
     /// Silence deadlines, soonest first; an entry is stale once its session
     /// is gone or was heard again (a newer entry then stands for it).
     deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
@@ -569,7 +377,7 @@ impl SessionTable {
     /// Opens a session (its token already spent by the caller).
     pub fn open(
         &mut self,
-        ann: Announcement,
+        ann: AnnouncementWire,
         now: Instant,
         rng: &mut dyn Entropy,
     ) -> Result<SessionId, Refusal> {
@@ -912,8 +720,8 @@ impl SessionTable {
 
     /// Every live announcement of `region` (all when `None`), ordered by
     /// session key (random per session, so the order leaks nothing).
-    pub fn announcements(&self, region: Option<&str>) -> Vec<Announcement> {
-        let mut v: Vec<Announcement> = self
+    pub fn announcements(&self, region: Option<&str>) -> Vec<AnnouncementWire> {
+        let mut v: Vec<AnnouncementWire> = self
             .slots
             .iter()
             .flatten()
@@ -924,7 +732,7 @@ impl SessionTable {
                     .and_then(|(g, _)| self.groups.get(g as usize)?.as_ref())
                     .map(|g| g.layout);
                 match layout {
-                    Some(l) if e.packed.is_some() => Announcement {
+                    Some(l) if e.packed.is_some() => AnnouncementWire {
                         filter: e.filter(&l),
                         ..e.ann.clone()
                     },
@@ -935,306 +743,6 @@ impl SessionTable {
         v.sort_by_key(|a| a.key);
         v
     }
-
-    /// Peers for an item; see the module docs. Each returned candidate
-    /// counts as an assignment at `now`.
-    pub fn lookup(&mut self, q: &Query<'_>, now: Instant, rng: &mut dyn Entropy) -> Vec<Candidate> {
-        let want = q.want;
-        let mut out = Vec::with_capacity(want);
-        if want == 0 {
-            return out;
-        }
-        let probe = self.filter.probe(q.item, self.epoch);
-        self.probed.begin(2 * self.cfg.max_probes);
-        let mut pool: Vec<u32> = Vec::new();
-        let target = POOL_PER_WANT * want;
-        for region_tier in [true, false] {
-            if out.len() >= want {
-                break;
-            }
-            if region_tier && q.region.is_none() {
-                continue;
-            }
-            // The region tier's groups are those of the client's region;
-            // the other tier's, every other group (the client's region's
-            // holders were all considered already).
-            let sliced = self.sliced_holders(&probe, q.region, region_tier);
-            pool.clear();
-            // Only the probed slots are copied out of the tier (at most
-            // `max_probes`), never the tier itself: a lookup's cost must not
-            // grow with the directory.
-            let order: Vec<u32> = {
-                let ids: &[u32] = if region_tier {
-                    q.region
-                        .and_then(|r| self.regions.get(r))
-                        .map_or(&[], Vec::as_slice)
-                } else {
-                    &self.all
-                };
-                probe_order(ids.len(), self.cfg.max_probes, rng)
-                    .into_iter()
-                    .map(|i| ids[i])
-                    .collect()
-            };
-            let mut loose = std::mem::take(&mut self.scratch.loose);
-            loose.clear();
-            'probing: for batch in order.chunks(BATCH) {
-                // Filter tests first, all of the batch: they are pure and
-                // independent, so their cache misses overlap.
-                let mut holds = [false; BATCH];
-                {
-                    let mut filters = [(&[][..], &PreparedFilter::INVALID); BATCH];
-                    for (f, &slot) in filters.iter_mut().zip(batch) {
-                        if let Some(e) = self.slots.get(slot as usize).and_then(Option::as_ref) {
-                            *f = (&e.ann.filter[..], &e.prepared);
-                        }
-                    }
-                    let n = batch.len();
-                    self.filter
-                        .holds_many(&filters[..n], &probe, &mut holds[..n]);
-                }
-                for (&slot, &held) in batch.iter().zip(&holds) {
-                    if !self.probed.insert(slot) || !held {
-                        continue;
-                    }
-                    if sliced > 0 {
-                        // Drawn from below, together with the groups'.
-                        loose.push(slot);
-                        continue;
-                    }
-                    if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
-                        && usable(e, q, now)
-                    {
-                        pool.push(slot);
-                        // Enough to choose `want` by two random choices:
-                        // each further probe is a cache miss or two and
-                        // changes little (a popular item would otherwise
-                        // cost the full `max_probes`).
-                        if pool.len() >= target {
-                            break 'probing;
-                        }
-                    }
-                }
-            }
-            if sliced > 0 {
-                self.draw(&loose, sliced, target, q, now, rng, &mut pool);
-            }
-            self.scratch.loose = loose;
-            while out.len() < want && !pool.is_empty() {
-                let a = rng.below(pool.len() as u64) as usize;
-                let b = rng.below(pool.len() as u64) as usize;
-                let pick = if self.load_less(pool[b], pool[a]) {
-                    b
-                } else {
-                    a
-                };
-                let slot = pool.swap_remove(pick);
-                let window = self.cfg.assignment_window;
-                if let Some(e) = self.entry_mut(slot) {
-                    // Kept in order of expiry, so that expired ones are
-                    // dropped from the front without scanning the rest.
-                    let until = now + assignment_time(q.size, e.ann.upload_rate, window);
-                    let at = e.assignments.partition_point(|x| *x <= until);
-                    e.assignments.insert(at, until);
-                    out.push(Candidate {
-                        contact: e.ann.contact.clone(),
-                        key: e.ann.key,
-                        region: e.ann.region.clone(),
-                        level: e.prepared.level.unwrap_or(0),
-                        epoch: self.epoch.0,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    /// The holders of `probe`'s item in the sliced groups of a tier (the
-    /// client's region's groups, or every other group) into
-    /// `scratch.hits` and `scratch.upto`; returns how many.
-    fn sliced_holders(
-        &mut self,
-        probe: &ItemProbe,
-        region: Option<&str>,
-        region_tier: bool,
-    ) -> u64 {
-        let sc = &mut self.scratch;
-        sc.hits.clear();
-        sc.upto.clear();
-        let mut total = 0;
-        for &g in &self.sliced {
-            let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) else {
-                continue;
-            };
-            let Some(slices) = &group.slices else {
-                continue;
-            };
-            let mine = region.is_some() && group.region.as_deref() == region;
-            if mine != region_tier {
-                continue;
-            }
-            if !self
-                .filter
-                .positions(probe, &group.layout, &mut sc.positions)
-                || sc.positions.is_empty()
-            {
-                continue;
-            }
-            let from = sc.hits.len();
-            total += slices.holders(group.members.len(), &sc.positions, g, &mut sc.hits);
-            let mut acc = sc.upto.last().copied().unwrap_or(0);
-            for h in &sc.hits[from..] {
-                acc += u64::from(h.word.count_ones());
-                sc.upto.push(acc);
-            }
-        }
-        total
-    }
-
-    /// The slot of holder `r` (below the sliced holders' count) of
-    /// `scratch.hits`.
-    fn sliced_holder(&self, r: u64) -> Option<u32> {
-        let sc = &self.scratch;
-        let k = sc.upto.partition_point(|&c| c <= r);
-        let hit = sc.hits.get(k)?;
-        let before = if k == 0 { 0 } else { sc.upto[k - 1] };
-        let mut word = hit.word;
-        for _ in 0..(r - before) {
-            word &= word - 1;
-        }
-        let member = hit.base as usize + word.trailing_zeros() as usize;
-        self.groups
-            .get(hit.group as usize)?
-            .as_ref()?
-            .members
-            .get(member)
-            .copied()
-    }
-
-    /// Fills `pool` with up to `target` eligible holders drawn from the
-    /// tier's `sliced` group holders and its `loose` holders: each of them
-    /// in a random rotation when there are at most `max_probes`, else
-    /// `max_probes` uniform draws.
-    #[allow(clippy::too_many_arguments)]
-    fn draw(
-        &mut self,
-        loose: &[u32],
-        sliced: u64,
-        target: usize,
-        q: &Query<'_>,
-        now: Instant,
-        rng: &mut dyn Entropy,
-        pool: &mut Vec<u32>,
-    ) {
-        let total = sliced + loose.len() as u64;
-        let holder = |t: &Self, r: u64| -> Option<u32> {
-            if r < sliced {
-                t.sliced_holder(r)
-            } else {
-                loose.get((r - sliced) as usize).copied()
-            }
-        };
-        if total <= self.cfg.max_probes as u64 {
-            let mut every = std::mem::take(&mut self.scratch.every);
-            every.clear();
-            for h in &self.scratch.hits {
-                let mut word = h.word;
-                while word != 0 {
-                    let member = h.base as usize + word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    if let Some(slot) = self.groups[h.group as usize]
-                        .as_ref()
-                        .and_then(|g| g.members.get(member))
-                    {
-                        every.push(*slot);
-                    }
-                }
-            }
-            every.extend_from_slice(loose);
-            if !every.is_empty() {
-                let start = rng.below(every.len() as u64) as usize;
-                every.rotate_left(start);
-            }
-            for batch in every.chunks(BATCH) {
-                if self.take_usable(batch, target, q, now, pool) {
-                    break;
-                }
-            }
-            self.scratch.every = every;
-            return;
-        }
-        let mut drawn = 0;
-        while drawn < self.cfg.max_probes {
-            let n = BATCH.min(self.cfg.max_probes - drawn);
-            drawn += n;
-            let mut batch = [u32::MAX; BATCH];
-            for b in &mut batch[..n] {
-                *b = holder(self, rng.below(total)).unwrap_or(u32::MAX);
-            }
-            if self.take_usable(&batch[..n], target, q, now, pool) {
-                break;
-            }
-        }
-    }
-
-    /// Adds the usable ones of `batch` (holders, not yet in `pool`) to
-    /// `pool` until it has `target`; true once it has.
-    fn take_usable(
-        &mut self,
-        batch: &[u32],
-        target: usize,
-        q: &Query<'_>,
-        now: Instant,
-        pool: &mut Vec<u32>,
-    ) -> bool {
-        // Read what `usable` reads of every entry of the batch first: the
-        // reads are independent, so their cache misses overlap instead of
-        // queueing one holder after another.
-        let mut warm = 0usize;
-        for &slot in batch {
-            if let Some(e) = self.entry(slot) {
-                for (repository, version) in &e.ann.snapshots {
-                    warm ^= repository.as_bytes().first().map_or(0, |b| usize::from(*b));
-                    warm ^= *version as usize;
-                }
-                warm ^= e.assignments.front().map_or(0, |_| 1);
-            }
-        }
-        std::hint::black_box(warm);
-        for &slot in batch {
-            if pool.contains(&slot) {
-                continue;
-            }
-            if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
-                && usable(e, q, now)
-            {
-                pool.push(slot);
-                if pool.len() >= target {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Whether `a` is less loaded than `b` (assignments per allowed client).
-    fn load_less(&self, a: u32, b: u32) -> bool {
-        match (self.entry(a), self.entry(b)) {
-            (Some(x), Some(y)) => {
-                (x.assignments.len() as u64) * u64::from(y.ann.max_clients)
-                    < (y.assignments.len() as u64) * u64::from(x.ann.max_clients)
-            }
-            _ => false,
-        }
-    }
-
-    /// Assignments currently counted against the session with `key`.
-    pub fn assignments_of(&self, key: &PeerKey) -> usize {
-        self.by_key
-            .get(key)
-            .and_then(|s| self.entry(*s))
-            .map_or(0, |e| e.assignments.len())
-    }
 }
 
 /// Whether `layout`'s bits lie within `filter`.
@@ -1242,21 +750,6 @@ fn layout_fits(layout: &BitLayout, filter: &[u8]) -> bool {
     (layout.offset as usize)
         .checked_add(layout.bits as usize / 8)
         .is_some_and(|end| layout.bits.is_multiple_of(8) && end <= filter.len())
-}
-
-/// Probes whose filter tests run together before any result is used.
-const BATCH: usize = 16;
-
-/// Whether a session whose filter holds the item is fresh enough and under
-/// its limit (forgetting assignments that have run out on the way).
-fn usable(e: &mut Entry, q: &Query<'_>, now: Instant) -> bool {
-    if e.ann.version_of(q.repository).is_none_or(|v| v < q.version) {
-        return false;
-    }
-    while e.assignments.front().is_some_and(|until| *until <= now) {
-        e.assignments.pop_front();
-    }
-    e.assignments.len() < e.ann.max_clients as usize
 }
 
 /// The least time an assignment counts: a connection and a handshake on a
@@ -1276,106 +769,6 @@ pub fn assignment_time(size: u64, upload_rate: u64, window: Duration) -> Duratio
     let secs = size as f64 / upload_rate.max(1) as f64;
     Duration::from_secs_f64(secs.min(window.as_secs_f64()))
         .clamp(MIN_ASSIGNMENT, window.max(MIN_ASSIGNMENT))
-}
-
-/// The slots a lookup has probed: open addressing over slot numbers,
-/// emptied in O(1) by bumping a generation (a lookup probes each session
-/// at most once across both tiers).
-#[derive(Debug, Default)]
-struct Probed {
-    /// `generation << 32 | slot`; other generations read as empty.
-    marks: Vec<u64>,
-    generation: u32,
-}
-
-impl Probed {
-    /// Starts a lookup of at most `n` probes.
-    fn begin(&mut self, n: usize) {
-        let cap = (2 * n).next_power_of_two().max(64);
-        if self.marks.len() < cap {
-            self.marks = vec![0; cap];
-            self.generation = 0;
-        }
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.marks.fill(0);
-            self.generation = 1;
-        }
-    }
-
-    /// Marks `slot`; false if it already was.
-    fn insert(&mut self, slot: u32) -> bool {
-        let mask = self.marks.len() - 1;
-        let tag = (u64::from(self.generation) << 32) | u64::from(slot);
-        let mut i = (u64::from(slot).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
-        loop {
-            let m = self.marks[i];
-            if m == tag {
-                return false;
-            }
-            if m >> 32 != u64::from(self.generation) {
-                self.marks[i] = tag;
-                return true;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-}
-
-/// A tier's probing stops once this many eligible sessions per wanted
-/// candidate are found.
-const POOL_PER_WANT: usize = 4;
-
-/// An [`Entropy`] that draws from `E` a block at a time: a lookup draws
-/// a few hundred small numbers (probes, two random choices), and one
-/// getrandom call (or XOF block) per number would cost more than the
-/// lookup itself. The bytes are `E`'s, unchanged; only the calls are
-/// batched. For choosing among peers, not for keys.
-#[derive(Clone, Debug)]
-pub struct BufferedEntropy<E> {
-    inner: E,
-    buf: Box<[u8; 4096]>,
-    pos: usize,
-}
-
-impl<E: Entropy> BufferedEntropy<E> {
-    /// Draws from `inner` 4 KiB at a time.
-    pub fn new(inner: E) -> Self {
-        BufferedEntropy {
-            inner,
-            buf: Box::new([0; 4096]),
-            pos: 4096,
-        }
-    }
-}
-
-impl<E: Entropy> Entropy for BufferedEntropy<E> {
-    fn fill(&mut self, mut dest: &mut [u8]) {
-        while !dest.is_empty() {
-            if self.pos == self.buf.len() {
-                self.inner.fill(&mut self.buf[..]);
-                self.pos = 0;
-            }
-            let n = dest.len().min(self.buf.len() - self.pos);
-            dest[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-            self.pos += n;
-            dest = &mut dest[n..];
-        }
-    }
-}
-
-/// Indices to probe in a tier of `len`: all of them from a random start
-/// when `len ≤ max`, else `max` random ones.
-fn probe_order(len: usize, max: usize, rng: &mut dyn Entropy) -> Vec<usize> {
-    if len == 0 {
-        return Vec::new();
-    }
-    if len <= max {
-        let start = rng.below(len as u64) as usize;
-        (0..len).map(|i| (start + i) % len).collect()
-    } else {
-        (0..max).map(|_| rng.below(len as u64) as usize).collect()
-    }
 }
 
 fn swap_remove(

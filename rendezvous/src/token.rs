@@ -26,7 +26,7 @@
 //! last byte.
 //!
 //! This module checks signatures and formats only: whether a nonce was
-//! spent already is the spent set's business ([`crate::store`]), so the
+//! spent already is the spent set's business ([`crate::ledger`]), so the
 //! check here is pure and can run on any task, in parallel.
 //!
 //! `privacypass` exposes issuance and redemption as `async` functions over
@@ -73,13 +73,13 @@ pub fn challenge() -> &'static TokenChallenge {
 fn challenge_digest() -> Result<[u8; 32]> {
     challenge()
         .digest()
-        .map_err(|e| Error::Internal(format!("challenge digest: {e}")))
+        .map_err(|e| Error::bug_from("challenge digest", e))
 }
 
 /// What a valid token proves once its signature checks: which key signed
 /// it, and the nonce that must be spent exactly once under that key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub struct VerifiedToken {
     /// SHA-256 of the signing key's SPKI.
     pub key_id: [u8; 32],
     /// The token's nonce.
@@ -107,7 +107,7 @@ pub trait TokenScheme: Send + Sync + 'static {
     fn public(&self, secret: &Self::Secret) -> Result<Self::Public>;
     /// The key id bound into every token the key signs.
     fn key_id(&self, public: &Self::Public) -> Result<[u8; 32]>;
-    /// The secret key as bytes, for the durable store.
+    /// The secret key as bytes, for the ledger.
     fn secret_to_bytes(&self, secret: &Self::Secret) -> Result<Vec<u8>>;
     /// The inverse of [`TokenScheme::secret_to_bytes`].
     fn secret_from_bytes(&self, bytes: &[u8]) -> Result<Self::Secret>;
@@ -120,7 +120,7 @@ pub trait TokenScheme: Send + Sync + 'static {
     fn issue(&self, secret: &Self::Secret, request: &[u8]) -> Result<Vec<u8>>;
     /// Checks a token's format and signature under `public` (rendezvous
     /// side). Does not look at whether it was spent.
-    fn verify(&self, public: &Self::Public, token: &[u8]) -> Result<Verified>;
+    fn verify(&self, public: &Self::Public, token: &[u8]) -> Result<VerifiedToken>;
     /// Blinds a fresh token request for `public` (peer side).
     fn request(&self, public: &Self::Public) -> Result<(Vec<u8>, Self::Pending)>;
     /// Unblinds the rendezvous's response into a token (peer side).
@@ -154,7 +154,7 @@ impl TokenScheme for PublicTokens {
 
     fn generate(&self) -> Result<IssuerKey> {
         IssuerKey::generate(&mut DefaultRng, KEY_BITS)
-            .map_err(|e| Error::Internal(format!("RSA key generation: {e}")))
+            .map_err(|e| Error::bug_from("RSA key generation", e))
     }
 
     fn public(&self, secret: &IssuerKey) -> Result<PublicKey> {
@@ -166,28 +166,28 @@ impl TokenScheme for PublicTokens {
         ring::digest::digest(&ring::digest::SHA256, &spki)
             .as_ref()
             .try_into()
-            .map_err(|_| Error::Internal("SHA-256 is 32 bytes".into()))
+            .map_err(|_| Error::bug("SHA-256 is 32 bytes"))
     }
 
     fn secret_to_bytes(&self, secret: &IssuerKey) -> Result<Vec<u8>> {
         secret
             .sk
             .to_der()
-            .map_err(|e| Error::Internal(format!("serializing an issuer key: {e}")))
+            .map_err(|e| Error::bug_from("serializing an issuer key", e))
     }
 
     fn secret_from_bytes(&self, bytes: &[u8]) -> Result<IssuerKey> {
         let sk = blind_rsa_signatures::SecretKey::from_der(bytes)
-            .map_err(|e| Error::store(format!("stored issuer key does not parse: {e}")))?;
+            .map_err(|_| Error::LedgerCorrupt("issuer key (does not parse)"))?;
         let pk = sk
             .public_key()
-            .map_err(|e| Error::store(format!("stored issuer key: {e}")))?;
+            .map_err(|_| Error::LedgerCorrupt("issuer key"))?;
         Ok(IssuerKey { pk, sk })
     }
 
     fn public_to_bytes(&self, public: &PublicKey) -> Result<Vec<u8>> {
         privacypass::public_tokens::server::serialize_public_key(public)
-            .map_err(|e| Error::Internal(format!("serializing a public key: {e}")))
+            .map_err(|e| Error::bug_from("serializing a public key", e))
     }
 
     fn public_from_bytes(&self, bytes: &[u8]) -> Result<PublicKey> {
@@ -205,10 +205,10 @@ impl TokenScheme for PublicTokens {
         let resp = poll_once(IssuerServer::new().issue_token_response(&store, req))?
             .map_err(|e| Error::malformed("token request", e))?;
         resp.tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token response: {e}")))
+            .map_err(|e| Error::bug_from("serializing a token response", e))
     }
 
-    fn verify(&self, public: &PublicKey, token: &[u8]) -> Result<Verified> {
+    fn verify(&self, public: &PublicKey, token: &[u8]) -> Result<VerifiedToken> {
         if token.len() != TOKEN_LEN {
             return Err(Error::Token("wrong length"));
         }
@@ -228,7 +228,7 @@ impl TokenScheme for PublicTokens {
             .map_err(|e| Error::malformed("token public key", e))?;
         let bytes = req
             .tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token request: {e}")))?;
+            .map_err(|e| Error::bug_from("serializing a token request", e))?;
         Ok((bytes, PendingToken(state)))
     }
 
@@ -244,7 +244,7 @@ impl TokenScheme for PublicTokens {
             .map_err(|e| Error::malformed("token response", e))?;
         token
             .tls_serialize_detached()
-            .map_err(|e| Error::Internal(format!("serializing a token: {e}")))
+            .map_err(|e| Error::bug_from("serializing a token", e))
     }
 }
 
@@ -255,7 +255,7 @@ impl PublicTokens {
         &self,
         public: &PublicKey,
         parsed: PublicToken,
-    ) -> Result<Verified> {
+    ) -> Result<VerifiedToken> {
         let key_id = *parsed.token_key_id();
         if key_id != self.key_id(public)? {
             return Err(Error::Token("signed by another key"));
@@ -264,7 +264,7 @@ impl PublicTokens {
         let keys = OneOriginKey(public);
         poll_once(OriginServer::new().redeem_token(&keys, &SignatureOnly, parsed))?
             .map_err(|_| Error::Token("signature does not verify"))?;
-        Ok(Verified { key_id, nonce })
+        Ok(VerifiedToken { key_id, nonce })
     }
 }
 
@@ -274,8 +274,8 @@ pub(crate) fn poll_once<F: Future>(f: F) -> Result<F::Output> {
     let mut f = std::pin::pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Ok(v),
-        Poll::Pending => Err(Error::Internal(
-            "a privacypass future waited on an in-memory store".into(),
+        Poll::Pending => Err(Error::bug(
+            "a privacypass future waited on an in-memory store",
         )),
     }
 }

@@ -306,7 +306,7 @@ impl Watcher {
         }
         let req = req
             .body(Empty::new())
-            .map_err(|e| Error::Internal(format!("building a request: {e}")))?;
+            .map_err(|e| Error::bug_from("building a request", e))?;
         let upstream = |reason: String| Error::Upstream {
             what: "index",
             reason,

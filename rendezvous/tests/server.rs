@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Clock, Epoch, ManualClock, PeerKey, SeededEntropy};
-use anonmirror_rendezvous::msg::{Announcement, Contact, Refusal};
+use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire, Refusal};
 use anonmirror_rendezvous::{
     Client, CollectingSink, Error, Rendezvous, ServerConfig, SessionEvent, SortedKeysFilter,
 };
@@ -33,9 +33,9 @@ async fn start(clock: &ManualClock, dir: &std::path::Path) -> Rendezvous {
     Rendezvous::start(cfg).await.expect("start")
 }
 
-fn ann(i: u32) -> Announcement {
-    Announcement {
-        contact: Contact::from(std::net::SocketAddr::from((
+fn ann(i: u32) -> AnnouncementWire {
+    AnnouncementWire {
+        contact: ContactWire::from(std::net::SocketAddr::from((
             [10, 1, (i >> 8) as u8, i as u8],
             7879,
         ))),
@@ -150,7 +150,7 @@ async fn tokens_under_a_retired_key_are_refused_and_its_spent_set_pruned() {
         "{late:?}"
     );
     let spent_table = format!("spent_{:020}", e0.0);
-    let dump = r.dump_store().await.expect("dump");
+    let dump = r.dump_ledger().await.expect("dump");
     assert!(
         dump.iter().all(|(t, _, _)| *t != spent_table),
         "spent set pruned"

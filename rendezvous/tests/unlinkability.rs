@@ -4,7 +4,7 @@
 //! Each round, `PEERS` peers register and buy tokens in one order, then
 //! open one session each in an independent random order (fixed seed), over
 //! real sockets on 127.0.0.1. The adversary then gets everything the
-//! rendezvous has: its complete stored state ([`Rendezvous::dump_store`]:
+//! rendezvous has: its complete stored state ([`Rendezvous::dump_ledger`]:
 //! every redb row), the directory (every live session's announcement), and
 //! its logs captured at TRACE with sensitive values shown
 //! ([`anonmirror_core::set_log_sensitive`]), the most an operator could
@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use anonmirror_core::{Clock, Entropy, Epoch, ManualClock, PeerKey, SeededEntropy};
 use anonmirror_rendezvous::credential::{CredentialRecord, credential_hash};
-use anonmirror_rendezvous::msg::{Announcement, Contact};
-use anonmirror_rendezvous::store::Row;
+use anonmirror_rendezvous::ledger::Row;
+use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire};
 use anonmirror_rendezvous::{Client, CollectingSink, Rendezvous, ServerConfig, SortedKeysFilter};
 
 const EPOCH_SECS: u64 = 100_000;
@@ -93,7 +93,7 @@ fn capture() -> Captured {
 /// What the adversary sees.
 struct View {
     rows: Vec<Row>,
-    directory: Vec<Announcement>,
+    directory: Vec<AnnouncementWire>,
     logs: String,
 }
 
@@ -170,7 +170,7 @@ async fn round(seed: u64, logs: &Captured) -> Round {
         .directory(None, &r.directory_key())
         .await
         .expect("directory");
-    let rows = r.dump_store().await.expect("dump");
+    let rows = r.dump_ledger().await.expect("dump");
     for s in live {
         s.close().await;
     }
@@ -195,15 +195,15 @@ async fn round(seed: u64, logs: &Captured) -> Round {
 
 /// A peer's announcement: every field its own choice, independent of its
 /// credential.
-fn announcement(rng: &mut SeededEntropy) -> Announcement {
+fn announcement(rng: &mut SeededEntropy) -> AnnouncementWire {
     let mut key = [0u8; 32];
     rng.fill(&mut key);
     let mut ip = [0u8; 4];
     rng.fill(&mut ip);
     ip[0] = 10;
     let regions = [None, Some("eu"), Some("na"), Some("as")];
-    Announcement {
-        contact: Contact::from(std::net::SocketAddr::from((
+    AnnouncementWire {
+        contact: ContactWire::from(std::net::SocketAddr::from((
             ip,
             1024 + rng.below(60_000) as u16,
         ))),
@@ -309,7 +309,7 @@ fn hits(map: &HashMap<[u8; 8], Option<usize>>, doc: &[u8]) -> Vec<usize> {
 }
 
 /// Identifiers of a session: its key, its contact (encoded and as text).
-fn session_idents(a: &Announcement) -> Vec<Vec<u8>> {
+fn session_idents(a: &AnnouncementWire) -> Vec<Vec<u8>> {
     vec![
         a.key.0.to_vec(),
         postcard::to_allocvec(&a.contact).expect("encode"),

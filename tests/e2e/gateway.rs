@@ -365,7 +365,7 @@ async fn stalled_session(
     let key = anonmirror_channel::StaticKeypair::generate()
         .expect("key")
         .public();
-    let ann = anonmirror_rendezvous::msg::Announcement {
+    let ann = anonmirror_rendezvous::msg::AnnouncementWire {
         contact: contact.into(),
         key,
         max_clients: 8,

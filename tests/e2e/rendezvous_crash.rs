@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anonmirror_core::{Epoch, PeerKey, SeededEntropy};
-use anonmirror_rendezvous::msg::{Announcement, Contact, Refusal};
+use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire, Refusal};
 use anonmirror_rendezvous::{Client, Error, Token};
 
 fn spawn(state: &std::path::Path, listen: &str) -> (Child, std::net::SocketAddr, PeerKey) {
@@ -36,9 +36,9 @@ fn spawn(state: &std::path::Path, listen: &str) -> (Child, std::net::SocketAddr,
     (child, addr, key)
 }
 
-fn ann(i: u32) -> Announcement {
-    Announcement {
-        contact: Contact::from(std::net::SocketAddr::from((
+fn ann(i: u32) -> AnnouncementWire {
+    AnnouncementWire {
+        contact: ContactWire::from(std::net::SocketAddr::from((
             [10, 9, (i >> 8) as u8, i as u8],
             1,
         ))),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anonmirror_channel::Listener;
 use anonmirror_channel::transport::Transport;
 use anonmirror_core::{Clock, Epoch, ManualClock, PeerKey, SeededEntropy};
-use anonmirror_rendezvous::msg::{Announcement, Contact};
+use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire};
 use anonmirror_rendezvous::{
     Client, CollectingSink, Rendezvous, ServerConfig, SessionEvent, SortedKeysFilter,
 };
@@ -96,9 +96,9 @@ fn the_rendezvous_serves_a_session_as_an_onion_service() {
 }
 
 /// An announcement with an onion contact (`<56 × letter>.onion`).
-fn onion_ann(letter: char, key: u8) -> Announcement {
-    Announcement {
-        contact: Contact::Onion {
+fn onion_ann(letter: char, key: u8) -> AnnouncementWire {
+    AnnouncementWire {
+        contact: ContactWire::Onion {
             host: format!("{}.onion", letter.to_string().repeat(56)),
             port: 7879,
         },

@@ -40,9 +40,9 @@ use anonmirror_core::{Clock, Entropy, Epoch, ItemKey, ManualClock, PeerKey, Seed
 use anonmirror_mirror::hooks::AnnouncementFilter as AnnounceFilter;
 use anonmirror_privacy::Level;
 use anonmirror_rendezvous::hooks::FilterCheck;
-use anonmirror_rendezvous::msg::{Announcement, Contact};
+use anonmirror_rendezvous::ledger::Ledger;
+use anonmirror_rendezvous::msg::{AnnouncementWire, ContactWire};
 use anonmirror_rendezvous::session::{BufferedEntropy, Query, SessionConfig, SessionTable};
-use anonmirror_rendezvous::store::Store;
 use anonmirror_rendezvous::token::{Scheme, TokenScheme, token_key_id};
 use anonmirror_rendezvous::{Client, CollectingSink, Rendezvous, ServerConfig};
 use anyhow::{Context, bail};
@@ -208,9 +208,9 @@ fn redemptions(args: &Args) -> anyhow::Result<()> {
     }
     let verify = grouped.len() as f64 / t.elapsed().as_secs_f64();
 
-    let store = Store::open(&dir.join("r.redb"))?;
+    let ledger = Ledger::open(&dir.join("r.redb"))?;
     let epoch = 7;
-    store.put_key(epoch, b"bench key")?;
+    ledger.put_key(epoch, b"bench key")?;
     let redeem = |batch: &[Vec<u8>]| -> anyhow::Result<()> {
         let mut spends = Vec::with_capacity(batch.len());
         for tok in batch {
@@ -221,7 +221,7 @@ fn redemptions(args: &Args) -> anyhow::Result<()> {
             }
             spends.push((epoch, v.nonce));
         }
-        if !store.spend(&spends)?.iter().all(|f| *f) {
+        if !ledger.spend(&spends)?.iter().all(|f| *f) {
             bail!("a fresh token was refused");
         }
         Ok(())
@@ -237,11 +237,11 @@ fn redemptions(args: &Args) -> anyhow::Result<()> {
     }
     let single_rate = single.len() as f64 / t.elapsed().as_secs_f64();
     // Every one of them is spent now: a second pass must refuse them all.
-    let again = store.spend(&[(epoch, scheme.verify(&public, &grouped[0])?.nonce)])?;
+    let again = ledger.spend(&[(epoch, scheme.verify(&public, &grouped[0])?.nonce)])?;
     if again != [false] {
         bail!("a spent token was accepted twice");
     }
-    drop(store);
+    drop(ledger);
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("\n## token redemptions/s (one thread)\n");
@@ -304,12 +304,12 @@ fn item(i: usize) -> ItemKey {
     ItemKey(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
 }
 
-fn announcement(rng: &mut SeededEntropy, items: &[ItemKey], capacity: usize) -> Announcement {
+fn announcement(rng: &mut SeededEntropy, items: &[ItemKey], capacity: usize) -> AnnouncementWire {
     let mut key = [0u8; 32];
     rng.fill(&mut key);
     let regions = ["eu", "na", "as", "sa"];
-    Announcement {
-        contact: Contact::from(std::net::SocketAddr::from((
+    AnnouncementWire {
+        contact: ContactWire::from(std::net::SocketAddr::from((
             [
                 10,
                 rng.below(256) as u8,
@@ -410,7 +410,7 @@ fn session_table(args: &Args, n: usize) -> anyhow::Result<[f64; 13]> {
     }
     // The same sessions behind the reference-only hook.
     let mut reference = SessionTable::new(cfg, BENCH_EPOCH, Arc::new(ReferenceOnly));
-    let anns: Vec<Announcement> = table.announcements(None);
+    let anns: Vec<AnnouncementWire> = table.announcements(None);
     for a in anns {
         reference
             .open(a, now, &mut rng)

@@ -1,9 +1,9 @@
 use super::*;
 use proptest::prelude::*;
 
-fn ann() -> Announcement {
-    Announcement {
-        contact: Contact::from(SocketAddr::from(([192, 0, 2, 7], 7879))),
+fn ann() -> AnnouncementWire {
+    AnnouncementWire {
+        contact: ContactWire::from(SocketAddr::from(([192, 0, 2, 7], 7879))),
         key: PeerKey([3; 32]),
         max_clients: 8,
         upload_rate: 2 << 20,
@@ -35,7 +35,7 @@ fn known_answers() {
     want.extend([0xaa; 16]);
     want.extend([0x80, 0x01]);
     assert_eq!(Up::Register(stamp).encode().expect("enc"), want);
-    let c = Contact::from(SocketAddr::from(([10, 0, 0, 1], 300)));
+    let c = ContactWire::from(SocketAddr::from(([10, 0, 0, 1], 300)));
     assert_eq!(
         postcard::to_allocvec(&c).expect("enc"),
         [0x00, 0x00, 10, 0, 0, 1, 0xac, 0x02]
@@ -63,13 +63,13 @@ fn bounds_are_enforced_both_ways() {
     a.filter = vec![0; MAX_FILTER + 1];
     assert!(open(a).encode().is_err(), "filter");
     let mut a = ann();
-    a.contact = Contact::Onion {
+    a.contact = ContactWire::Onion {
         host: "short.onion".into(),
         port: 80,
     };
     assert!(open(a).encode().is_err(), "onion");
     let mut a = ann();
-    a.contact = Contact::Onion {
+    a.contact = ContactWire::Onion {
         host: format!("{}.onion", "a".repeat(56)),
         port: 80,
     };
@@ -106,17 +106,17 @@ fn non_canonical_and_unknown_are_refused() {
     assert!(Up::decode(&vec![0x01; MAX_MESSAGE + 1]).is_err());
 }
 
-fn arb_contact() -> impl Strategy<Value = Contact> {
+fn arb_contact() -> impl Strategy<Value = ContactWire> {
     prop_oneof![
-        (any::<[u8; 4]>(), 1..=u16::MAX).prop_map(|(b, port)| Contact::Tcp {
+        (any::<[u8; 4]>(), 1..=u16::MAX).prop_map(|(b, port)| ContactWire::Tcp {
             ip: Ip::V4(b),
             port
         }),
-        (any::<[u8; 16]>(), 1..=u16::MAX).prop_map(|(b, port)| Contact::Tcp {
+        (any::<[u8; 16]>(), 1..=u16::MAX).prop_map(|(b, port)| ContactWire::Tcp {
             ip: Ip::V6(b),
             port
         }),
-        ("[a-z2-7]{56}", 1..=u16::MAX).prop_map(|(h, port)| Contact::Onion {
+        ("[a-z2-7]{56}", 1..=u16::MAX).prop_map(|(h, port)| ContactWire::Onion {
             host: format!("{h}.onion"),
             port
         }),
@@ -127,7 +127,7 @@ fn arb_region() -> impl Strategy<Value = Option<String>> {
     proptest::option::of("[a-z0-9-]{1,16}")
 }
 
-fn arb_announcement() -> impl Strategy<Value = Announcement> {
+fn arb_announcement() -> impl Strategy<Value = AnnouncementWire> {
     (
         arb_contact(),
         any::<[u8; 32]>(),
@@ -138,7 +138,7 @@ fn arb_announcement() -> impl Strategy<Value = Announcement> {
         proptest::collection::vec(any::<u8>(), 0..300),
     )
         .prop_map(
-            |(contact, key, mc, up, region, snaps, filter)| Announcement {
+            |(contact, key, mc, up, region, snaps, filter)| AnnouncementWire {
                 contact,
                 key: PeerKey(key),
                 max_clients: mc,
@@ -263,7 +263,7 @@ fn arb_down() -> impl Strategy<Value = Down> {
                 0u8..4,
                 any::<u64>()
             )
-                .prop_map(|(contact, k, region, level, epoch)| Candidate {
+                .prop_map(|(contact, k, region, level, epoch)| CandidateWire {
                     contact,
                     key: PeerKey(k),
                     region,
@@ -340,4 +340,38 @@ proptest! {
         let _ = Up::decode(&input);
         let _ = Down::decode(&input);
     }
+}
+
+/// The one conversion between the wire contact and the domain one: an
+/// address and an onion service go both ways unchanged; a name has no wire
+/// form.
+#[test]
+fn contacts_convert_to_and_from_the_domain_type() {
+    let onion = format!("{}.onion", "a".repeat(56));
+    for wire in [
+        ContactWire::from(SocketAddr::from(([192, 0, 2, 7], 7879))),
+        ContactWire::from(SocketAddr::from((
+            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            443,
+        ))),
+        ContactWire::Onion {
+            host: onion.clone(),
+            port: 80,
+        },
+    ] {
+        let domain = Contact::from(wire.clone());
+        assert_eq!(ContactWire::try_from(domain).expect("announceable"), wire);
+    }
+    assert_eq!(
+        Contact::from(ContactWire::from(SocketAddr::from(([192, 0, 2, 7], 7879)))),
+        Contact::Tcp(SocketAddr::from(([192, 0, 2, 7], 7879)))
+    );
+    let name = Contact::Host {
+        host: "rendezvous.example.org".into(),
+        port: 443,
+    };
+    assert!(matches!(
+        ContactWire::try_from(name),
+        Err(Error::NameNotAnnounceable)
+    ));
 }

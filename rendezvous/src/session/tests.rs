@@ -5,14 +5,20 @@ use std::net::SocketAddr;
 
 const ITEM: ItemKey = ItemKey([0xab; 32]);
 
-fn ann(i: u16, region: Option<&str>, version: u64, max_clients: u32, holds: bool) -> Announcement {
+fn ann(
+    i: u16,
+    region: Option<&str>,
+    version: u64,
+    max_clients: u32,
+    holds: bool,
+) -> AnnouncementWire {
     let items = if holds {
         vec![ITEM, ItemKey([1; 32])]
     } else {
         vec![ItemKey([1; 32])]
     };
-    Announcement {
-        contact: Contact::from(SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7879))),
+    AnnouncementWire {
+        contact: ContactWire::from(SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7879))),
         key: PeerKey(*blake3::hash(&i.to_le_bytes()).as_bytes()),
         max_clients,
         upload_rate: 1 << 20,
@@ -308,7 +314,7 @@ fn assignments_last_as_long_as_the_item_takes_to_send() {
 
 /// Sessions with bit-layout filters (the Bloom test double), in regions
 /// large enough to be bit-sliced, with mixed versions and limits.
-fn bloom_table(n: u16, max_probes: usize) -> (SessionTable, Vec<Announcement>, Vec<ItemKey>) {
+fn bloom_table(n: u16, max_probes: usize) -> (SessionTable, Vec<AnnouncementWire>, Vec<ItemKey>) {
     use crate::hooks::TestBloomFilter;
     let t0 = Instant::now();
     let mut rng = SeededEntropy::new(11);
@@ -504,8 +510,8 @@ fn filters_come_back_whole_from_sliced_groups() {
         packed > 250,
         "sparse filters are packed once sliced: {packed}"
     );
-    let check = |t: &SessionTable, live: &[&Announcement]| {
-        let mut want: Vec<&Announcement> = live.to_vec();
+    let check = |t: &SessionTable, live: &[&AnnouncementWire]| {
+        let mut want: Vec<&AnnouncementWire> = live.to_vec();
         want.sort_by_key(|a| a.key);
         let got = t.announcements(None);
         assert_eq!(got.len(), want.len());
@@ -514,7 +520,7 @@ fn filters_come_back_whole_from_sliced_groups() {
         }
     };
     check(&t, &anns.iter().collect::<Vec<_>>());
-    let mut live: Vec<&Announcement> = anns.iter().collect();
+    let mut live: Vec<&AnnouncementWire> = anns.iter().collect();
     let mut rng = SeededEntropy::new(21);
     while live.len() > 20 {
         let a = live.swap_remove(rng.below(live.len() as u64) as usize);

@@ -285,7 +285,7 @@ pub(crate) async fn stalled_session(
         Layout::for_capacity(items.len(), None),
         &items,
     );
-    let ann = anonmirror_rendezvous::msg::Announcement {
+    let ann = anonmirror_rendezvous::msg::AnnouncementWire {
         contact: contact.into(),
         key: anonmirror_channel::StaticKeypair::generate()
             .map_err(|e| anyhow!("{e}"))?

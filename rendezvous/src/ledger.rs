@@ -15,10 +15,10 @@
 //! Every write commits with `Durability::Immediate` before the caller is
 //! answered: a token is only ever reported accepted once its nonce is on
 //! disk, so kill -9 cannot make it spendable again; batching many nonces
-//! into one commit ([`Store::spend`]) is what makes that affordable.
+//! into one commit ([`Ledger::spend`]) is what makes that affordable.
 //!
 //! Sessions are not here: they are soft state (see [`crate::session`]),
-//! and nothing here refers to one. The store is synchronous; its owner
+//! and nothing here refers to one. The ledger is synchronous; its owner
 //! ([`crate::server`]) calls it from blocking threads.
 
 use std::path::Path;
@@ -30,8 +30,8 @@ use redb::{
 
 use crate::credential::{CredentialConfig, CredentialRecord, Purchase, credential_hash};
 use crate::err::{Error, Result};
-use crate::msg::Refusal;
 use crate::pow::STAMP_WINDOW_SECS;
+use crate::refusal::Refusal;
 
 type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -60,23 +60,26 @@ pub struct Swept {
 /// One stored row: table name, key, value.
 pub type Row = (String, Vec<u8>, Vec<u8>);
 
-/// The durable store.
+/// The durable state: the rendezvous's ledger of what it issued and what
+/// was spent (credentials, blacklist, proof-of-work stamps, epoch keys,
+/// spent token nonces), which it must never forget across a crash. Not a
+/// `Store`: the content store of items has that name.
 #[derive(Debug)]
-pub struct Store {
+pub struct Ledger {
     db: Database,
 }
 
-impl Store {
-    /// Opens (or creates) the store at `path`. redb repairs an interrupted
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`. redb repairs an interrupted
     /// commit by itself, falling back to the last durable one.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Ledger> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         for t in [META, CREDENTIALS, BLACKLIST, STAMPS, KEYS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
-        Ok(Store { db })
+        Ok(Ledger { db })
     }
 
     fn write(&self) -> Result<redb::WriteTransaction> {
@@ -116,8 +119,8 @@ impl Store {
                 return Err(Error::ProofOfWork("stamp already used"));
             }
             stamps.insert(&stamp_digest[..], &stamp_time.to_be_bytes()[..])?;
-            let value =
-                postcard::to_allocvec(record).map_err(|e| Error::Internal(e.to_string()))?;
+            let value = postcard::to_allocvec(record)
+                .map_err(|e| Error::bug_from("encoding a credential record", e))?;
             tx.open_table(CREDENTIALS)?
                 .insert(&credential_hash(credential)[..], &value[..])?;
         }
@@ -165,8 +168,8 @@ impl Store {
             if p == Purchase::Abuse {
                 creds.remove(&hash[..])?;
             } else {
-                let value =
-                    postcard::to_allocvec(&rec).map_err(|e| Error::Internal(e.to_string()))?;
+                let value = postcard::to_allocvec(&rec)
+                    .map_err(|e| Error::bug_from("encoding a credential record", e))?;
                 creds.insert(&hash[..], &value[..])?;
             }
             p
@@ -343,7 +346,7 @@ impl Store {
                 }
                 let t = tables
                     .get_mut(epoch)
-                    .ok_or_else(|| Error::Internal("spent table vanished".into()))?;
+                    .ok_or_else(|| Error::bug("spent table vanished"))?;
                 out.push(t.insert(&nonce[..], &[][..])?.is_none());
             }
         }
@@ -386,22 +389,22 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 fn decode_record(b: &[u8]) -> Result<CredentialRecord> {
-    postcard::from_bytes(b).map_err(|e| Error::store(format!("credential record: {e}")))
+    postcard::from_bytes(b).map_err(|_| Error::LedgerCorrupt("credential record"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("r.redb")).expect("open");
+        let s = Ledger::open(&dir.path().join("r.redb")).expect("open");
         (dir, s)
     }
 
     #[test]
     fn registration_refuses_a_reused_stamp_and_stores_only_the_hash() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         let cfg = CredentialConfig::default();
         let rec = CredentialRecord::new(100, 0, &cfg);
         s.register(&[1; 32], 100, &[7; 32], &rec).expect("first");
@@ -423,7 +426,7 @@ mod tests {
     /// simulated clock; blacklist entries end after their cooling-off.
     #[test]
     fn sweep_revokes_dormant_and_expired_under_a_simulated_clock() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         let day = 86_400;
         let cfg = CredentialConfig::default();
         let clock = anonmirror_core::ManualClock::at_unix(1_000 * day);
@@ -479,7 +482,7 @@ mod tests {
 
     #[test]
     fn spends_once_and_retiring_drops_key_and_spent_set() {
-        let (_d, s) = store();
+        let (_d, s) = ledger();
         s.put_key(5, b"k5").expect("key");
         s.put_key(6, b"k6").expect("key");
         let n = [4u8; 32];

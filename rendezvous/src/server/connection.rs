@@ -1,0 +1,149 @@
+//! Connections: the accept loop, each connection up to its answer or its
+//! session, and the upstream watcher that pushes what it notices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_channel::transport::BoxStream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::config::channel_params;
+use super::live::{SessionTask, open_session};
+use super::requests::handle;
+use super::shared::{Shared, push, refusal_of, send};
+use crate::err::{Error, Result};
+use crate::msg::{Down, Up};
+use crate::refusal::Refusal;
+use crate::upstream::Watcher;
+
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    mut streams: mpsc::Receiver<BoxStream>,
+    shared: Arc<Shared>,
+) {
+    // Connections are aborted at shutdown (a handshake under way does not
+    // watch for it); live sessions see the stop first and say goodbye.
+    let mut conns = JoinSet::new();
+    loop {
+        let stream: BoxStream = tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            Some(s) = streams.recv() => s,
+            r = listener.accept() => match r {
+                Ok((stream, _addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    Box::new(stream)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let shared = shared.clone();
+        conns.spawn(async move {
+            // Everything before a session's loop (handshake, request,
+            // redemption) runs boxed and is freed when done: the task
+            // itself keeps only the loop, which a live session holds for
+            // hours.
+            let r = match Box::pin(connection(stream, shared)).await {
+                Ok(Some(mut live)) => live.run().await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    conns.shutdown().await;
+}
+
+/// A connection up to its answer, or up to a session's loop: `Some` is an
+/// opened session, for the caller to [`SessionTask::run`].
+pub(super) async fn connection(
+    stream: BoxStream,
+    shared: Arc<Shared>,
+) -> Result<Option<SessionTask>> {
+    let t = shared.cfg.handshake_timeout;
+    // The handshake and the first request are boxed: this future is
+    // boxed by the caller anyway, but their states are large and only
+    // one of them is alive at a time.
+    let mut ch = Box::pin(anonmirror_channel::accept(
+        stream,
+        &shared.noise,
+        &channel_params(),
+        t,
+    ))
+    .await?;
+    let first = Box::pin(tokio::time::timeout(t, ch.recv()))
+        .await
+        .map_err(|_| Error::Gone("no request after the handshake"))??
+        .ok_or(Error::Gone("closed before a request"))?;
+    let up = match Up::decode(&first) {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = Box::pin(send(&mut ch, &Down::Refused(Refusal::BadRequest))).await;
+            return Err(e);
+        }
+    };
+    // A session lasts hours: the request's bytes (token and announcement,
+    // decoded into `up`) must not stay in its task all that time.
+    drop(first);
+    let result = match up {
+        Up::OpenSession {
+            token,
+            announcement,
+        } => {
+            return open_session(ch, shared, token, announcement)
+                .await
+                .map(Some);
+        }
+        other => Box::pin(handle(&shared, other)).await,
+    };
+    match result {
+        Ok(msgs) => {
+            for m in msgs {
+                Box::pin(send(&mut ch, &m)).await?;
+            }
+        }
+        Err(e) => {
+            Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
+            tracing::debug!(error = %e, "request refused");
+        }
+    }
+    let _ = Box::pin(ch.shutdown()).await;
+    Ok(None)
+}
+
+/// Polls the upstream indexes every interval and pushes each change to
+/// every live session.
+pub(super) async fn upstream_watch(mut w: Watcher, shared: Arc<Shared>) {
+    let stop = &shared.stop;
+    let mut tick = tokio::time::interval(w.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = shared.cfg.clock.unix_secs();
+        let changes = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = w.poll(now) => c,
+        };
+        for (repository, version) in changes {
+            match push(&shared, repository, version).await {
+                Ok(n) => tracing::debug!(sessions = n, "upstream change pushed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream watcher stopping");
+                    return;
+                }
+            }
+        }
+    }
+    tracing::debug!("upstream watcher stopped");
+}

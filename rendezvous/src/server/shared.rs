@@ -1,0 +1,101 @@
+//! What every connection task shares, and the calls they all make: asking
+//! an owner, redeeming a token, pushing, answering a refusal.
+
+use std::sync::Arc;
+
+use anonmirror_channel::transport::BoxStream;
+use anonmirror_channel::{Channel, StaticKeypair};
+use anonmirror_core::Epoch;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::config::ServerConfig;
+use super::key_owner::{KeyCmd, KeyRing};
+use super::session_owner::SessionCmd;
+use crate::directory::SigningKey;
+use crate::err::{Error, Result};
+use crate::msg::Down;
+use crate::refusal::Refusal;
+use crate::token::{Scheme, TokenScheme, token_key_id};
+
+/// Shared by every connection task.
+pub(super) struct Shared {
+    pub(super) cfg: ServerConfig,
+    pub(super) noise: StaticKeypair,
+    pub(super) signing: SigningKey,
+    pub(super) keys: watch::Receiver<Arc<KeyRing>>,
+    pub(super) key_tx: mpsc::Sender<KeyCmd>,
+    pub(super) session_tx: mpsc::Sender<SessionCmd>,
+    /// Encoded pushes (`SnapshotChanged`) for every live session; a session
+    /// subscribes before it opens, so it misses none sent after.
+    pub(super) pushes: broadcast::Sender<Arc<[u8]>>,
+    pub(super) scheme: Scheme,
+    /// Cancelled when the rendezvous stops; each live session holds a
+    /// child of it, which the session owner cancels to drop the session.
+    pub(super) stop: CancellationToken,
+}
+
+/// Sends an owner the command `make` builds around a reply slot, and
+/// waits for the reply.
+pub(super) async fn ask<C, T>(
+    tx: &mpsc::Sender<C>,
+    make: impl FnOnce(oneshot::Sender<T>) -> C,
+) -> Result<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply))
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
+    rx.await.map_err(|_| Error::ShuttingDown)
+}
+
+/// Verifies a token's signature under an accepted key and spends it.
+pub(super) async fn redeem(shared: &Shared, token: &[u8]) -> Result<Epoch> {
+    let key_id = token_key_id(token).ok_or(Error::Token("malformed"))?;
+    let ring = shared.keys.borrow().clone();
+    let (epoch, key) = ring
+        .accepting(&key_id)
+        .ok_or(Error::Token("key not accepted"))?;
+    let v = shared.scheme.verify(&key.public, token)?;
+    let fresh = ask(&shared.key_tx, |reply| KeyCmd::Spend {
+        epoch,
+        nonce: v.nonce,
+        reply,
+    })
+    .await??;
+    if !fresh {
+        return Err(Error::Token("spent"));
+    }
+    tracing::debug!("token redeemed");
+    Ok(Epoch(epoch))
+}
+
+pub(super) async fn push(shared: &Shared, repository: String, version: u64) -> Result<usize> {
+    ask(&shared.session_tx, |reply| SessionCmd::Push {
+        repository,
+        version,
+        reply,
+    })
+    .await
+}
+
+pub(super) async fn send(ch: &mut Channel<BoxStream>, msg: &Down) -> Result<()> {
+    ch.send(&msg.encode()?).await?;
+    Ok(())
+}
+
+pub(super) fn refusal_of(e: &Error) -> Refusal {
+    match e {
+        Error::ProofOfWork(_) => Refusal::ProofOfWork,
+        Error::Token("spent") => Refusal::TokenSpent,
+        Error::Token("key not accepted") => Refusal::TokenKeyRetired,
+        Error::Token(_) => Refusal::TokenInvalid,
+        Error::Refused(r) => *r,
+        Error::ShuttingDown => Refusal::ShuttingDown,
+        Error::Ledger(_)
+        | Error::LedgerCorrupt(_)
+        | Error::SpendFailed(_)
+        | Error::Internal { .. }
+        | Error::Io { .. } => Refusal::Busy,
+        _ => Refusal::BadRequest,
+    }
+}
