@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod err;
 mod level;
 mod options;
