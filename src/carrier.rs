@@ -30,7 +30,7 @@ use anonmirror_overlay::TcpTransport;
 use anonmirror_overlay::transport::Dialer;
 use anonmirror_overlay::transport::control;
 use anonmirror_overlay::transport::socks::SocksDialer;
-use anonmirror_privacy::{Policy, Transport};
+use anonmirror_privacy::{Policy, TransportKind};
 use anyhow::{Result, anyhow};
 
 /// What carries connections, in the state directory, for `audit`.
@@ -83,9 +83,9 @@ impl Carrier {
     pub async fn start(policy: &Policy) -> Result<Carrier> {
         let t = &policy.transport;
         let tor = match t.kind {
-            Transport::Tcp => None,
-            Transport::TorSocks => Some(socks(policy).await),
-            Transport::Tor => Some(arti(policy).await),
+            TransportKind::Tcp => None,
+            TransportKind::TorSocks => Some(socks(policy).await),
+            TransportKind::Tor => Some(arti(policy).await),
         };
         let mut carrier = match tor {
             None => Carrier::tcp("tcp".into()),
@@ -170,7 +170,7 @@ async fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
         return Ok(Serving::ArtiOnion);
     }
     // The Tor daemon's onion service, if its control port lets us in.
-    let daemon = if t.kind == Transport::TorSocks {
+    let daemon = if t.kind == TransportKind::TorSocks {
         match control::probe(&t.control).await {
             Ok(()) => return Ok(Serving::DaemonOnion),
             Err(e) => Some(e),
@@ -310,7 +310,7 @@ mod tests {
 
     fn tor_socks(level: Level, control: ControlPort) -> Policy {
         let mut p = Policy::defaults_for(level);
-        p.transport.kind = Transport::TorSocks;
+        p.transport.kind = TransportKind::TorSocks;
         p.transport.control = control;
         p
     }

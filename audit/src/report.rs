@@ -8,7 +8,7 @@ use anonmirror_announce::exposure::Exposure;
 use anonmirror_announce::selection::DropReason;
 use anonmirror_announce::{PopularitySnapshot, ReportParams, Selection};
 use anonmirror_core::Epoch;
-use anonmirror_privacy::{Level, Policy, Transport};
+use anonmirror_privacy::{Level, Policy, TransportKind};
 use serde::Serialize;
 
 use crate::err::Error;
@@ -137,7 +137,7 @@ pub struct AuditReport {
     /// The level audited (possibly a `--level` preview).
     pub level: Level,
     /// Peer transport.
-    pub transport: Transport,
+    pub transport: TransportKind,
     /// Whether TCP is used when Tor is not available.
     pub tcp_fallback: bool,
     /// What the daemon last said carries its connections and how peers
@@ -208,7 +208,7 @@ impl AuditReport {
         let mut warnings = Vec::new();
         let t = &policy.transport;
         if level == Level::Strict
-            && (t.kind != Transport::Tor || t.allow_tcp_fallback || t.dangerous_allow_clearnet)
+            && (t.kind != TransportKind::Tor || t.allow_tcp_fallback || t.dangerous_allow_clearnet)
         {
             warnings.push("strict without Tor: clearnet TCP is allowed, so peers may learn this machine's address".into());
         }

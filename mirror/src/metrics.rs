@@ -40,7 +40,7 @@ pub struct Metrics {
     sessions_opened: AtomicU64,
     session_live: AtomicU64,
     index_errors: AtomicU64,
-    history: Mutex<VecDeque<(u64, Snapshot)>>,
+    history: Mutex<VecDeque<(u64, MetricsSnapshot)>>,
 }
 
 /// Samples kept for `anonmirror status --plot`: a day at one a minute.
@@ -107,7 +107,7 @@ pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
 
 /// The counters at one moment (what `anonmirror status` reads).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct MetricsSnapshot {
     /// Item bytes handed to the package manager from the store.
     pub from_store: u64,
     /// … from peers.
@@ -139,7 +139,7 @@ pub struct Snapshot {
     pub index_errors: u64,
 }
 
-impl Snapshot {
+impl MetricsSnapshot {
     /// Share of item bytes that did not come from the upstream mirror:
     /// (store + peers) / (store + peers + upstream); 0 before any.
     pub fn offload_ratio(&self) -> f64 {
@@ -152,8 +152,8 @@ impl Snapshot {
     }
 
     /// Parse what [`Metrics::prometheus`] rendered.
-    pub fn from_prometheus(text: &str) -> Result<Snapshot, String> {
-        let mut s = Snapshot::default();
+    pub fn from_prometheus(text: &str) -> Result<MetricsSnapshot, String> {
+        let mut s = MetricsSnapshot::default();
         for (no, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -295,9 +295,9 @@ impl Metrics {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> MetricsSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Snapshot {
+        MetricsSnapshot {
             from_store: g(&self.from_store),
             from_peers: g(&self.from_peers),
             from_upstream: g(&self.from_upstream),
@@ -428,10 +428,10 @@ mod tests {
         assert!(text.contains("anonmirror_item_bytes_peers_total 300\n"));
         assert!(text.contains("# TYPE anonmirror_offload_ratio gauge\n"));
         assert!(text.contains("anonmirror_offload_ratio 0.800000\n"));
-        let back = Snapshot::from_prometheus(&text).expect("parses");
+        let back = MetricsSnapshot::from_prometheus(&text).expect("parses");
         assert_eq!(back, m.snapshot());
         assert!((back.offload_ratio() - 0.8).abs() < 1e-9);
-        assert_eq!(Snapshot::default().offload_ratio(), 0.0);
+        assert_eq!(MetricsSnapshot::default().offload_ratio(), 0.0);
     }
 
     #[test]
@@ -452,9 +452,10 @@ mod tests {
 
     #[test]
     fn a_garbled_exposition_is_refused_with_its_line() {
-        let e =
-            Snapshot::from_prometheus("anonmirror_requests_total 1\nanonmirror_hedges_total x\n")
-                .expect_err("bad value");
+        let e = MetricsSnapshot::from_prometheus(
+            "anonmirror_requests_total 1\nanonmirror_hedges_total x\n",
+        )
+        .expect_err("bad value");
         assert!(e.starts_with("line 2:"), "{e}");
     }
 }

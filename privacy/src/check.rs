@@ -13,7 +13,7 @@ use crate::err::{Error, Invalid};
 use crate::level::Level;
 use crate::policy::{
     ControlPort, MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES, MAX_REGION_LEN, MIN_CACHE_SIZE,
-    Policy, Transport,
+    Policy, TransportKind,
 };
 use crate::units::ExposureBudget;
 
@@ -157,7 +157,7 @@ impl Policy {
         if let Some(path) = &t.dangerous_arti_config {
             check_dir("transport.dangerous_arti_config", path)?;
         }
-        if t.experimental_arti_onion_service && t.kind != Transport::Tor {
+        if t.experimental_arti_onion_service && t.kind != TransportKind::Tor {
             return Err(Invalid::new(
                 "transport.experimental_arti_onion_service",
                 format!(
@@ -172,7 +172,7 @@ impl Policy {
         }
         let hint = "strict requires Tor; set transport.dangerous_allow_clearnet = true \
                     to allow this, which weakens privacy";
-        if t.kind == Transport::Tcp {
+        if t.kind == TransportKind::Tcp {
             return Err(Invalid::new(
                 "transport.kind",
                 "level = \"strict\" contradicts kind = \"tcp\"",

@@ -81,7 +81,7 @@ pub struct Policy {
     /// The rendezvous, when one is configured; always present at a level
     /// that serves.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rendezvous: Option<Rendezvous>,
+    pub rendezvous: Option<RendezvousConfig>,
     /// Serving peers.
     pub serve: ServeConfig,
     /// How peer connections are carried.
@@ -145,7 +145,7 @@ pub struct Repository {
 
 /// `[rendezvous]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Rendezvous {
+pub struct RendezvousConfig {
     /// `host:port` (a host name, an IP address or an onion address).
     pub address: String,
     /// The rendezvous's pinned Noise static key, so nobody can pose as it.
@@ -197,7 +197,7 @@ impl ServeConfig {
 /// upstream mirror).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Transport {
+pub enum TransportKind {
     /// Direct TCP: peers learn each other's IP addresses.
     Tcp,
     /// Tor, through arti in the daemon (a build with the `tor` feature):
@@ -207,19 +207,19 @@ pub enum Transport {
     TorSocks,
 }
 
-impl Transport {
+impl TransportKind {
     /// The transport's name in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
-            Transport::Tcp => "tcp",
-            Transport::Tor => "tor",
-            Transport::TorSocks => "tor-socks",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tor => "tor",
+            TransportKind::TorSocks => "tor-socks",
         }
     }
 
     /// Whether it goes through Tor.
     pub fn is_tor(self) -> bool {
-        self != Transport::Tcp
+        self != TransportKind::Tcp
     }
 }
 
@@ -227,7 +227,7 @@ impl Transport {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TransportConfig {
     /// The transport for peer connections.
-    pub kind: Transport,
+    pub kind: TransportKind,
     /// With `kind = tor`: use direct TCP when Tor is unavailable, which
     /// shows this node's address to the peers it then talks to.
     pub allow_tcp_fallback: bool,
@@ -425,7 +425,7 @@ impl Policy {
         let (transport, fallback, listen_ip, min_holders, min_fraction, randomization, budget) =
             match level {
                 Level::Off => (
-                    Transport::Tcp,
+                    TransportKind::Tcp,
                     false,
                     loopback,
                     100,
@@ -434,7 +434,7 @@ impl Policy {
                     ExposureBudget::Bits(0.0),
                 ),
                 Level::Open => (
-                    Transport::Tcp,
+                    TransportKind::Tcp,
                     false,
                     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     0,
@@ -443,7 +443,7 @@ impl Policy {
                     ExposureBudget::Unlimited,
                 ),
                 Level::Balanced => (
-                    Transport::Tor,
+                    TransportKind::Tor,
                     true,
                     loopback,
                     20,
@@ -452,7 +452,7 @@ impl Policy {
                     ExposureBudget::Bits(12.0),
                 ),
                 Level::Strict => (
-                    Transport::Tor,
+                    TransportKind::Tor,
                     false,
                     loopback,
                     100,

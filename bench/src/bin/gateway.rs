@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use anonmirror_bench::median;
 use anonmirror_core::{Entropy, Epoch, ItemKey, OsEntropy, PeerKey, SeededEntropy};
-use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use anonmirror_privacy::Level;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
@@ -348,7 +348,7 @@ async fn fetch_set(
     Ok((bytes, started.elapsed()))
 }
 
-async fn metrics(gateway: SocketAddr) -> Result<Snapshot> {
+async fn metrics(gateway: SocketAddr) -> Result<MetricsSnapshot> {
     let mut http = Http::new(gateway);
     let out = tempfile::NamedTempFile::new()?;
     let (status, _, _) = http.get(".anonmirror/metrics", Some(out.path())).await?;
@@ -356,7 +356,7 @@ async fn metrics(gateway: SocketAddr) -> Result<Snapshot> {
         bail!("metrics: {status}");
     }
     let text = std::fs::read_to_string(out.path())?;
-    Snapshot::from_prometheus(&text).map_err(|e| anyhow!("metrics: {e}"))
+    MetricsSnapshot::from_prometheus(&text).map_err(|e| anyhow!("metrics: {e}"))
 }
 
 // ---------------------------------------------------------------------
@@ -707,7 +707,7 @@ async fn client_vs_nginx(
     nginx: SocketAddr,
     r: &RendezvousProc,
     packages: &[Package],
-) -> Result<(Vec<f64>, Vec<f64>, Vec<Snapshot>)> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<MetricsSnapshot>)> {
     let (mut base, mut ours, mut snaps) = (Vec::new(), Vec::new(), Vec::new());
     // One set of output files for every fetch, written over in place; the
     // first fetch, unmeasured, makes them.
@@ -918,7 +918,7 @@ async fn case_swarm(
     let started = Instant::now();
     let mut restarts = Duration::ZERO;
     let mut done = 0;
-    let mut totals = Snapshot::default();
+    let mut totals = MetricsSnapshot::default();
     let mut wave_notes = Vec::new();
     while done < n {
         let size = if done == 0 {
@@ -935,7 +935,7 @@ async fn case_swarm(
                 metrics(gw).await
             });
         }
-        let mut wave = Snapshot::default();
+        let mut wave = MetricsSnapshot::default();
         while let Some(m) = js.join_next().await {
             let m = m??;
             wave.from_peers += m.from_peers;

@@ -50,13 +50,13 @@ fn each_level_has_the_design_defaults() {
     assert_eq!(off.cache.max_size, ByteSize::gib(10));
     assert_eq!(off.gateway.listen.to_string(), "127.0.0.1:7878");
     assert!(off.repositories.is_empty() && off.rendezvous.is_none());
-    assert_eq!(off.transport.kind, Transport::Tcp);
+    assert_eq!(off.transport.kind, TransportKind::Tcp);
     assert_eq!(off.announce.epoch_secs, 86_400);
     assert_eq!(off.announce.exposure_budget_bits, ExposureBudget::Bits(0.0));
     assert!(!off.log.dangerous_log_sensitive);
 
     let open = parse(&at_level("open", ""));
-    assert_eq!(open.transport.kind, Transport::Tcp);
+    assert_eq!(open.transport.kind, TransportKind::Tcp);
     assert_eq!(open.serve.listen.to_string(), "0.0.0.0:7879");
     assert_eq!(
         (open.popularity.min_holders, open.popularity.min_fraction),
@@ -69,7 +69,7 @@ fn each_level_has_the_design_defaults() {
     );
 
     let balanced = parse(&at_level("balanced", ""));
-    assert_eq!(balanced.transport.kind, Transport::Tor);
+    assert_eq!(balanced.transport.kind, TransportKind::Tor);
     assert!(balanced.transport.allow_tcp_fallback);
     assert_eq!(
         (
@@ -85,7 +85,7 @@ fn each_level_has_the_design_defaults() {
     );
 
     let strict = parse(&at_level("strict", ""));
-    assert_eq!(strict.transport.kind, Transport::Tor);
+    assert_eq!(strict.transport.kind, TransportKind::Tor);
     assert!(!strict.transport.allow_tcp_fallback);
     assert!(!strict.transport.dangerous_allow_clearnet);
     assert!(strict.serve.listen.ip().is_loopback());
@@ -255,7 +255,7 @@ fn a_level_override_keeps_the_files_explicit_keys() {
     assert_eq!(p.popularity.min_holders, 7);
     // Not written in the file: the new level's default.
     assert_eq!(p.popularity.min_fraction, 0.05);
-    assert_eq!(p.transport.kind, Transport::Tor);
+    assert_eq!(p.transport.kind, TransportKind::Tor);
     // The embedded default at a serving level lacks a rendezvous: refused.
     let err = Policy::embedded_default(Some(Level::Strict)).expect_err("no rendezvous");
     assert_eq!(err.key(), Some("rendezvous.key"));
@@ -626,7 +626,7 @@ fn strict_contradicts_clearnet_unless_dangerously_allowed() {
         "[transport]\nkind = \"tcp\"\nallow_tcp_fallback = true\ndangerous_allow_clearnet = true\n\
          [serve]\nlisten = \"0.0.0.0:7879\"",
     ));
-    assert_eq!(allowed.transport.kind, Transport::Tcp);
+    assert_eq!(allowed.transport.kind, TransportKind::Tcp);
     // The same choices are ordinary at balanced.
     parse(&at_level(
         "balanced",
