@@ -28,6 +28,16 @@ pub enum Error {
     /// The configuration cannot work.
     #[error("configuration: {0}")]
     Config(String),
+    /// Metrics text (the Prometheus exposition or the history) that is not
+    /// what [`crate::metrics`] renders: whoever answered is not this
+    /// daemon's gateway, or not of this version.
+    #[error("line {line}: {what}")]
+    Metrics {
+        /// The line, counted from 1.
+        line: usize,
+        /// What is wrong with it.
+        what: String,
+    },
 }
 
 impl Error {
@@ -45,6 +55,7 @@ impl HasKind for Error {
             Error::Store(e) => e.kind(),
             Error::Io { .. } => ErrorKind::LocalIo,
             Error::Config(_) => ErrorKind::LocalConfig,
+            Error::Metrics { .. } => ErrorKind::BadInput,
         }
     }
 }

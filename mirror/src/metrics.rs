@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::err::{Error, Result};
+
 /// Where bytes handed to the package manager came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -77,10 +79,13 @@ impl Sample {
 pub const HISTORY_HEADER: &str = "unix,from_store,from_peers,from_upstream,served_to_peers";
 
 /// Parse what [`Metrics::history_csv`] rendered.
-pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
+pub fn parse_history(text: &str) -> Result<Vec<Sample>> {
     let mut lines = text.lines();
     if lines.next() != Some(HISTORY_HEADER) {
-        return Err(format!("line 1: expected the header `{HISTORY_HEADER}`"));
+        return Err(Error::Metrics {
+            line: 1,
+            what: format!("expected the header `{HISTORY_HEADER}`"),
+        });
     }
     lines
         .enumerate()
@@ -90,7 +95,7 @@ pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
                 .split(',')
                 .map(|f| f.trim().parse::<u64>())
                 .collect::<Result<_, _>>()
-                .map_err(|_| format!("line {}: not five counters", i + 2))?;
+                .map_err(|_| five_counters(i + 2))?;
             match v[..] {
                 [at, from_store, from_peers, from_upstream, served_to_peers] => Ok(Sample {
                     at,
@@ -99,10 +104,17 @@ pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
                     from_upstream,
                     served_to_peers,
                 }),
-                _ => Err(format!("line {}: not five counters", i + 2)),
+                _ => Err(five_counters(i + 2)),
             }
         })
         .collect()
+}
+
+fn five_counters(line: usize) -> Error {
+    Error::Metrics {
+        line,
+        what: "not five counters".to_owned(),
+    }
 }
 
 /// The counters at one moment (what `anonmirror status` reads).
@@ -152,24 +164,25 @@ impl MetricsSnapshot {
     }
 
     /// Parse what [`Metrics::prometheus`] rendered.
-    pub fn from_prometheus(text: &str) -> Result<MetricsSnapshot, String> {
+    pub fn from_prometheus(text: &str) -> Result<MetricsSnapshot> {
         let mut s = MetricsSnapshot::default();
         for (no, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, value) = line
-                .split_once(' ')
-                .ok_or_else(|| format!("line {}: expected `NAME VALUE`", no + 1))?;
+            let (name, value) = line.split_once(' ').ok_or_else(|| Error::Metrics {
+                line: no + 1,
+                what: "expected `NAME VALUE`".to_owned(),
+            })?;
             // Labelled and derived series are not counters of ours.
             if name.contains('{') || name == "anonmirror_offload_ratio" {
                 continue;
             }
-            let v: u64 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("line {}: `{value}` is not a counter value", no + 1))?;
+            let v: u64 = value.trim().parse().map_err(|_| Error::Metrics {
+                line: no + 1,
+                what: format!("`{value}` is not a counter value"),
+            })?;
             let slot = match name {
                 "anonmirror_item_bytes_store_total" => &mut s.from_store,
                 "anonmirror_item_bytes_peers_total" => &mut s.from_peers,
@@ -456,6 +469,6 @@ mod tests {
             "anonmirror_requests_total 1\nanonmirror_hedges_total x\n",
         )
         .expect_err("bad value");
-        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(e.to_string().starts_with("line 2:"), "{e}");
     }
 }
