@@ -39,14 +39,16 @@
 //! are small), peers get `max(HEDGE_FLOOR, 4·t₀)`; before any answer from
 //! the upstream at all, [`HEDGE_UNKNOWN`]. Peers that do not even answer
 //! the handshake within a few round trips of their own connection
-//! ([`handshake_allowance`](anonmirror_overlay::swarm::handshake_allowance)) are left sooner: with none left, the
-//! upstream starts at once.
+//! ([`handshake_allowance`](anonmirror_overlay::swarm::handshake_allowance))
+//! are left sooner: with none left, the upstream starts at once.
 //!
 //! Completed items are linked into the store and the work files removed.
 //! Every byte was hashed once on its way: the swarm checks chunk groups
 //! and the whole SHA-256; an upstream download's writer hashes SHA-256
-//! and the tree as it writes ([`ItemHasher`](anonmirror_overlay::verify::ItemHasher)). Either way the store gets
-//! a [`Verified`](anonmirror_overlay::swarm::Verified) proof and does not read the file again.
+//! and the tree as it writes
+//! ([`ItemHasher`](anonmirror_overlay::verify::ItemHasher)). Either way
+//! the store gets a [`Verified`](anonmirror_overlay::swarm::Verified)
+//! proof and does not read the file again.
 //!
 //! # Files
 //!
