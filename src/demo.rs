@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anonmirror_core::{Entropy, SeededEntropy};
-use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use anonmirror_privacy::{ByteSize, Level, Policy, TransportKind};
-use anonmirror_privacy::{Rendezvous as RendezvousConfig, Repository, RepositoryKind};
+use anonmirror_privacy::{RendezvousConfig, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 use anyhow::{Context, Result, anyhow};
 use axum::body::Body;
@@ -60,13 +60,13 @@ impl Default for DemoOptions {
 #[derive(Clone, Debug)]
 pub struct DemoReport {
     /// The client gateway's counters at the end.
-    pub client: Snapshot,
+    pub client: MetricsSnapshot,
     /// Packages the client fetched and verified.
     pub verified: usize,
     /// Their bytes.
     pub bytes: u64,
     /// Each volunteer's last selection.
-    pub volunteers: Vec<(Level, Option<Summary>, Snapshot)>,
+    pub volunteers: Vec<(Level, Option<Summary>, MetricsSnapshot)>,
 }
 
 impl std::fmt::Display for DemoReport {

@@ -202,13 +202,13 @@ impl Node {
             clock.clone(),
         ));
         let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let (gateway_addr, server) =
-            anonmirror_mirror::gateway::spawn(policy.gateway.listen, gateway.clone(), async move {
-                stop.cancelled().await
-            })
-            .await
-            .with_context(|| format!("binding the gateway to {}", policy.gateway.listen))?;
+        let (gateway_addr, server) = anonmirror_mirror::gateway::spawn(
+            policy.gateway.listen,
+            gateway.clone(),
+            cancel.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the gateway to {}", policy.gateway.listen))?;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             match server.await {

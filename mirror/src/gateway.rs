@@ -36,6 +36,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, head
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::job::{Fetcher, Want};
 use crate::metrics::{Metrics, Source};
@@ -116,11 +117,12 @@ impl Gateway {
     }
 }
 
-/// Serve `gateway` on `listener` until `shutdown` completes.
+/// Serve `gateway` on `listener` until `cancel` is cancelled; requests
+/// under way are answered first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    cancel: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     // Without TCP_NODELAY every response after the first on a kept-alive
@@ -131,19 +133,20 @@ pub async fn serve(
     });
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(cancel.cancelled_owned())
         .await
 }
 
-/// Bind `addr` and serve in the background; returns the bound address.
+/// Bind `addr` and serve in the background until `cancel` is cancelled;
+/// returns the bound address.
 pub async fn spawn(
     addr: SocketAddr,
     gateway: Arc<Gateway>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    Ok((bound, tokio::spawn(serve(listener, gateway, shutdown))))
+    Ok((bound, tokio::spawn(serve(listener, gateway, cancel))))
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {

@@ -30,6 +30,6 @@ pub mod repo;
 pub mod upstream;
 mod workfile;
 
-pub use err::{Error, Result};
+pub use err::{Error, FetchError, Result};
 pub use gateway::Gateway;
 pub use metrics::Metrics;

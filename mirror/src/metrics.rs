@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::err::{Error, Result};
+
 /// Where bytes handed to the package manager came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -40,7 +42,7 @@ pub struct Metrics {
     sessions_opened: AtomicU64,
     session_live: AtomicU64,
     index_errors: AtomicU64,
-    history: Mutex<VecDeque<(u64, Snapshot)>>,
+    history: Mutex<VecDeque<(u64, MetricsSnapshot)>>,
 }
 
 /// Samples kept for `anonmirror status --plot`: a day at one a minute.
@@ -77,10 +79,13 @@ impl Sample {
 pub const HISTORY_HEADER: &str = "unix,from_store,from_peers,from_upstream,served_to_peers";
 
 /// Parse what [`Metrics::history_csv`] rendered.
-pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
+pub fn parse_history(text: &str) -> Result<Vec<Sample>> {
     let mut lines = text.lines();
     if lines.next() != Some(HISTORY_HEADER) {
-        return Err(format!("line 1: expected the header `{HISTORY_HEADER}`"));
+        return Err(Error::Metrics {
+            line: 1,
+            what: format!("expected the header `{HISTORY_HEADER}`"),
+        });
     }
     lines
         .enumerate()
@@ -90,7 +95,7 @@ pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
                 .split(',')
                 .map(|f| f.trim().parse::<u64>())
                 .collect::<Result<_, _>>()
-                .map_err(|_| format!("line {}: not five counters", i + 2))?;
+                .map_err(|_| five_counters(i + 2))?;
             match v[..] {
                 [at, from_store, from_peers, from_upstream, served_to_peers] => Ok(Sample {
                     at,
@@ -99,15 +104,22 @@ pub fn parse_history(text: &str) -> Result<Vec<Sample>, String> {
                     from_upstream,
                     served_to_peers,
                 }),
-                _ => Err(format!("line {}: not five counters", i + 2)),
+                _ => Err(five_counters(i + 2)),
             }
         })
         .collect()
 }
 
+fn five_counters(line: usize) -> Error {
+    Error::Metrics {
+        line,
+        what: "not five counters".to_owned(),
+    }
+}
+
 /// The counters at one moment (what `anonmirror status` reads).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct MetricsSnapshot {
     /// Item bytes handed to the package manager from the store.
     pub from_store: u64,
     /// … from peers.
@@ -139,7 +151,7 @@ pub struct Snapshot {
     pub index_errors: u64,
 }
 
-impl Snapshot {
+impl MetricsSnapshot {
     /// Share of item bytes that did not come from the upstream mirror:
     /// (store + peers) / (store + peers + upstream); 0 before any.
     pub fn offload_ratio(&self) -> f64 {
@@ -152,24 +164,25 @@ impl Snapshot {
     }
 
     /// Parse what [`Metrics::prometheus`] rendered.
-    pub fn from_prometheus(text: &str) -> Result<Snapshot, String> {
-        let mut s = Snapshot::default();
+    pub fn from_prometheus(text: &str) -> Result<MetricsSnapshot> {
+        let mut s = MetricsSnapshot::default();
         for (no, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, value) = line
-                .split_once(' ')
-                .ok_or_else(|| format!("line {}: expected `NAME VALUE`", no + 1))?;
+            let (name, value) = line.split_once(' ').ok_or_else(|| Error::Metrics {
+                line: no + 1,
+                what: "expected `NAME VALUE`".to_owned(),
+            })?;
             // Labelled and derived series are not counters of ours.
             if name.contains('{') || name == "anonmirror_offload_ratio" {
                 continue;
             }
-            let v: u64 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("line {}: `{value}` is not a counter value", no + 1))?;
+            let v: u64 = value.trim().parse().map_err(|_| Error::Metrics {
+                line: no + 1,
+                what: format!("`{value}` is not a counter value"),
+            })?;
             let slot = match name {
                 "anonmirror_item_bytes_store_total" => &mut s.from_store,
                 "anonmirror_item_bytes_peers_total" => &mut s.from_peers,
@@ -295,9 +308,9 @@ impl Metrics {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> MetricsSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Snapshot {
+        MetricsSnapshot {
             from_store: g(&self.from_store),
             from_peers: g(&self.from_peers),
             from_upstream: g(&self.from_upstream),
@@ -428,10 +441,10 @@ mod tests {
         assert!(text.contains("anonmirror_item_bytes_peers_total 300\n"));
         assert!(text.contains("# TYPE anonmirror_offload_ratio gauge\n"));
         assert!(text.contains("anonmirror_offload_ratio 0.800000\n"));
-        let back = Snapshot::from_prometheus(&text).expect("parses");
+        let back = MetricsSnapshot::from_prometheus(&text).expect("parses");
         assert_eq!(back, m.snapshot());
         assert!((back.offload_ratio() - 0.8).abs() < 1e-9);
-        assert_eq!(Snapshot::default().offload_ratio(), 0.0);
+        assert_eq!(MetricsSnapshot::default().offload_ratio(), 0.0);
     }
 
     #[test]
@@ -452,9 +465,10 @@ mod tests {
 
     #[test]
     fn a_garbled_exposition_is_refused_with_its_line() {
-        let e =
-            Snapshot::from_prometheus("anonmirror_requests_total 1\nanonmirror_hedges_total x\n")
-                .expect_err("bad value");
-        assert!(e.starts_with("line 2:"), "{e}");
+        let e = MetricsSnapshot::from_prometheus(
+            "anonmirror_requests_total 1\nanonmirror_hedges_total x\n",
+        )
+        .expect_err("bad value");
+        assert!(e.to_string().starts_with("line 2:"), "{e}");
     }
 }

@@ -43,7 +43,7 @@ const FORWARDED: [&str; 4] = ["range", "if-modified-since", "if-none-match", "if
 
 /// Upstream speed as measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Estimate {
+pub struct UpstreamEstimate {
     /// Time to the response head.
     pub first_byte: Duration,
     /// Bytes per second of bodies.
@@ -52,7 +52,7 @@ pub struct Estimate {
     pub samples: u64,
 }
 
-impl Estimate {
+impl UpstreamEstimate {
     /// Expected time for the upstream to deliver `size` bytes.
     pub fn expected(&self, size: u64) -> Duration {
         let body = if self.rate > 0.0 {
@@ -68,7 +68,7 @@ impl Estimate {
 #[derive(Debug)]
 pub struct Upstream {
     client: Client<HttpsConnector<DialConnector>, Empty<Bytes>>,
-    estimate: Mutex<Option<Estimate>>,
+    estimate: Mutex<Option<UpstreamEstimate>>,
     timeout: Duration,
     transport: String,
 }
@@ -162,12 +162,12 @@ impl Upstream {
     fn observe_head(&self, t: Duration) {
         if let Ok(mut e) = self.estimate.lock() {
             let next = match *e {
-                None => Estimate {
+                None => UpstreamEstimate {
                     first_byte: t,
                     rate: 0.0,
                     samples: 0,
                 },
-                Some(old) => Estimate {
+                Some(old) => UpstreamEstimate {
                     first_byte: old.first_byte.mul_f64(0.8) + t.mul_f64(0.2),
                     ..old
                 },
@@ -185,7 +185,7 @@ impl Upstream {
         }
         let rate = bytes as f64 / elapsed.as_secs_f64();
         if let Ok(mut e) = self.estimate.lock() {
-            let mut cur = e.unwrap_or(Estimate {
+            let mut cur = e.unwrap_or(UpstreamEstimate {
                 first_byte: Duration::ZERO,
                 rate: 0.0,
                 samples: 0,
@@ -201,7 +201,7 @@ impl Upstream {
     }
 
     /// The estimate so far (`None` before the first answer).
-    pub fn estimate(&self) -> Option<Estimate> {
+    pub fn estimate(&self) -> Option<UpstreamEstimate> {
         self.estimate.lock().ok().and_then(|e| *e)
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::err::Invalid;
 use crate::level::Level;
 use crate::pattern::DenyPattern;
-use crate::policy::{ControlPort, Policy, Rendezvous, Repository, TransportKind};
+use crate::policy::{ControlPort, Policy, RendezvousConfig, Repository, TransportKind};
 use crate::units::{ByteSize, ExposureBudget, Rate};
 
 /// The whole file.
@@ -170,7 +170,7 @@ impl Options {
         }
         p.rendezvous = match (self.rendezvous.address, self.rendezvous.key) {
             (None, None) => None,
-            (Some(address), Some(key)) => Some(Rendezvous {
+            (Some(address), Some(key)) => Some(RendezvousConfig {
                 directory_key,
                 address,
                 key: key.parse().map_err(|e| {

@@ -6,6 +6,12 @@
 //! resolution plus [`Policy::check`] (ranges and contradictions). Errors of
 //! the last stage know only the key path, so it is looked up in the parsed
 //! document to give the line and column too.
+//!
+//! The public ways in ([`Policy::from_toml_str`], [`Policy::load`], …) are
+//! here too, so that the layers read one way: the schema ([`crate::policy`])
+//! knows nothing of files, [`Options`] resolves a file's keys over a level's
+//! defaults, [`Policy::check`] judges the result, and this module drives
+//! the three.
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,7 +21,45 @@ use toml::de::{DeTable, DeValue};
 use crate::err::{Error, Invalid, Location};
 use crate::level::Level;
 use crate::options::Options;
-use crate::policy::Policy;
+use crate::policy::{DEFAULT_POLICY, Policy};
+
+impl Policy {
+    /// Parse and validate a policy.
+    pub fn from_toml_str(src: &str) -> Result<Policy, Error> {
+        parse(src, None, None)
+    }
+
+    /// Parse and validate a policy, with `level` replacing the file's own
+    /// (the file's explicit keys still override the new level's defaults).
+    pub fn from_toml_str_with_level(src: &str, level: Level) -> Result<Policy, Error> {
+        parse(src, None, Some(level))
+    }
+
+    /// Read, parse and validate a policy file.
+    pub fn load(path: &Path) -> Result<Policy, Error> {
+        Self::load_inner(path, None)
+    }
+
+    /// Read, parse and validate a policy file, with `level` replacing the
+    /// file's own.
+    pub fn load_with_level(path: &Path, level: Level) -> Result<Policy, Error> {
+        Self::load_inner(path, Some(level))
+    }
+
+    fn load_inner(path: &Path, level: Option<Level>) -> Result<Policy, Error> {
+        let src = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&src, Some(path), level)
+    }
+
+    /// The embedded default policy ([`DEFAULT_POLICY`]), optionally at
+    /// another level.
+    pub fn embedded_default(level: Option<Level>) -> Result<Policy, Error> {
+        parse(DEFAULT_POLICY, None, level)
+    }
+}
 
 /// Parse, resolve and check `src`; `file` names it in errors.
 pub(crate) fn parse(src: &str, file: Option<&Path>, level: Option<Level>) -> Result<Policy, Error> {

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use clap::Args;
 
 use super::EXIT_RUNTIME;
@@ -37,7 +37,7 @@ fn mib(b: u64) -> f64 {
 }
 
 /// The report `anonmirror status` prints.
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &MetricsSnapshot) -> String {
     format!(
         "handed to the package manager: {:.1} MiB from peers, {:.1} MiB from the store, {:.1} MiB from upstream\n\
          offload ratio: {:.1} %\n\
@@ -85,7 +85,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let snapshot = match Snapshot::from_prometheus(&text) {
+    let snapshot = match MetricsSnapshot::from_prometheus(&text) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {url}: not anonmirror metrics: {e}");

@@ -110,7 +110,7 @@ impl Swarm {
         });
     }
 
-    fn metrics(&self, i: usize) -> anonmirror_mirror::metrics::Snapshot {
+    fn metrics(&self, i: usize) -> anonmirror_mirror::metrics::MetricsSnapshot {
         self.nodes[i].gateway().metrics().snapshot()
     }
 

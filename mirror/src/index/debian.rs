@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use anonmirror_core::ItemKey;
 
-use super::Entry;
 use super::armor;
 use super::deb822::{Field, Paragraphs};
+use super::entry::Entry;
 use super::error::{Format, IndexError, Problem};
 use super::text::{Lines, decimal, hex32, is_blank, relative_path, text};
 

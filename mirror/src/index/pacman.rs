@@ -25,8 +25,8 @@ use std::io::{BufReader, Read};
 
 use anonmirror_core::ItemKey;
 
-use super::Entry;
 use super::compress::{Bounded, DECOMPRESS_LIMIT, Decoder, stream_problem};
+use super::entry::Entry;
 use super::error::{Format, IndexError, Problem};
 use super::text::{Lines, decimal, hex32, quote, relative_path, text};
 

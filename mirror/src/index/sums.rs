@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 use anonmirror_core::ItemKey;
 
-use super::Entry;
 use super::armor;
+use super::entry::Entry;
 use super::error::{Format, IndexError, Problem};
 use super::text::{Lines, hex32, is_blank, quote, relative_path};
 

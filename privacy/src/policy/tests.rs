@@ -2,6 +2,7 @@
 //! file, and one bad case per check, each asserting the key path.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use anonmirror_core::{ErrorKind, HasKind};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::repo::{INDEXES, Package};
-use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
@@ -163,7 +163,7 @@ pub(crate) async fn fetch_set(
     Ok((bytes, started.elapsed()))
 }
 
-pub(crate) async fn metrics(gateway: SocketAddr) -> Result<Snapshot> {
+pub(crate) async fn metrics(gateway: SocketAddr) -> Result<MetricsSnapshot> {
     let mut http = Http::new(gateway);
     let out = tempfile::NamedTempFile::new()?;
     let (status, _, _) = http.get(".anonmirror/metrics", Some(out.path())).await?;
@@ -171,5 +171,5 @@ pub(crate) async fn metrics(gateway: SocketAddr) -> Result<Snapshot> {
         bail!("metrics: {status}");
     }
     let text = std::fs::read_to_string(out.path())?;
-    Snapshot::from_prometheus(&text).map_err(|e| anyhow!("metrics: {e}"))
+    MetricsSnapshot::from_prometheus(&text).map_err(|e| anyhow!("metrics: {e}"))
 }

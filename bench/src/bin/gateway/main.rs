@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anonmirror_bench::median;
-use anonmirror_mirror::metrics::Snapshot;
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use anonmirror_privacy::Level;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -170,7 +170,7 @@ async fn client_vs_nginx(
     nginx: SocketAddr,
     r: &RendezvousProc,
     packages: &[Package],
-) -> Result<(Vec<f64>, Vec<f64>, Vec<Snapshot>)> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<MetricsSnapshot>)> {
     let (mut base, mut ours, mut snaps) = (Vec::new(), Vec::new(), Vec::new());
     // One set of output files for every fetch, written over in place; the
     // first fetch, unmeasured, makes them.
@@ -381,7 +381,7 @@ async fn case_swarm(
     let started = Instant::now();
     let mut restarts = Duration::ZERO;
     let mut done = 0;
-    let mut totals = Snapshot::default();
+    let mut totals = MetricsSnapshot::default();
     let mut wave_notes = Vec::new();
     while done < n {
         let size = if done == 0 {
@@ -398,7 +398,7 @@ async fn case_swarm(
                 metrics(gw).await
             });
         }
-        let mut wave = Snapshot::default();
+        let mut wave = MetricsSnapshot::default();
         while let Some(m) = js.join_next().await {
             let m = m??;
             wave.from_peers += m.from_peers;
