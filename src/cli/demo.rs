@@ -1,6 +1,6 @@
 //! `anonmirror demo`: a whole swarm on loopback (an upstream, a
 //! rendezvous, volunteers, a client) fetching a generated repository; prints
-//! what came from where (see `crate::demo`).
+//! what came from where (see `anonmirror_node::demo`).
 //!
 //! Exit codes: 0 every package arrived verified; 2 bad command line; 3 the
 //! demo failed (the error says where).
@@ -12,7 +12,7 @@ use anonmirror_privacy::Level;
 use clap::Args;
 
 use super::EXIT_RUNTIME;
-use crate::demo::{DemoOptions, run as run_demo};
+use anonmirror_node::demo::{DemoOptions, run as run_demo};
 
 /// `anonmirror demo …`
 #[derive(Debug, Args)]

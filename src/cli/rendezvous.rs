@@ -15,7 +15,7 @@
 //!
 //! Seams: lookups test sessions' announcements with announce's epoch-keyed
 //! Bloom filter, and popularity reports go to announce's aggregator
-//! (`crate::hooks`).
+//! (`anonmirror_mirror::hooks`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -120,8 +120,8 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         let mut cfg = ServerConfig::new(
             cmd.listen,
             cmd.state_dir,
-            Arc::new(crate::hooks::AnnouncementFilter),
-            Arc::new(crate::hooks::PopularityAggregator::default()),
+            Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+            Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
         );
         cfg.epoch_secs = cmd.epoch_secs;
         cfg.credentials.tokens_per_epoch = cmd.tokens_per_epoch;
@@ -210,7 +210,8 @@ mod onion {
         let mut config = TorConfig::new(state_dir.join("arti-state"), state_dir.join("arti-cache"));
         config.onion_keys = OnionKeys::Persistent;
         config.arti_config = arti_config;
-        let arti = crate::carrier::bootstrap_arti(&config, "--dangerous-arti-config").await?;
+        let arti =
+            anonmirror_node::carrier::bootstrap_arti(&config, "--dangerous-arti-config").await?;
         let mut listener = arti.host_named_onion_service(NICKNAME, port).await?;
         let address = match listener.local_contact()? {
             Contact::Onion { host, port } => format!("{host}:{port}"),

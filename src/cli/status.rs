@@ -70,7 +70,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
         Err(code) => return code,
     };
     let url = format!("http://{}/.anonmirror/metrics", cmd.gateway);
-    let got = runtime.block_on(crate::http::get(&url));
+    let got = runtime.block_on(anonmirror_node::http::get(&url));
     let text = match got {
         Ok((status, body)) if status.is_success() => String::from_utf8_lossy(&body).into_owned(),
         Ok((status, _)) => {
@@ -94,7 +94,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
     };
     if let Some(path) = &cmd.plot {
         let url = format!("http://{}/.anonmirror/history", cmd.gateway);
-        let history = match runtime.block_on(crate::http::get(&url)) {
+        let history = match runtime.block_on(anonmirror_node::http::get(&url)) {
             Ok((status, body)) if status.is_success() => {
                 anonmirror_mirror::metrics::parse_history(&String::from_utf8_lossy(&body))
                     .map_err(|e| format!("{url}: {e}"))

@@ -4,7 +4,7 @@
 //! is built alone).
 //!
 //! core ← privacy ← announce ← audit; core, privacy ← overlay ← rendezvous;
-//! overlay, rendezvous, announce ← mirror; the root package ← all.
+//! overlay, rendezvous, announce ← mirror ← node; the root package ← all.
 //! announce and overlay never import each other; audit never pulls in
 //! tokio's networking or arti; nothing depends on the root package.
 
@@ -79,6 +79,19 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "mirror",
             &["core", "privacy", "announce", "overlay", "rendezvous"][..],
         ),
+        // The daemon's roles: everything below the command line.
+        (
+            "node",
+            &[
+                "core",
+                "privacy",
+                "announce",
+                "overlay",
+                "rendezvous",
+                "mirror",
+                "audit",
+            ][..],
+        ),
         // Test support (a private Tor network): depends on nothing of
         // ours; only tests (root's dev-dependencies) and the Tor benchmark
         // use it.
@@ -106,6 +119,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "overlay",
                 "rendezvous",
                 "mirror",
+                "node",
                 "audit",
                 "testnet",
             ][..],

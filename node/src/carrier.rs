@@ -261,7 +261,7 @@ async fn arti(policy: &Policy) -> Result<Carrier, String> {
 /// where an arti configuration file came from, for the warning that one
 /// is in use.
 #[cfg(feature = "tor")]
-pub(crate) async fn bootstrap_arti(
+pub async fn bootstrap_arti(
     config: &anonmirror_overlay::transport::tor::TorConfig,
     setting: &str,
 ) -> std::io::Result<anonmirror_overlay::transport::tor::TorDialer> {

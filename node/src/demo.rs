@@ -373,8 +373,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let mut cfg = ServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.join("rendezvous"),
-        Arc::new(crate::hooks::AnnouncementFilter),
-        Arc::new(crate::hooks::PopularityAggregator::default()),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
     );
     cfg.credentials.pow_difficulty = 8;
     let rendezvous = Rendezvous::start(cfg)

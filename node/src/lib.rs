@@ -1,0 +1,24 @@
+//! The daemon's roles, as a library: what `anonmirror daemon` runs and
+//! `anonmirror demo` wires into a swarm.
+//!
+//! - [`node`]: one node, the gateway for the local package manager and,
+//!   when the policy's level is not `off`, the volunteer role (sessions
+//!   with the rendezvous, announcements, the peer server);
+//! - [`carrier`]: what carries the node's connections (TCP, arti, a Tor
+//!   daemon) and how its peers reach it;
+//! - [`demo`]: a whole swarm on loopback, for `anonmirror demo` and the
+//!   end-to-end tests.
+//!
+//! It must never parse a command line or print for people (that is the
+//! root package's), never announce an item or open a session the policy
+//! did not allow, and never link one session to another: each gets a new
+//! token, a new Noise key and a new announcement.
+
+#![forbid(unsafe_code)]
+
+pub mod carrier;
+pub mod demo;
+pub mod http;
+pub mod node;
+
+pub use node::{Node, NodeOptions, Summary};
