@@ -1,109 +1,36 @@
 //! One anonmirror node: the gateway for the local package manager and,
-//! when the policy's level is not `off`, the volunteer role.
+//! when the policy's level is not `off`, the volunteer role
+//! ([`crate::volunteer`]).
 //!
-//! The volunteer role, per session (DESIGN.md §4–§5):
-//!
-//! 1. a credential (registered with a proof-of-work, kept in the state
-//!    directory, dropped and registered anew when the rendezvous no longer
-//!    knows it or it is past its validity);
-//! 2. two tokens for the epoch: one pays for a popularity report (from the
-//!    held, current, allowed items, randomized with the node's permanent
-//!    memo), one opens the session;
-//! 3. the selection pipeline decides the announcement; a padding item
-//!    (announced, not held) is fetched on demand: the first peer to ask for
-//!    it gets `NotFound` (as for any Bloom false positive) while the node
-//!    fetches it, within the cache cap, for the peers that ask later;
-//! 4. a peer server with a fresh Noise key for the session, within the
-//!    policy's limits;
-//! 5. the session stays open, answering pings, until the epoch ends, a
-//!    repository's snapshot changes (its indexes are fetched again, new
-//!    versions of held packages prefetched, and a new session announces the
-//!    new selection), or it fails (reconnect after a jittered backoff, with
-//!    fresh tokens).
-//!
-//! Nothing a session carries is linked to another: a new token, a new
-//! Noise key, and a new announcement every time.
+//! Starting opens the store, starts the carrier (Tor first, before
+//! anything connects anywhere), binds the gateway and spawns the
+//! volunteer. Stopping is one [`CancellationToken`], handed down to every
+//! task; the node waits for its tasks ([`JoinSet`]) and the volunteer's
+//! prefetches ([`TaskTracker`]), then for the downloads under way.
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonmirror_announce::snapshot::LevelPeers;
-use anonmirror_announce::{
-    Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
-    select,
-};
-use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
-use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
+use anonmirror_core::Epoch;
+use anonmirror_mirror::job::{FetchConfig, Fetcher};
 use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
 use anonmirror_mirror::repo::Repo;
-use anonmirror_mirror::upstream::{Upstream, join};
+use anonmirror_mirror::upstream::Upstream;
 use anonmirror_mirror::{Gateway, Metrics};
-use anonmirror_overlay::server::ServerConfig;
+// The content store, the swarm and the channel's parameters.
 use anonmirror_overlay::swarm::SwarmConfig;
-use anonmirror_overlay::{ChannelParams, Listener, StaticKeypair, Store, TcpTransport, Transport};
+use anonmirror_overlay::{ChannelParams, Store};
 use anonmirror_privacy::{Level, Policy};
-use anonmirror_rendezvous::credential::ClientCredential;
-use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
-use anyhow::{Context, Result, anyhow};
+use anonmirror_rendezvous::Client;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::carrier::{Carrier, Serving};
-
-/// The inventory the last selection saw, in the state directory.
-pub const AUDIT_INVENTORY: &str = "inventory.txt";
-/// The current index the last selection saw.
-pub const AUDIT_INDEX: &str = "index.txt";
-/// The popularity snapshot the last selection used (announce's `AMPS`).
-pub const AUDIT_POPULARITY: &str = "popularity.amps";
-/// The credential (hex and expiry), in the state directory.
-pub const CREDENTIAL: &str = "credential";
-
-/// What the command line adds to the policy.
-#[derive(Clone, Debug)]
-pub struct NodeOptions {
-    /// Leading zero bits of the registration proof-of-work (at least the
-    /// rendezvous's).
-    pub pow_difficulty: u8,
-    /// A fixed hedge deadline instead of the one derived from the
-    /// upstream's speed.
-    pub hedge_after: Option<Duration>,
-    /// Peers asked for per lookup.
-    pub lookup_want: u8,
-}
-
-impl Default for NodeOptions {
-    fn default() -> Self {
-        NodeOptions {
-            pow_difficulty: 20,
-            hedge_after: None,
-            lookup_want: 4,
-        }
-    }
-}
-
-/// What the volunteer's last selection decided (for `demo` and logs;
-/// `anonmirror audit` shows the whole pipeline).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Summary {
-    /// The level.
-    pub level: Level,
-    /// The epoch.
-    pub epoch: Epoch,
-    /// Items held.
-    pub held: usize,
-    /// Items announced (held and padding).
-    pub announced: usize,
-    /// Announced items not held.
-    pub padding: usize,
-    /// I(A), bits.
-    pub exposure_bits: f64,
-    /// Whether the announcement was within the exposure budget (and so
-    /// made).
-    pub within_budget: bool,
-}
+use crate::carrier::Carrier;
+use crate::err::{Error, Result};
+use crate::options::NodeOptions;
+use crate::volunteer::{Summary, Volunteer};
 
 /// How long a stopping node waits for its downloads under way.
 pub const STOP_DRAIN: Duration = Duration::from_secs(10);
@@ -114,8 +41,13 @@ pub struct Node {
     /// Where the gateway listens.
     pub gateway_addr: SocketAddr,
     gateway: Arc<Gateway>,
+    /// Stops every task of the node.
     cancel: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
+    /// The gateway, the metrics sampler and the volunteer.
+    tasks: JoinSet<()>,
+    /// The volunteer's prefetches (padding items, new versions).
+    prefetches: TaskTracker,
+    /// "Announce again now": not a stop signal.
     reannounce: Arc<tokio::sync::Notify>,
     summary: Arc<std::sync::Mutex<Option<Summary>>>,
 }
@@ -123,18 +55,22 @@ pub struct Node {
 impl Node {
     /// Start the gateway (and the volunteer role when the level serves).
     pub async fn start(policy: Policy, opts: NodeOptions) -> Result<Node> {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock = opts.clock.clone();
         let cache_dir = policy.paths.cache_dir.clone();
         let state_dir = policy.paths.state_dir.clone();
         for d in [&cache_dir, &state_dir] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::state(format!("creating {}", d.display()), e))?;
         }
         let store = Store::open(
             &cache_dir.join("store"),
             policy.cache.max_size.0,
             clock.clone(),
         )
-        .context("opening the store")?;
+        .map_err(|source| Error::Store {
+            what: "opening the store",
+            source,
+        })?;
         let metrics = Arc::new(Metrics::default());
         // Tor (if the policy asks) before anything connects anywhere.
         let carrier = Carrier::start(&policy).await?;
@@ -146,8 +82,11 @@ impl Node {
         ));
         let rendezvous = match &policy.rendezvous {
             Some(r) => {
-                let contact = anonmirror_overlay::Contact::parse(&r.address)
-                    .map_err(|e| anyhow!("rendezvous.address: {e}"))?;
+                let contact =
+                    anonmirror_overlay::Contact::parse(&r.address).map_err(|e| Error::Config {
+                        key: "rendezvous.address",
+                        reason: e.to_string(),
+                    })?;
                 Some(Client::with_dialer(contact, r.key, carrier.dialer.clone()))
             }
             None => None,
@@ -161,6 +100,7 @@ impl Node {
         let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
         swarm.connect_timeout = Duration::from_secs(5);
         swarm.stall_timeout = Duration::from_secs(5);
+        let work_dir = cache_dir.join("store").join("tmp");
         let fetcher = Arc::new(
             Fetcher::new(
                 store.clone(),
@@ -168,13 +108,18 @@ impl Node {
                 peers.clone().map(|p| p as Arc<dyn PeerSource>),
                 metrics.clone(),
                 FetchConfig {
-                    work_dir: cache_dir.join("store").join("tmp"),
+                    work_dir: work_dir.clone(),
                     swarm,
                     hedge_after: opts.hedge_after,
                     dialer: carrier.dialer.clone(),
                 },
             )
-            .context("preparing the work directory")?,
+            .map_err(|e| {
+                Error::state(
+                    format!("preparing the work directory {}", work_dir.display()),
+                    e,
+                )
+            })?,
         );
         let mut repos = Vec::new();
         for r in &policy.repositories {
@@ -207,8 +152,13 @@ impl Node {
                 stop.cancelled().await
             })
             .await
-            .with_context(|| format!("binding the gateway to {}", policy.gateway.listen))?;
-        let mut tasks = tokio::task::JoinSet::new();
+            .map_err(|e| {
+                Error::transport(
+                    format!("binding the gateway to {}", policy.gateway.listen),
+                    e,
+                )
+            })?;
+        let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             match server.await {
                 Ok(Ok(())) => {}
@@ -230,15 +180,19 @@ impl Node {
         });
         let reannounce = Arc::new(tokio::sync::Notify::new());
         let summary = Arc::new(std::sync::Mutex::new(None));
+        let prefetches = TaskTracker::new();
         if policy.level.serves() {
-            let client =
-                rendezvous.ok_or_else(|| anyhow!("level {} needs [rendezvous]", policy.level))?;
+            let client = rendezvous.ok_or_else(|| Error::Config {
+                key: "rendezvous",
+                reason: format!("level {} needs [rendezvous]", policy.level),
+            })?;
             let v = Volunteer {
                 serving: carrier.serving,
                 #[cfg(feature = "onion-service")]
                 arti: carrier.arti.clone(),
                 policy,
-                opts,
+                pow_difficulty: opts.pow_difficulty,
+                entropy: opts.entropy,
                 client,
                 store,
                 gateway: gateway.clone(),
@@ -246,6 +200,7 @@ impl Node {
                 clock,
                 state_dir,
                 cancel: cancel.clone(),
+                prefetches: prefetches.clone(),
                 reannounce: reannounce.clone(),
                 summary: summary.clone(),
             };
@@ -256,6 +211,7 @@ impl Node {
             gateway,
             cancel,
             tasks,
+            prefetches,
             reannounce,
             summary,
         })
@@ -277,536 +233,17 @@ impl Node {
         &self.gateway
     }
 
-    /// Stop everything and wait for it: the gateway and the volunteer
-    /// at once, then the downloads under way for at most [`STOP_DRAIN`]
-    /// (so that the last package fetched is in the store next time).
+    /// Stop everything and wait for it: the gateway, the volunteer and its
+    /// prefetches at once, then the downloads under way for at most
+    /// [`STOP_DRAIN`] (so that the last package fetched is in the store
+    /// next time).
     pub async fn stop(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.prefetches.close();
+        self.prefetches.wait().await;
         if !self.gateway.fetcher().drain(STOP_DRAIN).await {
             tracing::info!("stopped with downloads still under way: they are dropped");
-        }
-    }
-}
-
-struct Volunteer {
-    /// How peers reach it.
-    serving: Serving,
-    /// arti, which hosts its onion services.
-    #[cfg(feature = "onion-service")]
-    arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
-    policy: Policy,
-    opts: NodeOptions,
-    client: Client,
-    store: Store,
-    gateway: Arc<Gateway>,
-    peers: Option<Arc<RendezvousPeers>>,
-    clock: Arc<dyn Clock>,
-    state_dir: PathBuf,
-    cancel: CancellationToken,
-    reannounce: Arc<tokio::sync::Notify>,
-    summary: Arc<std::sync::Mutex<Option<Summary>>>,
-}
-
-/// Why a session ended without failing.
-enum Ended {
-    /// Announce again now (new epoch, new snapshot).
-    Reopen,
-    /// Nothing to announce this epoch: wait for the next one.
-    Withheld(Duration),
-    /// The node is stopping.
-    Stopping,
-}
-
-impl Volunteer {
-    /// Where this session's peers connect: `serve.listen`, or a fresh
-    /// onion service.
-    async fn peer_listener(&self) -> Result<PeerListener> {
-        match self.serving {
-            #[cfg(feature = "onion-service")]
-            Serving::ArtiOnion => {
-                let arti = self
-                    .arti
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("no arti to host the onion service"))?;
-                let l = arti
-                    .host_onion_service(self.policy.serve.listen.port())
-                    .await
-                    .context("launching this session's onion service")?;
-                Ok(PeerListener::Onion(l))
-            }
-            Serving::DaemonOnion => {
-                let l = anonmirror_overlay::transport::control::DaemonOnionListener::launch(
-                    &self.policy.transport.control,
-                    self.policy.serve.listen.port(),
-                )
-                .await
-                .context("asking the Tor daemon for this session's onion service")?;
-                Ok(PeerListener::DaemonOnion(l))
-            }
-            _ => {
-                let l = TcpTransport
-                    .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
-                    .await
-                    .with_context(|| {
-                        format!("listening for peers on {}", self.policy.serve.listen)
-                    })?;
-                Ok(PeerListener::Tcp(l))
-            }
-        }
-    }
-
-    async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-        let mut entropy = OsEntropy;
-        let mut served_before = 0u64;
-        loop {
-            if self.cancel.is_cancelled() {
-                return;
-            }
-            let wait = match self.session(&mut served_before).await {
-                Ok(Ended::Stopping) => return,
-                Ok(Ended::Reopen) => {
-                    backoff.reset();
-                    continue;
-                }
-                Ok(Ended::Withheld(d)) => d,
-                Err(e) => {
-                    self.gateway.metrics().session(false);
-                    let d = backoff.next_delay(&mut entropy);
-                    tracing::info!(error = %format!("{e:#}"), retry_in = ?d, "session ended");
-                    d
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.reannounce.notified() => {}
-                _ = self.cancel.cancelled() => return,
-            }
-        }
-    }
-
-    fn epoch(&self, now: u64) -> (Epoch, Duration) {
-        let len = self.policy.announce.epoch_secs.max(1);
-        let e = now / len;
-        (Epoch(e), Duration::from_secs((e + 1) * len - now))
-    }
-
-    async fn credential(&self, now: u64) -> Result<ClientCredential> {
-        let path = self.state_dir.join(CREDENTIAL);
-        if let Some(c) = read_credential(&path)
-            && c.usable(now)
-        {
-            return Ok(c);
-        }
-        tracing::info!("registering a new credential");
-        let c = self
-            .client
-            .register(now, self.opts.pow_difficulty, OsEntropy)
-            .await
-            .context("registering")?;
-        write_private(
-            &path,
-            format!("{} {}\n", hex::encode(c.credential), c.expires).as_bytes(),
-        )
-        .context("saving the credential")?;
-        Ok(c)
-    }
-
-    fn memo(&self, params: &ReportParams) -> Result<PermanentMemo> {
-        let path = self.state_dir.join("memo");
-        if let Ok(bytes) = std::fs::read(&path)
-            && let Ok(m) = PermanentMemo::from_bytes(&bytes)
-            && m.f() == params.f
-        {
-            return Ok(m);
-        }
-        // A memo is drawn once per peer and f; a new f needs new coins.
-        let m = PermanentMemo::draw(params, &mut OsEntropy);
-        write_private(&path, &m.to_bytes()).context("saving the permanent memo")?;
-        Ok(m)
-    }
-
-    /// What `anonmirror audit` reads by default: this selection's
-    /// inventory, index and popularity, owner-readable only (they say what
-    /// this machine holds).
-    fn keep_audit_inputs(
-        &self,
-        inventory: &[ItemKey],
-        index: &CurrentIndex,
-        snapshot: &PopularitySnapshot,
-    ) {
-        let files = [
-            (
-                AUDIT_INVENTORY,
-                anonmirror_audit::inputs::write_inventory(inventory).into_bytes(),
-            ),
-            (
-                AUDIT_INDEX,
-                anonmirror_audit::inputs::write_index(index.entries()).into_bytes(),
-            ),
-            (AUDIT_POPULARITY, snapshot.to_bytes().unwrap_or_default()),
-        ];
-        for (name, bytes) in files {
-            if let Err(e) = write_private(&self.state_dir.join(name), &bytes) {
-                tracing::warn!(file = name, error = %e, "could not keep the audit's inputs");
-            }
-        }
-    }
-
-    fn current_index(&self) -> CurrentIndex {
-        CurrentIndex::new(self.gateway.repos().flat_map(|r| r.entries()))
-    }
-
-    /// The popularity of the current items, from the counts the
-    /// rendezvous published for the last epoch (verified against the
-    /// pinned directory key); an empty snapshot while there are none, or
-    /// when no directory key is pinned (then only `open`, whose floor is
-    /// zero, announces anything).
-    async fn snapshot(&self, epoch: Epoch, index: &CurrentIndex) -> PopularitySnapshot {
-        let empty = |source: &str| PopularitySnapshot {
-            epoch,
-            prior: false,
-            source: source.to_owned(),
-            peers: 0,
-            level_peers: LevelPeers::default(),
-            params: None,
-            z: 1.0,
-            items: BTreeMap::new(),
-        };
-        let Some(key) = self
-            .policy
-            .rendezvous
-            .as_ref()
-            .and_then(|r| r.directory_key)
-        else {
-            return empty("no directory key pinned");
-        };
-        match self.client.popularity_counts(&key).await {
-            Ok(Some(published)) => match Aggregator::from_bytes(&published.counts) {
-                Ok(agg) if agg.epoch().0 == published.epoch => {
-                    let universe = index.items();
-                    let level_peers = LevelPeers(published.level_peers);
-                    tokio::task::spawn_blocking(move || agg.snapshot(&universe, level_peers))
-                        .await
-                        .unwrap_or_else(|_| empty("popularity estimation failed"))
-                }
-                Ok(_) => empty("published counts disagree on their epoch"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "published popularity counts unreadable");
-                    empty("published counts unreadable")
-                }
-            },
-            Ok(None) => empty("none published yet"),
-            Err(e) => {
-                tracing::info!(error = %e, "popularity counts unavailable");
-                empty("unavailable")
-            }
-        }
-    }
-
-    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
-        let now = self.clock.unix_secs();
-        let (epoch, epoch_left) = self.epoch(now);
-        let cred = self.credential(now).await?;
-        let tokens = match self.client.buy_tokens(&cred, now, epoch, 2).await {
-            Ok(t) => t,
-            Err(e) => {
-                use anonmirror_rendezvous::msg::Refusal;
-                if let anonmirror_rendezvous::Error::Refused(
-                    Refusal::UnknownCredential
-                    | Refusal::CredentialExpired
-                    | Refusal::CredentialBlacklisted,
-                ) = e
-                {
-                    // Forget it: the next attempt registers anew.
-                    let _ = std::fs::remove_file(self.state_dir.join(CREDENTIAL));
-                }
-                return Err(e).context("buying tokens");
-            }
-        };
-        let index = self.current_index();
-        let inventory: Vec<ItemKey> = self
-            .store
-            .list()
-            .context("listing the store")?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let snapshot = self.snapshot(epoch, &index).await;
-        let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
-        self.keep_audit_inputs(&inventory, &index, &snapshot);
-        if let Ok(mut s) = self.summary.lock() {
-            *s = Some(Summary {
-                level: self.policy.level,
-                epoch,
-                held: inventory.len(),
-                announced: selection.announced.len(),
-                padding: selection.padding.len(),
-                exposure_bits: selection.exposure.total(),
-                within_budget: selection.within_budget,
-            });
-        }
-
-        // The popularity report.
-        let params = ReportParams::from_policy(&self.policy.popularity.randomization)
-            .map_err(|e| anyhow!("report parameters: {e}"))?;
-        let memo = self.memo(&params)?;
-        let held: HashSet<ItemKey> = selection.reportable.iter().copied().collect();
-        let universe = index.items();
-        let report = encode_report(&params, epoch, &memo, &universe, &held, &mut OsEntropy)
-            .map_err(|e| anyhow!("encoding the popularity report: {e}"))?;
-        if let Err(e) = self.client.popularity(&tokens[0], report.to_bytes()).await {
-            tracing::info!(error = %e, "popularity report refused");
-        }
-
-        let Some(announcement) = selection.announcement.as_ref() else {
-            tracing::info!(
-                bits = selection.exposure.total(),
-                "announcement withheld this epoch (over the exposure budget or nothing to announce)"
-            );
-            return Ok(Ended::Withheld(epoch_left.min(Duration::from_secs(300))));
-        };
-
-        // The peer server, with this session's key.
-        let keypair = StaticKeypair::generate().map_err(|e| anyhow!("session key: {e}"))?;
-        let listener = self.peer_listener().await?;
-        let contact = match listener
-            .local_contact()
-            .context("the peer listener's address")?
-        {
-            anonmirror_overlay::Contact::Tcp(addr) => addr.into(),
-            anonmirror_overlay::Contact::Onion { host, port } => {
-                anonmirror_rendezvous::msg::Contact::Onion { host, port }
-            }
-            other => return Err(anyhow!("a peer listener at {other} cannot be announced")),
-        };
-        let public = keypair.public();
-        let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
-        let gateway = self.gateway.clone();
-        let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
-            if padding.contains(key) {
-                tokio::spawn(prefetch(gateway.clone(), vec![*key]));
-            }
-        });
-        let server = anonmirror_overlay::server::spawn(
-            listener,
-            self.store.clone(),
-            keypair,
-            ChannelParams::new(self.policy.level, epoch),
-            ServerConfig {
-                max_clients: self.policy.serve.max_clients as usize,
-                upload_rate: Some(self.policy.serve.upload_rate.bytes_per_sec()),
-                on_miss: Some(on_miss),
-                ..ServerConfig::default()
-            },
-        )
-        .context("starting the peer server")?;
-
-        let mut snapshots: Vec<(String, u64)> = self
-            .gateway
-            .repos()
-            .map(|r| (r.name.clone(), r.version()))
-            .collect();
-        snapshots.sort();
-        let wire = anonmirror_rendezvous::msg::Announcement {
-            contact,
-            key: public,
-            max_clients: self.policy.serve.max_clients,
-            upload_rate: self.policy.serve.upload_rate.bytes_per_sec(),
-            region: self.policy.announce.region.clone(),
-            snapshots,
-            filter: announcement.to_bytes(),
-        };
-        let mut live = match self.client.open_session(&tokens[1], wire).await {
-            Ok(l) => l,
-            Err(e) => {
-                server.shutdown().await;
-                return Err(e).context("opening the session");
-            }
-        };
-        self.gateway.metrics().session(true);
-        if let Some(p) = &self.peers {
-            p.set_own(Some(public));
-        }
-        tracing::info!(
-            announced = selection.announced.len(),
-            padding = selection.padding.len(),
-            "session open"
-        );
-
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        let deadline = tokio::time::sleep(epoch_left);
-        tokio::pin!(deadline);
-        let ended = loop {
-            tokio::select! {
-                ev = live.next_event() => match ev {
-                    Ok(SessionEvent::SnapshotChanged { repository, version }) => {
-                        tracing::info!(%repository, version, "new snapshot pushed");
-                        self.follow(&repository).await;
-                        break Ok(Ended::Reopen);
-                    }
-                    Err(e) => break Err(anyhow!(e).context("the session")),
-                },
-                _ = &mut deadline => break Ok(Ended::Reopen),
-                _ = self.reannounce.notified() => break Ok(Ended::Reopen),
-                // Announced but unreachable helps nobody: the session
-                // ends, and the next one (after the usual backoff, so a
-                // flapping Tor daemon does not burn the epoch's tokens)
-                // gets a new listener.
-                _ = server.unreachable() => {
-                    break Err(anyhow!("the peer listener is gone (its onion service stopped)"));
-                }
-                _ = self.cancel.cancelled() => break Ok(Ended::Stopping),
-                _ = tick.tick() => {
-                    let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
-                    self.gateway.metrics().set_served_to_peers(*served_before + n);
-                }
-            }
-        };
-        live.close().await;
-        let n = server
-            .stats()
-            .bytes_served
-            .load(std::sync::atomic::Ordering::Relaxed);
-        *served_before += n;
-        self.gateway.metrics().set_served_to_peers(*served_before);
-        server.shutdown().await;
-        if let Some(p) = &self.peers {
-            p.set_own(None);
-        }
-        self.gateway.metrics().session(false);
-        ended
-    }
-
-    /// A repository has a new snapshot: fetch its indexes again, and
-    /// prefetch the new versions of packages held in their old version.
-    async fn follow(&self, repository: &str) {
-        let Some(repo) = self.gateway.repos().find(|r| r.name == repository).cloned() else {
-            return;
-        };
-        let held: HashSet<ItemKey> = match self.store.list() {
-            Ok(l) => l.into_iter().map(|(k, _)| k).collect(),
-            Err(_) => return,
-        };
-        let held_names: HashSet<String> = repo
-            .items()
-            .iter()
-            .filter(|i| held.contains(&i.key))
-            .map(|i| i.name.clone())
-            .collect();
-        let refreshed = self.gateway.refresh(&repo).await;
-        tracing::info!(repository, files = refreshed, "indexes fetched again");
-        let newer: Vec<ItemKey> = repo
-            .items()
-            .iter()
-            .filter(|i| held_names.contains(&i.name) && !held.contains(&i.key))
-            .map(|i| i.key)
-            .collect();
-        if !newer.is_empty() {
-            tracing::info!(repository, items = newer.len(), "prefetching new versions");
-            prefetch(self.gateway.clone(), newer).await;
-        }
-    }
-}
-
-/// Fetch `items` through the gateway's fetcher, one at a time, while the
-/// store has room for them.
-async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>) {
-    let store = gateway.fetcher().store().clone();
-    for key in items {
-        let Some((repo, item)) = gateway
-            .repos()
-            .find_map(|r| r.item_by_key(&key).map(|i| (r.clone(), i)))
-        else {
-            continue;
-        };
-        let Some(size) = item.size else {
-            continue;
-        };
-        if store.used_bytes() + size > store.cap() {
-            tracing::debug!("prefetch stopped at the cache cap");
-            return;
-        }
-        if matches!(store.meta(&key), Ok(Some(_))) {
-            continue;
-        }
-        let job = gateway.fetcher().job(Want {
-            key,
-            size,
-            repository: repo.name.clone(),
-            version: repo.version(),
-            url: join(&repo.base, &item.path),
-        });
-        if let Err(e) = job.finished().await {
-            tracing::debug!(item = %Sensitive::new(key), error = %e, "prefetch failed");
-        }
-    }
-}
-
-/// The credential kept at `path`, if any.
-pub fn read_credential(path: &Path) -> Option<ClientCredential> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let (hex_cred, expires) = text.trim().split_once(' ')?;
-    let mut credential = [0u8; 32];
-    hex::decode_to_slice(hex_cred, &mut credential).ok()?;
-    Some(ClientCredential {
-        credential,
-        expires: expires.parse().ok()?,
-    })
-}
-
-/// Write a secret file readable by its owner only, atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Where a session's peers connect.
-enum PeerListener {
-    Tcp(anonmirror_overlay::transport::TcpTransportListener),
-    #[cfg(feature = "onion-service")]
-    Onion(anonmirror_overlay::transport::tor::OnionListener),
-    /// The Tor daemon's onion service (`tor-socks`).
-    DaemonOnion(anonmirror_overlay::transport::control::DaemonOnionListener),
-}
-
-impl Listener for PeerListener {
-    type Stream = anonmirror_overlay::transport::BoxStream;
-
-    async fn accept(
-        &mut self,
-    ) -> std::io::Result<(Self::Stream, Option<anonmirror_overlay::Contact>)> {
-        match self {
-            PeerListener::Tcp(l) => {
-                let (s, from) = l.accept().await?;
-                Ok((Box::new(s), from))
-            }
-            #[cfg(feature = "onion-service")]
-            PeerListener::Onion(l) => l.accept().await,
-            PeerListener::DaemonOnion(l) => {
-                let (s, from) = l.accept().await?;
-                Ok((Box::new(s), from))
-            }
-        }
-    }
-
-    fn local_contact(&self) -> std::io::Result<anonmirror_overlay::Contact> {
-        match self {
-            PeerListener::Tcp(l) => l.local_contact(),
-            #[cfg(feature = "onion-service")]
-            PeerListener::Onion(l) => l.local_contact(),
-            PeerListener::DaemonOnion(l) => l.local_contact(),
         }
     }
 }

@@ -79,7 +79,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!(
-                "error: the daemon's gateway at {} cannot be reached: {e:#}",
+                "error: the daemon's gateway at {} cannot be reached: {e}",
                 cmd.gateway
             );
             return ExitCode::from(EXIT_RUNTIME);
@@ -100,7 +100,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
                     .map_err(|e| format!("{url}: {e}"))
             }
             Ok((status, _)) => Err(format!("{url} answered {status}")),
-            Err(e) => Err(format!("{url}: {e:#}")),
+            Err(e) => Err(e.to_string()),
         };
         match history.and_then(|h| crate::plot::offload(&h, path)) {
             Ok(()) => eprintln!("plot written to {}", path.display()),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_node::demo::{loopback_policy, wait_announced};
-use anonmirror_node::node::{Node, NodeOptions};
+use anonmirror_node::{Node, NodeOptions};
 use anonmirror_privacy::{Level, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_node::demo::{StaticServer, generate_repository, node_policy};
-use anonmirror_node::node::{Node, NodeOptions};
+use anonmirror_node::{Node, NodeOptions};
 use anonmirror_privacy::Level;
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 use axum::http::{HeaderMap, Method, Request, StatusCode};

@@ -1,0 +1,673 @@
+//! The volunteer role: sessions with the rendezvous, the selection of
+//! what to announce, and the peer server of each session.
+//!
+//! Per session (DESIGN.md §4–§5):
+//!
+//! 1. a credential (registered with a proof-of-work, kept in the state
+//!    directory, dropped and registered anew when the rendezvous no longer
+//!    knows it or it is past its validity);
+//! 2. two tokens for the epoch: one pays for a popularity report (from the
+//!    held, current, allowed items, randomized with the node's permanent
+//!    memo), one opens the session;
+//! 3. the selection pipeline decides the announcement; a padding item
+//!    (announced, not held) is fetched on demand: the first peer to ask for
+//!    it gets `NotFound` (as for any Bloom false positive) while the node
+//!    fetches it, within the cache cap, for the peers that ask later;
+//! 4. a peer server with a fresh Noise key for the session, within the
+//!    policy's limits;
+//! 5. the session stays open, answering pings, until the epoch ends, a
+//!    repository's snapshot changes (its indexes are fetched again, new
+//!    versions of held packages prefetched, and a new session announces the
+//!    new selection), or it fails (reconnect after a jittered backoff, with
+//!    fresh tokens).
+//!
+//! Nothing a session carries is linked to another: a new token, a new
+//! Noise key, and a new announcement every time.
+//!
+//! Time comes from the node's [`Clock`] (epochs, credential expiry) and
+//! randomness from its [`Entropy`](anonmirror_core::Entropy), so the role runs on a manual clock in
+//! tests. It stops when the node's [`CancellationToken`] is cancelled; its
+//! prefetches run in the node's [`TaskTracker`] and stop with it too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_announce::snapshot::LevelPeers;
+use anonmirror_announce::{
+    Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
+    select,
+};
+use anonmirror_core::{Clock, Epoch, ItemKey, Sensitive};
+use anonmirror_mirror::Gateway;
+use anonmirror_mirror::job::Want;
+use anonmirror_mirror::peers::RendezvousPeers;
+use anonmirror_mirror::upstream::join;
+// The channel, the transports, the store and the peer server.
+use anonmirror_overlay::server::ServerConfig;
+use anonmirror_overlay::{ChannelParams, Listener, StaticKeypair, Store, TcpTransport, Transport};
+use anonmirror_privacy::{Level, Policy};
+use anonmirror_rendezvous::credential::ClientCredential;
+use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::carrier::Serving;
+use crate::err::{Error, Result};
+use crate::options::SharedEntropy;
+
+/// The inventory the last selection saw, in the state directory.
+pub const AUDIT_INVENTORY: &str = "inventory.txt";
+/// The current index the last selection saw.
+pub const AUDIT_INDEX: &str = "index.txt";
+/// The popularity snapshot the last selection used (announce's `AMPS`).
+pub const AUDIT_POPULARITY: &str = "popularity.amps";
+/// The credential (hex and expiry), in the state directory.
+pub const CREDENTIAL: &str = "credential";
+
+/// What the volunteer's last selection decided (for `demo` and logs;
+/// `anonmirror audit` shows the whole pipeline).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// The level.
+    pub level: Level,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Items held.
+    pub held: usize,
+    /// Items announced (held and padding).
+    pub announced: usize,
+    /// Announced items not held.
+    pub padding: usize,
+    /// I(A), bits.
+    pub exposure_bits: f64,
+    /// Whether the announcement was within the exposure budget (and so
+    /// made).
+    pub within_budget: bool,
+}
+
+/// The volunteer role of a node (started by [`crate::node::Node::start`]).
+pub(crate) struct Volunteer {
+    /// How peers reach it.
+    pub(crate) serving: Serving,
+    /// arti, which hosts its onion services.
+    #[cfg(feature = "onion-service")]
+    pub(crate) arti: Option<Arc<anonmirror_overlay::transport::tor::TorDialer>>,
+    pub(crate) policy: Policy,
+    /// Leading zero bits of the registration proof-of-work.
+    pub(crate) pow_difficulty: u8,
+    pub(crate) entropy: SharedEntropy,
+    pub(crate) client: Client,
+    pub(crate) store: Store,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) peers: Option<Arc<RendezvousPeers>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) state_dir: PathBuf,
+    /// The node's stop signal.
+    pub(crate) cancel: CancellationToken,
+    /// Where prefetches run, so that the node waits for them.
+    pub(crate) prefetches: TaskTracker,
+    /// "Announce again now" (not a stop signal).
+    pub(crate) reannounce: Arc<tokio::sync::Notify>,
+    pub(crate) summary: Arc<std::sync::Mutex<Option<Summary>>>,
+}
+
+/// Why a session ended without failing.
+enum Ended {
+    /// Announce again now (new epoch, new snapshot).
+    Reopen,
+    /// Nothing to announce this epoch: wait for the next one.
+    Withheld(Duration),
+    /// The node is stopping.
+    Stopping,
+}
+
+impl Volunteer {
+    /// Where this session's peers connect: `serve.listen`, or a fresh
+    /// onion service.
+    async fn peer_listener(&self) -> Result<PeerListener> {
+        match self.serving {
+            #[cfg(feature = "onion-service")]
+            Serving::ArtiOnion => {
+                let arti = self
+                    .arti
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("no arti to host the onion service".into()))?;
+                let l = arti
+                    .host_onion_service(self.policy.serve.listen.port())
+                    .await
+                    .map_err(|e| Error::transport("launching this session's onion service", e))?;
+                Ok(PeerListener::Onion(l))
+            }
+            Serving::DaemonOnion => {
+                let l = anonmirror_overlay::transport::control::DaemonOnionListener::launch(
+                    &self.policy.transport.control,
+                    self.policy.serve.listen.port(),
+                )
+                .await
+                .map_err(|e| {
+                    Error::transport("asking the Tor daemon for this session's onion service", e)
+                })?;
+                Ok(PeerListener::DaemonOnion(l))
+            }
+            _ => {
+                let l = TcpTransport
+                    .listen(&anonmirror_overlay::Contact::Tcp(self.policy.serve.listen))
+                    .await
+                    .map_err(|e| {
+                        Error::transport(
+                            format!("listening for peers on {}", self.policy.serve.listen),
+                            e,
+                        )
+                    })?;
+                Ok(PeerListener::Tcp(l))
+            }
+        }
+    }
+
+    /// Sessions, one after another, until the node stops.
+    pub(crate) async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let mut entropy = self.entropy.clone();
+        let mut served_before = 0u64;
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            let wait = match self.session(&mut served_before).await {
+                Ok(Ended::Stopping) => return,
+                Ok(Ended::Reopen) => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(Ended::Withheld(d)) => d,
+                Err(e) => {
+                    self.gateway.metrics().session(false);
+                    let d = backoff.next_delay(&mut entropy);
+                    tracing::info!(error = %e, retry_in = ?d, "session ended");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.reannounce.notified() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    fn epoch(&self, now: u64) -> (Epoch, Duration) {
+        let len = self.policy.announce.epoch_secs.max(1);
+        let e = now / len;
+        (Epoch(e), Duration::from_secs((e + 1) * len - now))
+    }
+
+    async fn credential(&self, now: u64) -> Result<ClientCredential> {
+        let path = self.state_dir.join(CREDENTIAL);
+        if let Some(c) = read_credential(&path)
+            && c.usable(now)
+        {
+            return Ok(c);
+        }
+        tracing::info!("registering a new credential");
+        let c = self
+            .client
+            .register(now, self.pow_difficulty, self.entropy.clone())
+            .await
+            .map_err(|source| Error::Rendezvous {
+                what: "registering",
+                source,
+            })?;
+        write_private(
+            &path,
+            format!("{} {}\n", hex::encode(c.credential), c.expires).as_bytes(),
+        )
+        .map_err(|e| Error::state(format!("saving the credential {}", path.display()), e))?;
+        Ok(c)
+    }
+
+    fn memo(&self, params: &ReportParams) -> Result<PermanentMemo> {
+        let path = self.state_dir.join("memo");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(m) = PermanentMemo::from_bytes(&bytes)
+            && m.f() == params.f
+        {
+            return Ok(m);
+        }
+        // A memo is drawn once per peer and f; a new f needs new coins.
+        let m = PermanentMemo::draw(params, &mut self.entropy.clone());
+        write_private(&path, &m.to_bytes()).map_err(|e| {
+            Error::state(format!("saving the permanent memo {}", path.display()), e)
+        })?;
+        Ok(m)
+    }
+
+    /// What `anonmirror audit` reads by default: this selection's
+    /// inventory, index and popularity, owner-readable only (they say what
+    /// this machine holds).
+    fn keep_audit_inputs(
+        &self,
+        inventory: &[ItemKey],
+        index: &CurrentIndex,
+        snapshot: &PopularitySnapshot,
+    ) {
+        let files = [
+            (
+                AUDIT_INVENTORY,
+                anonmirror_audit::inputs::write_inventory(inventory).into_bytes(),
+            ),
+            (
+                AUDIT_INDEX,
+                anonmirror_audit::inputs::write_index(index.entries()).into_bytes(),
+            ),
+            (AUDIT_POPULARITY, snapshot.to_bytes().unwrap_or_default()),
+        ];
+        for (name, bytes) in files {
+            if let Err(e) = write_private(&self.state_dir.join(name), &bytes) {
+                tracing::warn!(file = name, error = %e, "could not keep the audit's inputs");
+            }
+        }
+    }
+
+    fn current_index(&self) -> CurrentIndex {
+        CurrentIndex::new(self.gateway.repos().flat_map(|r| r.entries()))
+    }
+
+    /// The popularity of the current items, from the counts the
+    /// rendezvous published for the last epoch (verified against the
+    /// pinned directory key); an empty snapshot while there are none, or
+    /// when no directory key is pinned (then only `open`, whose floor is
+    /// zero, announces anything).
+    async fn snapshot(&self, epoch: Epoch, index: &CurrentIndex) -> PopularitySnapshot {
+        let empty = |source: &str| PopularitySnapshot {
+            epoch,
+            prior: false,
+            source: source.to_owned(),
+            peers: 0,
+            level_peers: LevelPeers::default(),
+            params: None,
+            z: 1.0,
+            items: BTreeMap::new(),
+        };
+        let Some(key) = self
+            .policy
+            .rendezvous
+            .as_ref()
+            .and_then(|r| r.directory_key)
+        else {
+            return empty("no directory key pinned");
+        };
+        match self.client.popularity_counts(&key).await {
+            Ok(Some(published)) => match Aggregator::from_bytes(&published.counts) {
+                Ok(agg) if agg.epoch().0 == published.epoch => {
+                    let universe = index.items();
+                    let level_peers = LevelPeers(published.level_peers);
+                    tokio::task::spawn_blocking(move || agg.snapshot(&universe, level_peers))
+                        .await
+                        .unwrap_or_else(|_| empty("popularity estimation failed"))
+                }
+                Ok(_) => empty("published counts disagree on their epoch"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "published popularity counts unreadable");
+                    empty("published counts unreadable")
+                }
+            },
+            Ok(None) => empty("none published yet"),
+            Err(e) => {
+                tracing::info!(error = %e, "popularity counts unavailable");
+                empty("unavailable")
+            }
+        }
+    }
+
+    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
+        let now = self.clock.unix_secs();
+        let (epoch, epoch_left) = self.epoch(now);
+        let cred = self.credential(now).await?;
+        let tokens = match self.client.buy_tokens(&cred, now, epoch, 2).await {
+            Ok(t) => t,
+            Err(e) => {
+                use anonmirror_rendezvous::msg::Refusal;
+                if let anonmirror_rendezvous::Error::Refused(
+                    Refusal::UnknownCredential
+                    | Refusal::CredentialExpired
+                    | Refusal::CredentialBlacklisted,
+                ) = e
+                {
+                    // Forget it: the next attempt registers anew.
+                    let _ = std::fs::remove_file(self.state_dir.join(CREDENTIAL));
+                }
+                return Err(Error::Rendezvous {
+                    what: "buying tokens",
+                    source: e,
+                });
+            }
+        };
+        let index = self.current_index();
+        let inventory: Vec<ItemKey> = self
+            .store
+            .list()
+            .map_err(|source| Error::Store {
+                what: "listing the store",
+                source,
+            })?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let snapshot = self.snapshot(epoch, &index).await;
+        let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
+        self.keep_audit_inputs(&inventory, &index, &snapshot);
+        if let Ok(mut s) = self.summary.lock() {
+            *s = Some(Summary {
+                level: self.policy.level,
+                epoch,
+                held: inventory.len(),
+                announced: selection.announced.len(),
+                padding: selection.padding.len(),
+                exposure_bits: selection.exposure.total(),
+                within_budget: selection.within_budget,
+            });
+        }
+
+        // The popularity report.
+        let params =
+            ReportParams::from_policy(&self.policy.popularity.randomization).map_err(|e| {
+                Error::Config {
+                    key: "popularity.randomization",
+                    reason: e.to_string(),
+                }
+            })?;
+        let memo = self.memo(&params)?;
+        let held: HashSet<ItemKey> = selection.reportable.iter().copied().collect();
+        let universe = index.items();
+        let report = encode_report(
+            &params,
+            epoch,
+            &memo,
+            &universe,
+            &held,
+            &mut self.entropy.clone(),
+        )
+        .map_err(|e| Error::Internal(format!("encoding the popularity report: {e}")))?;
+        if let Err(e) = self.client.popularity(&tokens[0], report.to_bytes()).await {
+            tracing::info!(error = %e, "popularity report refused");
+        }
+
+        let Some(announcement) = selection.announcement.as_ref() else {
+            tracing::info!(
+                bits = selection.exposure.total(),
+                "announcement withheld this epoch (over the exposure budget or nothing to announce)"
+            );
+            return Ok(Ended::Withheld(epoch_left.min(Duration::from_secs(300))));
+        };
+
+        // The peer server, with this session's key.
+        let keypair =
+            StaticKeypair::generate().map_err(|e| Error::Internal(format!("session key: {e}")))?;
+        let listener = self.peer_listener().await?;
+        let contact = match listener
+            .local_contact()
+            .map_err(|e| Error::transport("the peer listener's address", e))?
+        {
+            anonmirror_overlay::Contact::Tcp(addr) => addr.into(),
+            anonmirror_overlay::Contact::Onion { host, port } => {
+                anonmirror_rendezvous::msg::Contact::Onion { host, port }
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "a peer listener at {other} cannot be announced"
+                )));
+            }
+        };
+        let public = keypair.public();
+        let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
+        let gateway = self.gateway.clone();
+        let (prefetches, cancel) = (self.prefetches.clone(), self.cancel.clone());
+        let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
+            if padding.contains(key) {
+                prefetches.spawn(prefetch(gateway.clone(), vec![*key], cancel.clone()));
+            }
+        });
+        let server = anonmirror_overlay::server::spawn(
+            listener,
+            self.store.clone(),
+            keypair,
+            ChannelParams::new(self.policy.level, epoch),
+            ServerConfig {
+                max_clients: self.policy.serve.max_clients as usize,
+                upload_rate: Some(self.policy.serve.upload_rate.bytes_per_sec()),
+                on_miss: Some(on_miss),
+                ..ServerConfig::default()
+            },
+        )
+        .map_err(|e| Error::transport("starting the peer server", e))?;
+
+        let mut snapshots: Vec<(String, u64)> = self
+            .gateway
+            .repos()
+            .map(|r| (r.name.clone(), r.version()))
+            .collect();
+        snapshots.sort();
+        let wire = anonmirror_rendezvous::msg::Announcement {
+            contact,
+            key: public,
+            max_clients: self.policy.serve.max_clients,
+            upload_rate: self.policy.serve.upload_rate.bytes_per_sec(),
+            region: self.policy.announce.region.clone(),
+            snapshots,
+            filter: announcement.to_bytes(),
+        };
+        let mut live = match self.client.open_session(&tokens[1], wire).await {
+            Ok(l) => l,
+            Err(e) => {
+                server.shutdown().await;
+                return Err(Error::Rendezvous {
+                    what: "opening the session",
+                    source: e,
+                });
+            }
+        };
+        self.gateway.metrics().session(true);
+        if let Some(p) = &self.peers {
+            p.set_own(Some(public));
+        }
+        tracing::info!(
+            announced = selection.announced.len(),
+            padding = selection.padding.len(),
+            "session open"
+        );
+
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // The epoch ends when the node's clock says so; the timer covers a
+        // clock that moves on its own, the check at each tick one moved by
+        // hand (or jumping, as a wall clock may).
+        let epoch_end = now.saturating_add(epoch_left.as_secs());
+        let deadline = tokio::time::sleep(epoch_left);
+        tokio::pin!(deadline);
+        let ended = loop {
+            tokio::select! {
+                ev = live.next_event() => match ev {
+                    Ok(SessionEvent::SnapshotChanged { repository, version }) => {
+                        tracing::info!(%repository, version, "new snapshot pushed");
+                        self.follow(&repository).await;
+                        break Ok(Ended::Reopen);
+                    }
+                    Err(source) => break Err(Error::Rendezvous { what: "the session", source }),
+                },
+                _ = &mut deadline => break Ok(Ended::Reopen),
+                _ = self.reannounce.notified() => break Ok(Ended::Reopen),
+                // Announced but unreachable helps nobody: the session
+                // ends, and the next one (after the usual backoff, so a
+                // flapping Tor daemon does not burn the epoch's tokens)
+                // gets a new listener.
+                _ = server.unreachable() => {
+                    break Err(Error::Tor(
+                        "the peer listener is gone (its onion service stopped)".into(),
+                    ));
+                }
+                _ = self.cancel.cancelled() => break Ok(Ended::Stopping),
+                _ = tick.tick() => {
+                    let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
+                    self.gateway.metrics().set_served_to_peers(*served_before + n);
+                    if self.clock.unix_secs() >= epoch_end {
+                        break Ok(Ended::Reopen);
+                    }
+                }
+            }
+        };
+        live.close().await;
+        let n = server
+            .stats()
+            .bytes_served
+            .load(std::sync::atomic::Ordering::Relaxed);
+        *served_before += n;
+        self.gateway.metrics().set_served_to_peers(*served_before);
+        server.shutdown().await;
+        if let Some(p) = &self.peers {
+            p.set_own(None);
+        }
+        self.gateway.metrics().session(false);
+        ended
+    }
+
+    /// A repository has a new snapshot: fetch its indexes again, and
+    /// prefetch the new versions of packages held in their old version.
+    async fn follow(&self, repository: &str) {
+        let Some(repo) = self.gateway.repos().find(|r| r.name == repository).cloned() else {
+            return;
+        };
+        let held: HashSet<ItemKey> = match self.store.list() {
+            Ok(l) => l.into_iter().map(|(k, _)| k).collect(),
+            Err(_) => return,
+        };
+        let held_names: HashSet<String> = repo
+            .items()
+            .iter()
+            .filter(|i| held.contains(&i.key))
+            .map(|i| i.name.clone())
+            .collect();
+        let refreshed = self.gateway.refresh(&repo).await;
+        tracing::info!(repository, files = refreshed, "indexes fetched again");
+        let newer: Vec<ItemKey> = repo
+            .items()
+            .iter()
+            .filter(|i| held_names.contains(&i.name) && !held.contains(&i.key))
+            .map(|i| i.key)
+            .collect();
+        if !newer.is_empty() {
+            tracing::info!(repository, items = newer.len(), "prefetching new versions");
+            prefetch(self.gateway.clone(), newer, self.cancel.clone()).await;
+        }
+    }
+}
+
+/// Fetch `items` through the gateway's fetcher, one at a time, while the
+/// store has room for them, until `cancel`.
+async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>, cancel: CancellationToken) {
+    let store = gateway.fetcher().store().clone();
+    for key in items {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let Some((repo, item)) = gateway
+            .repos()
+            .find_map(|r| r.item_by_key(&key).map(|i| (r.clone(), i)))
+        else {
+            continue;
+        };
+        let Some(size) = item.size else {
+            continue;
+        };
+        if store.used_bytes() + size > store.cap() {
+            tracing::debug!("prefetch stopped at the cache cap");
+            return;
+        }
+        if matches!(store.meta(&key), Ok(Some(_))) {
+            continue;
+        }
+        let job = gateway.fetcher().job(Want {
+            key,
+            size,
+            repository: repo.name.clone(),
+            version: repo.version(),
+            url: join(&repo.base, &item.path),
+        });
+        // Stopping leaves the download to the fetcher, which the node
+        // drains.
+        let finished = tokio::select! {
+            f = job.finished() => f,
+            _ = cancel.cancelled() => return,
+        };
+        if let Err(e) = finished {
+            tracing::debug!(item = %Sensitive::new(key), error = %e, "prefetch failed");
+        }
+    }
+}
+
+/// The credential kept at `path`, if any.
+pub fn read_credential(path: &Path) -> Option<ClientCredential> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (hex_cred, expires) = text.trim().split_once(' ')?;
+    let mut credential = [0u8; 32];
+    hex::decode_to_slice(hex_cred, &mut credential).ok()?;
+    Some(ClientCredential {
+        credential,
+        expires: expires.parse().ok()?,
+    })
+}
+
+/// Write a secret file readable by its owner only, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Where a session's peers connect.
+enum PeerListener {
+    Tcp(anonmirror_overlay::transport::TcpTransportListener),
+    #[cfg(feature = "onion-service")]
+    Onion(anonmirror_overlay::transport::tor::OnionListener),
+    /// The Tor daemon's onion service (`tor-socks`).
+    DaemonOnion(anonmirror_overlay::transport::control::DaemonOnionListener),
+}
+
+impl Listener for PeerListener {
+    type Stream = anonmirror_overlay::transport::BoxStream;
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Stream, Option<anonmirror_overlay::Contact>)> {
+        match self {
+            PeerListener::Tcp(l) => {
+                let (s, from) = l.accept().await?;
+                Ok((Box::new(s), from))
+            }
+            #[cfg(feature = "onion-service")]
+            PeerListener::Onion(l) => l.accept().await,
+            PeerListener::DaemonOnion(l) => {
+                let (s, from) = l.accept().await?;
+                Ok((Box::new(s), from))
+            }
+        }
+    }
+
+    fn local_contact(&self) -> std::io::Result<anonmirror_overlay::Contact> {
+        match self {
+            PeerListener::Tcp(l) => l.local_contact(),
+            #[cfg(feature = "onion-service")]
+            PeerListener::Onion(l) => l.local_contact(),
+            PeerListener::DaemonOnion(l) => l.local_contact(),
+        }
+    }
+}
