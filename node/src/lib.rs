@@ -8,6 +8,8 @@
 //!   announcements, the peer server);
 //! - [`carrier`]: what carries the node's connections (TCP, arti, a Tor
 //!   daemon) and how its peers reach it;
+//! - `rendezvous_onion` (feature `onion-service`): the rendezvous
+//!   reachable as an onion service;
 //! - [`demo`]: a whole swarm on loopback, for `anonmirror demo` and the
 //!   end-to-end tests.
 //!
@@ -28,6 +30,8 @@ mod err;
 pub mod http;
 pub mod node;
 mod options;
+#[cfg(feature = "onion-service")]
+pub mod rendezvous_onion;
 pub mod volunteer;
 
 pub use err::{Error, Result};
