@@ -122,11 +122,11 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
     let inventory_path = cmd
         .inventory
         .clone()
-        .unwrap_or_else(|| state.join(crate::node::AUDIT_INVENTORY));
+        .unwrap_or_else(|| state.join(anonmirror_node::volunteer::AUDIT_INVENTORY));
     let inventory = anonmirror_audit::inputs::parse_inventory(&read_text(&inventory_path)?)
         .map_err(in_file(&inventory_path))?;
     let indexes = if cmd.indexes.is_empty() {
-        vec![state.join(crate::node::AUDIT_INDEX)]
+        vec![state.join(anonmirror_node::volunteer::AUDIT_INDEX)]
     } else {
         cmd.indexes.clone()
     };
@@ -151,13 +151,15 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
         let stats = parse_pkgstats_json(&read_text(path)?).map_err(in_file(path))?;
         prior_snapshot(&stats, &index, epoch)
     } else {
-        let path = state.join(crate::node::AUDIT_POPULARITY);
+        let path = state.join(anonmirror_node::volunteer::AUDIT_POPULARITY);
         PopularitySnapshot::from_bytes(&read(&path)?)
             .map_err(|e| (format!("{}: {e}", path.display()), ErrorKind::BadInput))?
     };
     let mut report =
         anonmirror_audit::audit(&policy, epoch, &inventory, &index, &snapshot).map_err(fail)?;
-    if let Some(c) = crate::node::read_credential(&state.join(crate::node::CREDENTIAL)) {
+    if let Some(c) = anonmirror_node::volunteer::read_credential(
+        &state.join(anonmirror_node::volunteer::CREDENTIAL),
+    ) {
         let now = SystemClock.unix_secs();
         report.credential = if c.usable(now) {
             format!(
@@ -168,7 +170,7 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
             "expired; the daemon registers anew at its next session".to_owned()
         };
     }
-    if let Ok(text) = std::fs::read_to_string(state.join(crate::carrier::TRANSPORT_FILE))
+    if let Ok(text) = std::fs::read_to_string(state.join(anonmirror_node::carrier::TRANSPORT_FILE))
         && let Some(u) = anonmirror_audit::InUse::parse(&text)
     {
         report.warnings.extend(u.shortfalls(policy.level));

@@ -1,5 +1,5 @@
 //! `anonmirror daemon`: the gateway for the local package manager and, when
-//! the policy's level is not `off`, the volunteer role (see `crate::node`).
+//! the policy's level is not `off`, the volunteer role (see `anonmirror_node::volunteer`).
 //!
 //! Prints `gateway listening on ADDR` once the gateway is bound. Runs until
 //! SIGINT or SIGTERM.
@@ -16,7 +16,7 @@ use anonmirror_privacy::{Level, Policy};
 use clap::Args;
 
 use super::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::node::{Node, NodeOptions};
+use anonmirror_node::{Node, NodeOptions};
 
 /// `anonmirror daemon …`
 #[derive(Debug, Args)]
@@ -68,7 +68,7 @@ pub fn run(cmd: DaemonCmd) -> ExitCode {
         let node = match Node::start(policy, opts).await {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {e}");
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };

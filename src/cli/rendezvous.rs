@@ -15,7 +15,7 @@
 //!
 //! Seams: lookups test sessions' announcements with announce's epoch-keyed
 //! Bloom filter, and popularity reports go to announce's aggregator
-//! (`crate::hooks`).
+//! (`anonmirror_mirror::hooks`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{ErrorKind, HasKind};
+#[cfg(feature = "onion-service")]
+use anonmirror_node::rendezvous_onion::RendezvousOnion;
 use anonmirror_rendezvous::{Rendezvous, ServerConfig, UpstreamIndex};
 use clap::Args;
 
@@ -120,8 +122,8 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         let mut cfg = ServerConfig::new(
             cmd.listen,
             cmd.state_dir,
-            Arc::new(crate::hooks::AnnouncementFilter),
-            Arc::new(crate::hooks::PopularityAggregator::default()),
+            Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+            Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
         );
         cfg.epoch_secs = cmd.epoch_secs;
         cfg.credentials.tokens_per_epoch = cmd.tokens_per_epoch;
@@ -149,87 +151,32 @@ pub fn run(cmd: RendezvousCmd) -> ExitCode {
         );
         let _ = std::io::stdout().flush();
         #[cfg(feature = "onion-service")]
-        let _onion = match cmd.onion_service_port {
-            Some(port) => match onion::serve(&r, &state_dir, port, cmd.dangerous_arti_config).await
-            {
-                Ok(o) => {
-                    println!("rendezvous onion-service {}", o.address);
-                    let _ = std::io::stdout().flush();
-                    Some(o)
+        let onion = match cmd.onion_service_port {
+            Some(port) => {
+                match RendezvousOnion::serve(&r, &state_dir, port, cmd.dangerous_arti_config).await
+                {
+                    Ok(o) => {
+                        println!("rendezvous onion-service {}", o.address);
+                        let _ = std::io::stdout().flush();
+                        Some(o)
+                    }
+                    Err(e) => {
+                        eprintln!("error: the onion service: {e}");
+                        r.shutdown().await;
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
                 }
-                Err(e) => {
-                    eprintln!("error: the onion service: {e}");
-                    r.shutdown().await;
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-            },
+            }
             None => None,
         };
-        wait_for_signal().await;
+        super::shutdown_signal().await;
+        #[cfg(feature = "onion-service")]
+        if let Some(o) = onion {
+            o.shutdown().await;
+        }
         r.shutdown().await;
         ExitCode::SUCCESS
     })
-}
-
-/// The rendezvous as an onion service.
-#[cfg(feature = "onion-service")]
-mod onion {
-    use std::io;
-    use std::path::{Path, PathBuf};
-
-    use anonmirror_channel::Listener;
-    use anonmirror_channel::transport::tor::{OnionKeys, TorConfig, TorTransport};
-    use anonmirror_core::Contact;
-    use anonmirror_rendezvous::Rendezvous;
-
-    /// The arti nickname of the service: its key is stored under it.
-    const NICKNAME: &str = "anonmirror-rendezvous";
-
-    /// A running onion service whose streams go to the rendezvous.
-    pub struct Onion {
-        /// `HOST.onion:PORT`, as a policy's `rendezvous.address` says it.
-        pub address: String,
-        _arti: TorTransport,
-        forward: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Onion {
-        fn drop(&mut self) {
-            self.forward.abort();
-        }
-    }
-
-    /// Bootstraps arti (state under `state_dir`), launches the service on
-    /// virtual port `port` and hands its streams to `r`.
-    pub async fn serve(
-        r: &Rendezvous,
-        state_dir: &Path,
-        port: u16,
-        arti_config: Option<PathBuf>,
-    ) -> io::Result<Onion> {
-        let mut config = TorConfig::new(state_dir.join("arti-state"), state_dir.join("arti-cache"));
-        config.onion_keys = OnionKeys::Persistent;
-        config.arti_config = arti_config;
-        let arti = crate::carrier::bootstrap_arti(&config, "--dangerous-arti-config").await?;
-        let mut listener = arti.host_named_onion_service(NICKNAME, port).await?;
-        let address = match listener.local_contact()? {
-            Contact::Onion { host, port } => format!("{host}:{port}"),
-            other => return Err(io::Error::other(format!("not an onion service: {other}"))),
-        };
-        let streams = r.streams();
-        let forward = tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                if streams.send(s).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Onion {
-            address,
-            _arti: arti,
-            forward,
-        })
-    }
 }
 
 fn hex_encode(b: &[u8]) -> String {
@@ -239,19 +186,4 @@ fn hex_encode(b: &[u8]) -> String {
 fn parse_hash(s: &str) -> Result<[u8; 32], String> {
     let key: anonmirror_core::PeerKey = s.parse().map_err(|e| format!("{e}"))?;
     Ok(key.0)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -70,7 +70,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
         Err(code) => return code,
     };
     let url = format!("http://{}/.anonmirror/metrics", cmd.gateway);
-    let got = runtime.block_on(crate::http::get(&url));
+    let got = runtime.block_on(anonmirror_node::http::get(&url));
     let text = match got {
         Ok((status, body)) if status.is_success() => String::from_utf8_lossy(&body).into_owned(),
         Ok((status, _)) => {
@@ -79,7 +79,7 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!(
-                "error: the daemon's gateway at {} cannot be reached: {e:#}",
+                "error: the daemon's gateway at {} cannot be reached: {e}",
                 cmd.gateway
             );
             return ExitCode::from(EXIT_RUNTIME);
@@ -94,13 +94,13 @@ pub fn run(cmd: StatusCmd) -> ExitCode {
     };
     if let Some(path) = &cmd.plot {
         let url = format!("http://{}/.anonmirror/history", cmd.gateway);
-        let history = match runtime.block_on(crate::http::get(&url)) {
+        let history = match runtime.block_on(anonmirror_node::http::get(&url)) {
             Ok((status, body)) if status.is_success() => {
                 anonmirror_mirror::metrics::parse_history(&String::from_utf8_lossy(&body))
                     .map_err(|e| format!("{url}: {e}"))
             }
             Ok((status, _)) => Err(format!("{url} answered {status}")),
-            Err(e) => Err(format!("{url}: {e:#}")),
+            Err(e) => Err(e.to_string()),
         };
         match history.and_then(|h| crate::plot::offload(&h, path)) {
             Ok(()) => eprintln!("plot written to {}", path.display()),

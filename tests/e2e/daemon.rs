@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anonmirror::demo::{StaticServer, generate_repository};
-use anonmirror::http::get as http_get;
+use anonmirror_node::demo::{StaticServer, generate_repository};
+use anonmirror_node::http::get as http_get;
 
 use crate::support::{TestDir, program_path, require};
 

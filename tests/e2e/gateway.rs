@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonmirror::demo::{loopback_policy, wait_announced};
-use anonmirror::node::{Node, NodeOptions};
+use anonmirror_node::demo::{loopback_policy, wait_announced};
+use anonmirror_node::{Node, NodeOptions};
 use anonmirror_privacy::{Level, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 
@@ -43,8 +43,8 @@ impl Swarm {
         let mut cfg = ServerConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             dir.join("rendezvous"),
-            Arc::new(anonmirror::hooks::AnnouncementFilter),
-            Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+            Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+            Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
         );
         cfg.credentials.pow_difficulty = 8;
         cfg.notify_secret_hash = Some(*blake3::hash(&NOTIFY_SECRET).as_bytes());
@@ -443,7 +443,7 @@ fn an_index_update_pushed_mid_run_retires_the_old_version() {
     assert_eq!(m.from_peers, new.size, "{m:?}");
     let (status, body) = swarm
         .rt
-        .block_on(anonmirror::http::get(&format!(
+        .block_on(anonmirror_node::http::get(&format!(
             "{}/{}",
             swarm.base(c, "deb"),
             old.url_path

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anonmirror::demo::{StaticServer, generate_repository, node_policy};
-use anonmirror::node::{Node, NodeOptions};
+use anonmirror_node::demo::{StaticServer, generate_repository, node_policy};
+use anonmirror_node::{Node, NodeOptions};
 use anonmirror_privacy::Level;
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -42,8 +42,8 @@ async fn rendezvous(dir: &std::path::Path, listen: SocketAddr) -> Rendezvous {
     let mut cfg = ServerConfig::new(
         listen,
         dir.join("rendezvous"),
-        Arc::new(anonmirror::hooks::AnnouncementFilter),
-        Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
     );
     cfg.credentials.pow_difficulty = 8;
     Rendezvous::start(cfg).await.expect("rendezvous")
@@ -251,8 +251,8 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     let mut cfg = ServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.path().join("rendezvous"),
-        Arc::new(anonmirror::hooks::AnnouncementFilter),
-        Arc::new(anonmirror::hooks::PopularityAggregator::default()),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
     );
     cfg.credentials.pow_difficulty = 8;
     cfg.credentials.tokens_per_epoch = 64;
@@ -286,7 +286,7 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     )
     .await
     .expect("open volunteer");
-    anonmirror::demo::fetch_all(open.gateway_addr, &packages)
+    anonmirror_node::demo::fetch_all(open.gateway_addr, &packages)
         .await
         .expect("open volunteer fetches");
     let balanced_policy = tune(node_policy(
@@ -304,7 +304,7 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     let balanced = Node::start(balanced_policy, opts())
         .await
         .expect("balanced volunteer");
-    anonmirror::demo::fetch_all(balanced.gateway_addr, &packages[..1])
+    anonmirror_node::demo::fetch_all(balanced.gateway_addr, &packages[..1])
         .await
         .expect("balanced volunteer fetches one");
     // Forty more peers report holding every package (two volunteers alone
@@ -375,7 +375,7 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     .await
     .expect("client");
     let wanted = &packages[2];
-    anonmirror::demo::fetch_all(client.gateway_addr, std::slice::from_ref(wanted))
+    anonmirror_node::demo::fetch_all(client.gateway_addr, std::slice::from_ref(wanted))
         .await
         .expect("client fetches");
     let store = balanced.gateway().fetcher().store().clone();

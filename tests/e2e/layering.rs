@@ -5,7 +5,8 @@
 //!
 //! core ← privacy ← announce ← audit; core, privacy ← channel;
 //! core ← store; channel, store ← overlay; channel ← rendezvous;
-//! overlay, store, rendezvous, announce ← mirror; the root package ← all.
+//! overlay, store, rendezvous, announce ← mirror ← node; the root
+//! package ← all.
 //! announce and overlay never import each other; audit and store never
 //! pull in tokio's networking or arti; nothing depends on the root package.
 
@@ -90,6 +91,21 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "rendezvous",
             ][..],
         ),
+        // The daemon's roles: everything below the command line.
+        (
+            "node",
+            &[
+                "core",
+                "privacy",
+                "announce",
+                "channel",
+                "store",
+                "overlay",
+                "rendezvous",
+                "mirror",
+                "audit",
+            ][..],
+        ),
         // Test support (a private Tor network): depends on nothing of
         // ours; only tests (root's dev-dependencies) and the Tor benchmark
         // use it.
@@ -121,6 +137,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "overlay",
                 "rendezvous",
                 "mirror",
+                "node",
                 "audit",
                 "testnet",
             ][..],

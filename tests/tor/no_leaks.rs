@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anonmirror::demo::{StaticServer, generate_repository};
-use anonmirror::http::get as http_get;
+use anonmirror_node::demo::{StaticServer, generate_repository};
+use anonmirror_node::http::get as http_get;
 
 use crate::support::{PATIENCE, PEER_IP, on_tor_net};
 

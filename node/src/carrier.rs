@@ -26,12 +26,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+// The transports.
 use anonmirror_channel::TcpTransport;
 use anonmirror_channel::transport::Transport;
 use anonmirror_channel::transport::control;
 use anonmirror_channel::transport::socks::SocksTransport;
 use anonmirror_privacy::{Policy, TransportKind};
-use anyhow::{Result, anyhow};
+
+use crate::err::{Error, Result};
 
 /// What carries connections, in the state directory, for `audit`.
 pub const TRANSPORT_FILE: &str = "transport.txt";
@@ -99,13 +101,13 @@ impl Carrier {
                 Carrier::tcp(format!("tcp (fallback: Tor is unavailable: {why})"))
             }
             Some(Err(why)) => {
-                return Err(anyhow!(
+                return Err(Error::Tor(format!(
                     "transport.kind = \"{}\" and Tor is unavailable: {why}. Level {} does not \
                      start without Tor: set transport.allow_tcp_fallback = true to use direct \
                      TCP instead, which shows this machine's address",
                     t.kind.as_str(),
                     policy.level
-                ));
+                )));
             }
         };
         carrier.serving = serving(policy, &carrier).await?;
@@ -151,8 +153,9 @@ impl Carrier {
             self.connections,
             self.serving_text(policy)
         );
-        std::fs::write(state_dir.join(TRANSPORT_FILE), text)
-            .map_err(|e| anyhow!("writing {}: {e}", state_dir.join(TRANSPORT_FILE).display()))
+        let path = state_dir.join(TRANSPORT_FILE);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::state(format!("writing {}", path.display()), e))
     }
 }
 
@@ -205,11 +208,11 @@ async fn serving(policy: &Policy, carrier: &Carrier) -> Result<Serving> {
     } else {
         "this build cannot host onion services (cargo feature `onion-service`)".into()
     };
-    Err(anyhow!(
+    Err(Error::Tor(format!(
         "level {} serves peers over Tor only, which needs an onion service: {how}; or set \
          transport.allow_tcp_fallback = true, which shows this machine's address to peers",
         policy.level
-    ))
+    )))
 }
 
 /// A Tor daemon's SOCKS port, if it answers.
@@ -261,7 +264,7 @@ async fn arti(policy: &Policy) -> Result<Carrier, String> {
 /// where an arti configuration file came from, for the warning that one
 /// is in use.
 #[cfg(feature = "tor")]
-pub(crate) async fn bootstrap_arti(
+pub async fn bootstrap_arti(
     config: &anonmirror_channel::transport::tor::TorConfig,
     setting: &str,
 ) -> std::io::Result<anonmirror_channel::transport::tor::TorTransport> {

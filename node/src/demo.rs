@@ -10,8 +10,9 @@
 //! 4. A client (level `off`) fetches every package through its gateway and
 //!    checks each against the index.
 //!
-//! It prints the bytes the client got by source, the offload ratio, and
-//! each volunteer's selection: what it holds, announces and reveals.
+//! It reports (for the command line to print) the bytes the client got by
+//! source, the offload ratio, and each volunteer's selection: what it
+//! holds, announces and reveals.
 //! Volunteers above `open` announce only items whose popularity is known
 //! to clear their level's floor; in a swarm this young no popularity is
 //! published yet, so they hold but do not serve, and the demo says so.
@@ -26,11 +27,13 @@ use anonmirror_mirror::metrics::MetricsSnapshot;
 use anonmirror_privacy::{ByteSize, Level, Policy, TransportKind};
 use anonmirror_privacy::{RendezvousConfig, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
-use anyhow::{Context, Result, anyhow};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 
-use crate::node::{Node, NodeOptions, Summary};
+use crate::err::{Error, Result};
+use crate::node::Node;
+use crate::options::NodeOptions;
+use crate::volunteer::Summary;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -69,56 +72,6 @@ pub struct DemoReport {
     pub volunteers: Vec<(Level, Option<Summary>, MetricsSnapshot)>,
 }
 
-impl std::fmt::Display for DemoReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.client;
-        writeln!(
-            f,
-            "client: {} packages, {} bytes, every one verified against the index",
-            self.verified, self.bytes
-        )?;
-        writeln!(
-            f,
-            "  from peers {} B, from the store {} B, from upstream {} B; offload ratio {:.1} %",
-            c.from_peers,
-            c.from_store,
-            c.from_upstream,
-            100.0 * c.offload_ratio()
-        )?;
-        writeln!(
-            f,
-            "  downloads completed by peers {}, by upstream {}; hedges {}; peers blamed {}",
-            c.items_from_peers, c.items_from_upstream, c.hedges, c.blame_events
-        )?;
-        for (i, (level, summary, m)) in self.volunteers.iter().enumerate() {
-            match summary {
-                Some(s) => writeln!(
-                    f,
-                    "volunteer {i} ({level}): holds {}, announces {} ({} padding), exposure {:.2} bits{}, served {} B to peers",
-                    s.held,
-                    s.announced,
-                    s.padding,
-                    s.exposure_bits,
-                    if s.within_budget {
-                        ""
-                    } else {
-                        " (over budget: withheld)"
-                    },
-                    m.served_to_peers
-                )?,
-                None => writeln!(f, "volunteer {i} ({level}): no selection yet")?,
-            }
-            if *level != Level::Open && summary.as_ref().is_some_and(|s| s.announced == 0) {
-                writeln!(
-                    f,
-                    "  (above `open` only items known to be popular are announced; no popularity is published yet in a swarm this young)"
-                )?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A package file of the generated repository.
 #[derive(Clone, Debug)]
 pub struct Package {
@@ -151,9 +104,11 @@ pub fn generate_repository(root: &Path, n: usize, seed: u64) -> Result<Vec<Packa
         content.fill(&mut bytes);
         let file = root.join(&path);
         if let Some(p) = file.parent() {
-            std::fs::create_dir_all(p)?;
+            std::fs::create_dir_all(p)
+                .map_err(|e| Error::state(format!("creating {}", p.display()), e))?;
         }
-        std::fs::write(&file, &bytes)?;
+        std::fs::write(&file, &bytes)
+            .map_err(|e| Error::state(format!("writing {}", file.display()), e))?;
         let sha = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(sha.as_ref());
@@ -164,15 +119,21 @@ pub fn generate_repository(root: &Path, n: usize, seed: u64) -> Result<Vec<Packa
         packages.push(Package { path, sha256, size });
     }
     let dists = root.join("dists/demo");
-    std::fs::create_dir_all(dists.join("main/binary-all"))?;
-    std::fs::write(dists.join("main/binary-all/Packages"), &text)?;
+    let binary = dists.join("main/binary-all");
+    std::fs::create_dir_all(&binary)
+        .map_err(|e| Error::state(format!("creating {}", binary.display()), e))?;
+    let index = binary.join("Packages");
+    std::fs::write(&index, &text)
+        .map_err(|e| Error::state(format!("writing {}", index.display()), e))?;
     let sha = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     let release = format!(
         "Origin: anonmirror demo\nSuite: demo\nCodename: demo\nDate: Sun, 22 Nov 2026 00:00:00 UTC\nArchitectures: all\nComponents: main\nSHA256:\n {} {} main/binary-all/Packages\n",
         hex::encode(sha.as_ref()),
         text.len()
     );
-    std::fs::write(dists.join("Release"), release)?;
+    let release_file = dists.join("Release");
+    std::fs::write(&release_file, release)
+        .map_err(|e| Error::state(format!("writing {}", release_file.display()), e))?;
     Ok(packages)
 }
 
@@ -193,8 +154,12 @@ impl StaticServer {
 
     /// Serve `root` on `addr`.
     pub async fn start_at(root: PathBuf, addr: SocketAddr) -> Result<StaticServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::transport(format!("binding the upstream to {addr}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::transport("the upstream's address", e))?;
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
         let root = Arc::new(root);
@@ -322,18 +287,27 @@ pub async fn fetch_all(gateway: SocketAddr, packages: &[Package]) -> Result<u64>
     for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
         let (status, _) = crate::http::get(&format!("{base}{index}")).await?;
         if status != StatusCode::OK {
-            return Err(anyhow!("{index}: {status}"));
+            return Err(Error::Gateway {
+                what: index.to_owned(),
+                reason: status.to_string(),
+            });
         }
     }
     let mut bytes = 0;
     for p in packages {
         let (status, body) = crate::http::get(&format!("{base}{}", p.path)).await?;
         if status != StatusCode::OK {
-            return Err(anyhow!("{}: {status}", p.path));
+            return Err(Error::Gateway {
+                what: p.path.clone(),
+                reason: status.to_string(),
+            });
         }
         let sha = ring::digest::digest(&ring::digest::SHA256, &body);
         if sha.as_ref() != p.sha256 {
-            return Err(anyhow!("{}: SHA-256 differs from the index", p.path));
+            return Err(Error::Gateway {
+                what: p.path.clone(),
+                reason: "SHA-256 differs from the index".into(),
+            });
         }
         bytes += body.len() as u64;
     }
@@ -352,7 +326,7 @@ pub async fn wait_announced(node: &Node) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(anyhow!("a volunteer did not announce within 10 s"))
+    Err(Error::NotReady("a volunteer did not announce within 10 s"))
 }
 
 /// Run the demo.
@@ -363,23 +337,27 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         None => {
             tmp = tempfile::Builder::new()
                 .prefix("anonmirror-demo")
-                .tempdir()?;
+                .tempdir()
+                .map_err(|e| Error::state("creating a temporary directory", e))?;
             tmp.path().to_path_buf()
         }
     };
     let packages = generate_repository(&dir.join("upstream"), opts.packages, opts.seed)
-        .context("generating the repository")?;
+        .map_err(|e| Error::context("generating the repository", e))?;
     let upstream = StaticServer::start(dir.join("upstream")).await?;
     let mut cfg = ServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         dir.join("rendezvous"),
-        Arc::new(crate::hooks::AnnouncementFilter),
-        Arc::new(crate::hooks::PopularityAggregator::default()),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
     );
     cfg.credentials.pow_difficulty = 8;
     let rendezvous = Rendezvous::start(cfg)
         .await
-        .context("starting the rendezvous")?;
+        .map_err(|source| Error::Rendezvous {
+            what: "starting the rendezvous",
+            source,
+        })?;
     let node_opts = NodeOptions {
         pow_difficulty: 8,
         ..NodeOptions::default()
@@ -395,10 +373,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         );
         let node = Node::start(policy, node_opts.clone())
             .await
-            .with_context(|| format!("starting volunteer {i}"))?;
+            .map_err(|e| Error::context(format!("starting volunteer {i}"), e))?;
         fetch_all(node.gateway_addr, &packages)
             .await
-            .with_context(|| format!("volunteer {i} fetching"))?;
+            .map_err(|e| Error::context(format!("volunteer {i} fetching"), e))?;
         node.reannounce();
         wait_announced(&node).await?;
         volunteers.push((*level, node));
@@ -412,10 +390,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     );
     let client = Node::start(client_policy, node_opts)
         .await
-        .context("starting the client")?;
+        .map_err(|e| Error::context("starting the client", e))?;
     let bytes = fetch_all(client.gateway_addr, &packages)
         .await
-        .context("the client fetching")?;
+        .map_err(|e| Error::context("the client fetching", e))?;
     let client_metrics = client.gateway().metrics().snapshot();
     client.stop().await;
     // Stopped, each volunteer has counted everything it served.

@@ -1,7 +1,7 @@
-//! One anonmirror node: the gateway for the local package manager and,
-//! when the policy's level is not `off`, the volunteer role.
+//! The volunteer role: sessions with the rendezvous, the selection of
+//! what to announce, and the peer server of each session.
 //!
-//! The volunteer role, per session (DESIGN.md §4–§5):
+//! Per session (DESIGN.md §4–§5):
 //!
 //! 1. a credential (registered with a proof-of-work, kept in the state
 //!    directory, dropped and registered anew when the rendezvous no longer
@@ -23,9 +23,13 @@
 //!
 //! Nothing a session carries is linked to another: a new token, a new
 //! Noise key, and a new announcement every time.
+//!
+//! Time comes from the node's [`Clock`] (epochs, credential expiry) and
+//! randomness from its [`Entropy`](anonmirror_core::Entropy), so the role runs on a manual clock in
+//! tests. It stops when the node's [`CancellationToken`] is cancelled; its
+//! prefetches run in the node's [`TaskTracker`] and stop with it too.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,23 +39,24 @@ use anonmirror_announce::{
     Aggregator, CurrentIndex, PermanentMemo, PopularitySnapshot, ReportParams, encode_report,
     select,
 };
+use anonmirror_core::{Clock, Epoch, ItemKey, Sensitive};
+use anonmirror_mirror::Gateway;
+use anonmirror_mirror::job::Want;
+use anonmirror_mirror::peers::RendezvousPeers;
+use anonmirror_mirror::upstream::join;
+// The channel, the transports, the store and the peer server.
 use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport};
-use anonmirror_core::{Clock, Epoch, ItemKey, OsEntropy, Sensitive, SystemClock};
-use anonmirror_mirror::job::{FetchConfig, Fetcher, Want};
-use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
-use anonmirror_mirror::repo::Repo;
-use anonmirror_mirror::upstream::{Upstream, join};
-use anonmirror_mirror::{Gateway, Metrics};
 use anonmirror_overlay::server::ServerConfig;
-use anonmirror_overlay::swarm::SwarmConfig;
 use anonmirror_privacy::{Level, Policy};
 use anonmirror_rendezvous::credential::ClientCredential;
 use anonmirror_rendezvous::{Backoff, Client, SessionEvent};
 use anonmirror_store::Store;
-use anyhow::{Context, Result, anyhow};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::carrier::{Carrier, Serving};
+use crate::carrier::Serving;
+use crate::err::{Error, Result};
+use crate::options::SharedEntropy;
 
 /// The inventory the last selection saw, in the state directory.
 pub const AUDIT_INVENTORY: &str = "inventory.txt";
@@ -61,29 +66,6 @@ pub const AUDIT_INDEX: &str = "index.txt";
 pub const AUDIT_POPULARITY: &str = "popularity.amps";
 /// The credential (hex and expiry), in the state directory.
 pub const CREDENTIAL: &str = "credential";
-
-/// What the command line adds to the policy.
-#[derive(Clone, Debug)]
-pub struct NodeOptions {
-    /// Leading zero bits of the registration proof-of-work (at least the
-    /// rendezvous's).
-    pub pow_difficulty: u8,
-    /// A fixed hedge deadline instead of the one derived from the
-    /// upstream's speed.
-    pub hedge_after: Option<Duration>,
-    /// Peers asked for per lookup.
-    pub lookup_want: u8,
-}
-
-impl Default for NodeOptions {
-    fn default() -> Self {
-        NodeOptions {
-            pow_difficulty: 20,
-            hedge_after: None,
-            lookup_want: 4,
-        }
-    }
-}
 
 /// What the volunteer's last selection decided (for `demo` and logs;
 /// `anonmirror audit` shows the whole pipeline).
@@ -106,207 +88,30 @@ pub struct Summary {
     pub within_budget: bool,
 }
 
-/// How long a stopping node waits for its downloads under way.
-pub const STOP_DRAIN: Duration = Duration::from_secs(10);
-
-/// A running node.
-#[derive(Debug)]
-pub struct Node {
-    /// Where the gateway listens.
-    pub gateway_addr: SocketAddr,
-    gateway: Arc<Gateway>,
-    cancel: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
-    reannounce: Arc<tokio::sync::Notify>,
-    summary: Arc<std::sync::Mutex<Option<Summary>>>,
-}
-
-impl Node {
-    /// Start the gateway (and the volunteer role when the level serves).
-    pub async fn start(policy: Policy, opts: NodeOptions) -> Result<Node> {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let cache_dir = policy.paths.cache_dir.clone();
-        let state_dir = policy.paths.state_dir.clone();
-        for d in [&cache_dir, &state_dir] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let store = Store::open(
-            &cache_dir.join("store"),
-            policy.cache.max_size.0,
-            clock.clone(),
-        )
-        .context("opening the store")?;
-        let metrics = Arc::new(Metrics::default());
-        // Tor (if the policy asks) before anything connects anywhere.
-        let carrier = Carrier::start(&policy).await?;
-        carrier.record(&policy, &state_dir)?;
-        tracing::info!(connections = %carrier.connections, "transport");
-        let upstream = Arc::new(Upstream::with_dialer(
-            Duration::from_secs(if carrier.is_tor() { 60 } else { 30 }),
-            carrier.dialer.clone(),
-        ));
-        let rendezvous = match &policy.rendezvous {
-            Some(r) => {
-                let contact = anonmirror_core::Contact::parse(&r.address)
-                    .map_err(|e| anyhow!("rendezvous.address: {e}"))?;
-                Some(Client::with_dialer(contact, r.key, carrier.dialer.clone()))
-            }
-            None => None,
-        };
-        let peers: Option<Arc<RendezvousPeers>> = rendezvous.as_ref().map(|c| {
-            Arc::new(
-                RendezvousPeers::new(c.clone(), policy.announce.region.clone(), opts.lookup_want)
-                    .reaching_onions(carrier.is_tor()),
-            )
-        });
-        let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
-        swarm.connect_timeout = Duration::from_secs(5);
-        swarm.stall_timeout = Duration::from_secs(5);
-        let fetcher = Arc::new(
-            Fetcher::new(
-                store.clone(),
-                upstream.clone(),
-                peers.clone().map(|p| p as Arc<dyn PeerSource>),
-                metrics.clone(),
-                FetchConfig {
-                    work_dir: cache_dir.join("store").join("tmp"),
-                    swarm,
-                    hedge_after: opts.hedge_after,
-                    dialer: carrier.dialer.clone(),
-                },
-            )
-            .context("preparing the work directory")?,
-        );
-        let mut repos = Vec::new();
-        for r in &policy.repositories {
-            let repo = Arc::new(Repo::new(
-                &r.name,
-                r.kind,
-                &r.url,
-                cache_dir.join("indexes").join(&r.name),
-            ));
-            let (items, failed) = repo.load_cached(clock.unix_secs());
-            for (path, e) in failed {
-                tracing::warn!(repository = %r.name, file = %path, error = %e, "cached index unusable");
-            }
-            if items > 0 {
-                tracing::info!(repository = %r.name, items, "cached indexes loaded");
-            }
-            repos.push(repo);
-        }
-        let gateway = Arc::new(Gateway::new(
-            repos,
-            fetcher,
-            upstream,
-            metrics,
-            clock.clone(),
-        ));
-        let cancel = CancellationToken::new();
-        let (gateway_addr, server) = anonmirror_mirror::gateway::spawn(
-            policy.gateway.listen,
-            gateway.clone(),
-            cancel.clone(),
-        )
-        .await
-        .with_context(|| format!("binding the gateway to {}", policy.gateway.listen))?;
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(async move {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "gateway stopped"),
-                Err(e) => tracing::error!(error = %e, "gateway task failed"),
-            }
-        });
-        tracing::info!(%gateway_addr, level = %policy.level, "gateway listening");
-        // The history `anonmirror status --plot` draws: a sample a minute.
-        let (m, c, stop) = (gateway.metrics().clone(), clock.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => m.sample(c.unix_secs()),
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-        let reannounce = Arc::new(tokio::sync::Notify::new());
-        let summary = Arc::new(std::sync::Mutex::new(None));
-        if policy.level.serves() {
-            let client =
-                rendezvous.ok_or_else(|| anyhow!("level {} needs [rendezvous]", policy.level))?;
-            let v = Volunteer {
-                serving: carrier.serving,
-                #[cfg(feature = "onion-service")]
-                arti: carrier.arti.clone(),
-                policy,
-                opts,
-                client,
-                store,
-                gateway: gateway.clone(),
-                peers,
-                clock,
-                state_dir,
-                cancel: cancel.clone(),
-                reannounce: reannounce.clone(),
-                summary: summary.clone(),
-            };
-            tasks.spawn(v.run());
-        }
-        Ok(Node {
-            gateway_addr,
-            gateway,
-            cancel,
-            tasks,
-            reannounce,
-            summary,
-        })
-    }
-
-    /// Close the current session and announce anew now (after the store
-    /// changed, e.g. once a new volunteer has fetched its first packages).
-    pub fn reannounce(&self) {
-        self.reannounce.notify_one();
-    }
-
-    /// What the last selection decided, once one ran.
-    pub fn summary(&self) -> Option<Summary> {
-        self.summary.lock().ok().and_then(|s| s.clone())
-    }
-
-    /// The gateway (metrics, repositories).
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
-    }
-
-    /// Stop everything and wait for it: the gateway and the volunteer
-    /// at once, then the downloads under way for at most [`STOP_DRAIN`]
-    /// (so that the last package fetched is in the store next time).
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        if !self.gateway.fetcher().drain(STOP_DRAIN).await {
-            tracing::info!("stopped with downloads still under way: they are dropped");
-        }
-    }
-}
-
-struct Volunteer {
+/// The volunteer role of a node (started by [`crate::node::Node::start`]).
+pub(crate) struct Volunteer {
     /// How peers reach it.
-    serving: Serving,
+    pub(crate) serving: Serving,
     /// arti, which hosts its onion services.
     #[cfg(feature = "onion-service")]
-    arti: Option<Arc<anonmirror_channel::transport::tor::TorTransport>>,
-    policy: Policy,
-    opts: NodeOptions,
-    client: Client,
-    store: Store,
-    gateway: Arc<Gateway>,
-    peers: Option<Arc<RendezvousPeers>>,
-    clock: Arc<dyn Clock>,
-    state_dir: PathBuf,
-    cancel: CancellationToken,
-    reannounce: Arc<tokio::sync::Notify>,
-    summary: Arc<std::sync::Mutex<Option<Summary>>>,
+    pub(crate) arti: Option<Arc<anonmirror_channel::transport::tor::TorTransport>>,
+    pub(crate) policy: Policy,
+    /// Leading zero bits of the registration proof-of-work.
+    pub(crate) pow_difficulty: u8,
+    pub(crate) entropy: SharedEntropy,
+    pub(crate) client: Client,
+    pub(crate) store: Store,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) peers: Option<Arc<RendezvousPeers>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) state_dir: PathBuf,
+    /// The node's stop signal.
+    pub(crate) cancel: CancellationToken,
+    /// Where prefetches run, so that the node waits for them.
+    pub(crate) prefetches: TaskTracker,
+    /// "Announce again now" (not a stop signal).
+    pub(crate) reannounce: Arc<tokio::sync::Notify>,
+    pub(crate) summary: Arc<std::sync::Mutex<Option<Summary>>>,
 }
 
 /// Why a session ended without failing.
@@ -329,11 +134,11 @@ impl Volunteer {
                 let arti = self
                     .arti
                     .as_ref()
-                    .ok_or_else(|| anyhow!("no arti to host the onion service"))?;
+                    .ok_or_else(|| Error::Internal("no arti to host the onion service".into()))?;
                 let l = arti
                     .host_onion_service(self.policy.serve.listen.port())
                     .await
-                    .context("launching this session's onion service")?;
+                    .map_err(|e| Error::transport("launching this session's onion service", e))?;
                 Ok(PeerListener::Onion(l))
             }
             Serving::DaemonOnion => {
@@ -342,24 +147,30 @@ impl Volunteer {
                     self.policy.serve.listen.port(),
                 )
                 .await
-                .context("asking the Tor daemon for this session's onion service")?;
+                .map_err(|e| {
+                    Error::transport("asking the Tor daemon for this session's onion service", e)
+                })?;
                 Ok(PeerListener::DaemonOnion(l))
             }
             _ => {
                 let l = TcpTransport
                     .listen(&anonmirror_core::Contact::Tcp(self.policy.serve.listen))
                     .await
-                    .with_context(|| {
-                        format!("listening for peers on {}", self.policy.serve.listen)
+                    .map_err(|e| {
+                        Error::transport(
+                            format!("listening for peers on {}", self.policy.serve.listen),
+                            e,
+                        )
                     })?;
                 Ok(PeerListener::Tcp(l))
             }
         }
     }
 
-    async fn run(self) {
+    /// Sessions, one after another, until the node stops.
+    pub(crate) async fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-        let mut entropy = OsEntropy;
+        let mut entropy = self.entropy.clone();
         let mut served_before = 0u64;
         loop {
             if self.cancel.is_cancelled() {
@@ -375,7 +186,7 @@ impl Volunteer {
                 Err(e) => {
                     self.gateway.metrics().session(false);
                     let d = backoff.next_delay(&mut entropy);
-                    tracing::info!(error = %format!("{e:#}"), retry_in = ?d, "session ended");
+                    tracing::info!(error = %e, retry_in = ?d, "session ended");
                     d
                 }
             };
@@ -403,14 +214,17 @@ impl Volunteer {
         tracing::info!("registering a new credential");
         let c = self
             .client
-            .register(now, self.opts.pow_difficulty, OsEntropy)
+            .register(now, self.pow_difficulty, self.entropy.clone())
             .await
-            .context("registering")?;
+            .map_err(|source| Error::Rendezvous {
+                what: "registering",
+                source,
+            })?;
         write_private(
             &path,
             format!("{} {}\n", hex::encode(c.credential), c.expires).as_bytes(),
         )
-        .context("saving the credential")?;
+        .map_err(|e| Error::state(format!("saving the credential {}", path.display()), e))?;
         Ok(c)
     }
 
@@ -423,8 +237,10 @@ impl Volunteer {
             return Ok(m);
         }
         // A memo is drawn once per peer and f; a new f needs new coins.
-        let m = PermanentMemo::draw(params, &mut OsEntropy);
-        write_private(&path, &m.to_bytes()).context("saving the permanent memo")?;
+        let m = PermanentMemo::draw(params, &mut self.entropy.clone());
+        write_private(&path, &m.to_bytes()).map_err(|e| {
+            Error::state(format!("saving the permanent memo {}", path.display()), e)
+        })?;
         Ok(m)
     }
 
@@ -523,14 +339,20 @@ impl Volunteer {
                     // Forget it: the next attempt registers anew.
                     let _ = std::fs::remove_file(self.state_dir.join(CREDENTIAL));
                 }
-                return Err(e).context("buying tokens");
+                return Err(Error::Rendezvous {
+                    what: "buying tokens",
+                    source: e,
+                });
             }
         };
         let index = self.current_index();
         let inventory: Vec<ItemKey> = self
             .store
             .list()
-            .context("listing the store")?
+            .map_err(|source| Error::Store {
+                what: "listing the store",
+                source,
+            })?
             .into_iter()
             .map(|(k, _)| k)
             .collect();
@@ -550,13 +372,25 @@ impl Volunteer {
         }
 
         // The popularity report.
-        let params = ReportParams::from_policy(&self.policy.popularity.randomization)
-            .map_err(|e| anyhow!("report parameters: {e}"))?;
+        let params =
+            ReportParams::from_policy(&self.policy.popularity.randomization).map_err(|e| {
+                Error::Config {
+                    key: "popularity.randomization",
+                    reason: e.to_string(),
+                }
+            })?;
         let memo = self.memo(&params)?;
         let held: HashSet<ItemKey> = selection.reportable.iter().copied().collect();
         let universe = index.items();
-        let report = encode_report(&params, epoch, &memo, &universe, &held, &mut OsEntropy)
-            .map_err(|e| anyhow!("encoding the popularity report: {e}"))?;
+        let report = encode_report(
+            &params,
+            epoch,
+            &memo,
+            &universe,
+            &held,
+            &mut self.entropy.clone(),
+        )
+        .map_err(|e| Error::Internal(format!("encoding the popularity report: {e}")))?;
         if let Err(e) = self.client.popularity(&tokens[0], report.to_bytes()).await {
             tracing::info!(error = %e, "popularity report refused");
         }
@@ -570,19 +404,23 @@ impl Volunteer {
         };
 
         // The peer server, with this session's key.
-        let keypair = StaticKeypair::generate().map_err(|e| anyhow!("session key: {e}"))?;
+        let keypair =
+            StaticKeypair::generate().map_err(|e| Error::Internal(format!("session key: {e}")))?;
         let listener = self.peer_listener().await?;
         let local = listener
             .local_contact()
-            .context("the peer listener's address")?;
-        let contact = anonmirror_rendezvous::msg::ContactWire::try_from(local.clone())
-            .map_err(|_| anyhow!("a peer listener at {local} cannot be announced"))?;
+            .map_err(|e| Error::transport("the peer listener's address", e))?;
+        let contact =
+            anonmirror_rendezvous::msg::ContactWire::try_from(local.clone()).map_err(|_| {
+                Error::Internal(format!("a peer listener at {local} cannot be announced"))
+            })?;
         let public = keypair.public();
         let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
         let gateway = self.gateway.clone();
+        let (prefetches, cancel) = (self.prefetches.clone(), self.cancel.clone());
         let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
             if padding.contains(key) {
-                tokio::spawn(prefetch(gateway.clone(), vec![*key]));
+                prefetches.spawn(prefetch(gateway.clone(), vec![*key], cancel.clone()));
             }
         });
         let server = anonmirror_overlay::server::spawn(
@@ -597,7 +435,7 @@ impl Volunteer {
                 ..ServerConfig::default()
             },
         )
-        .context("starting the peer server")?;
+        .map_err(|e| Error::transport("starting the peer server", e))?;
 
         let mut snapshots: Vec<(String, u64)> = self
             .gateway
@@ -618,7 +456,10 @@ impl Volunteer {
             Ok(l) => l,
             Err(e) => {
                 server.shutdown().await;
-                return Err(e).context("opening the session");
+                return Err(Error::Rendezvous {
+                    what: "opening the session",
+                    source: e,
+                });
             }
         };
         self.gateway.metrics().session(true);
@@ -632,6 +473,10 @@ impl Volunteer {
         );
 
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // The epoch ends when the node's clock says so; the timer covers a
+        // clock that moves on its own, the check at each tick one moved by
+        // hand (or jumping, as a wall clock may).
+        let epoch_end = now.saturating_add(epoch_left.as_secs());
         let deadline = tokio::time::sleep(epoch_left);
         tokio::pin!(deadline);
         let ended = loop {
@@ -642,7 +487,7 @@ impl Volunteer {
                         self.follow(&repository).await;
                         break Ok(Ended::Reopen);
                     }
-                    Err(e) => break Err(anyhow!(e).context("the session")),
+                    Err(source) => break Err(Error::Rendezvous { what: "the session", source }),
                 },
                 _ = &mut deadline => break Ok(Ended::Reopen),
                 _ = self.reannounce.notified() => break Ok(Ended::Reopen),
@@ -651,12 +496,17 @@ impl Volunteer {
                 // flapping Tor daemon does not burn the epoch's tokens)
                 // gets a new listener.
                 _ = server.unreachable() => {
-                    break Err(anyhow!("the peer listener is gone (its onion service stopped)"));
+                    break Err(Error::Tor(
+                        "the peer listener is gone (its onion service stopped)".into(),
+                    ));
                 }
                 _ = self.cancel.cancelled() => break Ok(Ended::Stopping),
                 _ = tick.tick() => {
                     let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
                     self.gateway.metrics().set_served_to_peers(*served_before + n);
+                    if self.clock.unix_secs() >= epoch_end {
+                        break Ok(Ended::Reopen);
+                    }
                 }
             }
         };
@@ -701,16 +551,19 @@ impl Volunteer {
             .collect();
         if !newer.is_empty() {
             tracing::info!(repository, items = newer.len(), "prefetching new versions");
-            prefetch(self.gateway.clone(), newer).await;
+            prefetch(self.gateway.clone(), newer, self.cancel.clone()).await;
         }
     }
 }
 
 /// Fetch `items` through the gateway's fetcher, one at a time, while the
-/// store has room for them.
-async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>) {
+/// store has room for them, until `cancel`.
+async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>, cancel: CancellationToken) {
     let store = gateway.fetcher().store().clone();
     for key in items {
+        if cancel.is_cancelled() {
+            return;
+        }
         let Some((repo, item)) = gateway
             .repos()
             .find_map(|r| r.item_by_key(&key).map(|i| (r.clone(), i)))
@@ -734,7 +587,13 @@ async fn prefetch(gateway: Arc<Gateway>, items: Vec<ItemKey>) {
             version: repo.version(),
             url: join(&repo.base, &item.path),
         });
-        if let Err(e) = job.finished().await {
+        // Stopping leaves the download to the fetcher, which the node
+        // drains.
+        let finished = tokio::select! {
+            f = job.finished() => f,
+            _ = cancel.cancelled() => return,
+        };
+        if let Err(e) = finished {
             tracing::debug!(item = %Sensitive::new(key), error = %e, "prefetch failed");
         }
     }
