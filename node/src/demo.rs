@@ -144,6 +144,7 @@ pub struct StaticServer {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: tokio_util::sync::CancellationToken,
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl StaticServer {
@@ -168,12 +169,25 @@ impl StaticServer {
                 let root = root.clone();
                 async move { serve_file(&root, &method, &uri, &headers).await }
             });
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await;
         });
-        Ok(StaticServer { addr, stop })
+        Ok(StaticServer {
+            addr,
+            stop,
+            served: Some(served),
+        })
+    }
+
+    /// Stop serving and wait until the listener is closed and the requests
+    /// under way have finished (dropping it only asks it to stop).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
     }
 
     /// Its base URL.
@@ -411,6 +425,6 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         volunteers: summaries,
     };
     rendezvous.shutdown().await;
-    drop(upstream);
+    upstream.stop().await;
     Ok(report)
 }
