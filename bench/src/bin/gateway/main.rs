@@ -141,6 +141,32 @@ struct CaseResult {
     notes: String,
 }
 
+impl CaseResult {
+    /// A case that fetched the same set straight from nginx (`base`, one
+    /// time a run) and through the gateway (`ours`): the medians compared.
+    fn against_nginx(
+        name: String,
+        base: &[f64],
+        ours: &[f64],
+        goal: f64,
+        notes: String,
+    ) -> Result<CaseResult> {
+        let (b, o) = (
+            median(base).context("no runs")?,
+            median(ours).context("no runs")?,
+        );
+        Ok(CaseResult {
+            name,
+            baseline: format!("straight from nginx: {b:.2} s"),
+            ours: format!("through the gateway: {o:.2} s"),
+            baseline_s: b,
+            ours_s: o,
+            goal,
+            notes,
+        })
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
@@ -257,31 +283,25 @@ async fn case_peers(
     let (base, ours, snaps) = client_vs_nginx(args, bin, dir, nginx, &r, packages).await?;
     let offload: Vec<f64> = snaps.iter().map(|s| 100.0 * s.offload_ratio()).collect();
     let hedges: u64 = snaps.iter().map(|s| s.hedges).sum();
-    let (b, o) = (
-        median(&base).context("no runs")?,
-        median(&ours).context("no runs")?,
-    );
     for mut v in volunteers {
         v.stop().await?;
     }
-    Ok(CaseResult {
-        name: format!(
+    CaseResult::against_nginx(
+        format!(
             "1. client from {} peers, {} packages, {:.0} MiB",
             args.volunteers,
             packages.len(),
             mib(total)
         ),
-        baseline: format!("straight from nginx: {b:.2} s"),
-        ours: format!("through the gateway: {o:.2} s"),
-        baseline_s: b,
-        ours_s: o,
-        goal: 1.2,
-        notes: format!(
+        &base,
+        &ours,
+        1.2,
+        format!(
             "offload {:.1} % (median of {}), hedges {hedges} in all",
             median(&offload).unwrap_or(0.0),
             offload.len()
         ),
-    })
+    )
 }
 
 async fn case_stalled(
@@ -309,27 +329,21 @@ async fn case_stalled(
     silent.abort();
     let from_peers: u64 = snaps.iter().map(|s| s.from_peers).sum();
     let hedges: Vec<String> = snaps.iter().map(|s| s.hedges.to_string()).collect();
-    let (b, o) = (
-        median(&base).context("no runs")?,
-        median(&ours).context("no runs")?,
-    );
-    Ok(CaseResult {
-        name: format!(
+    CaseResult::against_nginx(
+        format!(
             "3. all {} peers stalled, {} packages, {:.0} MiB",
             args.stalled,
             packages.len(),
             mib(total)
         ),
-        baseline: format!("straight from nginx: {b:.2} s"),
-        ours: format!("through the gateway: {o:.2} s"),
-        baseline_s: b,
-        ours_s: o,
-        goal: 1.1,
-        notes: format!(
+        &base,
+        &ours,
+        1.1,
+        format!(
             "hedges per run: {}; bytes from peers {from_peers}",
             hedges.join(", ")
         ),
-    })
+    )
 }
 
 async fn case_swarm(
