@@ -1,5 +1,9 @@
-//! Test support for anonmirror's Tor mode: a private network namespace
-//! and a private Tor network inside it.
+//! Test support: network namespaces, a testbed of hosts joined by links
+//! with delay, rate and loss (and NAT routers), and a private Tor network.
+//!
+//! - [`testbed`]: hosts in namespaces of their own, each on a link to a
+//!   core router; what crosses a network in the e2e tests and the
+//!   benchmarks crosses one of these links.
 //!
 //! Tor-mode tests must show that a node reaches peers only through Tor,
 //! and they cannot use the real Tor network (CI has no internet, and a
@@ -49,11 +53,13 @@
 pub mod netns;
 mod process;
 mod socks;
+pub mod testbed;
 pub mod tornet;
 
-pub use netns::Namespace;
+pub use netns::{Namespace, NetNs};
 pub use process::program_path;
 pub use socks::socks5_connect;
+pub use testbed::{Host, Link, Nat, Testbed, require_testbed};
 pub use tornet::{CTorClient, TorNet};
 
 /// Whether a private Tor network can run here: `tor`, `tor-gencert` and

@@ -17,6 +17,11 @@
 //!
 //! Creating a network namespace needs root or `CAP_SYS_ADMIN`; entering it
 //! needs `CAP_SYS_ADMIN` too.
+//!
+//! [`NetNs`] is the primitive (one anonymous namespace, held by a file
+//! descriptor, gone when the last holder and the last process inside are);
+//! [`Namespace`] is the one the Tor tests share, and the testbed
+//! ([`crate::testbed`]) makes one a host.
 
 use std::fs::File;
 use std::io;
@@ -36,36 +41,23 @@ const IP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The dummy interface [`Namespace::add_address`] puts addresses on.
 const DUMMY: &str = "am0";
 
-/// A private network namespace; see the [module docs](self).
+/// One anonymous network namespace: alive while this value (or a process
+/// inside it) is, with its loopback interface up.
 #[derive(Debug)]
-pub struct Namespace {
+pub struct NetNs {
     /// `/proc/thread-self/ns/net` of the thread that created it: what
     /// `setns` takes, and what keeps the namespace alive once that thread
     /// is gone.
     fd: File,
-    /// The device added addresses go on, chosen at the first
-    /// [`Namespace::add_address`]: the dummy interface, or `lo` where the
-    /// kernel has no dummy driver (containers often lack the module).
-    device: Mutex<Option<&'static str>>,
 }
 
-impl Namespace {
-    /// The process's namespace: the first call creates it, later calls
-    /// return the same one (or the same failure).
-    pub fn shared() -> io::Result<&'static Namespace> {
-        static SHARED: OnceLock<Result<Namespace, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Namespace::create().map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| io::Error::other(e.clone()))
-    }
-
+impl NetNs {
     /// Creates a namespace on a thread of its own, so the caller's thread
     /// stays where it is, and brings its loopback interface up.
-    fn create() -> io::Result<Namespace> {
+    pub fn create() -> io::Result<NetNs> {
         let ip = require_program("ip")?;
-        let creator = thread::Builder::new().name("netns-create".into()).spawn(
-            move || -> io::Result<File> {
+        let fd = thread::scope(|s| {
+            s.spawn(|| -> io::Result<File> {
                 unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::PermissionDenied,
@@ -82,28 +74,23 @@ impl Namespace {
                     IP_TIMEOUT,
                 )?;
                 Ok(fd)
-            },
-        )?;
-        let fd = creator
+            })
             .join()
-            .map_err(|_| io::Error::other("the namespace-creating thread panicked"))??;
-        Ok(Namespace {
-            fd,
-            device: Mutex::new(None),
-        })
+            .map_err(|_| io::Error::other("the namespace-creating thread panicked"))?
+        })?;
+        Ok(NetNs { fd })
     }
 
     /// Moves the calling thread into this namespace (`setns(2)`).
     ///
     /// Only this thread moves: threads and child processes it creates
     /// afterwards are inside, everything created before (including a
-    /// tokio runtime's worker threads) stays outside. Enter before building
-    /// a runtime or spawning a process.
+    /// tokio runtime's worker threads) stays outside.
     pub fn enter(&self) -> io::Result<()> {
         setns(&self.fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("setns(CLONE_NEWNET) into the test namespace needs CAP_SYS_ADMIN: {e}"),
+                format!("setns(CLONE_NEWNET) needs CAP_SYS_ADMIN: {e}"),
             )
         })
     }
@@ -115,6 +102,77 @@ impl Namespace {
         Ok(ours.dev() == current.dev() && ours.ino() == current.ino())
     }
 
+    /// Runs `f` on a thread of its own inside this namespace and returns
+    /// what it returns: sockets, devices and processes it creates are
+    /// inside, and the caller's thread stays where it is.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                f()
+            })
+            .join()
+            .map_err(|_| io::Error::other("a thread inside the namespace panicked"))?
+        })
+    }
+
+    /// Runs `ip ARGS` inside the namespace; the error names the command and
+    /// carries what `ip` said.
+    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+        self.program("ip", args, b"").map(drop)
+    }
+
+    /// Runs `program ARGS` inside the namespace with `stdin`, to completion
+    /// (at most 10 s), and returns its standard output.
+    pub fn program(&self, program: &str, args: &[&str], stdin: &[u8]) -> io::Result<Vec<u8>> {
+        let path = require_program(program)?;
+        self.run(|| run(Command::new(&path).args(args), stdin, IP_TIMEOUT))
+    }
+}
+
+/// A private network namespace; see the [module docs](self).
+#[derive(Debug)]
+pub struct Namespace {
+    ns: NetNs,
+    /// The device added addresses go on, chosen at the first
+    /// [`Namespace::add_address`]: the dummy interface, or `lo` where the
+    /// kernel has no dummy driver (containers often lack the module).
+    device: Mutex<Option<&'static str>>,
+}
+
+impl Namespace {
+    /// The process's namespace: the first call creates it, later calls
+    /// return the same one (or the same failure).
+    pub fn shared() -> io::Result<&'static Namespace> {
+        static SHARED: OnceLock<Result<Namespace, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                NetNs::create()
+                    .map(|ns| Namespace {
+                        ns,
+                        device: Mutex::new(None),
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| io::Error::other(e.clone()))
+    }
+
+    /// Moves the calling thread into this namespace (`setns(2)`).
+    ///
+    /// Only this thread moves: threads and child processes it creates
+    /// afterwards are inside, everything created before (including a
+    /// tokio runtime's worker threads) stays outside. Enter before building
+    /// a runtime or spawning a process.
+    pub fn enter(&self) -> io::Result<()> {
+        self.ns.enter()
+    }
+
+    /// Whether the calling thread is inside this namespace.
+    pub fn is_entered(&self) -> io::Result<bool> {
+        self.ns.is_entered()
+    }
+
     /// Adds `cidr` (like `10.77.0.1/24`) to an interface inside the
     /// namespace, so a test has an address that is not loopback and still
     /// cannot be reached from, or lead to, anywhere outside.
@@ -123,58 +181,30 @@ impl Namespace {
     /// the dummy driver, else on `lo`; either way it is a local address of
     /// the namespace only. Adding an address twice is not an error.
     pub fn add_address(&self, cidr: &str) -> io::Result<()> {
-        let ip = require_program("ip")?;
         let mut device = self
             .device
             .lock()
             .map_err(|_| io::Error::other("namespace device lock poisoned"))?;
-        // `ip` must be a child of a thread inside the namespace; a thread
-        // of our own keeps the caller's thread where it is.
-        let chosen = *device;
-        let cidr = cidr.to_owned();
-        let fd = self.fd.try_clone()?;
-        let chosen = thread::Builder::new()
-            .name("netns-ip".into())
-            .spawn(move || -> io::Result<&'static str> {
-                setns(&fd, CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| io::Error::other(format!("setns(CLONE_NEWNET) for `ip`: {e}")))?;
-                let dev = match chosen {
-                    Some(dev) => dev,
-                    None => {
-                        let dummy = run(
-                            Command::new(&ip).args(["link", "add", DUMMY, "type", "dummy"]),
-                            b"",
-                            IP_TIMEOUT,
-                        );
-                        if dummy.is_ok() {
-                            run(
-                                Command::new(&ip).args(["link", "set", DUMMY, "up"]),
-                                b"",
-                                IP_TIMEOUT,
-                            )?;
-                            DUMMY
-                        } else {
-                            "lo"
-                        }
-                    }
-                };
-                match run(
-                    Command::new(&ip).args(["addr", "add", &cidr, "dev", dev]),
-                    b"",
-                    IP_TIMEOUT,
-                ) {
-                    Ok(_) => Ok(dev),
-                    // Added before (by another test of the same process).
-                    Err(e) if e.to_string().contains("File exists") => Ok(dev),
-                    Err(e) => Err(io::Error::new(
-                        e.kind(),
-                        format!("add {cidr} in the namespace: {e}"),
-                    )),
-                }
-            })?
-            .join()
-            .map_err(|_| io::Error::other("the `ip` thread panicked"))??;
-        *device = Some(chosen);
+        let dev = match *device {
+            Some(dev) => dev,
+            None if self.ns.ip(&["link", "add", DUMMY, "type", "dummy"]).is_ok() => {
+                self.ns.ip(&["link", "set", DUMMY, "up"])?;
+                DUMMY
+            }
+            None => "lo",
+        };
+        match self.ns.ip(&["addr", "add", cidr, "dev", dev]) {
+            Ok(()) => {}
+            // Added before (by another test of the same process).
+            Err(e) if e.to_string().contains("File exists") => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("add {cidr} in the namespace: {e}"),
+                ));
+            }
+        }
+        *device = Some(dev);
         Ok(())
     }
 }
