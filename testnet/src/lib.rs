@@ -59,7 +59,7 @@ pub mod tornet;
 pub use netns::{Namespace, NetNs};
 pub use process::program_path;
 pub use socks::socks5_connect;
-pub use testbed::{Host, Link, Nat, Testbed, require_testbed};
+pub use testbed::{Host, Link, LinkCounters, Nat, Testbed, require_testbed};
 pub use tornet::{CTorClient, TorNet};
 
 /// Whether a private Tor network can run here: `tor`, `tor-gencert` and

@@ -100,8 +100,19 @@ pub struct Testbed {
     next_host: AtomicU8,
     /// The number of the next host behind any NAT.
     next_inner: Arc<AtomicU8>,
-    /// Every link's counters, by name ("home", "nat/laptop").
-    links: Mutex<Vec<(String, Arc<Counters>, Arc<Counters>)>>,
+    /// Every link's counters.
+    links: Mutex<Vec<LinkCounters>>,
+}
+
+/// What one link has carried so far.
+#[derive(Clone, Debug)]
+pub struct LinkCounters {
+    /// The host's name ("home"), or the NAT's and the host's ("router/laptop").
+    pub name: String,
+    /// Towards the host.
+    pub inward: Arc<Counters>,
+    /// From the host.
+    pub outward: Arc<Counters>,
 }
 
 impl Testbed {
@@ -166,10 +177,11 @@ impl Testbed {
         Ok(Nat { bed: self, router })
     }
 
-    /// Every link's counters so far: (link, inward, outward), where inward
-    /// is towards the host (or the NAT's inner host).
-    pub fn counters(&self) -> Vec<(String, Arc<Counters>, Arc<Counters>)> {
-        self.links.lock().map(|l| l.clone()).unwrap_or_default()
+    /// The counters of the link of the host called `name` (behind a NAT:
+    /// "router/host").
+    pub fn counters(&self, name: &str) -> Option<LinkCounters> {
+        let links = self.links.lock().ok()?;
+        links.iter().find(|l| l.name == name).cloned()
     }
 
     /// Joins `inner` (a host) and `outer` (the core or a NAT router) by a
@@ -218,7 +230,11 @@ impl Testbed {
             outward.clone(),
         ));
         if let Ok(mut links) = self.links.lock() {
-            links.push((name.to_owned(), inward, outward));
+            links.push(LinkCounters {
+                name: name.to_owned(),
+                inward,
+                outward,
+            });
         }
         Ok(())
     }
