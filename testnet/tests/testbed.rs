@@ -87,12 +87,8 @@ fn a_link_holds_every_packet_both_ways_and_loses_none() {
     let seen = server2.join().expect("server").expect("accept");
     assert_eq!(seen.ip(), home.addr(), "no NAT between hosts on the core");
     drop(server);
-    let counters = bed.counters();
-    let (_, inward, _) = counters
-        .iter()
-        .find(|(n, ..)| n == "home")
-        .expect("home's link");
-    let (packets, bytes, lost, overflowed) = inward.read();
+    let link = bed.counters("home").expect("home's link");
+    let (packets, bytes, lost, overflowed) = link.inward.read();
     assert!(
         packets > 1000 && bytes > 4 << 20,
         "the link carried it: {packets} packets, {bytes} bytes"
@@ -133,13 +129,9 @@ fn a_rate_cap_paces_a_transfer_and_loss_is_recovered_by_tcp() {
         took >= Duration::from_millis(750),
         "the cap is 1 MiB/s: 768 KiB in {took:?}"
     );
-    let counters = bed.counters();
-    let (_, inward, outward) = counters
-        .iter()
-        .find(|(n, ..)| n == "home")
-        .expect("home's link");
-    let (packets, _, lost, _) = inward.read();
-    let (_, _, lost_out, _) = outward.read();
+    let link = bed.counters("home").expect("home's link");
+    let (packets, _, lost, _) = link.inward.read();
+    let (_, _, lost_out, _) = link.outward.read();
     // 2 % of over 500 data packets: none lost would mean no loss at all.
     assert!(packets > 500, "{packets} packets carried inward");
     assert!(
