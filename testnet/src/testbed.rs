@@ -45,8 +45,8 @@ pub mod link;
 use std::net::Ipv4Addr;
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use std::io;
 
@@ -113,6 +113,8 @@ pub struct LinkCounters {
     pub inward: Arc<Counters>,
     /// From the host.
     pub outward: Arc<Counters>,
+    /// What the link does now.
+    link: Arc<RwLock<Link>>,
 }
 
 impl Testbed {
@@ -184,6 +186,23 @@ impl Testbed {
         links.iter().find(|l| l.name == name).cloned()
     }
 
+    /// Changes what the link of the host called `name` does, from its next
+    /// packet on (packets in flight keep their times). The MTU stays.
+    pub fn set_link(&self, name: &str, link: Link) -> io::Result<()> {
+        let counters = self
+            .counters(name)
+            .ok_or_else(|| io::Error::other(format!("no link called {name}")))?;
+        let mut now = counters
+            .link
+            .write()
+            .map_err(|_| io::Error::other("link lock poisoned"))?;
+        *now = Link {
+            mtu: now.mtu,
+            ..link
+        };
+        Ok(())
+    }
+
     /// Joins `inner` (a host) and `outer` (the core or a NAT router) by a
     /// link: a tun device in each, point-to-point addresses, the host's
     /// default route through it, and two tasks carrying the packets.
@@ -215,17 +234,18 @@ impl Testbed {
         // The seed follows the addresses: the same testbed loses the same
         // packets from run to run.
         let seed = u64::from(u32::from(inner_addr));
+        let shared = Arc::new(RwLock::new(link));
         runtime.spawn(link::carry(
             outer_tun.clone(),
             inner_tun.clone(),
-            link,
+            shared.clone(),
             seed,
             inward.clone(),
         ));
         runtime.spawn(link::carry(
             inner_tun,
             outer_tun,
-            link,
+            shared.clone(),
             seed ^ 0x5555_5555_5555_5555,
             outward.clone(),
         ));
@@ -234,6 +254,7 @@ impl Testbed {
                 name: name.to_owned(),
                 inward,
                 outward,
+                link: shared,
             });
         }
         Ok(())

@@ -87,6 +87,20 @@ fn a_link_holds_every_packet_both_ways_and_loses_none() {
     let seen = server2.join().expect("server").expect("accept");
     assert_eq!(seen.ip(), home.addr(), "no NAT between hosts on the core");
     drop(server);
+
+    // A changed link holds the next packets for its new delay.
+    bed.set_link("home", Link::delay(Duration::from_millis(40)))
+        .expect("set the link");
+    let (at, _server3) = serve_once(&mirror, Vec::new());
+    let start = Instant::now();
+    let _stream = home
+        .run(|| TcpStream::connect_timeout(&at, Duration::from_secs(10)))
+        .expect("connect across the changed link");
+    let connected = start.elapsed();
+    assert!(
+        connected >= Duration::from_millis(90),
+        "after the change a round trip is 2 × (40 + 5) ms: {connected:?}"
+    );
     let link = bed.counters("home").expect("home's link");
     let (packets, bytes, lost, overflowed) = link.inward.read();
     assert!(

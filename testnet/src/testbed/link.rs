@@ -21,8 +21,8 @@
 //! can arrive up to 1 ms after its time, never before.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -115,19 +115,21 @@ impl SplitMix {
     }
 }
 
-/// Carries packets from `from` to `to` as `link` says, until either
-/// device fails (they are closed when the testbed goes).
+/// Carries packets from `from` to `to` as `link` says (read for every
+/// packet, so a change applies to the next one), until either device fails
+/// (they are closed when the testbed goes).
 pub(crate) async fn carry(
     from: Arc<AsyncDevice>,
     to: Arc<AsyncDevice>,
-    link: Link,
+    shared: Arc<RwLock<Link>>,
     seed: u64,
     counters: Arc<Counters>,
 ) {
+    let mtu = shared.read().map_or(1500, |l| l.mtu);
     let mut rng = SplitMix(seed);
     let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut busy_until = Instant::now();
-    let mut buf = vec![0u8; usize::from(link.mtu).max(1500) + 64];
+    let mut buf = vec![0u8; usize::from(mtu).max(1500) + 64];
     loop {
         let next = in_flight.front().map(|(due, _)| *due);
         tokio::select! {
@@ -145,6 +147,7 @@ pub(crate) async fn carry(
             }
             received = from.recv(&mut buf) => {
                 let Ok(n) = received else { return };
+                let Ok(link) = shared.read().map(|l| *l) else { return };
                 if link.loss > 0.0 && rng.next_f64() < link.loss {
                     counters.lost.fetch_add(1, Ordering::Relaxed);
                     continue;
