@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod gateway;
+
 use std::time::Duration;
 
 /// The median of `samples` (the mean of the middle two for an even count);

@@ -67,15 +67,11 @@ use anonmirror_privacy::Level;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-mod http;
-mod procs;
-mod repo;
-
-use http::{fetch_set, metrics};
-use procs::{
-    Daemon, RendezvousProc, silent_listener, stalled_session, start_nginx, start_rendezvous,
+use anonmirror_bench::gateway::http::{fetch_set, metrics_blocking};
+use anonmirror_bench::gateway::procs::{
+    Daemon, Place, RendezvousProc, silent_listener, stalled_session, start_nginx, start_rendezvous,
 };
-use repo::{MIB, Package, generate_repository};
+use anonmirror_bench::gateway::repo::{MIB, Package, generate_repository};
 
 /// The gateway end to end against nginx.
 #[derive(Parser, Debug)]
@@ -215,15 +211,22 @@ async fn client_vs_nginx(
         );
         base.push(t.as_secs_f64());
 
-        let mut client =
-            Daemon::start(bin, &dir.join(format!("client{run}")), Level::Off, nginx, r).await?;
+        let mut client = Daemon::start(
+            &Place::Loopback,
+            bin,
+            &dir.join(format!("client{run}")),
+            Level::Off,
+            nginx,
+            r,
+        )
+        .await?;
         let pid = client.pid();
         let (me, daemon) = (cpu_secs("self"), cpu_secs(&pid));
         let (bytes, t) = fetch_set(client.gateway, "bench/", packages, Some(&out))
             .await
             .context("the client through its gateway")?;
         let (me, daemon) = (cpu_secs("self") - me, cpu_secs(&pid) - daemon);
-        let m = metrics(client.gateway).await?;
+        let m = client.metrics().await?;
         client.stop().await?;
         std::fs::remove_dir_all(dir.join(format!("client{run}")).join("cache"))?;
         println!(
@@ -256,10 +259,11 @@ async fn case_peers(
         "case 1: {} volunteers hold the set; a client fetches it",
         args.volunteers
     );
-    let r = start_rendezvous(bin, &dir.join("rendezvous")).await?;
+    let r = start_rendezvous(&Place::Loopback, bin, &dir.join("rendezvous")).await?;
     let mut volunteers = Vec::new();
     for i in 0..args.volunteers {
         let mut v = Daemon::start(
+            &Place::Loopback,
             bin,
             &dir.join(format!("volunteer{i}")),
             Level::Open,
@@ -270,7 +274,7 @@ async fn case_peers(
         let (_, t) = fetch_set(v.gateway, "bench/", packages, None)
             .await
             .with_context(|| format!("volunteer {i} fetching"))?;
-        let m = metrics(v.gateway).await?;
+        let m = v.metrics().await?;
         println!(
             "  volunteer {i} fetched the set in {:.1} s (peers {:.0} MiB, upstream {:.0} MiB); restarting",
             t.as_secs_f64(),
@@ -316,7 +320,7 @@ async fn case_stalled(
         "case 3: {} stalled sessions claim every item; a client fetches the set",
         args.stalled
     );
-    let r = start_rendezvous(bin, &dir.join("rendezvous")).await?;
+    let r = start_rendezvous(&Place::Loopback, bin, &dir.join("rendezvous")).await?;
     let (contact, silent) = silent_listener().await?;
     let mut sessions = Vec::new();
     for _ in 0..args.stalled {
@@ -366,7 +370,12 @@ async fn case_swarm(
         mib(total),
         args.cap_mib
     );
-    let (_nginx, capped) = start_nginx(repo, &dir.join("nginx"), Some(args.cap_mib * MIB))?;
+    let (_nginx, capped) = start_nginx(
+        &Place::Loopback,
+        repo,
+        &dir.join("nginx"),
+        Some(args.cap_mib * MIB),
+    )?;
 
     // Baseline: everyone straight from the capped upstream at once.
     let started = Instant::now();
@@ -385,11 +394,19 @@ async fn case_swarm(
         slowest.as_secs_f64()
     );
 
-    let r = start_rendezvous(bin, &dir.join("rendezvous")).await?;
+    let r = start_rendezvous(&Place::Loopback, bin, &dir.join("rendezvous")).await?;
     let mut daemons = Vec::new();
     for i in 0..n {
         daemons.push(
-            Daemon::start(bin, &dir.join(format!("peer{i}")), Level::Open, capped, &r).await?,
+            Daemon::start(
+                &Place::Loopback,
+                bin,
+                &dir.join(format!("peer{i}")),
+                Level::Open,
+                capped,
+                &r,
+            )
+            .await?,
         );
     }
     let started = Instant::now();
@@ -409,7 +426,7 @@ async fn case_swarm(
             let (gw, set) = (d.gateway, set.clone());
             js.spawn(async move {
                 fetch_set(gw, "bench/", &set, None).await?;
-                metrics(gw).await
+                tokio::task::spawn_blocking(move || metrics_blocking(gw)).await?
             });
         }
         let mut wave = MetricsSnapshot::default();
@@ -633,7 +650,8 @@ async fn main() -> Result<()> {
     );
     let mut results = Vec::new();
     if wants("peers") || wants("stalled") {
-        let (nginx_proc, nginx) = start_nginx(&repo, &dir.join("nginx-open"), None)?;
+        let (nginx_proc, nginx) =
+            start_nginx(&Place::Loopback, &repo, &dir.join("nginx-open"), None)?;
         if wants("peers") {
             results.push(case_peers(&args, &bin, &dir.join("peers"), nginx, &packages).await?);
             if !args.keep {

@@ -8,23 +8,23 @@ use anyhow::Result;
 
 /// A package file of the generated repository.
 #[derive(Clone, Debug)]
-pub(crate) struct Package {
-    pub(crate) path: String,
-    pub(crate) sha256: [u8; 32],
-    pub(crate) size: u64,
-    pub(crate) large: bool,
+pub struct Package {
+    /// Its path under the repository's root.
+    pub path: String,
+    /// Its SHA-256, as the index says.
+    pub sha256: [u8; 32],
+    /// Its size in bytes.
+    pub size: u64,
+    /// 50 MiB or more.
+    pub large: bool,
 }
 
-pub(crate) const MIB: u64 = 1 << 20;
+/// A mebibyte.
+pub const MIB: u64 = 1 << 20;
 
 /// Write the repository under `root` (suite `bench`, component `main`,
 /// architecture `all`); returns its packages.
-pub(crate) fn generate_repository(
-    root: &Path,
-    n: usize,
-    scale: f64,
-    seed: u64,
-) -> Result<Vec<Package>> {
+pub fn generate_repository(root: &Path, n: usize, scale: f64, seed: u64) -> Result<Vec<Package>> {
     let mut rng = SeededEntropy::new(seed);
     let mut packages = Vec::with_capacity(n);
     let mut text = String::new();
@@ -82,7 +82,8 @@ pub(crate) fn generate_repository(
     Ok(packages)
 }
 
-pub(crate) const INDEXES: [&str; 2] = [
+/// The index files a client fetches before the packages.
+pub const INDEXES: [&str; 2] = [
     "dists/bench/Release",
     "dists/bench/main/binary-all/Packages",
 ];

@@ -5,30 +5,27 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::repo::{INDEXES, Package};
+use super::repo::{INDEXES, Package};
 use anonmirror_mirror::metrics::MetricsSnapshot;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 
 /// One persistent connection.
-pub(crate) struct Http {
-    pub(crate) addr: SocketAddr,
-    pub(crate) conn: Option<AsyncBufReader<TcpStream>>,
+pub struct Http {
+    addr: SocketAddr,
+    conn: Option<AsyncBufReader<TcpStream>>,
 }
 
 impl Http {
-    pub(crate) fn new(addr: SocketAddr) -> Http {
+    /// A client of `addr`; it connects at the first request.
+    pub fn new(addr: SocketAddr) -> Http {
         Http { addr, conn: None }
     }
 
     /// GET `path`: the status, the body's length and SHA-256; the body is
     /// written to `out` when given.
-    pub(crate) async fn get(
-        &mut self,
-        path: &str,
-        out: Option<&Path>,
-    ) -> Result<(u16, u64, [u8; 32])> {
+    pub async fn get(&mut self, path: &str, out: Option<&Path>) -> Result<(u16, u64, [u8; 32])> {
         // A kept connection the server closed in the meantime: once more on
         // a new one.
         for attempt in 0..2 {
@@ -45,11 +42,7 @@ impl Http {
         bail!("GET {path}: no answer")
     }
 
-    pub(crate) async fn try_get(
-        &mut self,
-        path: &str,
-        out: Option<&Path>,
-    ) -> Result<(u16, u64, [u8; 32])> {
+    async fn try_get(&mut self, path: &str, out: Option<&Path>) -> Result<(u16, u64, [u8; 32])> {
         if self.conn.is_none() {
             let s = TcpStream::connect(self.addr).await?;
             s.set_nodelay(true)?;
@@ -132,7 +125,7 @@ impl Http {
 /// nginx, `"bench/"` for a gateway), checking each package against the
 /// index; bodies go to files in `out` when given. Returns the item bytes
 /// and the time taken.
-pub(crate) async fn fetch_set(
+pub async fn fetch_set(
     addr: SocketAddr,
     prefix: &str,
     packages: &[Package],
@@ -163,13 +156,23 @@ pub(crate) async fn fetch_set(
     Ok((bytes, started.elapsed()))
 }
 
-pub(crate) async fn metrics(gateway: SocketAddr) -> Result<MetricsSnapshot> {
-    let mut http = Http::new(gateway);
-    let out = tempfile::NamedTempFile::new()?;
-    let (status, _, _) = http.get(".anonmirror/metrics", Some(out.path())).await?;
-    if status != 200 {
-        bail!("metrics: {status}");
+/// The gateway's metrics, on a connection of their own from this thread
+/// (which may be inside a testbed host, where no runtime is).
+pub fn metrics_blocking(gateway: SocketAddr) -> Result<MetricsSnapshot> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect_timeout(&gateway, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(
+        b"GET /.anonmirror/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("metrics: no end of headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("metrics: {}", head.lines().next().unwrap_or_default());
     }
-    let text = std::fs::read_to_string(out.path())?;
-    MetricsSnapshot::from_prometheus(&text).map_err(|e| anyhow!("metrics: {e}"))
+    MetricsSnapshot::from_prometheus(body).map_err(|e| anyhow!("metrics: {e}"))
 }

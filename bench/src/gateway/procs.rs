@@ -1,5 +1,6 @@
 //! The processes of a run: nginx, the rendezvous, daemons, and stalled
-//! sessions; each stopped on drop.
+//! sessions; each stopped on drop. Each runs at a [`Place`]: on this
+//! machine's loopback, or in a host of the testbed.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -7,31 +8,71 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::http::metrics;
-use crate::repo::Package;
+use super::http::metrics_blocking;
+use super::repo::Package;
 use anonmirror_core::{Epoch, ItemKey, OsEntropy, PeerKey};
+use anonmirror_mirror::metrics::MetricsSnapshot;
 use anonmirror_privacy::Level;
+use anonmirror_testnet::Host;
 use anyhow::{Context, Result, anyhow, bail};
+
+/// Where a process runs and listens.
+#[derive(Clone, Debug)]
+pub enum Place {
+    /// This machine, on 127.0.0.1.
+    Loopback,
+    /// A host of the testbed, on its address (its gateway on its own
+    /// 127.0.0.1).
+    Host(Host),
+}
+
+impl Place {
+    /// The address it listens on for others.
+    pub fn ip(&self) -> std::net::IpAddr {
+        match self {
+            Place::Loopback => std::net::Ipv4Addr::LOCALHOST.into(),
+            Place::Host(h) => h.addr().into(),
+        }
+    }
+
+    /// Runs `f` here: on this thread, or on a thread inside the host (so
+    /// what it connects to and spawns is the host's).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        match self {
+            Place::Loopback => f(),
+            Place::Host(h) => {
+                let mut out = None;
+                h.run(|| {
+                    out = Some(f());
+                    Ok(())
+                })?;
+                out.context("the host's thread returned nothing")?
+            }
+        }
+    }
+}
 
 /// A child process stopped with SIGTERM on drop (nginx's master then stops
 /// its workers; the daemons flush their stores).
-pub(crate) struct Proc {
-    pub(crate) child: Child,
-    // Kept open: the child may write more.
-    pub(crate) _stdout: Option<BufReader<ChildStdout>>,
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Kept open: the child may write more.
+    _stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Proc {
-    /// Start `cmd` with stderr into `log`; returns once it printed its
-    /// first stdout line, with that line.
-    pub(crate) fn start(mut cmd: Command, log: &Path) -> Result<(Proc, String)> {
+    /// Start `cmd` at `place` with stderr into `log`; returns once it
+    /// printed its first stdout line, with that line.
+    pub fn start(place: &Place, mut cmd: Command, log: &Path) -> Result<(Proc, String)> {
         let err = std::fs::File::create(log)?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
+        let mut child = place.run(|| {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(err)
+                .spawn()
+                .with_context(|| format!("starting {cmd:?}"))
+        })?;
         let mut stdout = BufReader::new(child.stdout.take().context("no stdout")?);
         let mut line = String::new();
         let n = stdout.read_line(&mut line)?;
@@ -46,7 +87,8 @@ impl Proc {
         Ok((proc, line.trim().to_owned()))
     }
 
-    pub(crate) fn stop(&mut self) {
+    /// SIGTERM, then up to 30 s for it to exit, then SIGKILL.
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -71,19 +113,22 @@ impl Drop for Proc {
     }
 }
 
-pub(crate) fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// A port free at `place` just now.
+fn free_port(place: &Place) -> Result<u16> {
+    let ip = place.ip();
+    place.run(|| Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()))
 }
 
-/// Debian's nginx serving `root` on 127.0.0.1, with `limit_rate` when
-/// `cap` is given (bytes per second per request).
-pub(crate) fn start_nginx(
+/// Debian's nginx serving `root` at `place`, with `limit_rate` when `cap`
+/// is given (bytes per second per request).
+pub fn start_nginx(
+    place: &Place,
     root: &Path,
     prefix: &Path,
     cap: Option<u64>,
 ) -> Result<(Proc, SocketAddr)> {
-    let port = free_port()?;
+    let port = free_port(place)?;
+    let addr = SocketAddr::new(place.ip(), port);
     std::fs::create_dir_all(prefix)?;
     let conf = prefix.join("nginx.conf");
     let limit = cap.map_or(String::new(), |c| format!(" limit_rate {c};"));
@@ -95,61 +140,76 @@ pub(crate) fn start_nginx(
              http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
              client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
              uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {r};{limit} }}\n}}\n",
+             server {{ listen {addr}; root {r};{limit} }}\n}}\n",
             p = prefix.display(),
             r = root.display(),
         ),
     )?;
-    let mut child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context(
-            "starting nginx (install it: bench/run installs it as root, or apt-get install nginx)",
-        )?;
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((
-                Proc {
-                    child,
-                    _stdout: None,
-                },
-                SocketAddr::from(([127, 0, 0, 1], port)),
-            ));
+    let mut child = place.run(|| {
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(prefix)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "starting nginx (install it: bench/run installs it as root, or apt-get install nginx)",
+            )
+    })?;
+    let listening = place.run(|| {
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        Ok(false)
+    })?;
+    if listening {
+        return Ok((
+            Proc {
+                child,
+                _stdout: None,
+            },
+            addr,
+        ));
     }
     let _ = child.kill();
-    bail!("nginx did not start listening on 127.0.0.1:{port}")
+    bail!("nginx did not start listening on {addr}")
 }
 
 /// `anonmirror rendezvous`, as a process.
-pub(crate) struct RendezvousProc {
-    pub(crate) _proc: Proc,
-    pub(crate) addr: SocketAddr,
-    pub(crate) key: String,
-    pub(crate) directory_key: String,
+pub struct RendezvousProc {
+    /// The process; `None` once stopped.
+    pub proc: Option<Proc>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its static key (hex).
+    pub key: String,
+    /// The key its directory is signed with (hex).
+    pub directory_key: String,
 }
 
-pub(crate) async fn start_rendezvous(bin: &Path, dir: &Path) -> Result<RendezvousProc> {
+/// `anonmirror rendezvous` at `place`, its state in `dir`.
+pub async fn start_rendezvous(place: &Place, bin: &Path, dir: &Path) -> Result<RendezvousProc> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(bin);
     cmd.arg("rendezvous")
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(SocketAddr::new(place.ip(), 0).to_string())
         .arg("--pow-difficulty")
         .arg("8");
     let log = dir.join("stderr.log");
-    let (proc, line) = tokio::task::spawn_blocking(move || Proc::start(cmd, &log)).await??;
+    let place = place.clone();
+    let (proc, line) =
+        tokio::task::spawn_blocking(move || Proc::start(&place, cmd, &log)).await??;
     // rendezvous listening on ADDR key HEX directory-key HEX
     let words: Vec<&str> = line.split_whitespace().collect();
     let [_, _, _, addr, _, key, _, dkey] = words[..] else {
@@ -159,21 +219,26 @@ pub(crate) async fn start_rendezvous(bin: &Path, dir: &Path) -> Result<Rendezvou
         addr: addr.parse()?,
         key: key.to_owned(),
         directory_key: dkey.to_owned(),
-        _proc: proc,
+        proc: Some(proc),
     })
 }
 
 /// `anonmirror daemon`, as a process, with its policy and directory.
-pub(crate) struct Daemon {
-    pub(crate) bin: PathBuf,
-    pub(crate) dir: PathBuf,
-    pub(crate) proc: Option<Proc>,
-    pub(crate) gateway: SocketAddr,
-    pub(crate) starts: usize,
+pub struct Daemon {
+    place: Place,
+    bin: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    /// Where its gateway listens (at its place: 127.0.0.1 of its host).
+    pub gateway: SocketAddr,
+    starts: usize,
 }
 
 impl Daemon {
-    pub(crate) async fn start(
+    /// `anonmirror daemon` at `place` at `level`, its policy, state and
+    /// cache in `dir`, its one repository (`bench`, apt) at `upstream`.
+    pub async fn start(
+        place: &Place,
         bin: &Path,
         dir: &Path,
         level: Level,
@@ -189,14 +254,18 @@ impl Daemon {
                  [paths]\nstate_dir = \"{d}/state\"\ncache_dir = \"{d}/cache\"\n\
                  [cache]\nmax_size = \"16 GiB\"\n\
                  [gateway]\nlisten = \"127.0.0.1:0\"\n\
-                 [serve]\nlisten = \"127.0.0.1:0\"\nupload_rate = \"1 GiB/s\"\n\
+                 [serve]\nlisten = \"{serve}\"\nupload_rate = \"1 GiB/s\"\n\
                  [transport]\nkind = \"tcp\"\n\
                  [[repository]]\nname = \"bench\"\nkind = \"apt\"\nurl = \"http://{upstream}/\"\n\
                  [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
-                r.addr, r.key, r.directory_key
+                r.addr,
+                r.key,
+                r.directory_key,
+                serve = SocketAddr::new(place.ip(), 0),
             ),
         )?;
         let mut daemon = Daemon {
+            place: place.clone(),
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             proc: None,
@@ -208,13 +277,14 @@ impl Daemon {
     }
 
     /// The running daemon's process id ("0" if stopped).
-    pub(crate) fn pid(&self) -> String {
+    pub fn pid(&self) -> String {
         self.proc
             .as_ref()
             .map_or("0".into(), |p| p.child.id().to_string())
     }
 
-    pub(crate) async fn spawn(&mut self) -> Result<()> {
+    /// Starts the process (again), with a log of its own.
+    pub async fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("daemon")
             .arg("--policy")
@@ -223,7 +293,9 @@ impl Daemon {
             .arg("8");
         let log = self.dir.join(format!("stderr.{}.log", self.starts));
         self.starts += 1;
-        let (proc, line) = tokio::task::spawn_blocking(move || Proc::start(cmd, &log)).await??;
+        let place = self.place.clone();
+        let (proc, line) =
+            tokio::task::spawn_blocking(move || Proc::start(&place, cmd, &log)).await??;
         self.gateway = line
             .strip_prefix("gateway listening on ")
             .with_context(|| format!("unexpected daemon line {line:?}"))?
@@ -232,7 +304,8 @@ impl Daemon {
         Ok(())
     }
 
-    pub(crate) async fn stop(&mut self) -> Result<()> {
+    /// Stops the process (SIGTERM: it flushes its store).
+    pub async fn stop(&mut self) -> Result<()> {
         if let Some(p) = self.proc.take() {
             tokio::task::spawn_blocking(move || drop(p)).await?;
         }
@@ -241,12 +314,12 @@ impl Daemon {
 
     /// Stop and start again: the volunteer's first session announces what
     /// it holds. Returns once that session is open.
-    pub(crate) async fn restart(&mut self) -> Result<()> {
+    pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
         self.spawn().await?;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
-            if metrics(self.gateway).await?.session_live == 1 {
+            if self.metrics().await?.session_live == 1 {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -258,11 +331,19 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Its gateway's metrics, asked from its place.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot> {
+        let (place, gateway) = (self.place.clone(), self.gateway);
+        tokio::task::spawn_blocking(move || place.run(|| metrics_blocking(gateway))).await?
+    }
+}
+
 // Stalled peers.
 
 /// Opens a session at `r` for a peer at `contact` claiming every item of
 /// `packages`, and answers its pings until aborted.
-pub(crate) async fn stalled_session(
+pub async fn stalled_session(
     r: &RendezvousProc,
     contact: SocketAddr,
     packages: &[Package],
@@ -304,7 +385,7 @@ pub(crate) async fn stalled_session(
 }
 
 /// A TCP listener that accepts and never answers (nor closes).
-pub(crate) async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     Ok((
