@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{Fetcher, Want};
 use crate::metrics::{Metrics, Source};
+use crate::read_ahead::ReadAheadListener;
 use crate::repo::{PathClass, Repo, Validators};
 use crate::upstream::{Upstream, join};
 
@@ -117,6 +118,68 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The repository and the path under it that a request path names, or
+    /// the status and reason to refuse it with.
+    fn route(&self, path: &str) -> Result<(Arc<Repo>, String), (StatusCode, &'static str)> {
+        let decoded = percent_decode(path).ok_or((
+            StatusCode::BAD_REQUEST,
+            "malformed percent-encoding in the path",
+        ))?;
+        let trimmed = decoded.trim_start_matches('/');
+        let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+        let repo = self.repos.get(name).cloned().ok_or((
+            StatusCode::NOT_FOUND,
+            "no such repository on this gateway (see the policy's [[repository]] tables)",
+        ))?;
+        if rest.is_empty() || rest.split('/').any(|c| c == ".." || c == ".") {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "not a file path under the repository",
+            ));
+        }
+        Ok((repo, rest.to_owned()))
+    }
+
+    /// A request for `target` was read ahead of the one being answered: if
+    /// it names an item of known size that the store does not hold, its
+    /// download starts now (the request joins it when answered).
+    fn read_ahead(self: &Arc<Self>, target: &str) {
+        let path = target.split(['?', '#']).next().unwrap_or_default();
+        let Ok((repo, rest)) = self.route(path) else {
+            return;
+        };
+        let PathClass::Item(item) = repo.classify(&rest) else {
+            return;
+        };
+        let Some(size) = item.size else {
+            return;
+        };
+        let want = want(&repo, &rest, item.key, size);
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let store = gw.fetcher.store().clone();
+            let key = want.key;
+            let held = tokio::task::spawn_blocking(move || store.meta(&key)).await;
+            if !matches!(held, Ok(Ok(Some(meta))) if meta.size == want.size) {
+                tracing::debug!("read ahead: download started");
+                gw.fetcher.job(want);
+            }
+        });
+    }
+}
+
+/// The download of item `key` (`size` bytes) at `rest` under `repo`.
+fn want(repo: &Repo, rest: &str, key: anonmirror_core::ItemKey, size: u64) -> Want {
+    Want {
+        key,
+        size,
+        repository: repo.name.clone(),
+        version: repo.version(),
+        url: join(&repo.base, rest),
+    }
+}
+
 /// Serve `gateway` on `listener` until `cancel` is cancelled; requests
 /// under way are answered first.
 pub async fn serve(
@@ -124,13 +187,13 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Without TCP_NODELAY every response after the first on a kept-alive
-    // connection waits for the client's delayed ACK (about 40 ms a
-    // package for apt, which keeps its connection).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // Pipelined requests start their downloads as they arrive, not when
+    // hyper reaches them (see `read_ahead`).
+    let ahead = gateway.clone();
+    let listener = ReadAheadListener::new(
+        listener,
+        Arc::new(move |target: &str| ahead.read_ahead(target)),
+    );
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
@@ -210,26 +273,11 @@ async fn handle(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
         return r;
     }
-    let Some(decoded) = percent_decode(path) else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "malformed percent-encoding in the path",
-        );
+    let (repo, rest) = match gw.route(path) {
+        Ok(found) => found,
+        Err((status, why)) => return plain(status, why),
     };
-    let trimmed = decoded.trim_start_matches('/');
-    let (name, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
-    let Some(repo) = gw.repos.get(name).cloned() else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "no such repository on this gateway (see the policy's [[repository]] tables)",
-        );
-    };
-    if rest.is_empty() || rest.split('/').any(|c| c == ".." || c == ".") {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "not a file path under the repository",
-        );
-    }
+    let rest = rest.as_str();
     let head = method == Method::HEAD;
     let response = match repo.classify(rest) {
         PathClass::Index => index(&gw, &repo, rest, &headers, head).await,
@@ -240,14 +288,7 @@ async fn handle(
             };
             match size {
                 Some(size) => {
-                    let want = Want {
-                        key: item.key,
-                        size,
-                        repository: repo.name.clone(),
-                        version: repo.version(),
-                        url: join(&repo.base, rest),
-                    };
-                    serve_item(&gw, want, &headers, head).await
+                    serve_item(&gw, want(&repo, rest, item.key, size), &headers, head).await
                 }
                 None => passthrough(&gw, &repo, rest, &method, &headers).await,
             }

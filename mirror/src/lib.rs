@@ -26,6 +26,7 @@ pub mod index;
 pub mod job;
 pub mod metrics;
 pub mod peers;
+pub mod read_ahead;
 pub mod repo;
 pub mod upstream;
 mod workfile;

@@ -154,6 +154,148 @@ async fn head_range_and_conditionals_behave_as_a_mirror_s() {
     rv.shutdown().await;
 }
 
+/// An upstream serving `root` that holds the answer for `held` until it
+/// has been asked for every path of `others` (or 30 s passed): it can only
+/// answer if its client asked for them before it had the first one.
+async fn holding_upstream(
+    root: std::path::PathBuf,
+    held: String,
+    others: Vec<String>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let asked = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let all_before = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let flag = all_before.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (root, held, others) = (root.clone(), held.clone(), others.clone());
+        let (asked, arrived, flag) = (asked.clone(), arrived.clone(), flag.clone());
+        async move {
+            let path = uri.path().trim_start_matches('/').to_owned();
+            asked.lock().expect("lock").insert(path.clone());
+            arrived.notify_waiters();
+            if path == held {
+                let all = || {
+                    let a = asked.lock().expect("lock");
+                    others.iter().all(|o| a.contains(o))
+                };
+                let waited = tokio::time::timeout(Duration::from_secs(30), async {
+                    while !all() {
+                        let n = arrived.notified();
+                        if all() {
+                            break;
+                        }
+                        n.await;
+                    }
+                })
+                .await;
+                flag.store(waited.is_ok(), Ordering::SeqCst);
+            }
+            match std::fs::read(root.join(&path)) {
+                Ok(body) => (StatusCode::OK, body),
+                Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, all_before)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+async fn read_response(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {line:?}"));
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.expect("header");
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.expect("body");
+    (status, body)
+}
+
+/// apt pipelines its requests on one connection; the gateway answers them
+/// all, in order, and starts each download as its request arrives, not
+/// when the answer before it is done. The upstream here answers the first
+/// package only once it has been asked for all the others: a gateway that
+/// fetched one package after the other would never get its first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_all_answered_in_order_and_fetched_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 6, 11).expect("repository");
+    let paths: Vec<String> = packages.iter().map(|p| p.path.clone()).collect();
+    let (upstream, held_until_all_asked) =
+        holding_upstream(upstream_dir.clone(), paths[0].clone(), paths[1..].to_vec()).await;
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let policy = node_policy(
+        Level::Off,
+        &dir.path().join("node"),
+        &format!("http://{upstream}/"),
+        &rv,
+    );
+    let node = Node::start(policy, opts()).await.expect("node");
+    let base = format!("http://{}/demo/", node.gateway_addr);
+    for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
+        let (s, _, _) = request(Method::GET, &format!("{base}{index}"), &[]).await;
+        assert_eq!(s, StatusCode::OK, "{index}");
+    }
+
+    let tcp = tokio::net::TcpStream::connect(node.gateway_addr)
+        .await
+        .expect("connect");
+    let mut conn = tokio::io::BufReader::new(tcp);
+    let mut pipelined = String::new();
+    for p in &paths {
+        pipelined.push_str(&format!("GET /demo/{p} HTTP/1.1\r\nHost: gateway\r\n\r\n"));
+    }
+    conn.get_mut()
+        .write_all(pipelined.as_bytes())
+        .await
+        .expect("send every request at once");
+    for p in &paths {
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(60), read_response(&mut conn))
+                .await
+                .unwrap_or_else(|_| panic!("no answer for {p}"));
+        assert_eq!(status, 200, "{p}");
+        let want = std::fs::read(upstream_dir.join(p)).expect("file");
+        assert!(
+            body == want,
+            "{p}: the answers come in request order, whole"
+        );
+    }
+    assert!(
+        held_until_all_asked.load(std::sync::atomic::Ordering::SeqCst),
+        "the gateway asked the upstream for the later packages before the first was answered"
+    );
+    node.stop().await;
+    rv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_index_makes_its_repository_pass_through() {
     let dir = TestDir::new();

@@ -381,6 +381,7 @@ impl AptClient {
 
     /// The same client, letting one `apt-get` run take up to `limit` (a
     /// benchmark over a slow link) instead of 60 s.
+    #[allow(dead_code)] // the benchmarks use it (bench/src/bin/hosts)
     pub fn with_limit(self, limit: Duration) -> AptClient {
         AptClient { limit, ..self }
     }
