@@ -33,14 +33,20 @@
 //!
 //! From the upstream estimate (time to first byte `t₀`, rate `r`) and the
 //! item size `s`: the upstream would take `u = t₀ + s/r`. Peers are given
-//! `max(HEDGE_FLOOR, u)` to deliver their first bytes, and afterwards the
-//! upstream starts whenever the peers' own pace predicts a finish later
-//! than `now + u`. While only the upstream's latency is known (index files
-//! are small), peers get `max(HEDGE_FLOOR, 4·t₀)`; before any answer from
-//! the upstream at all, [`HEDGE_UNKNOWN`]. Peers that do not even answer
-//! the handshake within a few round trips of their own connection
+//! `max(HEDGE_FLOOR, u + 2·t₀)` to verify their first bytes (the two round
+//! trips a new channel costs before its request: connect and handshake,
+//! `t₀` standing for a round trip), and afterwards the upstream starts
+//! whenever the peers' own pace of verified bytes predicts a finish later
+//! than `now + u`. Progress counts bytes received and checked against the
+//! tree, not bytes delivered: a one-piece item delivers nothing until it is
+//! whole. While only the upstream's latency is known (index files are
+//! small), peers get `max(HEDGE_FLOOR, 6·t₀)`; before any answer from the
+//! upstream at all, [`HEDGE_UNKNOWN`]. Peers that do not even answer the
+//! handshake within a few round trips of their own connection
 //! ([`handshake_allowance`](anonmirror_overlay::swarm::handshake_allowance))
-//! are left sooner: with none left, the upstream starts at once.
+//! are left sooner: with none left, the upstream starts at once. Peers that
+//! lose the race without a verified byte are set aside with a backoff
+//! ([`crate::peers::SetAside`]).
 //!
 //! Completed items are linked into the store and the work files removed.
 //! Every byte was hashed once on its way: the swarm checks chunk groups

@@ -1,11 +1,14 @@
 //! Where the gateway finds peers for an item: the rendezvous's anonymous
 //! lookup, minus peers that recently failed this node.
 //!
-//! A peer that was blamed, stalled or could not be reached is set aside
-//! locally for [`SET_ASIDE`]: asking it again for the next package would
-//! only wait for the same failure (and, when every peer is stalled, make
-//! every package pay the hedge deadline). Blamed peers are also reported
-//! to the rendezvous, which counts strikes per session.
+//! A peer that was blamed, stalled, could not be reached or lost a hedge
+//! without sending a byte is set aside locally, with a backoff: first for
+//! [`SET_ASIDE_FIRST`], twice as long at each failure in a row, at most
+//! [`SET_ASIDE`]; a delivery clears it. Asking a failing peer again for the
+//! next package would only wait for the same failure (and, when every peer
+//! is stalled, make every package pay the hedge deadline), while one slow
+//! moment must not cost a good peer ten minutes. Blamed peers are also
+//! reported to the rendezvous, which counts strikes per session.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +20,9 @@ use anonmirror_overlay::swarm::{Blame, PeerAddr};
 use anonmirror_privacy::Level;
 use async_trait::async_trait;
 
-/// How long a failing peer is set aside.
+/// How long a peer is set aside after its first failure in a row.
+pub const SET_ASIDE_FIRST: Duration = Duration::from_secs(5);
+/// The longest a failing peer is set aside.
 pub const SET_ASIDE: Duration = Duration::from_secs(600);
 
 /// A peer to try, with the channel parameters its session was opened with.
@@ -58,29 +63,61 @@ pub trait PeerSource: Send + Sync + 'static {
     /// A peer stalled or could not be reached: nobody is to blame, but it
     /// is not asked again for a while.
     fn report_unavailable(&self, peer: &Candidate);
+
+    /// A peer served its part of an item: its failures are forgiven.
+    fn report_served(&self, peer: &Candidate);
 }
 
-/// Peers set aside after failing.
+/// Peers set aside after failing, with a backoff (see the module docs).
 #[derive(Debug, Default)]
 pub struct SetAside {
-    until: Mutex<HashMap<PeerKey, Instant>>,
+    /// Per peer: until when, and how many failures in a row.
+    until: Mutex<HashMap<PeerKey, (Instant, u32)>>,
 }
 
+/// The most failures in a row remembered; past them a peer keeps getting
+/// [`SET_ASIDE`], and a peer that stays silent is forgotten only when its
+/// entry is pruned after its last set-aside ran out.
+const MAX_FAILURES: u32 = 16;
+
 impl SetAside {
-    /// Set `peer` aside for [`SET_ASIDE`].
+    /// Set `peer` aside after one more failure: [`SET_ASIDE_FIRST`] after
+    /// the first in a row, doubling, at most [`SET_ASIDE`].
     pub fn add(&self, peer: PeerKey) {
+        self.add_at(peer, Instant::now());
+    }
+
+    fn add_at(&self, peer: PeerKey, now: Instant) {
         if let Ok(mut m) = self.until.lock() {
-            let now = Instant::now();
-            m.retain(|_, t| *t > now);
-            m.insert(peer, now + SET_ASIDE);
+            // An entry whose time ran out long ago (a whole SET_ASIDE) is
+            // history: the peer starts again from the first failure.
+            m.retain(|_, (t, _)| *t + SET_ASIDE > now);
+            let failures = m.get(&peer).map_or(0, |(_, f)| *f).saturating_add(1);
+            let failures = failures.min(MAX_FAILURES);
+            let wait = SET_ASIDE_FIRST
+                .saturating_mul(1 << (failures - 1).min(20))
+                .min(SET_ASIDE);
+            m.insert(peer, (now + wait, failures));
+        }
+    }
+
+    /// `peer` delivered: it is usable at once and starts again from the
+    /// first failure.
+    pub fn clear(&self, peer: &PeerKey) {
+        if let Ok(mut m) = self.until.lock() {
+            m.remove(peer);
         }
     }
 
     /// Whether `peer` is set aside now.
     pub fn contains(&self, peer: &PeerKey) -> bool {
+        self.contains_at(peer, Instant::now())
+    }
+
+    fn contains_at(&self, peer: &PeerKey, now: Instant) -> bool {
         self.until
             .lock()
-            .map(|m| m.get(peer).is_some_and(|t| *t > Instant::now()))
+            .map(|m| m.get(peer).is_some_and(|(t, _)| *t > now))
             .unwrap_or(false)
     }
 }
@@ -198,6 +235,10 @@ impl PeerSource for RendezvousPeers {
     fn report_unavailable(&self, peer: &Candidate) {
         self.aside.add(peer.addr.key);
     }
+
+    fn report_served(&self, peer: &Candidate) {
+        self.aside.clear(&peer.addr.key);
+    }
 }
 
 /// Peers worth asking for an item of `size` bytes: one per MiB piece, up
@@ -283,6 +324,39 @@ mod tests {
         s.add(k);
         assert!(s.contains(&k));
         assert!(!s.contains(&PeerKey([8; 32])));
+        s.clear(&k);
+        assert!(!s.contains(&k), "a delivery clears it");
+    }
+
+    #[test]
+    fn failures_in_a_row_back_off_doubling_up_to_the_most() {
+        let s = SetAside::default();
+        let k = PeerKey([7; 32]);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            s.add_at(k, now);
+            // Set aside just before its time runs out, free just after.
+            let mut wait = Duration::ZERO;
+            while s.contains_at(&k, now + wait) {
+                wait += Duration::from_millis(500);
+            }
+            waits.push(wait);
+            now += wait;
+        }
+        let secs: Vec<u64> = waits.iter().map(|w| w.as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        // A delivery starts it again from the first failure.
+        s.clear(&k);
+        s.add_at(k, now);
+        assert!(s.contains_at(&k, now + Duration::from_secs(4)));
+        assert!(!s.contains_at(&k, now + Duration::from_secs(6)));
+        // So does a whole SET_ASIDE without failing.
+        s.add_at(k, now + SET_ASIDE_FIRST); // second in a row: until now + 15 s
+        let later = now + Duration::from_secs(15) + SET_ASIDE + Duration::from_secs(1);
+        s.add_at(k, later);
+        assert!(!s.contains_at(&k, later + Duration::from_secs(6)));
     }
 
     #[test]

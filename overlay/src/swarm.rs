@@ -50,7 +50,7 @@ mod sched;
 mod sink;
 mod worker;
 
-pub use config::{PeerAddr, Pieces, SwarmConfig};
+pub use config::{PeerAddr, Pieces, Progress, SwarmConfig};
 pub use report::{Blame, Outcome, PeerReport, SwarmError, SwarmReport};
 pub use sink::{FileSink, Sink};
 pub use worker::{HANDSHAKE_MIN, HANDSHAKE_RTTS, handshake_allowance};
@@ -244,6 +244,7 @@ where
         tree,
         piece_size,
         pieces: config.pieces.clone(),
+        progress: config.progress.clone(),
         sched: Mutex::new(Sched {
             pieces,
             next_deliver: 0,

@@ -150,13 +150,17 @@ impl Sources {
             return (d, Some(d));
         }
         match self.upstream.estimate() {
+            // Peers get what the upstream would take, plus the two round
+            // trips a new channel costs before its request (connect and
+            // handshake), a round trip being about the upstream's time to
+            // first byte.
             Some(e) if e.samples > 0 => {
                 let u = e.expected(size);
-                (u.max(HEDGE_FLOOR), Some(u))
+                ((u + e.first_byte * 2).max(HEDGE_FLOOR), Some(u))
             }
             // Only latency is known (from the index fetches): a few of
             // its round trips.
-            Some(e) => ((e.first_byte * 4).max(HEDGE_FLOOR), None),
+            Some(e) => ((e.first_byte * 6).max(HEDGE_FLOOR), None),
             None => (HEDGE_UNKNOWN, None),
         }
     }
@@ -193,6 +197,9 @@ impl Sources {
         let addrs: Vec<swarm::PeerAddr> = group.iter().map(|c| c.addr.clone()).collect();
         let mut cfg = self.config.swarm.clone();
         cfg.params = params;
+        // This download's own count of verified bytes, for the hedge.
+        cfg.progress = swarm::Progress::default();
+        let progress = cfg.progress.clone();
         let path = job.work_path(&self.config.work_dir);
         let mut sink = FeedSink::new(job.clone(), path.clone(), Source::Peers, cfg.pieces.clone());
         let (first_deadline, upstream_time) = self.hedge_deadline(want.size);
@@ -218,8 +225,8 @@ impl Sources {
                         }
                     }
                     _ = tick.tick(), if hedge.is_none() => {
-                        let prefix = job.state.borrow().feed.as_ref().map_or(0, |f| f.prefix);
-                        if late(started.elapsed(), prefix, want.size, first_deadline, upstream_time) {
+                        let verified = progress.verified();
+                        if late(started.elapsed(), verified, want.size, first_deadline, upstream_time) {
                             tracing::debug!("peers are slow: hedging with the upstream");
                             self.metrics.hedge();
                             let me = self.clone();
@@ -244,15 +251,11 @@ impl Sources {
                 // Its writes are waited for: what was published is
                 // compared with the hedge's file.
                 let _ = sink.finish().await;
-                if job
-                    .state
-                    .borrow()
-                    .feed
-                    .as_ref()
-                    .is_some_and(|f| f.prefix == 0)
+                if progress.verified() == 0
                     && let Some(source) = &self.peers
                 {
-                    // Not one byte by the deadline: not asked again soon.
+                    // Not one verified byte while the upstream fetched the
+                    // whole item: set aside, with a backoff.
                     for c in &group {
                         source.report_unavailable(c);
                     }
@@ -325,6 +328,7 @@ impl Sources {
                     // for a while.
                     source.report_unavailable(c);
                 }
+                Outcome::Served => source.report_served(c),
                 _ => {}
             }
         }
@@ -360,11 +364,13 @@ impl Sources {
     }
 }
 
-/// Whether peers are late enough for the upstream to start beside
-/// them (see the module docs).
+/// Whether peers are late enough for the upstream to start beside them
+/// (see the module docs), having verified `verified` bytes (received and
+/// checked, delivered or not: a one-piece item delivers nothing until it
+/// is whole) in `elapsed`.
 pub(super) fn late(
     elapsed: Duration,
-    prefix: u64,
+    verified: u64,
     size: u64,
     first_deadline: Duration,
     upstream_time: Option<Duration>,
@@ -372,12 +378,12 @@ pub(super) fn late(
     if elapsed < first_deadline {
         return false;
     }
-    if prefix == 0 {
+    if verified == 0 {
         return true;
     }
     upstream_time.is_some_and(|u| {
-        let pace = elapsed.as_secs_f64() / prefix as f64;
-        let left = Duration::from_secs_f64(pace * (size - prefix.min(size)) as f64);
+        let pace = elapsed.as_secs_f64() / verified as f64;
+        let left = Duration::from_secs_f64(pace * (size - verified.min(size)) as f64);
         left > u
     })
 }

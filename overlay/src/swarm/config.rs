@@ -33,6 +33,28 @@ pub struct SwarmConfig {
     pub stall_timeout: Duration,
     /// Where piece buffers come from (and may be handed back to).
     pub pieces: Pieces,
+    /// Counts the bytes verified so far, shared by clones: give each
+    /// download a fresh one to watch its progress.
+    pub progress: Progress,
+}
+
+/// Bytes received and verified against the tree (chunk group by chunk
+/// group) by a download's workers, before they are delivered in order: the
+/// sign that peers are transferring, long before a whole piece is.
+/// Pieces fetched twice (work stealing, a restart) count twice.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<std::sync::atomic::AtomicU64>);
+
+impl Progress {
+    /// Bytes verified so far.
+    pub fn verified(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.0
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Piece buffers kept for reuse, shared by clones.
@@ -88,6 +110,7 @@ impl SwarmConfig {
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             pieces: Pieces::default(),
+            progress: Progress::default(),
         }
     }
 }

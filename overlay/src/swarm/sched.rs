@@ -83,6 +83,7 @@ pub(crate) struct Shared {
     pub(crate) tree: Tree,
     pub(crate) piece_size: u64,
     pub(crate) pieces: Pieces,
+    pub(crate) progress: super::config::Progress,
     pub(crate) sched: Mutex<Sched>,
     /// Wakes idle workers when pieces return to the pool or the window moves.
     pub(crate) changed: Notify,
