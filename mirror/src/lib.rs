@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod directory;
 pub mod err;
 pub mod gateway;
 pub mod hooks;

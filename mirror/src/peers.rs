@@ -1,5 +1,7 @@
-//! Where the gateway finds peers for an item: the rendezvous's anonymous
-//! lookup, minus peers that recently failed this node.
+//! Where the gateway finds peers for an item: the rendezvous's signed
+//! directory, matched locally ([`crate::directory`]) when its key is
+//! pinned, else the rendezvous's anonymous lookup per item; minus peers
+//! that recently failed this node.
 //!
 //! A peer that was blamed, stalled, could not be reached or lost a hedge
 //! without sending a byte is set aside locally, with a backoff: first for
@@ -11,14 +13,17 @@
 //! reported to the rendezvous, which counts strikes per session.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anonmirror_channel::ChannelParams;
+use anonmirror_core::Entropy as _;
 use anonmirror_core::{Epoch, ItemKey, PeerKey, Sensitive};
 use anonmirror_overlay::swarm::{Blame, PeerAddr};
 use anonmirror_privacy::Level;
 use async_trait::async_trait;
+
+use crate::directory::{self, LocalDirectory};
 
 /// How long a peer is set aside after its first failure in a row.
 pub const SET_ASIDE_FIRST: Duration = Duration::from_secs(5);
@@ -122,6 +127,11 @@ impl SetAside {
     }
 }
 
+/// How long a request waits for the gateway's first directory fetch to
+/// end (it starts with the node, before the package manager's first
+/// request, so this is rarely felt).
+pub const FIRST_DIRECTORY_WAIT: Duration = Duration::from_secs(3);
+
 /// Candidates from a rendezvous.
 #[derive(Debug)]
 pub struct RendezvousPeers {
@@ -131,6 +141,12 @@ pub struct RendezvousPeers {
     aside: SetAside,
     own: std::sync::Mutex<Option<PeerKey>>,
     reach_onions: bool,
+    /// The pinned directory key: with it, candidates come from the local
+    /// directory and no lookup is ever sent.
+    pinned: Option<[u8; 32]>,
+    directory: std::sync::RwLock<Option<Arc<LocalDirectory>>>,
+    /// Whether a first fetch of the directory has ended (either way).
+    attempted: tokio::sync::watch::Sender<bool>,
 }
 
 impl RendezvousPeers {
@@ -143,7 +159,72 @@ impl RendezvousPeers {
             aside: SetAside::default(),
             own: std::sync::Mutex::new(None),
             reach_onions: false,
+            pinned: None,
+            directory: std::sync::RwLock::new(None),
+            attempted: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Match items locally against the directory signed by `pinned`
+    /// (kept fresh by [`RendezvousPeers::keep_directory`]) instead of a
+    /// lookup per item.
+    pub fn with_directory(mut self, pinned: [u8; 32]) -> Self {
+        self.pinned = Some(pinned);
+        self
+    }
+
+    /// Fetches the directory once and installs it; how many peers it
+    /// lists. Without a pinned key there is nothing to fetch.
+    pub async fn refresh_directory(&self) -> Result<usize, anonmirror_rendezvous::Error> {
+        let Some(pinned) = self.pinned else {
+            return Ok(0);
+        };
+        let fetched = self.client.directory(None, &pinned).await;
+        let result = fetched.map(|snapshot| {
+            let (dir, left_out) = LocalDirectory::new(snapshot, tokio::time::Instant::now());
+            if left_out > 0 {
+                tracing::debug!(left_out, "directory entries not usable");
+            }
+            let n = dir.len();
+            if let Ok(mut d) = self.directory.write() {
+                *d = Some(Arc::new(dir));
+            }
+            n
+        });
+        self.attempted.send_replace(true);
+        result
+    }
+
+    /// Fetches the directory now and every [`directory::REFRESH`] (a fifth
+    /// more or less at random) until `cancel`.
+    pub async fn keep_directory(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        if self.pinned.is_none() {
+            return;
+        }
+        loop {
+            match self.refresh_directory().await {
+                Ok(n) => tracing::debug!(peers = n, "directory fetched"),
+                Err(e) => tracing::info!(error = %e, "directory fetch failed"),
+            }
+            let fifth = directory::REFRESH.as_millis() as u64 / 5;
+            let jitter = anonmirror_core::OsEntropy.below(2 * fifth + 1);
+            let wait =
+                directory::REFRESH - Duration::from_millis(fifth) + Duration::from_millis(jitter);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// The directory to match against: once the first fetch has ended (or
+    /// [`FIRST_DIRECTORY_WAIT`] passed), the last one fetched, if it is
+    /// not older than [`directory::MAX_AGE`].
+    async fn current_directory(&self) -> Option<Arc<LocalDirectory>> {
+        let mut attempted = self.attempted.subscribe();
+        let _ = tokio::time::timeout(FIRST_DIRECTORY_WAIT, attempted.wait_for(|a| *a)).await;
+        let dir = self.directory.read().ok()?.clone()?;
+        (dir.fetched().elapsed() <= directory::MAX_AGE).then_some(dir)
     }
 
     /// Whether this node's connections can reach onion services (they go
@@ -197,6 +278,20 @@ impl PeerSource for RendezvousPeers {
         item: ItemKey,
         size: u64,
     ) -> Vec<Candidate> {
+        if self.pinned.is_some() {
+            let own = self.own.lock().ok().and_then(|o| *o);
+            return match self.current_directory().await {
+                Some(dir) => dir.holders(
+                    repository,
+                    version,
+                    &item,
+                    self.region.as_deref(),
+                    usize::from(want_for(size, self.want)),
+                    |c| self.usable(c, own),
+                ),
+                None => Vec::new(),
+            };
+        }
         match self
             .client
             .lookup(

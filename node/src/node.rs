@@ -92,12 +92,25 @@ impl Node {
             }
             None => None,
         };
-        let peers: Option<Arc<RendezvousPeers>> = rendezvous.as_ref().map(|c| {
-            Arc::new(
-                RendezvousPeers::new(c.clone(), policy.announce.region.clone(), opts.lookup_want)
-                    .reaching_onions(carrier.is_tor()),
-            )
-        });
+        // With the directory key pinned, candidates come from the signed
+        // directory, matched here: no message per item. Without, the
+        // rendezvous is asked per item (and learns which).
+        let peers: Option<Arc<RendezvousPeers>> = policy
+            .rendezvous
+            .as_ref()
+            .zip(rendezvous.as_ref())
+            .map(|(r, c)| {
+                let peers = RendezvousPeers::new(
+                    c.clone(),
+                    policy.announce.region.clone(),
+                    opts.lookup_want,
+                )
+                .reaching_onions(carrier.is_tor());
+                Arc::new(match r.directory_key {
+                    Some(key) => peers.with_directory(key),
+                    None => peers,
+                })
+            });
         let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
         swarm.connect_timeout = Duration::from_secs(5);
         swarm.stall_timeout = Duration::from_secs(5);
@@ -168,6 +181,9 @@ impl Node {
             }
         });
         tracing::info!(%gateway_addr, level = %policy.level, "gateway listening");
+        if let Some(p) = &peers {
+            tasks.spawn(p.clone().keep_directory(cancel.clone()));
+        }
         // The history `anonmirror status --plot` draws: a sample a minute.
         let (m, c, stop) = (gateway.metrics().clone(), clock.clone(), cancel.clone());
         tasks.spawn(async move {
