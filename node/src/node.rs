@@ -20,7 +20,7 @@ use anonmirror_mirror::upstream::Upstream;
 use anonmirror_mirror::{Gateway, Metrics};
 // The content store, the swarm and the channel's parameters.
 use anonmirror_channel::ChannelParams;
-use anonmirror_overlay::swarm::SwarmConfig;
+use anonmirror_overlay::swarm::{ChannelPool, SwarmConfig};
 use anonmirror_privacy::{Level, Policy};
 use anonmirror_rendezvous::Client;
 use anonmirror_store::Store;
@@ -114,6 +114,9 @@ impl Node {
         let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
         swarm.connect_timeout = Duration::from_secs(5);
         swarm.stall_timeout = Duration::from_secs(5);
+        // Channels stay open between items: the next package from the
+        // same peer costs one round trip, not three and a slow start.
+        swarm.pool = Some(ChannelPool::default());
         let work_dir = cache_dir.join("store").join("tmp");
         let fetcher = Arc::new(
             Fetcher::new(

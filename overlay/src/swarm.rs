@@ -45,12 +45,14 @@
 //! log an item key or a peer's contact unredacted.
 
 mod config;
+mod pool;
 mod report;
 mod sched;
 mod sink;
 mod worker;
 
 pub use config::{PeerAddr, Pieces, Progress, SwarmConfig};
+pub use pool::ChannelPool;
 pub use report::{Blame, Outcome, PeerReport, SwarmError, SwarmReport};
 pub use sink::{FileSink, Sink};
 pub use worker::{HANDSHAKE_MIN, HANDSHAKE_RTTS, handshake_allowance};

@@ -822,3 +822,61 @@ async fn a_server_whose_listener_is_gone_says_so() {
         .expect("the server says its listener is gone");
     server.shutdown().await;
 }
+
+/// Items one after another from one peer, with a channel pool: the second
+/// item goes over the first one's channel (the peer accepted one channel),
+/// and a channel the peer closed while it waited is replaced without the
+/// peer being called unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_channel_carries_the_next_item_and_a_closed_one_is_replaced() {
+    let (a, data_a) = item_bytes(300_000, 21);
+    let (b, data_b) = item_bytes(70_000, 22);
+    let (c, data_c) = item_bytes(5_000, 23);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let items = [(&a, &data_a[..]), (&b, &data_b[..]), (&c, &data_c[..])];
+    let (h, peer) = honest(dir.path(), &items, cfg).await;
+    let channels = || {
+        h.stats()
+            .clients_served
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut cfg = config();
+    let pool = swarm::ChannelPool::default();
+    cfg.pool = Some(pool.clone());
+    let get = |key, data: &[u8]| {
+        let (cfg, peer, size) = (cfg.clone(), peer.clone(), data.len() as u64);
+        async move {
+            let mut out = Vec::new();
+            let report = swarm::download(&TcpTransport, &cfg, key, size, &[peer], &mut out)
+                .await
+                .expect("download completes");
+            (out, report)
+        }
+    };
+    let (got, _) = get(a, &data_a).await;
+    assert!(got == data_a);
+    assert_eq!(pool.idle_count(), 1, "the channel waits for the next item");
+    let (got, _) = get(b, &data_b).await;
+    assert!(got == data_b);
+    assert_eq!(channels(), 1, "the second item came over the first channel");
+
+    // The peer idles the channel out (300 ms) while it waits in the pool.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(pool.idle_count(), 1, "the pool does not know yet");
+    let (got, report) = get(c, &data_c).await;
+    assert!(got == data_c, "the item, over a new channel");
+    assert_eq!(report.peers[0].outcome, Outcome::Served, "{report:?}");
+    assert_eq!(channels(), 2);
+
+    // Without a pool every item opens its own channel.
+    let (got, _) = fetch(a, data_a.len() as u64, std::slice::from_ref(&peer)).await;
+    assert!(got == data_a);
+    let (got, _) = fetch(b, data_b.len() as u64, &[peer]).await;
+    assert!(got == data_b);
+    assert_eq!(channels(), 4);
+    h.shutdown().await;
+}

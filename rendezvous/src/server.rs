@@ -64,6 +64,7 @@ pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, channel_params};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};
 use session_owner::{PUSH_QUEUE, SessionCmd, session_owner};
+pub use shared::Served;
 use shared::{Shared, push};
 
 /// A running rendezvous.
@@ -134,6 +135,7 @@ impl Rendezvous {
             pushes: pushes.clone(),
             scheme: Scheme::default(),
             stop: stop.clone(),
+            served: Served::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(key_owner(
@@ -188,6 +190,11 @@ impl Rendezvous {
     /// The directory signing key's public half, which clients pin.
     pub fn directory_key(&self) -> [u8; 32] {
         self.directory_key
+    }
+
+    /// Requests answered so far, by kind.
+    pub fn served(&self) -> &Served {
+        &self.shared.served
     }
 
     /// Live sessions now.

@@ -202,6 +202,18 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
     assert_eq!(m.from_upstream, 0, "{m:?}");
     assert_eq!(m.blame_events, 0, "{m:?}");
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+    // The rendezvous, curious, learned no item: the gateways matched the
+    // packages against the directory they fetch whole.
+    let served = swarm.rendezvous().served();
+    assert_eq!(
+        served.lookups(),
+        0,
+        "a lookup names its item to the rendezvous"
+    );
+    assert!(
+        served.directories() >= 2,
+        "each gateway fetched the directory"
+    );
     // A second download comes from the client's own store.
     let again = apt.download(&["echo-tools"]);
     repo.package("echo-tools").check_file(&again[0]);

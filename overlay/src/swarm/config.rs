@@ -36,6 +36,9 @@ pub struct SwarmConfig {
     /// Counts the bytes verified so far, shared by clones: give each
     /// download a fresh one to watch its progress.
     pub progress: Progress,
+    /// Where channels wait between items (see [`ChannelPool`]); `None`
+    /// closes each channel with its item.
+    pub pool: Option<super::ChannelPool>,
 }
 
 /// Bytes received and verified against the tree (chunk group by chunk
@@ -111,6 +114,7 @@ impl SwarmConfig {
             stall_timeout: Duration::from_secs(10),
             pieces: Pieces::default(),
             progress: Progress::default(),
+            pool: None,
         }
     }
 }

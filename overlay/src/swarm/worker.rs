@@ -33,7 +33,29 @@ pub(crate) async fn fetch_tree<T>(
 where
     T: Transport,
 {
-    let mut channel = open(transport, config, peer).await?;
+    if let Some(channel) = config
+        .pool
+        .as_ref()
+        .and_then(|p| p.take(&peer.key, &config.params))
+    {
+        match ask_tree(channel, config, item, size).await {
+            // The peer closed the idle channel meanwhile (it restarted,
+            // or idled it out): once more on a new one.
+            Err(Outcome::Unavailable(_)) => {}
+            answered => return answered,
+        }
+    }
+    let channel = dial(transport, config, peer).await?;
+    ask_tree(channel, config, item, size).await
+}
+
+/// The tree request on `channel`, and its answer.
+async fn ask_tree(
+    mut channel: PeerChannel,
+    config: &SwarmConfig,
+    item: ItemKey,
+    size: u64,
+) -> Result<(Tree, PeerChannel), Outcome> {
     send(
         &mut channel,
         &Message::Request {
@@ -113,7 +135,29 @@ pub fn handshake_allowance(connected: Duration, limit: Duration) -> Duration {
         .min(limit)
 }
 
+/// A channel to `peer`: an idle one from the pool if there is one, else a
+/// new one.
 pub(crate) async fn open<T>(
+    transport: &T,
+    config: &SwarmConfig,
+    peer: &PeerAddr,
+) -> Result<PeerChannel, Outcome>
+where
+    T: Transport,
+{
+    if let Some(channel) = config
+        .pool
+        .as_ref()
+        .and_then(|p| p.take(&peer.key, &config.params))
+    {
+        return Ok(channel);
+    }
+    dial(transport, config, peer).await
+}
+
+/// A new channel to `peer`: connect, then the handshake within its
+/// allowance.
+async fn dial<T>(
     transport: &T,
     config: &SwarmConfig,
     peer: &PeerAddr,
@@ -284,6 +328,11 @@ where
             // Nothing to claim now: wait for a change, or end.
             let notified = shared.changed.notified();
             if shared.sched().finished {
+                // Nothing outstanding: the channel is clean, and waits
+                // for this peer's next item.
+                if let (Some(pool), Some(ch)) = (&config.pool, channel.take()) {
+                    pool.put(&peer.key, &config.params, ch);
+                }
                 return if served_any {
                     Outcome::Served
                 } else {

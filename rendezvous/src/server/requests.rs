@@ -72,6 +72,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
                 reply,
             })
             .await?;
+            shared.served.lookup();
             Ok(vec![Down::Peers(peers)])
         }
         Up::Directory { region } => {
@@ -88,6 +89,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
                 peers,
             };
             let (bytes, sig) = shared.signing.sign(&snap)?;
+            shared.served.directory();
             let mut out = vec![Down::DirectoryHead {
                 total: bytes.len() as u64,
                 signature: Sig(sig),

@@ -33,6 +33,39 @@ pub(super) struct Shared {
     /// Cancelled when the rendezvous stops; each live session holds a
     /// child of it, which the session owner cancels to drop the session.
     pub(super) stop: CancellationToken,
+    /// Requests answered, by kind.
+    pub(super) served: Served,
+}
+
+/// How many requests of each kind a rendezvous has answered: what any
+/// operator sees of its clients, and so what a curious one learns (a
+/// lookup names an item; a directory fetch names nothing).
+#[derive(Debug, Default)]
+pub struct Served {
+    lookups: std::sync::atomic::AtomicU64,
+    directories: std::sync::atomic::AtomicU64,
+}
+
+impl Served {
+    pub(super) fn lookup(&self) {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn directory(&self) {
+        self.directories
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lookups answered (each names one item).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Directories sent.
+    pub fn directories(&self) -> u64 {
+        self.directories.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Sends an owner the command `make` builds around a reply slot, and
