@@ -41,6 +41,7 @@ pub struct Metrics {
     served_to_peers: AtomicU64,
     sessions_opened: AtomicU64,
     session_live: AtomicU64,
+    directory_peers: AtomicU64,
     index_errors: AtomicU64,
     history: Mutex<VecDeque<(u64, MetricsSnapshot)>>,
 }
@@ -146,6 +147,8 @@ pub struct MetricsSnapshot {
     pub sessions_opened: u64,
     /// 1 while a rendezvous session is open.
     pub session_live: u64,
+    /// Peers listed in the directory last fetched (0 before the first).
+    pub directory_peers: u64,
     /// Index files that failed to parse (their repository fell back to
     /// passing requests through).
     pub index_errors: u64,
@@ -197,6 +200,7 @@ impl MetricsSnapshot {
                 "anonmirror_served_to_peers_bytes_total" => &mut s.served_to_peers,
                 "anonmirror_sessions_opened_total" => &mut s.sessions_opened,
                 "anonmirror_session_live" => &mut s.session_live,
+                "anonmirror_directory_peers" => &mut s.directory_peers,
                 "anonmirror_index_errors_total" => &mut s.index_errors,
                 _ => continue,
             };
@@ -270,6 +274,11 @@ impl Metrics {
         self.session_live.store(u64::from(open), Ordering::Relaxed);
     }
 
+    /// A directory listing `peers` usable peers was installed.
+    pub fn directory(&self, peers: usize) {
+        self.directory_peers.store(peers as u64, Ordering::Relaxed);
+    }
+
     /// An index failed to parse.
     pub fn index_error(&self) {
         add(&self.index_errors, 1);
@@ -324,6 +333,7 @@ impl Metrics {
             served_to_peers: g(&self.served_to_peers),
             sessions_opened: g(&self.sessions_opened),
             session_live: g(&self.session_live),
+            directory_peers: g(&self.directory_peers),
             index_errors: g(&self.index_errors),
         }
     }
@@ -414,6 +424,12 @@ impl Metrics {
             "gauge",
             "1 while a rendezvous session is open.",
             s.session_live.to_string(),
+        );
+        series(
+            "anonmirror_directory_peers",
+            "gauge",
+            "Peers listed in the directory last fetched.",
+            s.directory_peers.to_string(),
         );
         series(
             "anonmirror_offload_ratio",

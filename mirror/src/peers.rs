@@ -147,6 +147,8 @@ pub struct RendezvousPeers {
     directory: std::sync::RwLock<Option<Arc<LocalDirectory>>>,
     /// Whether a first fetch of the directory has ended (either way).
     attempted: tokio::sync::watch::Sender<bool>,
+    /// Where the directory's size is shown.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl RendezvousPeers {
@@ -162,7 +164,14 @@ impl RendezvousPeers {
             pinned: None,
             directory: std::sync::RwLock::new(None),
             attempted: tokio::sync::watch::Sender::new(false),
+            metrics: None,
         }
+    }
+
+    /// Shows the directory's size in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Match items locally against the directory signed by `pinned`
@@ -186,6 +195,9 @@ impl RendezvousPeers {
                 tracing::debug!(left_out, "directory entries not usable");
             }
             let n = dir.len();
+            if let Some(m) = &self.metrics {
+                m.directory(n);
+            }
             if let Ok(mut d) = self.directory.write() {
                 *d = Some(Arc::new(dir));
             }

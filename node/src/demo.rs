@@ -277,6 +277,26 @@ pub fn loopback_policy(
     repositories: Vec<Repository>,
     rendezvous: &Rendezvous,
 ) -> Policy {
+    loopback_policy_for(level, dir, repositories, rendezvous_config(rendezvous))
+}
+
+/// How a node reaches `rendezvous`: its address and both its keys, pinned.
+pub fn rendezvous_config(rendezvous: &Rendezvous) -> RendezvousConfig {
+    RendezvousConfig {
+        address: rendezvous.local_addr().to_string(),
+        key: rendezvous.key(),
+        directory_key: Some(rendezvous.directory_key()),
+    }
+}
+
+/// [`loopback_policy`] for a rendezvous known by its configuration (one
+/// that may be gone).
+pub fn loopback_policy_for(
+    level: Level,
+    dir: &Path,
+    repositories: Vec<Repository>,
+    rendezvous: RendezvousConfig,
+) -> Policy {
     let mut p = Policy::defaults_for(level);
     p.paths.state_dir = dir.join("state");
     p.paths.cache_dir = dir.join("cache");
@@ -286,11 +306,7 @@ pub fn loopback_policy(
     p.serve.upload_rate = anonmirror_privacy::Rate(1 << 30);
     p.transport.kind = TransportKind::Tcp;
     p.repositories = repositories;
-    p.rendezvous = Some(RendezvousConfig {
-        address: rendezvous.local_addr().to_string(),
-        key: rendezvous.key(),
-        directory_key: Some(rendezvous.directory_key()),
-    });
+    p.rendezvous = Some(rendezvous);
     p
 }
 

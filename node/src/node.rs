@@ -105,7 +105,8 @@ impl Node {
                     policy.announce.region.clone(),
                     opts.lookup_want,
                 )
-                .reaching_onions(carrier.is_tor());
+                .reaching_onions(carrier.is_tor())
+                .with_metrics(metrics.clone());
                 Arc::new(match r.directory_key {
                     Some(key) => peers.with_directory(key),
                     None => peers,

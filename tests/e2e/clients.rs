@@ -240,6 +240,7 @@ fn nginx_serves_ranges_with_a_rate_limit_and_without_sendfile() {
         NginxOptions {
             limit_rate: Some(4 << 20),
             sendfile: false,
+            ..NginxOptions::default()
         },
     );
     let get = |range: Option<&str>| {

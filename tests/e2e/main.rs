@@ -1,5 +1,6 @@
 //! anonmirror's end-to-end tests: one integration-test binary, one module
-//! per capability. Network tests stay on 127.0.0.1 with ephemeral ports.
+//! per capability. Network tests stay on 127.0.0.1 with ephemeral ports,
+//! or on private addresses of the testbed's namespaces (`testbed`).
 
 mod cli_audit;
 mod cli_policy;
@@ -9,6 +10,7 @@ mod gateway;
 mod gateway_http;
 mod layering;
 mod rendezvous_crash;
+mod testbed;
 mod transfer;
 
 /// Real repositories, nginx, apt and pacman for the tests above.

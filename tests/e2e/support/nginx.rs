@@ -1,4 +1,5 @@
-//! A real nginx serving a directory on 127.0.0.1: the "upstream mirror".
+//! A real nginx serving a directory on 127.0.0.1 (or a testbed host's
+//! address): the "upstream mirror".
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,6 +21,9 @@ pub struct NginxOptions {
     pub limit_rate: Option<u64>,
     /// nginx's `sendfile` (Debian's default: on).
     pub sendfile: bool,
+    /// The address it listens on (a testbed host's, started from a thread
+    /// inside that host); 127.0.0.1 by default.
+    pub listen: std::net::IpAddr,
 }
 
 impl Default for NginxOptions {
@@ -27,6 +31,7 @@ impl Default for NginxOptions {
         NginxOptions {
             limit_rate: None,
             sendfile: true,
+            listen: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -81,7 +86,7 @@ impl Nginx {
         // it: retry with another.
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
+            let port = TcpListener::bind((opts.listen, 0))
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
@@ -96,9 +101,10 @@ impl Nginx {
                      access_log {p}/access.log am;\n\
                      client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
                      fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-                     server {{\n    listen 127.0.0.1:{port};\n    root {r};\n{limit}\
+                     server {{\n    listen {addr};\n    root {r};\n{limit}\
                      location = {STATUS} {{ stub_status; access_log off; limit_rate 0; }}\n  }}\n}}\n",
                     sendfile = if opts.sendfile { "on" } else { "off" },
+                    addr = SocketAddr::new(opts.listen, port),
                     r = root.display(),
                     limit = opts
                         .limit_rate
@@ -120,7 +126,7 @@ impl Nginx {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn nginx");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let addr = SocketAddr::new(opts.listen, port);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Some(status) = child.try_wait().expect("wait") {

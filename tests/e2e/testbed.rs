@@ -1,0 +1,308 @@
+//! The gateway between hosts: real apt and pacman on a home host of the
+//! testbed (a link with delay and a rate cap), the mirror (nginx), the
+//! rendezvous and a volunteer each on hosts of their own.
+//!
+//! What is checked is behaviour, never time: packages come from the peer;
+//! the rendezvous learns no item; with the volunteer dead (still listed in
+//! the home's directory) and then with the rendezvous down, apt still gets
+//! every package, from the mirror.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anonmirror_node::demo::{loopback_policy_for, rendezvous_config, wait_announced};
+use anonmirror_node::{Node, NodeOptions};
+use anonmirror_privacy::{Level, RendezvousConfig, Repository, RepositoryKind};
+use anonmirror_rendezvous::{Rendezvous, ServerConfig};
+use anonmirror_testnet::testbed::{Host, Link, Testbed, require_testbed};
+use tokio::runtime::Runtime;
+
+use crate::support::{
+    APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package, PacmanClient,
+    PacmanRepo, TestDir, check_files, mixed_specs, names, require,
+};
+
+/// The home's link: 20 ms round trips to every other host, 8 MiB/s.
+fn home_link() -> Link {
+    Link::round_trip(Duration::from_millis(20)).rate(8 << 20)
+}
+
+/// A host with the runtime its nodes (or its rendezvous) run on.
+struct Place {
+    host: Host,
+    rt: Runtime,
+}
+
+impl Place {
+    fn new(bed: &Testbed, name: &str, link: Link) -> Place {
+        let host = bed.host(name, link).expect("host");
+        let rt = host.runtime().expect("runtime");
+        Place { host, rt }
+    }
+
+    /// Runs `fut` to completion on a thread inside the host (what it binds
+    /// and dials directly, before spawning, is the host's too).
+    fn block_on<T: Send>(&self, fut: impl Future<Output = T> + Send) -> T {
+        self.host
+            .run(|| Ok(self.rt.block_on(fut)))
+            .expect("inside the host")
+    }
+
+    /// Runs `f` (apt, pacman) on a thread inside the host.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.host.run(|| Ok(f())).expect("inside the host")
+    }
+
+    /// A node at `level` in `dir`: its gateway on the host's 127.0.0.1,
+    /// its peer server on the host's address.
+    fn node(
+        &self,
+        level: Level,
+        dir: &std::path::Path,
+        repos: &[Repository],
+        rv: &RendezvousConfig,
+    ) -> Node {
+        let mut policy = loopback_policy_for(level, dir, repos.to_vec(), rv.clone());
+        policy.serve.listen = SocketAddr::new(self.host.addr().into(), 0);
+        let opts = NodeOptions {
+            pow_difficulty: 8,
+            ..NodeOptions::default()
+        };
+        self.block_on(Node::start(policy, opts)).expect("node")
+    }
+}
+
+/// The testbed of both tests: mirror, rendezvous, volunteer, home.
+struct World {
+    _bed: Testbed,
+    mirror: Host,
+    rendezvous: Place,
+    volunteer: Place,
+    home: Place,
+}
+
+impl World {
+    fn new() -> World {
+        let bed = Testbed::new().expect("testbed");
+        let mirror = bed
+            .host("mirror", Link::delay(Duration::ZERO))
+            .expect("mirror");
+        let rendezvous = Place::new(&bed, "rendezvous", Link::delay(Duration::ZERO));
+        let volunteer = Place::new(&bed, "volunteer", Link::delay(Duration::ZERO));
+        let home = Place::new(&bed, "home", home_link());
+        World {
+            _bed: bed,
+            mirror,
+            rendezvous,
+            volunteer,
+            home,
+        }
+    }
+
+    /// nginx on the mirror host, serving `root`.
+    fn nginx(&self, root: &std::path::Path) -> Nginx {
+        let listen = self.mirror.addr().into();
+        self.mirror
+            .run(|| {
+                Ok(Nginx::start(
+                    root,
+                    NginxOptions {
+                        listen,
+                        ..NginxOptions::default()
+                    },
+                ))
+            })
+            .expect("nginx on the mirror host")
+    }
+
+    /// The rendezvous, on its host's address.
+    fn start_rendezvous(&self, dir: &std::path::Path) -> Rendezvous {
+        let mut cfg = ServerConfig::new(
+            SocketAddr::new(self.rendezvous.host.addr().into(), 0),
+            dir.join("rendezvous"),
+            Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+            Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
+        );
+        cfg.credentials.pow_difficulty = 8;
+        self.rendezvous
+            .block_on(Rendezvous::start(cfg))
+            .expect("rendezvous")
+    }
+}
+
+/// Waits until `node`'s store holds every one of `packages`.
+fn wait_stored(place: &Place, node: &Node, packages: &[Package]) {
+    let store = node.gateway().fetcher().store().clone();
+    place.block_on(async {
+        for _ in 0..400 {
+            let held = store.list().expect("list");
+            if packages
+                .iter()
+                .all(|p| held.iter().any(|(k, _)| k.to_hex() == p.sha256))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the volunteer did not store every package");
+    });
+}
+
+/// Closes the volunteer's session and announces anew what it holds now;
+/// returns once the new session is open.
+fn announce(place: &Place, node: &Node) {
+    let opened = || node.gateway().metrics().snapshot().sessions_opened;
+    let before = opened();
+    node.reannounce();
+    place
+        .block_on(async {
+            for _ in 0..400 {
+                if opened() > before {
+                    return wait_announced(node).await;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the volunteer did not open a new session");
+        })
+        .expect("announced");
+}
+
+fn package_requests(nginx: &Nginx, packages: &[Package]) -> usize {
+    nginx
+        .requests()
+        .iter()
+        .filter(|r| {
+            packages
+                .iter()
+                .any(|p| r.path == format!("/{}", p.url_path))
+        })
+        .count()
+}
+
+#[test]
+fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fail() {
+    if !require(APT_PROGRAMS) || !require_testbed() {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = mixed_specs();
+    let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let world = World::new();
+    let nginx = world.nginx(repo.root());
+    let repos = [Repository {
+        name: "deb".to_owned(),
+        kind: RepositoryKind::Apt,
+        url: nginx.base_url(),
+    }];
+    let rv = world.start_rendezvous(dir.path());
+    let rv_at = rendezvous_config(&rv);
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+    let apt = |place: &Place, node: &Node, name: &str| {
+        let base = format!("http://{}/deb", node.gateway_addr);
+        let (path, key) = (dir.path().join(name), repo.key());
+        place.run(|| {
+            let apt = AptClient::new(&path, &base, repo.suite(), &key);
+            apt.update();
+            check_files(&apt.download(&names(&specs)), repo.packages());
+        });
+    };
+
+    // The volunteer fetches the set from the mirror, then announces it.
+    let v = world
+        .volunteer
+        .node(Level::Open, &dir.path().join("volunteer"), &repos, &rv_at);
+    apt(&world.volunteer, &v, "apt-volunteer");
+    wait_stored(&world.volunteer, &v, repo.packages());
+    announce(&world.volunteer, &v);
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+
+    // Home, 20 ms away: every package from the peer, none from the mirror,
+    // and the rendezvous learned no item.
+    let home = world
+        .home
+        .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
+    apt(&world.home, &home, "apt-home");
+    let m = home.gateway().metrics().snapshot();
+    assert_eq!((m.from_peers, m.from_upstream), (total, 0), "{m:?}");
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+    assert_eq!(rv.served().lookups(), 0);
+    world.home.block_on(home.stop());
+
+    // A second home node learns of the volunteer from the directory, then
+    // the volunteer dies: apt gets every package from the mirror.
+    let home2 = world
+        .home
+        .node(Level::Off, &dir.path().join("home2"), &repos, &rv_at);
+    world.home.block_on(async {
+        for _ in 0..200 {
+            // The directory has been fetched once the node knows its peer.
+            if home2.gateway().metrics().snapshot().directory_peers > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the home node never fetched the directory");
+    });
+    world.volunteer.block_on(v.stop());
+    apt(&world.home, &home2, "apt-home2");
+    let m = home2.gateway().metrics().snapshot();
+    assert_eq!((m.from_peers, m.from_upstream), (0, total), "{m:?}");
+    world.home.block_on(home2.stop());
+
+    // The rendezvous down too: still every package, from the mirror.
+    world.rendezvous.block_on(rv.shutdown());
+    let home3 = world
+        .home
+        .node(Level::Off, &dir.path().join("home3"), &repos, &rv_at);
+    apt(&world.home, &home3, "apt-home3");
+    let m = home3.gateway().metrics().snapshot();
+    assert_eq!((m.from_peers, m.from_upstream), (0, total), "{m:?}");
+    world.home.block_on(home3.stop());
+}
+
+#[test]
+fn pacman_between_hosts_gets_packages_from_a_peer() {
+    if !require(PACMAN_PROGRAMS) || !require_testbed() {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = mixed_specs();
+    let repo = PacmanRepo::build(&dir.path().join("www"), "anontest", "x86_64", &specs);
+    let world = World::new();
+    let nginx = world.nginx(repo.root());
+    let repos = [Repository {
+        name: "arch".to_owned(),
+        kind: RepositoryKind::Pacman,
+        url: nginx.base_url(),
+    }];
+    let rv = world.start_rendezvous(dir.path());
+    let rv_at = rendezvous_config(&rv);
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+    let pacman = |place: &Place, node: &Node, name: &str| {
+        let server = PacmanRepo::server(&format!("http://{}/arch", node.gateway_addr));
+        let path = dir.path().join(name);
+        place.run(|| {
+            let client = PacmanClient::new(&path, repo.name(), repo.arch(), &server);
+            client.sync();
+            check_files(&client.download(&names(&specs)), repo.packages());
+        });
+    };
+    let v = world
+        .volunteer
+        .node(Level::Open, &dir.path().join("volunteer"), &repos, &rv_at);
+    pacman(&world.volunteer, &v, "pacman-volunteer");
+    wait_stored(&world.volunteer, &v, repo.packages());
+    announce(&world.volunteer, &v);
+    let home = world
+        .home
+        .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
+    pacman(&world.home, &home, "pacman-home");
+    let m = home.gateway().metrics().snapshot();
+    assert_eq!((m.from_peers, m.from_upstream), (total, 0), "{m:?}");
+    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+    world.home.block_on(home.stop());
+    world.volunteer.block_on(v.stop());
+    world.rendezvous.block_on(rv.shutdown());
+}
