@@ -106,9 +106,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "audit",
             ][..],
         ),
-        // Test support (a private Tor network): depends on nothing of
-        // ours; only tests (root's dev-dependencies) and the Tor benchmark
-        // use it.
+        // Test support (namespaces, the testbed, a private Tor network):
+        // depends on nothing of ours; only tests (root's dev-dependencies)
+        // and the benchmarks use it.
         ("testnet", &[][..]),
         // Benchmarks measure the layers; they sit beside the root package.
         (
