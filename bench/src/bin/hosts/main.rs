@@ -29,7 +29,11 @@
 //!   volunteer's at 4 MiB/s;
 //! - `dead`: 40 ms, every volunteer stopped (the rendezvous still lists
 //!   them until their sessions expire);
-//! - `alone`: 40 ms, the rendezvous stopped too.
+//! - `alone`: 40 ms, the rendezvous stopped too;
+//! - `bittorrent`: 40 ms, the same package files as one torrent, seeded by
+//!   aria2 on the volunteers' hosts (opentracker on the rendezvous's
+//!   host), fetched by aria2 on the home host; against the gateway's time
+//!   in the same run. Runs before `dead`.
 //!
 //! Run as root: `bench/run hosts` (installs nginx and apt's tools, builds
 //! the `anonmirror` binary in release). Quick: `--rtts 40 --runs 1
@@ -75,7 +79,7 @@ struct Args {
     /// Runs per case (each way); medians reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Cases: rtt, capped, dead, alone (default: all).
+    /// Cases: rtt, capped, bittorrent, dead, alone (default: all).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// The `anonmirror` binary (default: target/release/anonmirror).
@@ -150,6 +154,8 @@ fn apt_run(host: &Host, dir: &Path, base: &str, repo: &AptRepo, names: &[&str]) 
 struct World {
     bed: Testbed,
     home: Host,
+    rendezvous_host: Host,
+    volunteer_hosts: Vec<Host>,
     mirror_addr: std::net::SocketAddr,
     rendezvous: RendezvousProc,
     volunteers: Vec<Daemon>,
@@ -185,11 +191,14 @@ impl World {
         );
         let (nginx, mirror_addr) =
             start_nginx(&Place::Host(mirror), repo.root(), &dir.join("nginx"), None)?;
-        let rendezvous = start_rendezvous(&Place::Host(rv), bin, &dir.join("rendezvous")).await?;
+        let rendezvous =
+            start_rendezvous(&Place::Host(rv.clone()), bin, &dir.join("rendezvous")).await?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let mut world = World {
             bed,
             home,
+            rendezvous_host: rv.clone(),
+            volunteer_hosts: volunteer_hosts.clone(),
             mirror_addr,
             rendezvous,
             volunteers: Vec::new(),
@@ -338,6 +347,7 @@ async fn main() -> Result<()> {
     let scratch = TestDir::new();
     let mut world = World::build(&args, &bin, scratch.path()).await?;
     let mut rows = Vec::new();
+    let mut bittorrent = None;
     if wants("rtt") {
         for &ms in &args.rtts {
             let rtt = Duration::from_millis(ms);
@@ -367,6 +377,25 @@ async fn main() -> Result<()> {
                 .bed
                 .set_link(&format!("volunteer{i}"), Link::delay(Duration::ZERO))?;
         }
+    }
+    if wants("bittorrent") {
+        let swarm = world.torrent_swarm()?;
+        let (mut bt, mut ours) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let t = tokio::task::block_in_place(|| swarm.leech(&world, run))?;
+            let g = world.through_gateway(&format!("bt-{run}")).await?;
+            println!(
+                "  bittorrent run {run}: aria2 {t:.2} s; gateway download {:.2} s, {:.0} % from peers",
+                g.download,
+                peer_share(&g)
+            );
+            bt.push(t);
+            ours.push(g.download);
+        }
+        bittorrent = Some((
+            median(&bt).context("no runs")?,
+            median(&ours).context("no runs")?,
+        ));
     }
     if wants("dead") || wants("alone") {
         for v in &mut world.volunteers {
@@ -405,5 +434,152 @@ async fn main() -> Result<()> {
             r.update / r.straight_update
         );
     }
+    if let Some((bt, ours)) = bittorrent {
+        println!(
+            "\nBitTorrent (aria2, opentracker), the same files from the same {} hosts at 40 ms: \
+             {bt:.2} s; apt-get download through the gateway: {ours:.2} s ({:.2}x the swarm's time)",
+            args.volunteers,
+            ours / bt
+        );
+    }
     Ok(())
+}
+
+/// A BitTorrent swarm of the package files: opentracker on the
+/// rendezvous's host, an aria2 seeder on each volunteer's host.
+struct TorrentSwarm {
+    torrent: PathBuf,
+    _tracker: anonmirror_testnet::testbed::Process,
+    _seeders: Vec<anonmirror_testnet::testbed::Process>,
+}
+
+impl TorrentSwarm {
+    /// aria2 on the home host fetches every file; the time it took.
+    fn leech(&self, world: &World, run: usize) -> Result<f64> {
+        let into = world.dir.join(format!("leech-{run}"));
+        std::fs::create_dir_all(&into)?;
+        let t = Instant::now();
+        let status = world
+            .home
+            .spawn(
+                std::process::Command::new("aria2c")
+                    .args(ARIA2_COMMON)
+                    .args(["--seed-time=0", "--listen-port=6991"])
+                    .arg("-d")
+                    .arg(&into)
+                    .arg(&self.torrent)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null()),
+            )?
+            .wait()?;
+        let took = t.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("aria2c on the home host failed: {status}");
+        }
+        let got = std::fs::read_dir(into.join("pool"))?.count();
+        if got != world.names.len() {
+            bail!("aria2c fetched {got} files of {}", world.names.len());
+        }
+        let _ = std::fs::remove_dir_all(&into);
+        Ok(took)
+    }
+}
+
+/// What every aria2c here runs with: no DHT, no local discovery, no peer
+/// exchange (only the tracker), no preallocation, quiet.
+const ARIA2_COMMON: &[&str] = &[
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false",
+    "--file-allocation=none",
+    "--check-certificate=false",
+    "--console-log-level=warn",
+    "--summary-interval=0",
+    "--bt-tracker-connect-timeout=5",
+];
+
+impl World {
+    fn torrent_swarm(&self) -> Result<TorrentSwarm> {
+        // The files, as one directory `pool/` (hard links to the
+        // repository's).
+        let seed = self.dir.join("seed");
+        let pool = seed.join("pool");
+        std::fs::create_dir_all(&pool)?;
+        for p in self.repo.packages() {
+            let name = p.file.file_name().context("a file name")?;
+            std::fs::hard_link(&p.file, pool.join(name))?;
+        }
+        let rv_host = &self.rendezvous_host;
+        let tracker_addr = std::net::SocketAddr::new(rv_host.addr().into(), 6969);
+        let tracker = rv_host.spawn(
+            std::process::Command::new("opentracker")
+                .args(["-i", &rv_host.addr().to_string(), "-p", "6969"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )?;
+        let torrent = self.dir.join("pool.torrent");
+        let made = std::process::Command::new("mktorrent")
+            .arg("-a")
+            .arg(format!("http://{tracker_addr}/announce"))
+            .arg("-o")
+            .arg(&torrent)
+            .arg(&pool)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !made.success() {
+            bail!("mktorrent failed: {made}");
+        }
+        let mut seeders = Vec::new();
+        for host in &self.volunteer_hosts {
+            seeders.push(
+                host.spawn(
+                    std::process::Command::new("aria2c")
+                        .args(ARIA2_COMMON)
+                        .args([
+                            "--seed-ratio=0.0",
+                            "--bt-seed-unverified=true",
+                            "--listen-port=6881",
+                        ])
+                        .arg("-d")
+                        .arg(&seed)
+                        .arg(&torrent)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null()),
+                )?,
+            );
+        }
+        // The seeders announce within a moment; the tracker answers the
+        // leecher with whoever announced by then, so wait until each
+        // seeder's port is open.
+        for host in &self.volunteer_hosts {
+            let at = std::net::SocketAddr::new(host.addr().into(), 6881);
+            let mut up = false;
+            for _ in 0..200 {
+                if self
+                    .home
+                    .run(|| {
+                        Ok(std::net::TcpStream::connect_timeout(
+                            &at,
+                            Duration::from_secs(1),
+                        ))
+                    })?
+                    .is_ok()
+                {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !up {
+                bail!("an aria2 seeder did not open its port");
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(TorrentSwarm {
+            torrent,
+            _tracker: tracker,
+            _seeders: seeders,
+        })
+    }
 }
