@@ -464,7 +464,12 @@ impl TorrentSwarm {
             .spawn(
                 std::process::Command::new("aria2c")
                     .args(ARIA2_COMMON)
-                    .args(["--seed-time=0", "--listen-port=6991"])
+                    // Bounded: a swarm that stops moving ends the run.
+                    .args([
+                        "--seed-time=0",
+                        "--listen-port=6991",
+                        "--bt-stop-timeout=60",
+                    ])
                     .arg("-d")
                     .arg(&into)
                     .arg(&self.torrent)
@@ -512,12 +517,6 @@ impl World {
         }
         let rv_host = &self.rendezvous_host;
         let tracker_addr = std::net::SocketAddr::new(rv_host.addr().into(), 6969);
-        let tracker = rv_host.spawn(
-            std::process::Command::new("opentracker")
-                .args(["-i", &rv_host.addr().to_string(), "-p", "6969"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null()),
-        )?;
         let torrent = self.dir.join("pool.torrent");
         let made = std::process::Command::new("mktorrent")
             .arg("-a")
@@ -530,6 +529,28 @@ impl World {
         if !made.success() {
             bail!("mktorrent failed: {made}");
         }
+        // Debian's opentracker serves only the torrents its whitelist
+        // names (by info hash).
+        let shown = std::process::Command::new("aria2c")
+            .arg("-S")
+            .arg(&torrent)
+            .output()?;
+        let info_hash = String::from_utf8_lossy(&shown.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
+            .context("aria2c -S printed no info hash")?;
+        let whitelist = self.dir.join("whitelist.txt");
+        std::fs::write(&whitelist, format!("{info_hash}\n"))?;
+        let conf = self.dir.join("opentracker.conf");
+        std::fs::write(&conf, format!("access.whitelist {}\n", whitelist.display()))?;
+        let tracker = rv_host.spawn(
+            std::process::Command::new("opentracker")
+                .arg("-f")
+                .arg(&conf)
+                .args(["-i", &rv_host.addr().to_string(), "-p", "6969"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )?;
         let mut seeders = Vec::new();
         for host in &self.volunteer_hosts {
             seeders.push(
