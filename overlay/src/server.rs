@@ -406,8 +406,10 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     continue;
                 }
                 tracing::trace!(item = %Sensitive::new(item), offset, len, "peer server: request");
-                if want_meta {
-                    send_meta(channel, shared, &item, &reader, &mut outbound).await?;
+                // An `Error` instead of the meta is the whole answer: data
+                // after it would be read as the next request's.
+                if want_meta && !send_meta(channel, shared, &item, &reader, &mut outbound).await? {
+                    continue;
                 }
                 let reader = Arc::new(reader);
                 send_range(channel, shared, cancel, reader, offset, len, &mut blocks).await?;
@@ -418,17 +420,20 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
+/// Sends the item's `Meta` and outboard; `false` when an `Error` went
+/// instead (the answer ends there).
 async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
     shared: &Shared,
     item: &ItemKey,
     reader: &ItemReader,
     outbound: &mut Vec<u8>,
-) -> anonmirror_channel::Result<()> {
+) -> anonmirror_channel::Result<bool> {
     let outboard = match shared.store.outboard(item) {
         Ok(Some(ob)) => ob,
         Ok(None) | Err(_) => {
-            return send_error(channel, ErrorCode::Internal, "store failure").await;
+            send_error(channel, ErrorCode::Internal, "store failure").await?;
+            return Ok(false);
         }
     };
     send(
@@ -456,7 +461,7 @@ async fn send_meta<S: AsyncRead + AsyncWrite + Unpin + Send>(
         channel.send(outbound).await?;
         offset += part.len() as u64;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Bytes read from disk per blocking read.

@@ -57,11 +57,11 @@ pub use report::{Blame, Outcome, PeerReport, SwarmError, SwarmReport};
 pub use sink::{FileSink, Sink};
 pub use worker::{HANDSHAKE_MIN, HANDSHAKE_RTTS, handshake_allowance};
 
-use sched::{Done, PeerChannel, Piece, Sched, Shared, piece_size};
+use sched::{Done, Piece, Sched, Shared, piece_size};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use worker::{fetch_tree, worker};
+use worker::{Link, fetch_tree, worker};
 
 use anonmirror_core::{ItemKey, Sensitive};
 use tokio::sync::{Notify, mpsc};
@@ -223,7 +223,7 @@ async fn run_attempt<T>(
     peers: &[PeerAddr],
     usable: &[bool],
     source: usize,
-    source_channel: PeerChannel,
+    source_channel: Link,
     source_started: Instant,
     sink: &mut dyn Sink,
 ) -> std::io::Result<(Vec<(usize, PeerReport)>, Verdict)>

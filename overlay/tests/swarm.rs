@@ -823,22 +823,24 @@ async fn a_server_whose_listener_is_gone_says_so() {
     server.shutdown().await;
 }
 
-/// Items one after another from one peer, with a channel pool: the second
-/// item goes over the first one's channel (the peer accepted one channel),
-/// and a channel the peer closed while it waited is replaced without the
-/// peer being called unavailable.
+/// Items from one peer with a channel pool: one after another and several
+/// at once, they all go over one channel, requests pipelined and answers
+/// routed to each download in turn; a channel the peer closed is replaced
+/// without the peer being called unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_channel_carries_the_next_item_and_a_closed_one_is_replaced() {
-    let (a, data_a) = item_bytes(300_000, 21);
-    let (b, data_b) = item_bytes(70_000, 22);
-    let (c, data_c) = item_bytes(5_000, 23);
+async fn a_peer_s_items_share_one_pipelined_channel_and_a_closed_one_is_replaced() {
+    let items: Vec<(ItemKey, Vec<u8>)> = [300_000, 70_000, 5_000, 1_300_000, 16_384]
+        .iter()
+        .zip(21..)
+        .map(|(len, seed)| item_bytes(*len, seed))
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = ServerConfig {
         idle_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let items = [(&a, &data_a[..]), (&b, &data_b[..]), (&c, &data_c[..])];
-    let (h, peer) = honest(dir.path(), &items, cfg).await;
+    let stored: Vec<(&ItemKey, &[u8])> = items.iter().map(|(k, d)| (k, &d[..])).collect();
+    let (h, peer) = honest(dir.path(), &stored, cfg).await;
     let channels = || {
         h.stats()
             .clients_served
@@ -847,36 +849,53 @@ async fn a_pooled_channel_carries_the_next_item_and_a_closed_one_is_replaced() {
     let mut cfg = config();
     let pool = swarm::ChannelPool::default();
     cfg.pool = Some(pool.clone());
-    let get = |key, data: &[u8]| {
-        let (cfg, peer, size) = (cfg.clone(), peer.clone(), data.len() as u64);
+    let get = |i: usize| {
+        let (cfg, peer) = (cfg.clone(), peer.clone());
+        let (key, data) = items[i].clone();
         async move {
             let mut out = Vec::new();
-            let report = swarm::download(&TcpTransport, &cfg, key, size, &[peer], &mut out)
-                .await
-                .expect("download completes");
-            (out, report)
+            let report = swarm::download(
+                &TcpTransport,
+                &cfg,
+                key,
+                data.len() as u64,
+                &[peer],
+                &mut out,
+            )
+            .await
+            .expect("download completes");
+            assert!(out == data, "item {i} arrives whole and right");
+            assert_eq!(report.peers[0].outcome, Outcome::Served, "{report:?}");
         }
     };
-    let (got, _) = get(a, &data_a).await;
-    assert!(got == data_a);
-    assert_eq!(pool.idle_count(), 1, "the channel waits for the next item");
-    let (got, _) = get(b, &data_b).await;
-    assert!(got == data_b);
+    get(0).await;
+    assert_eq!(pool.open_count(), 1, "the channel stays open");
+    get(1).await;
     assert_eq!(channels(), 1, "the second item came over the first channel");
+    // Four at once (one of several pieces): still the one channel.
+    tokio::join!(get(1), get(2), get(3), get(4));
+    assert_eq!(
+        channels(),
+        1,
+        "concurrent items pipelined on the one channel"
+    );
 
-    // The peer idles the channel out (300 ms) while it waits in the pool.
+    // The peer idles the channel out (300 ms) while the pool keeps it: the
+    // next item finds it closed, and goes over a new one, the peer served.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(pool.idle_count(), 1, "the pool does not know yet");
-    let (got, report) = get(c, &data_c).await;
-    assert!(got == data_c, "the item, over a new channel");
-    assert_eq!(report.peers[0].outcome, Outcome::Served, "{report:?}");
+    get(2).await;
     assert_eq!(channels(), 2);
 
     // Without a pool every item opens its own channel.
-    let (got, _) = fetch(a, data_a.len() as u64, std::slice::from_ref(&peer)).await;
-    assert!(got == data_a);
-    let (got, _) = fetch(b, data_b.len() as u64, &[peer]).await;
-    assert!(got == data_b);
+    let (got, _) = fetch(
+        items[0].0,
+        items[0].1.len() as u64,
+        std::slice::from_ref(&peer),
+    )
+    .await;
+    assert!(got == items[0].1);
+    let (got, _) = fetch(items[1].0, items[1].1.len() as u64, &[peer]).await;
+    assert!(got == items[1].1);
     assert_eq!(channels(), 4);
     h.shutdown().await;
 }

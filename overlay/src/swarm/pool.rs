@@ -1,98 +1,332 @@
-//! Channels kept open between items: a download's channel to a peer, once
-//! it has no request outstanding, waits here for the next item from that
-//! peer, so that item costs no TCP connect, no Noise handshake and no new
-//! slow start, only its request's round trip.
+//! One channel per peer, kept open between items and shared by them: every
+//! request to the peer goes on it, pipelined (sent without waiting for the
+//! answers before it), and the answers, which the peer server sends in
+//! request order, are handed to each requester in turn. A package from a
+//! peer already in use then costs one round trip and no TCP slow start:
+//! the channel's congestion window is as warm as a single connection to a
+//! mirror.
 //!
-//! Like an HTTP client's keep-alive pool: one channel carries one item at
-//! a time (concurrent items to one peer open more channels), idle channels
-//! are reused newest first, at most [`ChannelPool::MAX_IDLE_PER_PEER`] wait
-//! per peer, and none waits longer than [`ChannelPool::IDLE`] (well under
-//! a peer server's idle timeout, after which it closes channels it serves:
-//! a channel past it would fail its next request).
+//! A [`PeerConn`] is two tasks around a split channel: the writer sends
+//! each request after registering what its answer will be (the meta and
+//! outboard if asked, then `len` bytes of data, or one `NotFound`, `Busy`
+//! or `Error`); the reader forwards each message to the requester at the
+//! head of that queue, and moves to the next when the answer is complete.
+//! A requester that went away (its item done elsewhere) has the rest of its
+//! answer read and dropped. A message that fits no answer breaks the
+//! channel: the requester it reached judges it (blame), the others see the
+//! channel closed.
 //!
-//! Reuse links items only as a new connection to the same peer would: the
+//! A channel with no request for [`ChannelPool::IDLE`] is closed (well under
+//! a peer server's idle timeout, after which the server would close it);
+//! one the peer closed is replaced at the next request. Sharing a channel
+//! links the items only as a new connection to the same peer would: the
 //! peer sees the same address and, over Tor, the same circuit, either way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anonmirror_channel::ChannelParams;
+use anonmirror_channel::noise::{RecvHalf, SendHalf};
+use anonmirror_channel::transport::{BoxStream, Transport};
 use anonmirror_core::PeerKey;
-use tokio::time::Instant;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
 
+use super::config::{PeerAddr, SwarmConfig};
+use super::report::{Blame, Outcome};
 use super::sched::PeerChannel;
+use super::worker::{channel_failed, dial};
+use crate::wire::{Message, Sender};
 
-/// The channels waiting for one peer session (with one set of channel
-/// parameters), oldest first, each with when it started waiting.
-type Waiting = Vec<(PeerChannel, Instant)>;
+/// Messages of one answer that may wait for a slow requester (each up to
+/// a Noise message, 64 KiB): past them the reader waits, and so do the
+/// answers behind.
+const ANSWER_QUEUE: usize = 32;
 
-/// Idle channels by peer session and channel parameters; clones share
-/// them.
+/// Requests that may wait for the writer.
+const ASK_QUEUE: usize = 64;
+
+/// A message of an answer, or why there will be no more.
+type Answered = Result<Vec<u8>, Outcome>;
+
+/// What a request's answer holds, so the reader knows where it ends.
+#[derive(Clone, Copy, Debug)]
+struct Expect {
+    meta: bool,
+    data: u64,
+}
+
+/// A request on its way to the writer.
+struct Ask {
+    bytes: Vec<u8>,
+    expect: Expect,
+    answers: mpsc::Sender<Answered>,
+}
+
+/// One peer's shared channel (see the module docs).
+#[derive(Debug)]
+pub(crate) struct PeerConn {
+    asks: mpsc::Sender<Ask>,
+    alive: Arc<AtomicBool>,
+}
+
+/// The messages answering one request, in order.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    rx: mpsc::Receiver<Answered>,
+}
+
+impl Answers {
+    /// The answer's next message, within `stall`.
+    pub(crate) async fn next(&mut self, stall: Duration) -> Result<Vec<u8>, Outcome> {
+        match tokio::time::timeout(stall, self.rx.recv()).await {
+            Err(_) => Err(Outcome::Stalled),
+            Ok(Some(answered)) => answered,
+            Ok(None) => Err(Outcome::Unavailable("closed".into())),
+        }
+    }
+}
+
+impl PeerConn {
+    /// Takes over `channel`; it closes after `idle` without a request.
+    fn start(channel: PeerChannel, idle: Duration) -> PeerConn {
+        let (send, recv) = channel.split();
+        let (asks, asks_rx) = mpsc::channel(ASK_QUEUE);
+        let (inflight, inflight_rx) = mpsc::unbounded_channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(write_requests(send, asks_rx, inflight, idle, alive.clone()));
+        tokio::spawn(read_answers(recv, inflight_rx, alive.clone()));
+        PeerConn { asks, alive }
+    }
+
+    /// Whether it still takes requests.
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.asks.is_closed()
+    }
+
+    /// Sends `request` (a `Request`) after those before it; its answer
+    /// comes as it arrives.
+    pub(crate) async fn ask(&self, request: &Message<'_>) -> Result<Answers, Outcome> {
+        let Message::Request { len, want_meta, .. } = request else {
+            return Err(Outcome::Unavailable("only requests are asked".into()));
+        };
+        let bytes = request
+            .encode()
+            .map_err(|e| Outcome::Unavailable(format!("encode: {e}")))?;
+        let (answers, rx) = mpsc::channel(ANSWER_QUEUE);
+        let ask = Ask {
+            bytes,
+            expect: Expect {
+                meta: *want_meta,
+                data: *len,
+            },
+            answers,
+        };
+        self.asks
+            .send(ask)
+            .await
+            .map_err(|_| Outcome::Unavailable("closed".into()))?;
+        Ok(Answers { rx })
+    }
+}
+
+async fn write_requests(
+    mut send: SendHalf<WriteHalf<BoxStream>>,
+    mut asks: mpsc::Receiver<Ask>,
+    inflight: mpsc::UnboundedSender<(Expect, mpsc::Sender<Answered>)>,
+    idle: Duration,
+    alive: Arc<AtomicBool>,
+) {
+    while let Ok(Some(ask)) = tokio::time::timeout(idle, asks.recv()).await {
+        // Registered before it is sent: the reader must know the answer
+        // it is about to see.
+        if inflight.send((ask.expect, ask.answers)).is_err() {
+            break;
+        }
+        if send.send(&ask.bytes).await.is_err() {
+            break;
+        }
+    }
+    // No more requests: the reader ends once the answers registered are
+    // read (dropping `inflight` tells it), which closes the channel.
+    alive.store(false, Ordering::Release);
+}
+
+async fn read_answers(
+    mut recv: RecvHalf<ReadHalf<BoxStream>>,
+    mut inflight: mpsc::UnboundedReceiver<(Expect, mpsc::Sender<Answered>)>,
+    alive: Arc<AtomicBool>,
+) {
+    let broke = 'answers: loop {
+        let Some((expect, to)) = inflight.recv().await else {
+            break 'answers None;
+        };
+        let mut answer = Answer::new(expect);
+        loop {
+            let mut buf = Vec::new();
+            match recv.recv_into(&mut buf).await {
+                Ok(true) => {}
+                Ok(false) => break 'answers Some((to, Outcome::Unavailable("closed".into()))),
+                Err(e) => break 'answers Some((to, channel_failed(e))),
+            }
+            let step = match Message::decode_from(Sender::Server, &buf) {
+                Ok(msg) => answer.after(&msg),
+                Err(e) => {
+                    let why = Outcome::Blamed(Blame::Protocol(e.to_string()));
+                    break 'answers Some((to, why));
+                }
+            };
+            // A requester that went away has the rest read and dropped.
+            let _ = to.send(Ok(buf)).await;
+            match step {
+                Step::More => {}
+                Step::Done => break,
+                // The requester judges what it got; the channel is over.
+                Step::Broken => break 'answers None,
+            }
+        }
+    };
+    alive.store(false, Ordering::Release);
+    if let Some((to, why)) = broke {
+        let _ = to.send(Err(why)).await;
+    }
+    // Everyone still waiting: the channel is gone.
+    inflight.close();
+    while let Some((_, to)) = inflight.recv().await {
+        let _ = to.send(Err(Outcome::Unavailable("closed".into()))).await;
+    }
+}
+
+/// Where one answer stands.
+struct Answer {
+    expect: Expect,
+    meta_seen: bool,
+    outboard_left: u64,
+    data_left: u64,
+}
+
+/// What a message did to its answer.
+enum Step {
+    More,
+    Done,
+    Broken,
+}
+
+impl Answer {
+    fn new(expect: Expect) -> Answer {
+        Answer {
+            expect,
+            meta_seen: false,
+            outboard_left: 0,
+            data_left: expect.data,
+        }
+    }
+
+    fn after(&mut self, msg: &Message<'_>) -> Step {
+        let meta_due = self.expect.meta && !self.meta_seen;
+        match msg {
+            Message::Meta { outboard_len, .. } if meta_due => {
+                self.meta_seen = true;
+                self.outboard_left = *outboard_len;
+                self.done_if_complete()
+            }
+            Message::Outboard { bytes, .. }
+                if !meta_due && bytes.len() as u64 <= self.outboard_left =>
+            {
+                self.outboard_left -= bytes.len() as u64;
+                self.done_if_complete()
+            }
+            Message::Data { bytes, .. }
+                if !meta_due && self.outboard_left == 0 && bytes.len() as u64 <= self.data_left =>
+            {
+                self.data_left -= bytes.len() as u64;
+                self.done_if_complete()
+            }
+            // Each ends its answer, whatever came before.
+            Message::NotFound { .. } | Message::Busy { .. } | Message::Error { .. } => Step::Done,
+            _ => Step::Broken,
+        }
+    }
+
+    fn done_if_complete(&self) -> Step {
+        let meta_done = !self.expect.meta || self.meta_seen;
+        if meta_done && self.outboard_left == 0 && self.data_left == 0 {
+            Step::Done
+        } else {
+            Step::More
+        }
+    }
+}
+
+/// The shared channels, one per peer session and channel parameters;
+/// clones share them.
 #[derive(Clone, Default)]
 pub struct ChannelPool {
-    idle: Arc<Mutex<HashMap<(PeerKey, ChannelParams), Waiting>>>,
+    conns: Arc<Mutex<HashMap<(PeerKey, ChannelParams), Slot>>>,
 }
+
+/// One peer's place in the pool: held while its channel is being opened,
+/// so that concurrent items wait for one handshake rather than race.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerConn>>>>;
 
 impl std::fmt::Debug for ChannelPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelPool")
-            .field("idle", &self.idle_count())
-            .finish()
+        f.debug_struct("ChannelPool").finish_non_exhaustive()
     }
 }
 
 impl ChannelPool {
-    /// Idle channels kept per peer.
-    pub const MAX_IDLE_PER_PEER: usize = 4;
-    /// How long a channel may wait unused.
+    /// How long a channel may go without a request.
     pub const IDLE: Duration = Duration::from_secs(20);
 
-    /// An idle channel to `peer` with `params`, newest first, if one is
-    /// there and not past [`ChannelPool::IDLE`].
-    pub(crate) fn take(&self, peer: &PeerKey, params: &ChannelParams) -> Option<PeerChannel> {
-        let mut idle = self.idle.lock().ok()?;
-        let key = (*peer, *params);
-        let waiting = idle.get_mut(&key)?;
-        let now = Instant::now();
-        let mut found = None;
-        while let Some((channel, since)) = waiting.pop() {
-            if now.duration_since(since) < Self::IDLE {
-                found = Some(channel);
-                break;
-            }
-        }
-        if waiting.is_empty() {
-            idle.remove(&key);
-        }
-        found
-    }
-
-    /// Keeps `channel` (no request outstanding on it) for the next item
-    /// from `peer`; the oldest waiting channel to that peer is closed if
-    /// there are too many.
-    pub(crate) fn put(&self, peer: &PeerKey, params: &ChannelParams, channel: PeerChannel) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
+    /// The shared channel to `peer`, opened (connect and handshake) if
+    /// there is none or it has closed. `Ok((conn, reused))`.
+    pub(crate) async fn conn<T: Transport>(
+        &self,
+        transport: &T,
+        config: &SwarmConfig,
+        peer: &PeerAddr,
+    ) -> Result<(Arc<PeerConn>, bool), Outcome> {
+        let slot = {
+            let mut conns = self
+                .conns
+                .lock()
+                .map_err(|_| Outcome::Unavailable("pool lock poisoned".into()))?;
+            conns.retain(|_, s| {
+                s.try_lock()
+                    .map_or(true, |c| c.as_ref().is_some_and(|c| c.is_alive()))
+            });
+            conns.entry((peer.key, config.params)).or_default().clone()
         };
-        let now = Instant::now();
-        // Expired channels of every peer go now: the pool holds only live
-        // ones (each is a socket and a peer's client slot).
-        idle.retain(|_, waiting| {
-            waiting.retain(|(_, since)| now.duration_since(*since) < Self::IDLE);
-            !waiting.is_empty()
-        });
-        let waiting = idle.entry((*peer, *params)).or_default();
-        waiting.push((channel, now));
-        if waiting.len() > Self::MAX_IDLE_PER_PEER {
-            waiting.remove(0);
+        let mut held = slot.lock().await;
+        if let Some(conn) = held.as_ref().filter(|c| c.is_alive()) {
+            return Ok((conn.clone(), true));
+        }
+        let channel = dial(transport, config, peer).await?;
+        let conn = Arc::new(PeerConn::start(channel, Self::IDLE));
+        *held = Some(conn.clone());
+        Ok((conn, false))
+    }
+
+    /// Closes (for new requests) the channel to `peer`: it failed.
+    pub(crate) fn forget(&self, peer: &PeerKey, params: &ChannelParams) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(&(*peer, *params));
         }
     }
 
-    /// Idle channels now (all peers).
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .map_or(0, |idle| idle.values().map(Vec::len).sum())
+    /// Channels open now (all peers).
+    pub fn open_count(&self) -> usize {
+        self.conns.lock().map_or(0, |conns| {
+            conns
+                .values()
+                .filter(|s| {
+                    s.try_lock()
+                        .is_ok_and(|c| c.as_ref().is_some_and(|c| c.is_alive()))
+                })
+                .count()
+        })
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{PeerAddr, SwarmConfig};
+use super::pool::{Answers, PeerConn};
 use super::report::{Blame, Outcome, PeerReport};
 use super::sched::{Done, PeerChannel, Shared, piece_size};
 use crate::wire::{MAX_DATA_HEADER, Message, Sender, data_header_len};
@@ -19,9 +20,20 @@ use anonmirror_channel::noise::TAG_LEN;
 use anonmirror_channel::transport::Transport;
 use anonmirror_store::verify::{GROUP_SIZE, Tree, outboard_len};
 
+/// How a worker talks to its peer: a channel of its own (closed with the
+/// item), or the peer's shared channel from the pool, with the answers of
+/// the requests it has outstanding there, oldest first.
+pub(crate) enum Link {
+    Own(PeerChannel),
+    Shared {
+        conn: Arc<PeerConn>,
+        answers: VecDeque<Answers>,
+    },
+}
+
 /// Ask `peer` for the item's tree and, in the same request, for the
 /// first piece (saving a round trip per item: most packages are one
-/// piece); on success the channel is kept, the first piece's `Data` on
+/// piece); on success the link is kept, the first piece's `Data` on
 /// its way.
 pub(crate) async fn fetch_tree<T>(
     transport: &T,
@@ -29,45 +41,81 @@ pub(crate) async fn fetch_tree<T>(
     item: ItemKey,
     size: u64,
     peer: &PeerAddr,
-) -> Result<(Tree, PeerChannel), Outcome>
+) -> Result<(Tree, Link), Outcome>
 where
     T: Transport,
 {
-    if let Some(channel) = config
-        .pool
-        .as_ref()
-        .and_then(|p| p.take(&peer.key, &config.params))
-    {
-        match ask_tree(channel, config, item, size).await {
-            // The peer closed the idle channel meanwhile (it restarted,
-            // or idled it out): once more on a new one.
-            Err(Outcome::Unavailable(_)) => {}
-            answered => return answered,
+    let request = Message::Request {
+        item,
+        offset: 0,
+        len: piece_size(config).min(size),
+        want_meta: true,
+    };
+    let Some(pool) = &config.pool else {
+        let mut channel = dial(transport, config, peer).await?;
+        send(&mut channel, &request).await?;
+        let mut buf = Vec::new();
+        let mut next = Next::Own(&mut channel, &mut buf, config.stall_timeout);
+        let tree = read_tree(&mut next, item, size).await?;
+        return Ok((tree, Link::Own(channel)));
+    };
+    let (conn, reused) = pool.conn(transport, config, peer).await?;
+    match ask_tree(&conn, config, &request, item, size).await {
+        Ok((tree, answers)) => Ok((tree, Link::Shared { conn, answers })),
+        // The peer closed the kept channel meanwhile (it restarted, or
+        // idled it out): once more on a new one.
+        Err(Outcome::Unavailable(_)) if reused => {
+            pool.forget(&peer.key, &config.params);
+            let (conn, _) = pool.conn(transport, config, peer).await?;
+            let (tree, answers) = ask_tree(&conn, config, &request, item, size).await?;
+            Ok((tree, Link::Shared { conn, answers }))
         }
+        Err(outcome) => Err(outcome),
     }
-    let channel = dial(transport, config, peer).await?;
-    ask_tree(channel, config, item, size).await
 }
 
-/// The tree request on `channel`, and its answer.
+/// The tree request on a shared channel; the answers stay pending for the
+/// first piece.
 async fn ask_tree(
-    mut channel: PeerChannel,
+    conn: &PeerConn,
     config: &SwarmConfig,
+    request: &Message<'_>,
     item: ItemKey,
     size: u64,
-) -> Result<(Tree, PeerChannel), Outcome> {
-    send(
-        &mut channel,
-        &Message::Request {
-            item,
-            offset: 0,
-            len: piece_size(config).min(size),
-            want_meta: true,
-        },
+) -> Result<(Tree, VecDeque<Answers>), Outcome> {
+    let mut answers = conn.ask(request).await?;
+    let tree = read_tree(
+        &mut Next::Shared(&mut answers, config.stall_timeout),
+        item,
+        size,
     )
     .await?;
-    let mut buf = Vec::new();
-    let (claimed, root, ob_len) = match recv(&mut channel, &mut buf, config.stall_timeout).await? {
+    Ok((tree, VecDeque::from([answers])))
+}
+
+/// Where the next message of an answer comes from, within a stall time.
+enum Next<'a> {
+    Own(&'a mut PeerChannel, &'a mut Vec<u8>, Duration),
+    Shared(&'a mut Answers, Duration),
+}
+
+impl Next<'_> {
+    async fn next(&mut self) -> Result<Vec<u8>, Outcome> {
+        match self {
+            Next::Own(channel, buf, stall) => {
+                recv_raw(channel, buf, *stall).await?;
+                Ok(std::mem::take(*buf))
+            }
+            Next::Shared(answers, stall) => answers.next(*stall).await,
+        }
+    }
+}
+
+/// Reads `Meta` and the outboard from `next` (each call the next message
+/// of the answer) and checks them against the index's `size`.
+async fn read_tree(next: &mut Next<'_>, item: ItemKey, size: u64) -> Result<Tree, Outcome> {
+    let buf = next.next().await?;
+    let (claimed, root, ob_len) = match decode(&buf)? {
         Message::Meta {
             item: it,
             size: claimed,
@@ -84,7 +132,8 @@ async fn ask_tree(
     }
     let mut outboard = Vec::with_capacity(ob_len as usize);
     while (outboard.len() as u64) < ob_len {
-        match recv(&mut channel, &mut buf, config.stall_timeout).await? {
+        let buf = next.next().await?;
+        match decode(&buf)? {
             Message::Outboard { offset, bytes }
                 if offset == outboard.len() as u64 && offset + bytes.len() as u64 <= ob_len =>
             {
@@ -93,10 +142,13 @@ async fn ask_tree(
             other => return Err(unexpected_answer(other)),
         }
     }
-    match Tree::new(size, root, outboard) {
-        Ok(tree) => Ok((tree, channel)),
-        Err(_) => Err(Outcome::Blamed(Blame::BadOutboard)),
-    }
+    Tree::new(size, root, outboard).map_err(|_| Outcome::Blamed(Blame::BadOutboard))
+}
+
+/// A server message, or the blame for one that does not decode.
+fn decode(buf: &[u8]) -> Result<Message<'_>, Outcome> {
+    Message::decode_from(Sender::Server, buf)
+        .map_err(|e| Outcome::Blamed(Blame::Protocol(e.to_string())))
 }
 
 /// What an answer that is not the expected one says about the peer.
@@ -135,29 +187,31 @@ pub fn handshake_allowance(connected: Duration, limit: Duration) -> Duration {
         .min(limit)
 }
 
-/// A channel to `peer`: an idle one from the pool if there is one, else a
-/// new one.
+/// A link to `peer`: its shared channel when there is a pool, else a new
+/// channel of the worker's own.
 pub(crate) async fn open<T>(
     transport: &T,
     config: &SwarmConfig,
     peer: &PeerAddr,
-) -> Result<PeerChannel, Outcome>
+) -> Result<Link, Outcome>
 where
     T: Transport,
 {
-    if let Some(channel) = config
-        .pool
-        .as_ref()
-        .and_then(|p| p.take(&peer.key, &config.params))
-    {
-        return Ok(channel);
+    match &config.pool {
+        Some(pool) => {
+            let (conn, _) = pool.conn(transport, config, peer).await?;
+            Ok(Link::Shared {
+                conn,
+                answers: VecDeque::new(),
+            })
+        }
+        None => Ok(Link::Own(dial(transport, config, peer).await?)),
     }
-    dial(transport, config, peer).await
 }
 
 /// A new channel to `peer`: connect, then the handshake within its
 /// allowance.
-async fn dial<T>(
+pub(crate) async fn dial<T>(
     transport: &T,
     config: &SwarmConfig,
     peer: &PeerAddr,
@@ -192,6 +246,20 @@ pub(crate) async fn send<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .map_err(|e| Outcome::Unavailable(format!("send: {e}")))
 }
 
+/// Receive one server message's bytes into `buf` within `stall`.
+async fn recv_raw<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    channel: &mut Channel<S>,
+    buf: &mut Vec<u8>,
+    stall: Duration,
+) -> Result<(), Outcome> {
+    match tokio::time::timeout(stall, channel.recv_into(buf)).await {
+        Err(_) => Err(Outcome::Stalled),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(Outcome::Unavailable("closed".into())),
+        Ok(Err(e)) => Err(channel_failed(e)),
+    }
+}
+
 /// Receive one server message within `stall`.
 pub(crate) async fn recv<'b, S: AsyncRead + AsyncWrite + Unpin + Send>(
     channel: &mut Channel<S>,
@@ -224,7 +292,7 @@ pub(crate) async fn worker<T>(
     shared: Arc<Shared>,
     me: usize,
     peer: PeerAddr,
-    channel: Option<PeerChannel>,
+    channel: Option<Link>,
     asked: Option<usize>,
     started: Instant,
     done: mpsc::Sender<Done>,
@@ -255,7 +323,7 @@ pub(crate) async fn work<T>(
     shared: &Shared,
     me: usize,
     peer: &PeerAddr,
-    channel: Option<PeerChannel>,
+    channel: Option<Link>,
     asked: Option<usize>,
     done: &mpsc::Sender<Done>,
     bytes: &mut u64,
@@ -310,7 +378,7 @@ where
                     }
                 }
             }
-            let Some(ch) = channel.as_mut() else { break };
+            let Some(link) = channel.as_mut() else { break };
             let (start, end) = shared.piece_range(piece);
             outstanding.push_back(piece);
             let request = Message::Request {
@@ -319,7 +387,13 @@ where
                 len: end - start,
                 want_meta: false,
             };
-            if let Err(outcome) = send(ch, &request).await {
+            let sent = match link {
+                Link::Own(ch) => send(ch, &request).await,
+                Link::Shared { conn, answers } => {
+                    conn.ask(&request).await.map(|a| answers.push_back(a))
+                }
+            };
+            if let Err(outcome) = sent {
                 release_all(&outstanding);
                 return outcome;
             }
@@ -328,11 +402,6 @@ where
             // Nothing to claim now: wait for a change, or end.
             let notified = shared.changed.notified();
             if shared.sched().finished {
-                // Nothing outstanding: the channel is clean, and waits
-                // for this peer's next item.
-                if let (Some(pool), Some(ch)) = (&config.pool, channel.take()) {
-                    pool.put(&peer.key, &config.params, ch);
-                }
                 return if served_any {
                     Outcome::Served
                 } else {
@@ -346,9 +415,22 @@ where
             }
             continue;
         };
-        let Some(ch) = channel.as_mut() else {
+        let Some(link) = channel.as_mut() else {
             release_all(&outstanding);
             return Outcome::Unavailable("no channel".into());
+        };
+        let receiving = async {
+            match link {
+                Link::Own(ch) => {
+                    receive_piece(ch, shared, piece, &mut buf, config.stall_timeout).await
+                }
+                Link::Shared { answers, .. } => match answers.pop_front() {
+                    Some(mut a) => {
+                        receive_answered_piece(&mut a, shared, piece, config.stall_timeout).await
+                    }
+                    None => Err(Outcome::Unavailable("no answer pending".into())),
+                },
+            }
         };
         let received = tokio::select! {
             _ = shared.stop.cancelled() => {
@@ -357,7 +439,7 @@ where
                 release_all(&outstanding);
                 return if served_any { Outcome::Served } else { Outcome::Slow };
             }
-            r = receive_piece(ch, shared, piece, &mut buf, config.stall_timeout) => r,
+            r = receiving => r,
         };
         match received {
             Ok(data) => {
@@ -443,22 +525,62 @@ pub(crate) async fn receive_piece<S: AsyncRead + AsyncWrite + Unpin + Send>(
             verdict?;
             data[pos - MAX_DATA_HEADER..pos].copy_from_slice(&saved);
         }
-        // Check every chunk group now complete.
-        while checked < data.len() as u64 {
-            let group = (start + checked) / GROUP_SIZE;
-            let range = shared.tree.group_range(group);
-            if range.end > start + data.len() as u64 {
-                break;
-            }
-            let slice = &data[(range.start - start) as usize..(range.end - start) as usize];
-            if !shared.tree.verify_group(group, slice) {
-                return Err(Outcome::Blamed(Blame::BadData {
-                    offset: range.start,
-                }));
-            }
-            shared.progress.add(range.end - range.start);
-            checked = range.end - start;
+        check_groups(shared, start, &data, &mut checked)?;
+    }
+    Ok(data)
+}
+
+/// Checks every chunk group of a piece starting at `start` that `data` now
+/// completes past the `checked` bytes already verified.
+fn check_groups(
+    shared: &Shared,
+    start: u64,
+    data: &[u8],
+    checked: &mut u64,
+) -> Result<(), Outcome> {
+    while *checked < data.len() as u64 {
+        let group = (start + *checked) / GROUP_SIZE;
+        let range = shared.tree.group_range(group);
+        if range.end > start + data.len() as u64 {
+            break;
         }
+        let slice = &data[(range.start - start) as usize..(range.end - start) as usize];
+        if !shared.tree.verify_group(group, slice) {
+            return Err(Outcome::Blamed(Blame::BadData {
+                offset: range.start,
+            }));
+        }
+        shared.progress.add(range.end - range.start);
+        *checked = range.end - start;
+    }
+    Ok(())
+}
+
+/// [`receive_piece`] from a shared channel's answer: the same checks, on
+/// messages the channel's reader hands over (one copy more than on a
+/// channel of the worker's own).
+async fn receive_answered_piece(
+    answers: &mut Answers,
+    shared: &Shared,
+    piece: usize,
+    stall: Duration,
+) -> Result<Vec<u8>, Outcome> {
+    let (start, end) = shared.piece_range(piece);
+    let len = (end - start) as usize;
+    let mut data = shared.pieces.take(len);
+    let mut checked = 0u64;
+    while data.len() < len {
+        let buf = answers.next(stall).await?;
+        match decode(&buf)? {
+            Message::Data { offset, bytes }
+                if offset == start + data.len() as u64 && data.len() + bytes.len() <= len =>
+            {
+                data.extend_from_slice(&bytes);
+            }
+            Message::Data { .. } => return Err(out_of_order()),
+            other => return Err(unexpected_answer(other)),
+        }
+        check_groups(shared, start, &data, &mut checked)?;
     }
     Ok(data)
 }

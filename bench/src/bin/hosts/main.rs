@@ -272,7 +272,11 @@ impl World {
         let m = daemon.metrics().await;
         daemon.stop().await?;
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(&ddir);
+        // The daemon's log stays with the scratch directory when that is
+        // kept (ANONMIRROR_KEEP_TESTDIRS, as in the tests).
+        if std::env::var_os("ANONMIRROR_KEEP_TESTDIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&ddir);
+        }
         let m = m?;
         Ok(Run {
             from_peers: m.from_peers,
