@@ -147,6 +147,33 @@ impl LocalDirectory {
     }
 }
 
+impl LocalDirectory {
+    /// Up to `n` peers at random that `usable` accepts, those in `region`
+    /// first: the ones worth a channel before any request.
+    pub fn some(
+        &self,
+        n: usize,
+        region: Option<&str>,
+        usable: impl Fn(&Candidate) -> bool,
+    ) -> Vec<Candidate> {
+        let mut near = Vec::new();
+        let mut far = Vec::new();
+        for e in self.entries.iter().filter(|e| usable(&e.candidate)) {
+            if region.is_some() && e.region.as_deref() == region {
+                near.push(e.candidate.clone());
+            } else {
+                far.push(e.candidate.clone());
+            }
+        }
+        let mut entropy = OsEntropy;
+        shuffle(&mut near, &mut entropy);
+        shuffle(&mut far, &mut entropy);
+        near.extend(far);
+        near.truncate(n);
+        near
+    }
+}
+
 /// Fisher–Yates.
 fn shuffle<T>(items: &mut [T], entropy: &mut impl Entropy) {
     for i in (1..items.len()).rev() {

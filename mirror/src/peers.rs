@@ -149,7 +149,26 @@ pub struct RendezvousPeers {
     attempted: tokio::sync::watch::Sender<bool>,
     /// Where the directory's size is shown.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Handed a few peers of each directory installed, to open channels
+    /// to before any request.
+    warm_up: Option<WarmUpHook>,
 }
+
+/// Opens channels to the peers it is given (see
+/// [`RendezvousPeers::with_warm_up`]).
+pub type WarmUp = Arc<dyn Fn(Vec<Candidate>) + Send + Sync>;
+
+/// A [`WarmUp`], shown by name only.
+struct WarmUpHook(WarmUp);
+
+impl std::fmt::Debug for WarmUpHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WarmUp")
+    }
+}
+
+/// Peers of each directory a gateway opens channels to ahead of requests.
+pub const WARM_PEERS: usize = 4;
 
 impl RendezvousPeers {
     /// Ask `client`, preferring `region`, for up to `want` peers.
@@ -165,7 +184,16 @@ impl RendezvousPeers {
             directory: std::sync::RwLock::new(None),
             attempted: tokio::sync::watch::Sender::new(false),
             metrics: None,
+            warm_up: None,
         }
+    }
+
+    /// After each directory fetch, hands `warm_up` up to [`WARM_PEERS`]
+    /// of its peers (this node's region first), so that the package
+    /// manager's first request finds a channel open.
+    pub fn with_warm_up(mut self, warm_up: WarmUp) -> Self {
+        self.warm_up = Some(WarmUpHook(warm_up));
+        self
     }
 
     /// Shows the directory's size in `metrics`.
@@ -197,6 +225,10 @@ impl RendezvousPeers {
             let n = dir.len();
             if let Some(m) = &self.metrics {
                 m.directory(n);
+            }
+            if let Some(WarmUpHook(warm_up)) = &self.warm_up {
+                let own = self.own.lock().ok().and_then(|o| *o);
+                warm_up(dir.some(WARM_PEERS, self.region.as_deref(), |c| self.usable(c, own)));
             }
             if let Ok(mut d) = self.directory.write() {
                 *d = Some(Arc::new(dir));

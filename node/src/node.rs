@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anonmirror_core::Epoch;
 use anonmirror_mirror::job::{FetchConfig, Fetcher};
-use anonmirror_mirror::peers::{PeerSource, RendezvousPeers};
+use anonmirror_mirror::peers::{Candidate, PeerSource, RendezvousPeers, WarmUp};
 use anonmirror_mirror::repo::Repo;
 use anonmirror_mirror::upstream::Upstream;
 use anonmirror_mirror::{Gateway, Metrics};
@@ -92,6 +92,29 @@ impl Node {
             }
             None => None,
         };
+        let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
+        swarm.connect_timeout = Duration::from_secs(5);
+        swarm.stall_timeout = Duration::from_secs(5);
+        // One channel per peer, shared by every item and kept open between
+        // them: the next package from a peer costs one round trip, not
+        // three and a slow start.
+        let pool = ChannelPool::default();
+        swarm.pool = Some(pool.clone());
+        let prefetches = TaskTracker::new();
+        // Channels to a few peers of each directory open before the first
+        // request.
+        let warm_up: WarmUp = {
+            let (cfg, dialer, tasks) = (swarm.clone(), carrier.dialer.clone(), prefetches.clone());
+            Arc::new(move |peers: Vec<Candidate>| {
+                for c in peers {
+                    let (pool, dialer, mut cfg) = (pool.clone(), dialer.clone(), cfg.clone());
+                    cfg.params = c.params();
+                    tasks.spawn(async move {
+                        pool.warm(&dialer, &cfg, &c.addr).await;
+                    });
+                }
+            })
+        };
         // With the directory key pinned, candidates come from the signed
         // directory, matched here: no message per item. Without, the
         // rendezvous is asked per item (and learns which).
@@ -106,18 +129,13 @@ impl Node {
                     opts.lookup_want,
                 )
                 .reaching_onions(carrier.is_tor())
-                .with_metrics(metrics.clone());
+                .with_metrics(metrics.clone())
+                .with_warm_up(warm_up.clone());
                 Arc::new(match r.directory_key {
                     Some(key) => peers.with_directory(key),
                     None => peers,
                 })
             });
-        let mut swarm = SwarmConfig::new(ChannelParams::new(Level::Open, Epoch(0)));
-        swarm.connect_timeout = Duration::from_secs(5);
-        swarm.stall_timeout = Duration::from_secs(5);
-        // Channels stay open between items: the next package from the
-        // same peer costs one round trip, not three and a slow start.
-        swarm.pool = Some(ChannelPool::default());
         let work_dir = cache_dir.join("store").join("tmp");
         let fetcher = Arc::new(
             Fetcher::new(
@@ -201,7 +219,6 @@ impl Node {
         });
         let reannounce = Arc::new(tokio::sync::Notify::new());
         let summary = Arc::new(std::sync::Mutex::new(None));
-        let prefetches = TaskTracker::new();
         if policy.level.serves() {
             let client = rendezvous.ok_or_else(|| Error::Config {
                 key: "rendezvous",

@@ -868,8 +868,12 @@ async fn a_peer_s_items_share_one_pipelined_channel_and_a_closed_one_is_replaced
             assert_eq!(report.peers[0].outcome, Outcome::Served, "{report:?}");
         }
     };
+    // Opened ahead of any request, then used by the first item.
+    assert!(pool.warm(&TcpTransport, &cfg, &peer).await);
+    assert_eq!(pool.open_count(), 1);
     get(0).await;
     assert_eq!(pool.open_count(), 1, "the channel stays open");
+    assert_eq!(channels(), 1, "the first item came over the warmed channel");
     get(1).await;
     assert_eq!(channels(), 1, "the second item came over the first channel");
     // Four at once (one of several pieces): still the one channel.

@@ -310,6 +310,18 @@ impl ChannelPool {
         Ok((conn, false))
     }
 
+    /// Opens the channel to `peer` ahead of any request (if there is none),
+    /// so that the first item from it costs no connect and no handshake;
+    /// whether one is open now.
+    pub async fn warm<T: Transport>(
+        &self,
+        transport: &T,
+        config: &SwarmConfig,
+        peer: &PeerAddr,
+    ) -> bool {
+        self.conn(transport, config, peer).await.is_ok()
+    }
+
     /// Closes (for new requests) the channel to `peer`: it failed.
     pub(crate) fn forget(&self, peer: &PeerKey, params: &ChannelParams) {
         if let Ok(mut conns) = self.conns.lock() {
