@@ -36,6 +36,8 @@ pub struct Metrics {
     requests: AtomicU64,
     items_from_peers: AtomicU64,
     items_from_upstream: AtomicU64,
+    fetched_from_peers: AtomicU64,
+    fetched_from_upstream: AtomicU64,
     hedges: AtomicU64,
     blame_events: AtomicU64,
     served_to_peers: AtomicU64,
@@ -137,6 +139,12 @@ pub struct MetricsSnapshot {
     pub items_from_peers: u64,
     /// Items whose download the upstream completed.
     pub items_from_upstream: u64,
+    /// Bytes of the items peers downloaded (whoever they were handed to,
+    /// and when: an item read ahead may reach the package manager from the
+    /// store).
+    pub fetched_from_peers: u64,
+    /// Bytes of the items the upstream downloaded.
+    pub fetched_from_upstream: u64,
     /// Downloads where the upstream was started beside slow peers.
     pub hedges: u64,
     /// Peers blamed for bad data or broken protocol.
@@ -195,6 +203,8 @@ impl MetricsSnapshot {
                 "anonmirror_requests_total" => &mut s.requests,
                 "anonmirror_items_from_peers_total" => &mut s.items_from_peers,
                 "anonmirror_items_from_upstream_total" => &mut s.items_from_upstream,
+                "anonmirror_fetched_from_peers_bytes_total" => &mut s.fetched_from_peers,
+                "anonmirror_fetched_from_upstream_bytes_total" => &mut s.fetched_from_upstream,
                 "anonmirror_hedges_total" => &mut s.hedges,
                 "anonmirror_blame_events_total" => &mut s.blame_events,
                 "anonmirror_served_to_peers_bytes_total" => &mut s.served_to_peers,
@@ -243,10 +253,16 @@ impl Metrics {
     }
 
     /// A download completed by `source` (peers or upstream).
-    pub fn item_completed(&self, source: Source) {
+    pub fn item_completed(&self, source: Source, bytes: u64) {
         match source {
-            Source::Peers => add(&self.items_from_peers, 1),
-            Source::Upstream => add(&self.items_from_upstream, 1),
+            Source::Peers => {
+                add(&self.items_from_peers, 1);
+                add(&self.fetched_from_peers, bytes);
+            }
+            Source::Upstream => {
+                add(&self.items_from_upstream, 1);
+                add(&self.fetched_from_upstream, bytes);
+            }
             Source::Store => {}
         }
     }
@@ -328,6 +344,8 @@ impl Metrics {
             requests: g(&self.requests),
             items_from_peers: g(&self.items_from_peers),
             items_from_upstream: g(&self.items_from_upstream),
+            fetched_from_peers: g(&self.fetched_from_peers),
+            fetched_from_upstream: g(&self.fetched_from_upstream),
             hedges: g(&self.hedges),
             blame_events: g(&self.blame_events),
             served_to_peers: g(&self.served_to_peers),
@@ -349,7 +367,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "anonmirror_item_bytes_store_total",
                 "Item bytes handed to the package manager from the local store.",
@@ -389,6 +407,16 @@ impl Metrics {
                 "anonmirror_items_from_upstream_total",
                 "Item downloads completed by the upstream mirror.",
                 s.items_from_upstream,
+            ),
+            (
+                "anonmirror_fetched_from_peers_bytes_total",
+                "Bytes of the items peers downloaded.",
+                s.fetched_from_peers,
+            ),
+            (
+                "anonmirror_fetched_from_upstream_bytes_total",
+                "Bytes of the items the upstream mirror downloaded.",
+                s.fetched_from_upstream,
             ),
             (
                 "anonmirror_hedges_total",

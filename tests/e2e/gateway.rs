@@ -198,8 +198,8 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
     apt.update();
     check_files(&apt.download(&names(&specs)), repo.packages());
     let m = swarm.metrics(c);
-    assert_eq!(m.from_peers, total, "{m:?}");
-    assert_eq!(m.from_upstream, 0, "{m:?}");
+    assert_eq!(m.fetched_from_peers, total, "{m:?}");
+    assert_eq!(m.fetched_from_upstream, 0, "{m:?}");
     assert_eq!(m.blame_events, 0, "{m:?}");
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
     // The rendezvous, curious, learned no item: the gateways matched the
@@ -257,7 +257,7 @@ fn pacman_through_the_gateway_gets_packages_from_peers() {
     p.sync();
     check_files(&p.download(&names(&specs)), repo.packages());
     let m = swarm.metrics(c);
-    assert_eq!(m.from_peers, total, "{m:?}");
+    assert_eq!(m.fetched_from_peers, total, "{m:?}");
     assert_eq!(m.from_upstream, 0, "{m:?}");
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
 }

@@ -225,8 +225,14 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     apt(&world.home, &home, "apt-home");
     let m = home.gateway().metrics().snapshot();
-    assert_eq!((m.from_peers, m.from_upstream), (total, 0), "{m:?}");
-    assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
+    assert_eq!(
+        (m.fetched_from_peers, m.fetched_from_upstream),
+        (total, 0),
+        "{m:?}"
+    );
+    // The mirror may have seen a hedge (an item queued behind others on
+    // the peer's channel looks slow), never more than one per item.
+    assert!(package_requests(&nginx, repo.packages()) <= 2 * specs.len());
     assert_eq!(rv.served().lookups(), 0);
     world.home.block_on(home.stop());
 
@@ -248,7 +254,11 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
     world.volunteer.block_on(v.stop());
     apt(&world.home, &home2, "apt-home2");
     let m = home2.gateway().metrics().snapshot();
-    assert_eq!((m.from_peers, m.from_upstream), (0, total), "{m:?}");
+    assert_eq!(
+        (m.fetched_from_peers, m.fetched_from_upstream),
+        (0, total),
+        "{m:?}"
+    );
     world.home.block_on(home2.stop());
 
     // The rendezvous down too: still every package, from the mirror.
@@ -258,7 +268,11 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
         .node(Level::Off, &dir.path().join("home3"), &repos, &rv_at);
     apt(&world.home, &home3, "apt-home3");
     let m = home3.gateway().metrics().snapshot();
-    assert_eq!((m.from_peers, m.from_upstream), (0, total), "{m:?}");
+    assert_eq!(
+        (m.fetched_from_peers, m.fetched_from_upstream),
+        (0, total),
+        "{m:?}"
+    );
     world.home.block_on(home3.stop());
 }
 
@@ -300,7 +314,11 @@ fn pacman_between_hosts_gets_packages_from_a_peer() {
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     pacman(&world.home, &home, "pacman-home");
     let m = home.gateway().metrics().snapshot();
-    assert_eq!((m.from_peers, m.from_upstream), (total, 0), "{m:?}");
+    assert_eq!(
+        (m.fetched_from_peers, m.fetched_from_upstream),
+        (total, 0),
+        "{m:?}"
+    );
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
     world.home.block_on(home.stop());
     world.volunteer.block_on(v.stop());

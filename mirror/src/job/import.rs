@@ -31,7 +31,7 @@ impl Sources {
             .map(|f| f.path.as_path().to_path_buf())
             .ok_or(FetchError::NoFeed)?;
         // Counted when the last byte is there, before the store links it.
-        self.metrics.item_completed(source);
+        self.metrics.item_completed(source, want.size);
         let origin = match source {
             Source::Peers => Origin::Peer,
             _ => Origin::Upstream,

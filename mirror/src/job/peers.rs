@@ -279,7 +279,7 @@ impl Sources {
                     peers_us = started.elapsed().as_micros() as u64,
                     "item from peers"
                 );
-                self.metrics.item_completed(Source::Peers);
+                self.metrics.item_completed(Source::Peers, want.size);
                 match &report.verified {
                     Some(proof) => self.import(proof, &path, Origin::Peer).await,
                     None => Err(FetchError::NoProof),

@@ -121,6 +121,7 @@ struct Run {
     download: f64,
     from_peers: u64,
     from_upstream: u64,
+    hedges: u64,
 }
 
 /// apt-get update then apt-get download of `names` in `host`, with a fresh
@@ -279,8 +280,11 @@ impl World {
         }
         let m = m?;
         Ok(Run {
-            from_peers: m.from_peers,
-            from_upstream: m.from_upstream,
+            // What each source downloaded: an item read ahead and finished
+            // before apt asked for it reaches apt from the store.
+            from_peers: m.fetched_from_peers,
+            from_upstream: m.fetched_from_upstream,
+            hedges: m.hedges,
             ..run?
         })
     }
@@ -294,12 +298,13 @@ impl World {
             let g = self.through_gateway(&tag).await?;
             println!(
                 "  {name} run {run}: straight update {:.2} s download {:.2} s; gateway update {:.2} s \
-                 download {:.2} s, {:.0} % of package bytes from peers",
+                 download {:.2} s, {:.0} % of package bytes from peers, {} hedges",
                 s.update,
                 s.download,
                 g.update,
                 g.download,
-                peer_share(&g)
+                peer_share(&g),
+                g.hedges
             );
             straight.push(s);
             ours.push(g);
