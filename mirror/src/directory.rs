@@ -127,23 +127,13 @@ impl LocalDirectory {
                 .iter()
                 .any(|(name, v)| name == repository && *v >= version)
         };
-        let mut near = Vec::new();
-        let mut far = Vec::new();
-        for e in &self.entries {
-            if fresh(e) && e.header.may_contain(&e.filter, &hashes) && usable(&e.candidate) {
-                if region.is_some() && e.region.as_deref() == region {
-                    near.push(e.candidate.clone());
-                } else {
-                    far.push(e.candidate.clone());
-                }
-            }
-        }
-        let mut entropy = OsEntropy;
-        shuffle(&mut near, &mut entropy);
-        shuffle(&mut far, &mut entropy);
-        near.extend(far);
-        near.truncate(want);
-        near
+        pick(
+            self.entries.iter().filter(|e| {
+                fresh(e) && e.header.may_contain(&e.filter, &hashes) && usable(&e.candidate)
+            }),
+            region,
+            want,
+        )
     }
 }
 
@@ -156,22 +146,31 @@ impl LocalDirectory {
         region: Option<&str>,
         usable: impl Fn(&Candidate) -> bool,
     ) -> Vec<Candidate> {
-        let mut near = Vec::new();
-        let mut far = Vec::new();
-        for e in self.entries.iter().filter(|e| usable(&e.candidate)) {
-            if region.is_some() && e.region.as_deref() == region {
-                near.push(e.candidate.clone());
-            } else {
-                far.push(e.candidate.clone());
-            }
-        }
-        let mut entropy = OsEntropy;
-        shuffle(&mut near, &mut entropy);
-        shuffle(&mut far, &mut entropy);
-        near.extend(far);
-        near.truncate(n);
-        near
+        pick(
+            self.entries.iter().filter(|e| usable(&e.candidate)),
+            region,
+            n,
+        )
     }
+}
+
+/// Up to `n` of `entries`: those in `region` first, each tier in random
+/// order (so that gateways spread over the peers).
+fn pick<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    region: Option<&str>,
+    n: usize,
+) -> Vec<Candidate> {
+    let (mut near, mut far): (Vec<&Entry>, Vec<&Entry>) =
+        entries.partition(|e| region.is_some() && e.region.as_deref() == region);
+    let mut entropy = OsEntropy;
+    shuffle(&mut near, &mut entropy);
+    shuffle(&mut far, &mut entropy);
+    near.into_iter()
+        .chain(far)
+        .take(n)
+        .map(|e| e.candidate.clone())
+        .collect()
 }
 
 /// Fisher–Yates.

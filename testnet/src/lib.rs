@@ -81,6 +81,13 @@ pub fn require_tor() -> bool {
     } else {
         return true;
     };
+    skip(&why)
+}
+
+/// A test cannot run here, for `why`: under `CI=true` that is a failure
+/// (panics: CI never skips silently); otherwise it prints why and returns
+/// false, for the test to return early.
+pub(crate) fn skip(why: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{why}");
     }

@@ -16,8 +16,8 @@ use anonmirror_privacy::{Level, Repository, RepositoryKind};
 use anonmirror_rendezvous::{Rendezvous, ServerConfig};
 
 use crate::support::{
-    APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package, PacmanClient,
-    PacmanRepo, PkgSpec, TestDir, check_files, mixed_specs, names, require,
+    self, APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package,
+    PacmanClient, PacmanRepo, PkgSpec, TestDir, check_files, mixed_specs, names, require,
 };
 
 /// The notify secret of the test rendezvous.
@@ -114,23 +114,10 @@ impl Swarm {
         self.nodes[i].gateway().metrics().snapshot()
     }
 
-    /// Wait until node `i`'s store holds every one of `packages` (items
-    /// are linked into the store just after their last byte is served).
+    /// Wait until node `i`'s store holds every one of `packages`.
     fn wait_stored(&self, i: usize, packages: &[Package]) {
         let store = self.nodes[i].gateway().fetcher().store().clone();
-        self.rt.block_on(async {
-            for _ in 0..200 {
-                let held = store.list().expect("list");
-                if packages
-                    .iter()
-                    .all(|p| held.iter().any(|(k, _)| k.to_hex() == p.sha256))
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("node {i} did not store every package");
-        });
+        self.rt.block_on(support::wait_stored(&store, packages));
     }
 }
 

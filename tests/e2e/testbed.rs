@@ -20,8 +20,8 @@ use anonmirror_testnet::testbed::{Host, Link, Testbed, require_testbed};
 use tokio::runtime::Runtime;
 
 use crate::support::{
-    APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package, PacmanClient,
-    PacmanRepo, TestDir, check_files, mixed_specs, names, require,
+    self, APT_PROGRAMS, AptClient, AptRepo, Nginx, NginxOptions, PACMAN_PROGRAMS, Package,
+    PacmanClient, PacmanRepo, TestDir, check_files, mixed_specs, names, require,
 };
 
 /// The home's link: 20 ms round trips to every other host, 8 MiB/s.
@@ -135,19 +135,7 @@ impl World {
 /// Waits until `node`'s store holds every one of `packages`.
 fn wait_stored(place: &Place, node: &Node, packages: &[Package]) {
     let store = node.gateway().fetcher().store().clone();
-    place.block_on(async {
-        for _ in 0..400 {
-            let held = store.list().expect("list");
-            if packages
-                .iter()
-                .all(|p| held.iter().any(|(k, _)| k.to_hex() == p.sha256))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the volunteer did not store every package");
-    });
+    place.block_on(support::wait_stored(&store, packages));
 }
 
 /// Closes the volunteer's session and announces anew what it holds now;

@@ -435,3 +435,20 @@ pub fn without_proxy(cmd: &mut Command) -> &mut Command {
     }
     cmd
 }
+
+/// Waits (up to 10 s) until `store` holds every one of `packages`: a
+/// gateway links an item into its store just after the last byte went to
+/// the package manager.
+pub async fn wait_stored(store: &anonmirror_store::Store, packages: &[Package]) {
+    for _ in 0..400 {
+        let held = store.list().expect("list the store");
+        if packages
+            .iter()
+            .all(|p| held.iter().any(|(k, _)| k.to_hex() == p.sha256))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the store did not get every package within 10 s");
+}
