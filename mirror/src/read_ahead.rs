@@ -39,9 +39,9 @@ use tokio::sync::{Notify, mpsc};
 /// Requests read ahead of the one being answered, per connection.
 pub const MAX_AHEAD: usize = 16;
 /// The most bytes one read takes from the socket.
-const CHUNK: usize = 16 * 1024;
+pub const CHUNK: usize = 16 * 1024;
 /// Chunks waiting for hyper, per connection.
-const QUEUE_CHUNKS: usize = 4;
+pub const QUEUE_CHUNKS: usize = 4;
 /// The longest request head scanned; past it, scanning stops.
 pub const MAX_HEAD: usize = 16 * 1024;
 

@@ -36,7 +36,7 @@ pub struct SwarmConfig {
     /// Counts the bytes verified so far, shared by clones: give each
     /// download a fresh one to watch its progress.
     pub progress: Progress,
-    /// Where channels wait between items (see [`ChannelPool`]); `None`
+    /// The channels shared between items (see [`ChannelPool`](super::ChannelPool)); `None`
     /// closes each channel with its item.
     pub pool: Option<super::ChannelPool>,
 }
@@ -44,7 +44,9 @@ pub struct SwarmConfig {
 /// Bytes received and verified against the tree (chunk group by chunk
 /// group) by a download's workers, before they are delivered in order: the
 /// sign that peers are transferring, long before a whole piece is.
-/// Pieces fetched twice (work stealing, a restart) count twice.
+/// Pieces fetched twice (work stealing, a restart) count twice; while a
+/// request waits on a shared channel behind other answers, the bytes the
+/// channel moves for them count too (see [`ChannelPool`](super::ChannelPool)).
 #[derive(Clone, Debug, Default)]
 pub struct Progress(Arc<std::sync::atomic::AtomicU64>);
 

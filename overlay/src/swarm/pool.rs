@@ -12,7 +12,10 @@
 //! or `Error`); the reader forwards each message to the requester at the
 //! head of that queue, and moves to the next when the answer is complete.
 //! A requester that went away (its item done elsewhere) has the rest of its
-//! answer read and dropped. A message that fits no answer breaks the
+//! answer read and dropped. While a request waits behind others, the bytes
+//! the channel moves for them count as its download's progress: it is
+//! queued on a working channel, not stalled, and the gateway's hedge must
+//! not take it for a silent peer. A message that fits no answer breaks the
 //! channel: the requester it reached judges it (blame), the others see the
 //! channel closed.
 //!
@@ -34,7 +37,7 @@ use anonmirror_core::PeerKey;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::config::{PeerAddr, SwarmConfig};
+use super::config::{PeerAddr, Progress, SwarmConfig};
 use super::report::{Blame, Outcome};
 use super::sched::PeerChannel;
 use super::worker::{channel_failed, dial};
@@ -51,11 +54,13 @@ const ASK_QUEUE: usize = 64;
 /// A message of an answer, or why there will be no more.
 type Answered = Result<Vec<u8>, Outcome>;
 
-/// What a request's answer holds, so the reader knows where it ends.
-#[derive(Clone, Copy, Debug)]
+/// What a request's answer holds, so the reader knows where it ends, and
+/// whose download waits for it.
+#[derive(Clone, Debug)]
 struct Expect {
     meta: bool,
     data: u64,
+    progress: Progress,
 }
 
 /// A request on its way to the writer.
@@ -107,8 +112,13 @@ impl PeerConn {
     }
 
     /// Sends `request` (a `Request`) after those before it; its answer
-    /// comes as it arrives.
-    pub(crate) async fn ask(&self, request: &Message<'_>) -> Result<Answers, Outcome> {
+    /// comes as it arrives. `progress` is its download's: while it waits
+    /// behind other answers, their bytes count there.
+    pub(crate) async fn ask(
+        &self,
+        request: &Message<'_>,
+        progress: &Progress,
+    ) -> Result<Answers, Outcome> {
         let Message::Request { len, want_meta, .. } = request else {
             return Err(Outcome::Unavailable("only requests are asked".into()));
         };
@@ -121,6 +131,7 @@ impl PeerConn {
             expect: Expect {
                 meta: *want_meta,
                 data: *len,
+                progress: progress.clone(),
             },
             answers,
         };
@@ -159,8 +170,15 @@ async fn read_answers(
     mut inflight: mpsc::UnboundedReceiver<(Expect, mpsc::Sender<Answered>)>,
     alive: Arc<AtomicBool>,
 ) {
+    // Requests registered behind the one being answered.
+    let mut waiting: std::collections::VecDeque<(Expect, mpsc::Sender<Answered>)> =
+        std::collections::VecDeque::new();
     let broke = 'answers: loop {
-        let Some((expect, to)) = inflight.recv().await else {
+        let next = match waiting.pop_front() {
+            Some(next) => Some(next),
+            None => inflight.recv().await,
+        };
+        let Some((expect, to)) = next else {
             break 'answers None;
         };
         let mut answer = Answer::new(expect);
@@ -178,6 +196,13 @@ async fn read_answers(
                     break 'answers Some((to, why));
                 }
             };
+            // The requests behind this one: the channel works for them.
+            while let Ok(registered) = inflight.try_recv() {
+                waiting.push_back(registered);
+            }
+            for (queued, _) in &waiting {
+                queued.progress.add(buf.len() as u64);
+            }
             // A requester that went away has the rest read and dropped.
             let _ = to.send(Ok(buf)).await;
             match step {
@@ -195,6 +220,9 @@ async fn read_answers(
     // Everyone still waiting: the channel is gone.
     inflight.close();
     while let Some((_, to)) = inflight.recv().await {
+        waiting.push_back((Expect::gone(), to));
+    }
+    for (_, to) in waiting {
         let _ = to.send(Err(Outcome::Unavailable("closed".into()))).await;
     }
 }
@@ -214,13 +242,25 @@ enum Step {
     Broken,
 }
 
+impl Expect {
+    /// A placeholder for a request whose answer will never come.
+    fn gone() -> Expect {
+        Expect {
+            meta: false,
+            data: 0,
+            progress: Progress::default(),
+        }
+    }
+}
+
 impl Answer {
     fn new(expect: Expect) -> Answer {
+        let data_left = expect.data;
         Answer {
             expect,
             meta_seen: false,
             outboard_left: 0,
-            data_left: expect.data,
+            data_left,
         }
     }
 

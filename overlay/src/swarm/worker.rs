@@ -83,7 +83,7 @@ async fn ask_tree(
     item: ItemKey,
     size: u64,
 ) -> Result<(Tree, VecDeque<Answers>), Outcome> {
-    let mut answers = conn.ask(request).await?;
+    let mut answers = conn.ask(request, &config.progress).await?;
     let tree = read_tree(
         &mut Next::Shared(&mut answers, config.stall_timeout),
         item,
@@ -389,9 +389,10 @@ where
             };
             let sent = match link {
                 Link::Own(ch) => send(ch, &request).await,
-                Link::Shared { conn, answers } => {
-                    conn.ask(&request).await.map(|a| answers.push_back(a))
-                }
+                Link::Shared { conn, answers } => conn
+                    .ask(&request, &shared.progress)
+                    .await
+                    .map(|a| answers.push_back(a)),
             };
             if let Err(outcome) = sent {
                 release_all(&outstanding);
