@@ -903,3 +903,59 @@ async fn a_peer_s_items_share_one_pipelined_channel_and_a_closed_one_is_replaced
     assert_eq!(channels(), 4);
     h.shutdown().await;
 }
+
+/// A request queued on a shared channel behind another item's answers is
+/// credited with the bytes the channel moves for them: its download is
+/// waiting its turn on a working channel, not stalled, and a hedge must not
+/// take it for a silent peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_on_a_shared_channel_counts_the_bytes_ahead_as_progress() {
+    let (big, big_data) = item_bytes(1_300_000, 31);
+    let (small, small_data) = item_bytes(20_000, 32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Slow enough that the big item's answers are still coming when the
+    // small item's request joins the queue.
+    let server = ServerConfig {
+        upload_rate: Some(2 << 20),
+        ..ServerConfig::default()
+    };
+    let stored = [(&big, &big_data[..]), (&small, &small_data[..])];
+    let (h, peer) = honest(dir.path(), &stored, server).await;
+    let mut cfg = config();
+    cfg.pool = Some(swarm::ChannelPool::default());
+    let download = |key: ItemKey, data: Vec<u8>, progress: swarm::Progress| {
+        let (mut cfg, peer) = (cfg.clone(), peer.clone());
+        cfg.progress = progress;
+        async move {
+            let mut out = Vec::new();
+            swarm::download(
+                &TcpTransport,
+                &cfg,
+                key,
+                data.len() as u64,
+                &[peer],
+                &mut out,
+            )
+            .await
+            .expect("download completes");
+            assert!(out == data);
+        }
+    };
+    let big_progress = swarm::Progress::default();
+    let big_done = tokio::spawn(download(big, big_data.clone(), big_progress.clone()));
+    // The big item's answers are flowing (and far from done at 2 MiB/s).
+    while big_progress.verified() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(big_progress.verified() < big_data.len() as u64 / 2);
+    let small_progress = swarm::Progress::default();
+    download(small, small_data.clone(), small_progress.clone()).await;
+    big_done.await.expect("big download");
+    assert!(
+        small_progress.verified() > small_data.len() as u64,
+        "the queued request was credited: {} bytes for a {}-byte item",
+        small_progress.verified(),
+        small_data.len()
+    );
+    h.shutdown().await;
+}
