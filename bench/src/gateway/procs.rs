@@ -245,6 +245,19 @@ impl Daemon {
         upstream: SocketAddr,
         r: &RendezvousProc,
     ) -> Result<Daemon> {
+        Daemon::start_for("apt", place, bin, dir, level, upstream, r).await
+    }
+
+    /// [`Daemon::start`] for a repository of `kind` (`apt`, `pacman`).
+    pub async fn start_for(
+        kind: &str,
+        place: &Place,
+        bin: &Path,
+        dir: &Path,
+        level: Level,
+        upstream: SocketAddr,
+        r: &RendezvousProc,
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let d = dir.display();
         std::fs::write(
@@ -256,7 +269,7 @@ impl Daemon {
                  [gateway]\nlisten = \"127.0.0.1:0\"\n\
                  [serve]\nlisten = \"{serve}\"\nupload_rate = \"1 GiB/s\"\n\
                  [transport]\nkind = \"tcp\"\n\
-                 [[repository]]\nname = \"bench\"\nkind = \"apt\"\nurl = \"http://{upstream}/\"\n\
+                 [[repository]]\nname = \"bench\"\nkind = \"{kind}\"\nurl = \"http://{upstream}/\"\n\
                  [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
                 r.addr,
                 r.key,

@@ -1,6 +1,6 @@
-//! The gateway between hosts: real apt on a home host of the testbed,
-//! straight from the mirror and through the home's gateway, over the same
-//! link, in the same run.
+//! The gateway between hosts: real apt (or, with `--client pacman`, real
+//! pacman) on a home host of the testbed, straight from the mirror and
+//! through the home's gateway, over the same link, in the same run.
 //!
 //! The testbed (`anonmirror_testnet::testbed`): hosts in network
 //! namespaces joined by tun links that delay every packet both ways. The
@@ -58,7 +58,7 @@ use clap::Parser;
 #[path = "../../../../tests/e2e/support/mod.rs"]
 mod support;
 
-use support::{AptClient, AptRepo, PkgSpec, TestDir};
+use support::{AptClient, AptRepo, PacmanClient, PacmanRepo, PkgSpec, TestDir};
 
 /// The gateway between hosts on the testbed, against apt straight from the
 /// mirror over the same link.
@@ -79,6 +79,9 @@ struct Args {
     /// Runs per case (each way); medians reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The package manager: apt or pacman.
+    #[arg(long, default_value = "apt")]
+    client: String,
     /// Cases: rtt, capped, bittorrent, dead, alone (default: all).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -124,31 +127,82 @@ struct Run {
     hedges: u64,
 }
 
-/// apt-get update then apt-get download of `names` in `host`, with a fresh
-/// client in `dir`; the two times.
-fn apt_run(host: &Host, dir: &Path, base: &str, repo: &AptRepo, names: &[&str]) -> Result<Run> {
-    let place = Place::Host(host.clone());
-    place.run(|| {
-        let apt = AptClient::new(dir, base, repo.suite(), &repo.key()).with_limit(APT_LIMIT);
-        let t = Instant::now();
-        apt.update();
-        let update = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let files = apt.download(names);
-        let download = t.elapsed().as_secs_f64();
-        if files.len() != names.len() {
-            bail!(
-                "apt-get download gave {} files of {}",
-                files.len(),
-                names.len()
-            );
-        }
-        Ok(Run {
-            update,
-            download,
-            ..Run::default()
+/// The repository and its package manager: real apt or real pacman.
+enum Repo {
+    Apt(AptRepo),
+    Pacman(PacmanRepo),
+}
+
+impl Repo {
+    fn build(client: &str, dir: &Path, specs: &[PkgSpec]) -> Result<Repo> {
+        Ok(match client {
+            "apt" => Repo::Apt(AptRepo::build(dir, SUITE, specs)),
+            "pacman" => Repo::Pacman(PacmanRepo::build(dir, "bench", "x86_64", specs)),
+            other => bail!("--client {other}: apt or pacman"),
         })
-    })
+    }
+
+    /// The daemon's repository kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            Repo::Apt(_) => "apt",
+            Repo::Pacman(_) => "pacman",
+        }
+    }
+
+    fn root(&self) -> &Path {
+        match self {
+            Repo::Apt(r) => r.root(),
+            Repo::Pacman(r) => r.root(),
+        }
+    }
+
+    fn packages(&self) -> &[support::Package] {
+        match self {
+            Repo::Apt(r) => r.packages(),
+            Repo::Pacman(r) => r.packages(),
+        }
+    }
+
+    /// In `host`, with a fresh client in `dir` whose source is the served
+    /// root at `base` (no trailing slash): the index update (`apt-get
+    /// update`, `pacman -Sy`), then the download of `names` (`apt-get
+    /// download`, `pacman -Sw`); the two times.
+    fn run(&self, host: &Host, dir: &Path, base: &str, names: &[&str]) -> Result<Run> {
+        let place = Place::Host(host.clone());
+        place.run(|| {
+            let (update, files, download) = match self {
+                Repo::Apt(repo) => {
+                    let apt =
+                        AptClient::new(dir, base, repo.suite(), &repo.key()).with_limit(APT_LIMIT);
+                    let t = Instant::now();
+                    apt.update();
+                    let update = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let files = apt.download(names);
+                    (update, files, t.elapsed().as_secs_f64())
+                }
+                Repo::Pacman(repo) => {
+                    let server = PacmanRepo::server(base);
+                    let pacman = PacmanClient::new(dir, repo.name(), repo.arch(), &server);
+                    let t = Instant::now();
+                    pacman.sync();
+                    let update = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let files = pacman.download(names);
+                    (update, files, t.elapsed().as_secs_f64())
+                }
+            };
+            if files.len() != names.len() {
+                bail!("the download gave {} files of {}", files.len(), names.len());
+            }
+            Ok(Run {
+                update,
+                download,
+                ..Run::default()
+            })
+        })
+    }
 }
 
 /// The world of a run: the testbed, its hosts and processes.
@@ -162,7 +216,7 @@ struct World {
     volunteers: Vec<Daemon>,
     bin: PathBuf,
     dir: PathBuf,
-    repo: AptRepo,
+    repo: Repo,
     names: Vec<String>,
     /// nginx; stopped on drop.
     _nginx: anonmirror_bench::gateway::procs::Proc,
@@ -181,8 +235,9 @@ impl World {
         let t = Instant::now();
         let specs = specs(args.packages, args.mib << 20);
         let (repo_dir, specs2) = (dir.join("www"), specs.clone());
+        let client = args.client.clone();
         let repo =
-            tokio::task::spawn_blocking(move || AptRepo::build(&repo_dir, SUITE, &specs2)).await?;
+            tokio::task::spawn_blocking(move || Repo::build(&client, &repo_dir, &specs2)).await??;
         let total: u64 = repo.packages().iter().map(|p| p.size).sum();
         println!(
             "repository: {} packages, {:.1} MiB, built in {:.1} s",
@@ -211,7 +266,8 @@ impl World {
         };
         for (i, host) in volunteer_hosts.into_iter().enumerate() {
             let t = Instant::now();
-            let mut v = Daemon::start(
+            let mut v = Daemon::start_for(
+                world.repo.kind(),
                 &Place::Host(host.clone()),
                 bin,
                 &dir.join(format!("volunteer{i}")),
@@ -222,14 +278,15 @@ impl World {
             .await?;
             let base = format!("http://{}/bench", v.gateway);
             let names: Vec<&str> = world.names.iter().map(String::as_str).collect();
-            apt_run(
-                &host,
-                &dir.join(format!("volunteer{i}-apt")),
-                &base,
-                &world.repo,
-                &names,
-            )
-            .with_context(|| format!("volunteer {i} fetching the set"))?;
+            world
+                .repo
+                .run(
+                    &host,
+                    &dir.join(format!("volunteer{i}-client")),
+                    &base,
+                    &names,
+                )
+                .with_context(|| format!("volunteer {i} fetching the set"))?;
             v.restart().await?;
             println!(
                 "volunteer {i} holds the set ({:.1} s) and announces it",
@@ -247,8 +304,8 @@ impl World {
     /// One run straight from the mirror.
     fn straight(&self, tag: &str) -> Result<Run> {
         let base = format!("http://{}", self.mirror_addr);
-        let dir = self.dir.join(format!("apt-straight-{tag}"));
-        let run = apt_run(&self.home, &dir, &base, &self.repo, &self.names());
+        let dir = self.dir.join(format!("client-straight-{tag}"));
+        let run = self.repo.run(&self.home, &dir, &base, &self.names());
         let _ = std::fs::remove_dir_all(&dir);
         run
     }
@@ -256,7 +313,8 @@ impl World {
     /// One run through a fresh home daemon.
     async fn through_gateway(&self, tag: &str) -> Result<Run> {
         let ddir = self.dir.join(format!("home-{tag}"));
-        let mut daemon = Daemon::start(
+        let mut daemon = Daemon::start_for(
+            self.repo.kind(),
             &Place::Host(self.home.clone()),
             &self.bin,
             &ddir,
@@ -266,10 +324,9 @@ impl World {
         )
         .await?;
         let base = format!("http://{}/bench", daemon.gateway);
-        let dir = self.dir.join(format!("apt-gateway-{tag}"));
-        let (home, names, repo) = (self.home.clone(), self.names.clone(), &self.repo);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let run = tokio::task::block_in_place(|| apt_run(&home, &dir, &base, repo, &names));
+        let dir = self.dir.join(format!("client-gateway-{tag}"));
+        let run =
+            tokio::task::block_in_place(|| self.repo.run(&self.home, &dir, &base, &self.names()));
         let m = daemon.metrics().await;
         daemon.stop().await?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -421,13 +478,20 @@ async fn main() -> Result<()> {
         }
     }
 
+    let (update, download) = match world.repo {
+        Repo::Apt(_) => ("apt-get update", "apt-get download"),
+        Repo::Pacman(_) => ("pacman -Sy", "pacman -Sw"),
+    };
     println!(
-        "\n{} packages, {} MiB, real apt-get; median of {} runs each way",
-        args.packages, args.mib, args.runs
+        "\n{} packages, {} MiB, real {}; median of {} runs each way",
+        args.packages,
+        args.mib,
+        world.repo.kind(),
+        args.runs
     );
     println!(
-        "| round trip | apt-get download straight | through the gateway | ratio | bytes from peers | \
-         apt-get update straight | through the gateway | ratio |"
+        "| round trip | {download} straight | through the gateway | ratio | bytes from peers | \
+         {update} straight | through the gateway | ratio |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
@@ -446,7 +510,7 @@ async fn main() -> Result<()> {
     if let Some((bt, ours)) = bittorrent {
         println!(
             "\nBitTorrent (aria2, opentracker), the same files from the same {} hosts at 40 ms: \
-             {bt:.2} s; apt-get download through the gateway: {ours:.2} s ({:.2}x the swarm's time)",
+             {bt:.2} s; {download} through the gateway: {ours:.2} s ({:.2}x the swarm's time)",
             args.volunteers,
             ours / bt
         );
