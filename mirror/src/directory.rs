@@ -182,7 +182,7 @@ fn shuffle<T>(items: &mut [T], entropy: &mut impl Entropy) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use anonmirror_announce::Announcement;
     use anonmirror_announce::announcement::Layout;
@@ -195,7 +195,9 @@ mod tests {
         ItemKey([i; 32])
     }
 
-    fn announcement(
+    /// Peer `peer`'s announcement of `items` (item `i` is `ItemKey([i; 32])`)
+    /// at `epoch`, with index version `version` of repository `deb`.
+    pub(crate) fn announcement(
         peer: u8,
         epoch: u64,
         items: &[u8],
@@ -224,7 +226,8 @@ mod tests {
         }
     }
 
-    fn directory(peers: Vec<AnnouncementWire>) -> (LocalDirectory, usize) {
+    /// A directory of epoch 9 listing `peers`, fetched now.
+    pub(crate) fn directory(peers: Vec<AnnouncementWire>) -> (LocalDirectory, usize) {
         LocalDirectory::new(
             Snapshot {
                 epoch: 9,

@@ -280,7 +280,11 @@ async fn handle(
     let rest = rest.as_str();
     let head = method == Method::HEAD;
     let response = match repo.classify(rest) {
-        PathClass::Index => index(&gw, &repo, rest, &headers, head).await,
+        PathClass::Index => {
+            // An index request: packages are likely to follow.
+            gw.fetcher.warm_up();
+            index(&gw, &repo, rest, &headers, head).await
+        }
         PathClass::Item(item) => {
             let size = match item.size {
                 Some(s) => Some(s),

@@ -150,6 +150,14 @@ impl Fetcher {
         ended
     }
 
+    /// The package manager is at work: peer sources may open channels to
+    /// likely peers ahead of its requests ([`PeerSource::warm_up`]).
+    pub fn warm_up(&self) {
+        if let Some(p) = &self.sources.peers {
+            p.warm_up();
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.sources.store

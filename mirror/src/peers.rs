@@ -71,6 +71,10 @@ pub trait PeerSource: Send + Sync + 'static {
 
     /// A peer served its part of an item: its failures are forgiven.
     fn report_served(&self, peer: &Candidate);
+
+    /// The package manager is at work (it fetched an index): a source may
+    /// open channels to likely peers now, before the first item is asked.
+    fn warm_up(&self) {}
 }
 
 /// Peers set aside after failing, with a backoff (see the module docs).
@@ -149,9 +153,13 @@ pub struct RendezvousPeers {
     attempted: tokio::sync::watch::Sender<bool>,
     /// Where the directory's size is shown.
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// Handed a few peers of each directory installed, to open channels
-    /// to before any request.
+    /// Handed a few peers of the directory when the package manager is at
+    /// work, to open channels to before any request.
     warm_up: Option<WarmUpHook>,
+    /// When the last warm-up was.
+    warmed: Mutex<Option<Instant>>,
+    /// When a warm-up was asked for before any directory was there.
+    warm_wanted: Mutex<Option<Instant>>,
 }
 
 /// Opens channels to the peers it is given (see
@@ -167,8 +175,11 @@ impl std::fmt::Debug for WarmUpHook {
     }
 }
 
-/// Peers of each directory a gateway opens channels to ahead of requests.
+/// Peers a gateway opens channels to ahead of requests.
 pub const WARM_PEERS: usize = 4;
+
+/// The least time between two warm-ups (channels idle out after 20 s).
+pub const WARM_EVERY: Duration = Duration::from_secs(10);
 
 impl RendezvousPeers {
     /// Ask `client`, preferring `region`, for up to `want` peers.
@@ -185,12 +196,16 @@ impl RendezvousPeers {
             attempted: tokio::sync::watch::Sender::new(false),
             metrics: None,
             warm_up: None,
+            warmed: Mutex::new(None),
+            warm_wanted: Mutex::new(None),
         }
     }
 
-    /// After each directory fetch, hands `warm_up` up to [`WARM_PEERS`]
-    /// of its peers (this node's region first), so that the package
-    /// manager's first request finds a channel open.
+    /// When the package manager is at work ([`PeerSource::warm_up`]: it
+    /// fetched an index), hands `warm_up` up to [`WARM_PEERS`] peers of the
+    /// directory (this node's region first), at most once per
+    /// [`WARM_EVERY`], so that its first package request finds a channel
+    /// open. An idle node dials nobody.
     pub fn with_warm_up(mut self, warm_up: WarmUp) -> Self {
         self.warm_up = Some(WarmUpHook(warm_up));
         self
@@ -226,9 +241,9 @@ impl RendezvousPeers {
             if let Some(m) = &self.metrics {
                 m.directory(n);
             }
-            if let Some(WarmUpHook(warm_up)) = &self.warm_up {
-                let own = self.own.lock().ok().and_then(|o| *o);
-                warm_up(dir.some(WARM_PEERS, self.region.as_deref(), |c| self.usable(c, own)));
+            let wanted = self.warm_wanted.lock().ok().and_then(|mut w| w.take());
+            if wanted.is_some_and(|t| t.elapsed() < WARM_EVERY) {
+                self.warm_from(&dir);
             }
             if let Ok(mut d) = self.directory.write() {
                 *d = Some(Arc::new(dir));
@@ -378,6 +393,41 @@ impl PeerSource for RendezvousPeers {
     fn report_served(&self, peer: &Candidate) {
         self.aside.clear(&peer.addr.key);
     }
+
+    fn warm_up(&self) {
+        if self.warm_up.is_none() {
+            return;
+        }
+        let dir = self.directory.read().ok().and_then(|d| d.clone());
+        match dir.filter(|d| d.fetched().elapsed() <= directory::MAX_AGE) {
+            Some(dir) => self.warm_from(&dir),
+            // The first directory is on its way: warm up when it arrives.
+            None => {
+                if let Ok(mut wanted) = self.warm_wanted.lock() {
+                    *wanted = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+impl RendezvousPeers {
+    /// Offers the warm-up hook a few usable peers of `dir`, unless it was
+    /// offered some within [`WARM_EVERY`].
+    fn warm_from(&self, dir: &LocalDirectory) {
+        let Some(WarmUpHook(warm_up)) = &self.warm_up else {
+            return;
+        };
+        let Ok(mut warmed) = self.warmed.lock() else {
+            return;
+        };
+        if warmed.is_some_and(|t| t.elapsed() < WARM_EVERY) {
+            return;
+        }
+        *warmed = Some(Instant::now());
+        let own = self.own.lock().ok().and_then(|o| *o);
+        warm_up(dir.some(WARM_PEERS, self.region.as_deref(), |c| self.usable(c, own)));
+    }
 }
 
 /// Peers worth asking for an item of `size` bytes: one per MiB piece, up
@@ -496,6 +546,43 @@ mod tests {
         let later = now + Duration::from_secs(15) + SET_ASIDE + Duration::from_secs(1);
         s.add_at(k, later);
         assert!(!s.contains_at(&k, later + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn warm_up_offers_directory_peers_only_when_asked_and_at_most_every_ten_seconds() {
+        use crate::directory::tests::{announcement, directory};
+        let client = anonmirror_rendezvous::Client::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            PeerKey([1; 32]),
+        );
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let seen = offered.clone();
+        let peers = RendezvousPeers::new(client, None, 4)
+            .with_directory([0; 32])
+            .with_warm_up(Arc::new(move |c: Vec<Candidate>| {
+                seen.lock().expect("lock").push(c.len());
+            }));
+        let offers = || offered.lock().expect("lock").clone();
+        // No directory yet: nobody to warm.
+        peers.warm_up();
+        assert!(offers().is_empty());
+        let (dir, _) = directory((1..=6).map(|p| announcement(p, 9, &[p], None, 1)).collect());
+        *peers.directory.write().expect("lock") = Some(Arc::new(dir));
+        // Installing a directory dials nobody; the package manager's
+        // activity does, four peers of it.
+        assert!(offers().is_empty());
+        peers.warm_up();
+        assert_eq!(offers(), [WARM_PEERS]);
+        // Again at once: nothing (the channels are still open).
+        peers.warm_up();
+        assert_eq!(offers(), [WARM_PEERS]);
+        // Set-aside peers are not offered.
+        *peers.warmed.lock().expect("lock") = None;
+        for p in 1..=4u8 {
+            peers.aside.add(PeerKey([p; 32]));
+        }
+        peers.warm_up();
+        assert_eq!(offers(), [WARM_PEERS, 2]);
     }
 
     #[test]

@@ -101,8 +101,8 @@ impl Node {
         let pool = ChannelPool::default();
         swarm.pool = Some(pool.clone());
         let prefetches = TaskTracker::new();
-        // Channels to a few peers of each directory open before the first
-        // request.
+        // Channels to a few peers open when the package manager fetches an
+        // index, before its first package request.
         let warm_up: WarmUp = {
             let (cfg, dialer, tasks) = (swarm.clone(), carrier.dialer.clone(), prefetches.clone());
             Arc::new(move |peers: Vec<Candidate>| {
