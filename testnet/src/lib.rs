@@ -67,21 +67,29 @@ pub use tornet::{CTorClient, TorNet};
 /// When not: under `CI=true` this panics (CI must never skip silently);
 /// otherwise it prints why and returns false, and the test returns early.
 pub fn require_tor() -> bool {
-    let missing: Vec<&str> = ["tor", "tor-gencert", "ip"]
-        .into_iter()
-        .filter(|p| program_path(p).is_none())
-        .collect();
-    let why = if !missing.is_empty() {
-        format!(
-            "missing: {} — run scripts/test, which installs scripts/system-packages",
-            missing.join(", ")
-        )
+    let why = if let Some(missing) = missing(&["tor", "tor-gencert", "ip"]) {
+        missing
     } else if let Err(e) = Namespace::shared() {
         format!("no private network namespace: {e}")
     } else {
         return true;
     };
     skip(&why)
+}
+
+/// Which of `programs` are not installed, as a reason to skip, if any.
+pub(crate) fn missing(programs: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| program_path(p).is_none())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing: {} — run scripts/test, which installs scripts/system-packages",
+            missing.join(", ")
+        )
+    })
 }
 
 /// A test cannot run here, for `why`: under `CI=true` that is a failure

@@ -55,7 +55,6 @@ use tun_rs::{AsyncDevice, DeviceBuilder, SyncDevice};
 pub use link::{Counters, Link};
 
 use crate::netns::NetNs;
-use crate::process::program_path;
 
 /// The name of every host's (and NAT router's) link to the core.
 pub const UPLINK: &str = "up0";
@@ -65,15 +64,8 @@ pub const UPLINK: &str = "up0";
 /// When not: under `CI=true` this panics (CI must never skip silently);
 /// otherwise it prints why and returns false, and the test returns early.
 pub fn require_testbed() -> bool {
-    let missing: Vec<&str> = ["ip", "nft"]
-        .into_iter()
-        .filter(|p| program_path(p).is_none())
-        .collect();
-    let why = if !missing.is_empty() {
-        format!(
-            "missing: {} — run scripts/test, which installs scripts/system-packages",
-            missing.join(", ")
-        )
+    let why = if let Some(missing) = crate::missing(&["ip", "nft"]) {
+        missing
     } else if !std::path::Path::new("/dev/net/tun").exists() {
         "no /dev/net/tun: the testbed's links are tun devices".to_owned()
     } else if let Err(e) = NetNs::create() {

@@ -40,10 +40,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anonmirror_bench::gateway::procs::{Place, Proc, start_nginx};
 use anonmirror_bench::{median, mib_per_sec};
 use anonmirror_channel::noise::{ChannelParams, StaticKeypair};
 use anonmirror_channel::transport::TcpTransport;
@@ -91,71 +91,6 @@ struct Args {
 
 fn params() -> ChannelParams {
     ChannelParams::new(Level::Open, Epoch(1))
-}
-
-/// nginx serving `root` on a free port of 127.0.0.1, stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master then stops its workers, which
-        // would otherwise outlive it.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn start_nginx(root: &Path, prefix: &Path) -> Result<Nginx> {
-    let port = free_port()?;
-    std::fs::create_dir_all(prefix)?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
-             events {{ worker_connections 768; }}\n\
-             http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
-             client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {r}; }}\n}}\n",
-            p = prefix.display(),
-            r = root.display(),
-        ),
-    )?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        // Its workers must not hold our stdout open.
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context(
-            "starting nginx (install it: bench/run installs it as root, or apt-get install nginx)",
-        )?;
-    // Wait (bounded) until it accepts.
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(Nginx { child, port });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("nginx did not start listening on 127.0.0.1:{port}")
 }
 
 /// A plain HTTP/1.1 GET, body copied into `out`.
@@ -428,7 +363,7 @@ fn cpu_secs(pid: &str) -> f64 {
 }
 
 /// CPU seconds used so far by this process and by nginx's workers.
-fn cpu_now(nginx: &Nginx) -> f64 {
+fn cpu_now(nginx: &Proc) -> f64 {
     let master = nginx.child.id();
     let workers = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
         .unwrap_or_default();
@@ -656,7 +591,7 @@ async fn main() -> Result<()> {
     }
     let key = sha256_file(&item)?;
 
-    let nginx = start_nginx(&www, &dir.join("nginx"))?;
+    let (nginx, nginx_addr) = start_nginx(&Place::Loopback, &www, &dir.join("nginx"), None)?;
     let raw = raw_server(item.clone()).await?;
     let (h1, p1) = peer(
         &dir.join("store-0"),
@@ -693,7 +628,7 @@ async fn main() -> Result<()> {
             let cpu_before = cpu_now(&nginx);
             let start = Instant::now();
             let got = match case {
-                Case::Nginx => http_get(nginx.port, "item.bin", &out).await?,
+                Case::Nginx => http_get(nginx_addr.port(), "item.bin", &out).await?,
                 Case::RawTcp => raw_get(raw, size, &out).await?,
                 Case::OnePeer => swarm_get(&four[..1], key, size, &out).await?,
                 Case::FourPeers => swarm_get(&four, key, size, &out).await?,

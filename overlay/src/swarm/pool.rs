@@ -219,8 +219,8 @@ async fn read_answers(
     }
     // Everyone still waiting: the channel is gone.
     inflight.close();
-    while let Some((_, to)) = inflight.recv().await {
-        waiting.push_back((Expect::gone(), to));
+    while let Some(registered) = inflight.recv().await {
+        waiting.push_back(registered);
     }
     for (_, to) in waiting {
         let _ = to.send(Err(Outcome::Unavailable("closed".into()))).await;
@@ -240,17 +240,6 @@ enum Step {
     More,
     Done,
     Broken,
-}
-
-impl Expect {
-    /// A placeholder for a request whose answer will never come.
-    fn gone() -> Expect {
-        Expect {
-            meta: false,
-            data: 0,
-            progress: Progress::default(),
-        }
-    }
 }
 
 impl Answer {
