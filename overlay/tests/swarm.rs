@@ -549,6 +549,54 @@ async fn data_framing_in_the_middle_of_a_piece() {
     h.shutdown().await;
 }
 
+/// The same lies over shared channels (a pool): the reader that routes
+/// pipelined answers hands each lie to its download, which names the peer
+/// as it does on a channel of its own, and the item still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lies_over_shared_channels_are_named_as_on_own_ones() {
+    let (key, data) = item_bytes(2 * 1024 * 1024 + 4_321, 5);
+    let size = data.len() as u64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, good) = honest(dir.path(), &[(&key, &data)], ServerConfig::default()).await;
+    let pooled = |peers: Vec<PeerAddr>| {
+        let mut cfg = config();
+        cfg.pool = Some(swarm::ChannelPool::default());
+        async move {
+            let mut out = Vec::new();
+            let report = swarm::download(&TcpTransport, &cfg, key, size, &peers, &mut out)
+                .await
+                .expect("download completes");
+            (out, report)
+        }
+    };
+    for (lie, judged) in [
+        (Lie::CorruptAll, "blamed for data"),
+        (Lie::BadOutboard, "blamed for its outboard"),
+        (Lie::SkipAhead, "blamed for protocol"),
+        (Lie::ErrorMidway, "refused"),
+        (Lie::Truncate, "unavailable"),
+    ] {
+        let bad = liar(data.clone(), lie).await;
+        let (got, report) = pooled(vec![bad, good.clone()]).await;
+        assert!(got == data, "{lie:?}: the item arrives");
+        let outcome = &report.peers[0].outcome;
+        let ok = match lie {
+            Lie::CorruptAll => matches!(outcome, Outcome::Blamed(Blame::BadData { .. })),
+            Lie::BadOutboard => *outcome == Outcome::Blamed(Blame::BadOutboard),
+            Lie::SkipAhead => matches!(outcome, Outcome::Blamed(Blame::Protocol(_))),
+            Lie::ErrorMidway => matches!(outcome, Outcome::Refused(_)),
+            _ => matches!(outcome, Outcome::Unavailable(_)),
+        };
+        assert!(ok, "{lie:?} should be {judged}: {outcome:?}");
+        assert_eq!(
+            report.peers[1].outcome,
+            Outcome::Served,
+            "{lie:?}: {report:?}"
+        );
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_honest_peer_means_an_error_and_nothing_delivered() {
     let (key, data) = item_bytes(500_000, 3);

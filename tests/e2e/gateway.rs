@@ -184,6 +184,7 @@ fn apt_through_the_gateway_gets_packages_from_peers() {
     let apt = swarm.apt(c, "apt", &repo);
     apt.update();
     check_files(&apt.download(&names(&specs)), repo.packages());
+    swarm.wait_stored(c, repo.packages());
     let m = swarm.metrics(c);
     assert_eq!(m.fetched_from_peers, total, "{m:?}");
     assert_eq!(m.fetched_from_upstream, 0, "{m:?}");
@@ -243,6 +244,7 @@ fn pacman_through_the_gateway_gets_packages_from_peers() {
     let p = client(&swarm, c, "pacman");
     p.sync();
     check_files(&p.download(&names(&specs)), repo.packages());
+    swarm.wait_stored(c, repo.packages());
     let m = swarm.metrics(c);
     assert_eq!(m.fetched_from_peers, total, "{m:?}");
     assert_eq!(m.from_upstream, 0, "{m:?}");

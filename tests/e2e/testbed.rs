@@ -212,6 +212,9 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
         .home
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     apt(&world.home, &home, "apt-home");
+    // Counted when each download ends, just after its last byte went
+    // out: once every package is stored, all are counted.
+    wait_stored(&world.home, &home, repo.packages());
     let m = home.gateway().metrics().snapshot();
     assert_eq!(
         (m.fetched_from_peers, m.fetched_from_upstream),
@@ -241,6 +244,9 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
     });
     world.volunteer.block_on(v.stop());
     apt(&world.home, &home2, "apt-home2");
+    // Counted when each download ends, just after its last byte went
+    // out: once every package is stored, all are counted.
+    wait_stored(&world.home, &home2, repo.packages());
     let m = home2.gateway().metrics().snapshot();
     assert_eq!(
         (m.fetched_from_peers, m.fetched_from_upstream),
@@ -255,6 +261,9 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
         .home
         .node(Level::Off, &dir.path().join("home3"), &repos, &rv_at);
     apt(&world.home, &home3, "apt-home3");
+    // Counted when each download ends, just after its last byte went
+    // out: once every package is stored, all are counted.
+    wait_stored(&world.home, &home3, repo.packages());
     let m = home3.gateway().metrics().snapshot();
     assert_eq!(
         (m.fetched_from_peers, m.fetched_from_upstream),
@@ -301,6 +310,9 @@ fn pacman_between_hosts_gets_packages_from_a_peer() {
         .home
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     pacman(&world.home, &home, "pacman-home");
+    // Counted when each download ends, just after its last byte went
+    // out: once every package is stored, all are counted.
+    wait_stored(&world.home, &home, repo.packages());
     let m = home.gateway().metrics().snapshot();
     assert_eq!(
         (m.fetched_from_peers, m.fetched_from_upstream),
