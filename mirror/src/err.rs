@@ -76,7 +76,7 @@ pub enum FetchError {
     Status(hyper::StatusCode),
     /// The upstream broke off while sending the file.
     #[error("upstream body: {0}")]
-    Body(#[source] Arc<hyper::Error>),
+    Body(#[source] Arc<crate::upstream::BodyError>),
     /// The upstream's file, fetched as a hedge, is not the item its index
     /// names: of no use, since a hedge publishes only verified bytes.
     #[error("the upstream's file does not match the index")]

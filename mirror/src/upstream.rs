@@ -1,5 +1,7 @@
 //! The upstream fetcher: plain HTTP/1.1 GETs and HEADs to the official
-//! mirror, and a running estimate of how fast it answers.
+//! mirror, and a running estimate of how fast it answers. Packages the
+//! upstream alone serves are pipelined on one warm connection
+//! (`upstream/pipeline.rs`), as apt sends them.
 //!
 //! The estimate (time to first byte and throughput, exponentially weighted
 //! over recent transfers) sets the hedge deadline: how long peers may take
@@ -38,6 +40,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::err::{Error, Result};
 
+mod pipeline;
+
 /// Headers a request may carry upstream (everything else stays local).
 const FORWARDED: [&str; 4] = ["range", "if-modified-since", "if-none-match", "if-range"];
 
@@ -68,6 +72,9 @@ impl UpstreamEstimate {
 #[derive(Debug)]
 pub struct Upstream {
     client: Client<HttpsConnector<DialConnector>, Empty<Bytes>>,
+    /// Opens the pipelines' connections (hyper's client has its own).
+    connector: HttpsConnector<DialConnector>,
+    pipelines: pipeline::Pipelines,
     estimate: Mutex<Option<UpstreamEstimate>>,
     timeout: Duration,
     transport: String,
@@ -97,7 +104,9 @@ impl Upstream {
         Upstream {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+                .build(connector.clone()),
+            connector,
+            pipelines: pipeline::Pipelines::default(),
             estimate: Mutex::new(None),
             timeout,
             transport,
@@ -159,6 +168,64 @@ impl Upstream {
         self.request(Method::GET, url, &h).await
     }
 
+    /// GET an item's file. `pipelined` (for answers read to their end): on
+    /// the mirror's warm connection behind the other items asked for, or,
+    /// when that cannot be, on a connection of its own; else on one of its
+    /// own.
+    pub async fn get_item(&self, url: &str, pipelined: bool) -> Result<ItemResponse> {
+        if !pipelined {
+            let resp = self.get_with(url, &[]).await?;
+            return Ok(ItemResponse {
+                status: resp.status(),
+                body: ItemBody(Carried::Own(resp.into_body())),
+            });
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Upstream(format!("bad upstream URL: {e}")))?;
+        let started = std::time::Instant::now();
+        let open = || async {
+            let mut connector = self.connector.clone();
+            let open = async {
+                std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+                    .await?;
+                tower_service::Service::call(&mut connector, uri.clone()).await
+            };
+            match tokio::time::timeout(self.timeout, open).await {
+                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
+                Ok(Err(e)) => Err(std::io::Error::other(e)),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            hyper::header::USER_AGENT,
+            HeaderValue::from_static("anonmirror"),
+        );
+        match self.pipelines.get(&uri, &headers, self.timeout, open).await {
+            Ok((answer, first)) => {
+                // Behind other answers the wait says nothing of the mirror.
+                if first {
+                    self.observe_head(started.elapsed());
+                }
+                Ok(ItemResponse {
+                    status: answer.status,
+                    body: ItemBody(Carried::Pipelined(answer.body)),
+                })
+            }
+            Err(pipeline::Unanswered) => {
+                let resp = self.get_with(url, &[]).await?;
+                Ok(ItemResponse {
+                    status: resp.status(),
+                    body: ItemBody(Carried::Own(resp.into_body())),
+                })
+            }
+        }
+    }
+
     fn observe_head(&self, t: Duration) {
         if let Ok(mut e) = self.estimate.lock() {
             let next = match *e {
@@ -204,6 +271,58 @@ impl Upstream {
     pub fn estimate(&self) -> Option<UpstreamEstimate> {
         self.estimate.lock().ok().and_then(|e| *e)
     }
+}
+
+/// An answer to [`Upstream::get_item`].
+#[derive(Debug)]
+pub struct ItemResponse {
+    /// Its status.
+    pub status: hyper::StatusCode,
+    /// Its body.
+    pub body: ItemBody,
+}
+
+/// The body of an item's file from the upstream.
+#[derive(Debug)]
+pub struct ItemBody(Carried);
+
+/// How an [`ItemBody`] comes.
+#[derive(Debug)]
+enum Carried {
+    /// On a connection of its own.
+    Own(Incoming),
+    /// On a pipeline, behind other answers.
+    Pipelined(pipeline::Body),
+}
+
+impl ItemBody {
+    /// The next bytes; `None` at the end.
+    pub async fn data(&mut self) -> Option<std::result::Result<Bytes, BodyError>> {
+        match &mut self.0 {
+            Carried::Own(body) => loop {
+                match http_body_util::BodyExt::frame(body).await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some(Ok(data)),
+                        // Trailers: not bytes of the file.
+                        Err(_) => continue,
+                    },
+                    Err(e) => return Some(Err(BodyError::Own(e))),
+                }
+            },
+            Carried::Pipelined(body) => body.data().await.map(|r| r.map_err(BodyError::Pipelined)),
+        }
+    }
+}
+
+/// Why an upstream body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// On a connection of its own.
+    #[error(transparent)]
+    Own(hyper::Error),
+    /// On a pipeline.
+    #[error("{0}")]
+    Pipelined(String),
 }
 
 /// The URL of `rest` under a repository's base URL.

@@ -120,7 +120,10 @@ fn free_port(place: &Place) -> Result<u16> {
 }
 
 /// Debian's nginx serving `root` at `place`, with `limit_rate` when `cap`
-/// is given (bytes per second per request).
+/// is given (bytes per second per request). Its access log
+/// (`PREFIX/access.log`) has, per request: the time, the client, its
+/// connection and that connection's request count, the request time and
+/// the bytes sent, to see how a client spreads its requests.
 pub fn start_nginx(
     place: &Place,
     root: &Path,
@@ -137,7 +140,9 @@ pub fn start_nginx(
         format!(
             "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
              events {{ worker_connections 768; }}\n\
-             http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
+             http {{\n  sendfile on;\n  tcp_nopush on;\n\
+             log_format timing '$msec $remote_addr $connection $connection_requests $request_time $body_bytes_sent';\n\
+             access_log {p}/access.log timing;\n\
              client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n\
              uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
              server {{ listen {addr}; root {r};{limit} }}\n}}\n",

@@ -13,13 +13,22 @@ use std::sync::Arc;
 use anonmirror_core::Sensitive;
 use anonmirror_store::Verified;
 use anonmirror_store::verify::ItemHasher;
-use http_body_util::BodyExt;
 
 use crate::err::FetchError;
 use crate::job::feed::{Feed, Job, Recent};
 use crate::job::sources::{Sources, Want};
 use crate::job::writer::{WorkWriter, Write};
 use crate::metrics::Source;
+
+/// How an upstream download's request goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Send {
+    /// Behind others on the mirror's warm connection: for answers read to
+    /// the end.
+    Pipelined,
+    /// On a connection of its own.
+    Alone,
+}
 
 impl Sources {
     /// The upstream as the only source: bytes published as they arrive,
@@ -45,13 +54,19 @@ impl Sources {
             })
         });
         let proof = self
-            .download_upstream(want, path.as_path().to_owned(), Some(&recent), |n| {
-                job.publish(|s| {
-                    if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path)) {
-                        f.prefix += n;
-                    }
-                })
-            })
+            .download_upstream(
+                want,
+                path.as_path().to_owned(),
+                Some(&recent),
+                Send::Pipelined,
+                |n| {
+                    job.publish(|s| {
+                        if let Some(f) = s.feed.as_mut().filter(|f| Arc::ptr_eq(&f.path, &path)) {
+                            f.prefix += n;
+                        }
+                    })
+                },
+            )
             .await?;
         let Some(proof) = proof else {
             // Passed on as received; not stored, not shared.
@@ -73,7 +88,9 @@ impl Sources {
     ) -> Result<(PathBuf, Verified), FetchError> {
         let path = job.work_path(&self.config.work_dir);
         match self
-            .download_upstream(want, path.clone(), None, |_| {})
+            // Abandoned when the peers finish first: on a connection of its
+            // own, which dropping closes.
+            .download_upstream(want, path.clone(), None, Send::Alone, |_| {})
             .await?
         {
             Some(proof) => Ok((path, proof)),
@@ -91,6 +108,7 @@ impl Sources {
         want: &Want,
         path: PathBuf,
         recent: Option<&Arc<Recent>>,
+        send: Send,
         progress: impl Fn(u64),
     ) -> Result<Option<Verified>, FetchError> {
         // The file is made while the request goes out.
@@ -101,20 +119,17 @@ impl Sources {
         );
         let resp = self
             .upstream
-            .get_with(&want.url, &[])
+            .get_item(&want.url, send == Send::Pipelined)
             .await
             .map_err(|e| FetchError::Request(Arc::new(e)))?;
-        if resp.status() != hyper::StatusCode::OK {
-            return Err(FetchError::Status(resp.status()));
+        if resp.status != hyper::StatusCode::OK {
+            return Err(FetchError::Status(resp.status));
         }
         let started = std::time::Instant::now();
-        let mut body = resp.into_body();
+        let mut body = resp.body;
         let mut got = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FetchError::Body(Arc::new(e)))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = body.data().await {
+            let data = data.map_err(|e| FetchError::Body(Arc::new(e)))?;
             if got + data.len() as u64 > want.size {
                 // Longer than the index says: not the item.
                 let _ = writer.finish().await;

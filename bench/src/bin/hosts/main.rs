@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use anonmirror_bench::gateway::procs::{
     Daemon, Place, RendezvousProc, start_nginx, start_rendezvous,
 };
-use anonmirror_bench::median;
+use anonmirror_bench::{CpuReading, median, process_cpu_seconds};
 use anonmirror_privacy::Level;
 use anonmirror_testnet::testbed::{Host, Link, Testbed, require_testbed};
 use anyhow::{Context, Result, bail};
@@ -125,6 +125,10 @@ struct Run {
     from_peers: u64,
     from_upstream: u64,
     hedges: u64,
+    /// The share of the machine's cores busy during the download.
+    busy: f64,
+    /// The gateway's CPU seconds over update and download.
+    gateway_cpu: f64,
 }
 
 /// The repository and its package manager: real apt or real pacman.
@@ -171,16 +175,16 @@ impl Repo {
     fn run(&self, host: &Host, dir: &Path, base: &str, names: &[&str]) -> Result<Run> {
         let place = Place::Host(host.clone());
         place.run(|| {
-            let (update, files, download) = match self {
+            let (update, files, download, busy) = match self {
                 Repo::Apt(repo) => {
                     let apt =
                         AptClient::new(dir, base, repo.suite(), &repo.key()).with_limit(APT_LIMIT);
                     let t = Instant::now();
                     apt.update();
                     let update = t.elapsed().as_secs_f64();
-                    let t = Instant::now();
+                    let (t, cpu) = (Instant::now(), CpuReading::now());
                     let files = apt.download(names);
-                    (update, files, t.elapsed().as_secs_f64())
+                    (update, files, t.elapsed().as_secs_f64(), cpu.busy_since())
                 }
                 Repo::Pacman(repo) => {
                     let server = PacmanRepo::server(base);
@@ -188,9 +192,9 @@ impl Repo {
                     let t = Instant::now();
                     pacman.sync();
                     let update = t.elapsed().as_secs_f64();
-                    let t = Instant::now();
+                    let (t, cpu) = (Instant::now(), CpuReading::now());
                     let files = pacman.download(names);
-                    (update, files, t.elapsed().as_secs_f64())
+                    (update, files, t.elapsed().as_secs_f64(), cpu.busy_since())
                 }
             };
             if files.len() != names.len() {
@@ -199,6 +203,7 @@ impl Repo {
             Ok(Run {
                 update,
                 download,
+                busy,
                 ..Run::default()
             })
         })
@@ -325,8 +330,11 @@ impl World {
         .await?;
         let base = format!("http://{}/bench", daemon.gateway);
         let dir = self.dir.join(format!("client-gateway-{tag}"));
+        let pid = daemon.pid().parse().unwrap_or(0);
+        let cpu = process_cpu_seconds(pid).unwrap_or(0.0);
         let run =
             tokio::task::block_in_place(|| self.repo.run(&self.home, &dir, &base, &self.names()));
+        let gateway_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - cpu;
         let m = daemon.metrics().await;
         daemon.stop().await?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -342,6 +350,7 @@ impl World {
             from_peers: m.fetched_from_peers,
             from_upstream: m.fetched_from_upstream,
             hedges: m.hedges,
+            gateway_cpu,
             ..run?
         })
     }
@@ -355,13 +364,17 @@ impl World {
             let g = self.through_gateway(&tag).await?;
             println!(
                 "  {name} run {run}: straight update {:.2} s download {:.2} s; gateway update {:.2} s \
-                 download {:.2} s, {:.0} % of package bytes from peers, {} hedges",
+                 download {:.2} s, {:.0} % of package bytes from peers, {} hedges; \
+                 cores busy {:.0} % straight, {:.0} % through the gateway, gateway CPU {:.2} s",
                 s.update,
                 s.download,
                 g.update,
                 g.download,
                 peer_share(&g),
-                g.hedges
+                g.hedges,
+                s.busy * 100.0,
+                g.busy * 100.0,
+                g.gateway_cpu
             );
             straight.push(s);
             ours.push(g);
