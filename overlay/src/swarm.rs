@@ -31,8 +31,11 @@
 //! Speed. Pieces are claimed in order within a window of
 //! [`SwarmConfig::window`] pieces past the first undelivered one (bounding
 //! the memory held for out-of-order pieces). When no piece is left to
-//! claim, an idle worker also fetches the oldest piece another peer is
-//! still fetching (work stealing); the first verified copy wins. A peer that
+//! claim, an idle worker also fetches the oldest piece another peer has
+//! been fetching for [`SwarmConfig::steal_after`] (work stealing); the
+//! first verified copy wins. Not sooner: stealing at once fetched every
+//! one-piece item twice, half again the bytes of a package download
+//! (BENCHMARKS.md, "Between hosts"). A peer that
 //! sends nothing for [`SwarmConfig::stall_timeout`] is dropped and its
 //! pieces return to the pool.
 //!
@@ -251,6 +254,7 @@ where
             pieces,
             next_deliver: 0,
             window: config.window.max(1),
+            steal_after: config.steal_after,
             finished: false,
         }),
         changed: Notify::new(),

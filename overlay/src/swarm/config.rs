@@ -26,6 +26,9 @@ pub struct SwarmConfig {
     pub piece_size: u64,
     /// Pieces that may be claimed past the first undelivered one.
     pub window: usize,
+    /// How long a piece is one peer's alone before an idle peer fetches it
+    /// too.
+    pub steal_after: Duration,
     /// Time allowed for a connection, and at most for its handshake (which
     /// gets less after a fast connection: see [`handshake_allowance`](super::handshake_allowance)).
     pub connect_timeout: Duration,
@@ -105,13 +108,15 @@ impl Pieces {
 }
 
 impl SwarmConfig {
-    /// Defaults for `params`: 1 MiB pieces, a 64-piece window, 10 s to
-    /// connect, 10 s of silence before a peer counts as stalled.
+    /// Defaults for `params`: 1 MiB pieces, a 64-piece window, a piece
+    /// fetched twice after 1 s, 10 s to connect, 10 s of silence before a
+    /// peer counts as stalled.
     pub fn new(params: ChannelParams) -> SwarmConfig {
         SwarmConfig {
             params,
             piece_size: 1 << 20,
             window: 64,
+            steal_after: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             pieces: Pieces::default(),

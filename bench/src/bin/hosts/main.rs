@@ -129,6 +129,9 @@ struct Run {
     busy: f64,
     /// The gateway's CPU seconds over update and download.
     gateway_cpu: f64,
+    /// Bytes the home's link carried in (IP packets) over update and
+    /// download.
+    link_in: u64,
 }
 
 /// The repository and its package manager: real apt or real pacman.
@@ -310,9 +313,18 @@ impl World {
     fn straight(&self, tag: &str) -> Result<Run> {
         let base = format!("http://{}", self.mirror_addr);
         let dir = self.dir.join(format!("client-straight-{tag}"));
+        let link_in = self.link_in();
         let run = self.repo.run(&self.home, &dir, &base, &self.names());
         let _ = std::fs::remove_dir_all(&dir);
-        run
+        let link_in = self.link_in() - link_in;
+        Ok(Run { link_in, ..run? })
+    }
+
+    /// Bytes into the home over its link so far.
+    fn link_in(&self) -> u64 {
+        self.bed.counters("home").map_or(0, |c| {
+            c.inward.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// One run through a fresh home daemon.
@@ -332,9 +344,11 @@ impl World {
         let dir = self.dir.join(format!("client-gateway-{tag}"));
         let pid = daemon.pid().parse().unwrap_or(0);
         let cpu = process_cpu_seconds(pid).unwrap_or(0.0);
+        let link_in = self.link_in();
         let run =
             tokio::task::block_in_place(|| self.repo.run(&self.home, &dir, &base, &self.names()));
         let gateway_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - cpu;
+        let link_in = self.link_in() - link_in;
         let m = daemon.metrics().await;
         daemon.stop().await?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -351,6 +365,7 @@ impl World {
             from_upstream: m.fetched_from_upstream,
             hedges: m.hedges,
             gateway_cpu,
+            link_in,
             ..run?
         })
     }
@@ -365,7 +380,8 @@ impl World {
             println!(
                 "  {name} run {run}: straight update {:.2} s download {:.2} s; gateway update {:.2} s \
                  download {:.2} s, {:.0} % of package bytes from peers, {} hedges; \
-                 cores busy {:.0} % straight, {:.0} % through the gateway, gateway CPU {:.2} s",
+                 cores busy {:.0} % straight, {:.0} % through the gateway, gateway CPU {:.2} s; \
+                 into the home {:.1} MiB straight, {:.1} MiB through the gateway",
                 s.update,
                 s.download,
                 g.update,
@@ -374,7 +390,9 @@ impl World {
                 g.hedges,
                 s.busy * 100.0,
                 g.busy * 100.0,
-                g.gateway_cpu
+                g.gateway_cpu,
+                s.link_in as f64 / 1048576.0,
+                g.link_in as f64 / 1048576.0,
             );
             straight.push(s);
             ours.push(g);
