@@ -30,11 +30,11 @@
 //! | 7 | 1 | reserved, 0 |
 //! | 8 | 8 | epoch (u64) |
 //! | 16 | 4 | item count (u32, ≤ m) |
-//! | 20 | 4 | `m`, bits: a multiple of 64, 64 ≤ m ≤ 2¹⁹ |
+//! | 20 | 4 | `m`, bits: a multiple of 64, 64 ≤ m ≤ 491 520 (60 KiB) |
 //! | 24 | m/8 | the bits; bit `i` is bit `i % 8` of byte `i / 8` |
 //!
-//! Nothing may follow; at most 24 + 65 536 bytes, one overlay frame's
-//! worth of payload or so.
+//! Nothing may follow; at most 24 + 61 440 bytes, so that it fits one
+//! Noise message with the rest of a session's opening.
 //!
 //! # Why not `probabilistic-collections`
 //!
@@ -64,8 +64,12 @@ const MAGIC: &[u8; 4] = b"AMAN";
 const VERSION: u8 = 1;
 /// Bytes before the bits.
 pub const ANNOUNCEMENT_HEADER_LEN: usize = 24;
-/// The largest filter: 2¹⁹ bits (64 KiB).
-pub const MAX_ANNOUNCEMENT_BITS: u32 = 1 << 19;
+/// The largest filter: 60 KiB of bits, so that a session's opening
+/// message (the filter and some 2 KiB more) fits one Noise message
+/// (65,519 bytes). At 8 bits per item that is 61,440 items, about Debian's
+/// main for one architecture; a larger set gets fewer bits per item (more
+/// false positives), never a filter the rendezvous refuses.
+pub const MAX_ANNOUNCEMENT_BITS: u32 = 60 * 1024 * 8;
 /// Positions per announced item.
 pub const ANNOUNCEMENT_HASHES: u8 = 6;
 /// Filter bits per item of the level's capacity.

@@ -47,6 +47,10 @@ use crate::upstream::{Upstream, join};
 /// The most an index file may be.
 pub const MAX_INDEX_DOWNLOAD: usize = 512 << 20;
 
+/// How long a request for a file waits for its repository's indexes
+/// being learned (a distribution's takes a second or two).
+pub const LEARN_WAIT: Duration = Duration::from_secs(30);
+
 /// The gateway's shared state.
 pub struct Gateway {
     repos: HashMap<String, Arc<Repo>>,
@@ -100,7 +104,7 @@ impl Gateway {
     /// Fetch every index of `repo` the gateway has learned again
     /// (conditionally), as a pushed snapshot change asks. Returns how many
     /// were answered.
-    pub async fn refresh(&self, repo: &Arc<Repo>) -> usize {
+    pub async fn refresh(self: &Arc<Self>, repo: &Arc<Repo>) -> usize {
         let mut n = 0;
         let paths = {
             let r = repo.clone();
@@ -278,6 +282,11 @@ async fn handle(
         Err((status, why)) => return plain(status, why),
     };
     let rest = rest.as_str();
+    if !repo.is_index_path(rest) {
+        // An index still arriving may name this file: match it against
+        // that index, not the one before.
+        let _ = tokio::time::timeout(LEARN_WAIT, repo.settled()).await;
+    }
     let head = method == Method::HEAD;
     let response = match repo.classify(rest) {
         PathClass::Index => {
@@ -535,7 +544,7 @@ fn file_stream(
 }
 
 async fn index(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     repo: &Arc<Repo>,
     rest: &str,
     headers: &HeaderMap,
@@ -573,6 +582,11 @@ async fn index(
                 etag: header_str(resp.headers(), header::ETAG),
                 last_modified: header_str(resp.headers(), header::LAST_MODIFIED),
             };
+            if !head && unconditional(headers) {
+                // Passed on as it arrives, learned once whole.
+                return stream_index(gw, repo, rest, resp, validators);
+            }
+            let learning = repo.start_learning();
             let started = std::time::Instant::now();
             match http_body_util::Limited::new(resp.into_body(), MAX_INDEX_DOWNLOAD)
                 .collect()
@@ -582,28 +596,8 @@ async fn index(
                     let body = body.to_bytes();
                     gw.upstream
                         .observe_body(body.len() as u64, started.elapsed());
-                    let (r, p, b, v) = (
-                        repo.clone(),
-                        rest.to_owned(),
-                        body.clone(),
-                        validators.clone(),
-                    );
-                    let now = gw.clock.unix_secs();
-                    match tokio::task::spawn_blocking(move || r.learn(&p, &b, &v, now)).await {
-                        Ok(Ok(n)) if n > 0 => {
-                            tracing::info!(repository = %repo.name, items = n, "index learned")
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            gw.metrics.index_error();
-                            tracing::warn!(
-                                repository = %repo.name,
-                                error = %e,
-                                "index not usable: its items pass through to the upstream"
-                            );
-                        }
-                        Err(e) => tracing::warn!(error = %e, "index parser panicked"),
-                    }
+                    learn(gw, repo, rest, body.clone(), validators.clone()).await;
+                    drop(learning);
                     Some((body.to_vec(), validators))
                 }
                 Err(e) => {
@@ -662,6 +656,111 @@ async fn index(
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Whether a request asks for the whole entity whatever it is (no range,
+/// no condition): then an index can be passed on as it arrives.
+fn unconditional(headers: &HeaderMap) -> bool {
+    [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .all(|h| !headers.contains_key(h))
+}
+
+/// Parses a downloaded index into the repository (and its cache).
+async fn learn(gw: &Gateway, repo: &Arc<Repo>, rest: &str, body: Bytes, validators: Validators) {
+    let (r, p) = (repo.clone(), rest.to_owned());
+    let now = gw.clock.unix_secs();
+    match tokio::task::spawn_blocking(move || r.learn(&p, &body, &validators, now)).await {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::info!(repository = %repo.name, items = n, "index learned")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            gw.metrics.index_error();
+            tracing::warn!(
+                repository = %repo.name,
+                error = %e,
+                "index not usable: its items pass through to the upstream"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "index parser panicked"),
+    }
+}
+
+/// An index passed on to the package manager as the upstream sends it
+/// (a distribution's is tens of MB: waiting for all of it, then for its
+/// parse, cost `apt-get update` half again its time), and learned once
+/// whole, while item requests wait for it ([`Repo::settled`]). A download
+/// that breaks off, or outgrows [`MAX_INDEX_DOWNLOAD`], breaks the answer
+/// off too, and nothing is learned.
+fn stream_index(
+    gw: &Arc<Gateway>,
+    repo: &Arc<Repo>,
+    rest: &str,
+    resp: Response<hyper::body::Incoming>,
+    validators: Validators,
+) -> Response<Body> {
+    let learning = repo.start_learning();
+    let mut out = Response::new(Body::empty());
+    let h = out.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    for name in [header::CONTENT_LENGTH, header::ETAG, header::LAST_MODIFIED] {
+        if let Some(v) = resp.headers().get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+    *out.body_mut() = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|piece| (piece, rx))
+    }));
+    let (gw, repo, rest) = (gw.clone(), repo.clone(), rest.to_owned());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut body = resp.into_body();
+        let mut whole = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let piece = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    tracing::info!(error = %e, "index download failed");
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            };
+            if whole.len() + piece.len() > MAX_INDEX_DOWNLOAD {
+                tracing::info!("index download over its limit");
+                let _ = tx
+                    .send(Err(std::io::Error::other("index over its limit")))
+                    .await;
+                return;
+            }
+            whole.extend_from_slice(&piece);
+            // A package manager that went away still has the index learned.
+            let _ = tx.send(Ok(piece)).await;
+        }
+        drop(tx);
+        let whole = whole.freeze();
+        gw.upstream
+            .observe_body(whole.len() as u64, started.elapsed());
+        gw.metrics.index_bytes(whole.len() as u64);
+        learn(&gw, &repo, &rest, whole, validators).await;
+        drop(learning);
+    });
+    out
 }
 
 async fn passthrough(

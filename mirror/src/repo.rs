@@ -88,6 +88,21 @@ pub struct Repo {
     pub base: String,
     cache: PathBuf,
     state: RwLock<State>,
+    /// Index downloads being learned: item requests wait for none
+    /// ([`Repo::settled`]), so that a package asked for right after its
+    /// index is matched against it.
+    learning: tokio::sync::watch::Sender<u32>,
+}
+
+/// An index being learned, from its download to its parse
+/// ([`Repo::start_learning`]); dropped when done, either way.
+#[derive(Debug)]
+pub struct Learning(tokio::sync::watch::Sender<u32>);
+
+impl Drop for Learning {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Why a path may not be used on the local file system.
@@ -145,7 +160,25 @@ impl Repo {
             base: base.to_owned(),
             cache,
             state: RwLock::new(State::default()),
+            learning: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// An index of this repository is being fetched to be learned.
+    pub fn start_learning(&self) -> Learning {
+        self.learning.send_modify(|n| *n += 1);
+        Learning(self.learning.clone())
+    }
+
+    /// Returns once no index is being learned.
+    pub async fn settled(&self) {
+        let mut rx = self.learning.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether `rest` is one of the repository's index files.
+    pub fn is_index_path(&self, rest: &str) -> bool {
+        self.is_index(rest)
     }
 
     /// What `rest` (the request path under the repository) is.

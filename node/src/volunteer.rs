@@ -450,6 +450,7 @@ impl Volunteer {
             upload_rate: self.policy.serve.upload_rate.bytes_per_sec(),
             region: self.policy.announce.region.clone(),
             snapshots,
+            // Never refused for its size (`_FILTER_FITS` below).
             filter: announcement.to_bytes(),
         };
         let mut live = match self.client.open_session(&tokens[1], wire).await {
@@ -665,3 +666,11 @@ impl Listener for PeerListener {
         }
     }
 }
+
+/// The largest announcement the layout makes is the largest filter the
+/// rendezvous takes.
+const _FILTER_FITS: () = assert!(
+    anonmirror_announce::announcement::ANNOUNCEMENT_HEADER_LEN
+        + anonmirror_announce::announcement::MAX_ANNOUNCEMENT_BITS as usize / 8
+        == anonmirror_rendezvous::msg::MAX_FILTER
+);

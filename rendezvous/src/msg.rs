@@ -112,8 +112,11 @@ pub const MAX_WANT: u8 = 32;
 pub const MAX_REPOSITORIES: usize = 16;
 /// The longest repository name.
 pub const MAX_NAME: usize = 64;
-/// The largest announcement filter (opaque here; announce/ defines it).
-pub const MAX_FILTER: usize = 32 * 1024;
+/// The largest announcement filter (opaque here; announce/ defines it):
+/// its 24-byte header and at most 60 KiB of bits
+/// (`anonmirror_announce::announcement::MAX_ANNOUNCEMENT_BITS`). A
+/// distribution's index of 60,000 items needs all of it at level open.
+pub const MAX_FILTER: usize = 24 + 60 * 1024;
 /// The longest popularity report (announce's default m = 2^18 bits is a 32 KiB bitmap plus its header; a frame holds 64 KiB).
 pub const MAX_REPORT: usize = 48 * 1024;
 /// The largest directory snapshot, in bytes.

@@ -154,6 +154,53 @@ async fn head_range_and_conditionals_behave_as_a_mirror_s() {
     rv.shutdown().await;
 }
 
+/// An index asked for without conditions is passed on as it arrives, whole
+/// and unchanged, and a package asked for the moment it is through is
+/// matched against it (fetched as an item and stored), not passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_passed_on_as_it_arrives_is_learned_before_its_packages_are_asked() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 3, 3).expect("repository");
+    let upstream = StaticServer::start(upstream_dir.clone())
+        .await
+        .expect("upstream");
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let policy = node_policy(Level::Off, &dir.path().join("node"), &upstream.url(), &rv);
+    let node = Node::start(policy, opts()).await.expect("node");
+    let base = format!("http://{}/demo/", node.gateway_addr);
+    for index in ["dists/demo/Release", "dists/demo/main/binary-all/Packages"] {
+        let (s, h, body) = request(Method::GET, &format!("{base}{index}"), &[]).await;
+        assert_eq!(s, StatusCode::OK, "{index}");
+        let file = std::fs::read(upstream_dir.join(index)).expect("index file");
+        assert_eq!(body, file, "{index} unchanged");
+        assert_eq!(h["content-length"], file.len().to_string().as_str());
+        assert!(h.contains_key("last-modified"), "{index} keeps its validators");
+    }
+    let p = &packages[2];
+    let (s, _, body) = request(Method::GET, &format!("{base}{}", p.path), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        body,
+        std::fs::read(upstream_dir.join(&p.path)).expect("package")
+    );
+    let store = node.gateway().fetcher().store().clone();
+    let key = anonmirror_core::ItemKey(p.sha256);
+    for _ in 0..400 {
+        if matches!(store.meta(&key), Ok(Some(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        matches!(store.meta(&key), Ok(Some(_))),
+        "the package was matched against the index and stored"
+    );
+    assert_eq!(node.gateway().metrics().snapshot().passthrough, 0);
+    node.stop().await;
+    rv.shutdown().await;
+}
+
 /// An upstream serving `root` that holds the answer for `held` until it
 /// has been asked for every path of `others` (or 30 s passed): it can only
 /// answer if its client asked for them before it had the first one.

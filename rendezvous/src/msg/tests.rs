@@ -47,6 +47,33 @@ fn known_answers() {
     assert_eq!(sc.encode().expect("enc"), [0x05, 0x02, b'a', b'b', 0x02]);
 }
 
+/// The largest session opening the bounds allow still fits one Noise
+/// message: a filter at its limit is never refused for its size.
+#[test]
+fn the_largest_opening_fits_one_message() {
+    let a = AnnouncementWire {
+        contact: ContactWire::Onion {
+            host: format!("{}.onion", "a".repeat(56)),
+            port: 65535,
+        },
+        key: PeerKey([3; 32]),
+        max_clients: u32::MAX,
+        upload_rate: u64::MAX,
+        region: Some("r".repeat(MAX_REGION)),
+        snapshots: (0..MAX_REPOSITORIES)
+            .map(|i| (format!("{i:02}{}", "n".repeat(MAX_NAME - 2)), u64::MAX))
+            .collect(),
+        filter: vec![0xff; MAX_FILTER],
+    };
+    let open = Up::OpenSession {
+        token: ByteBuf::from(vec![0xff; TOKEN_LEN]),
+        announcement: a,
+    };
+    let bytes = open.encode().expect("within every bound");
+    assert!(bytes.len() <= MAX_MESSAGE, "{} bytes", bytes.len());
+    assert_eq!(Up::decode(&bytes).expect("decodes"), open);
+}
+
 #[test]
 fn bounds_are_enforced_both_ways() {
     let mut a = ann();

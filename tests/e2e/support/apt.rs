@@ -39,6 +39,9 @@ pub struct AptRepo {
     /// The index as last written, parsed.
     packages: Vec<Package>,
     index_mtime: Option<SystemTime>,
+    /// Entries listed after the real ones, for files the pool does not
+    /// have (see [`AptRepo::pad_index`]).
+    padding: usize,
 }
 
 impl AptRepo {
@@ -82,6 +85,7 @@ impl AptRepo {
             current: BTreeMap::new(),
             packages: Vec::new(),
             index_mtime: None,
+            padding: 0,
         };
         for spec in specs {
             repo.build_deb(spec);
@@ -139,6 +143,18 @@ impl AptRepo {
 
     /// The paths of the index files below the base URL
     /// (`dists/<suite>/InRelease`, …), as apt requests them.
+    /// Lists `n` more packages after the real ones, as long and as varied
+    /// as Debian's own entries (about 750 bytes each: Debian's main for
+    /// amd64 lists some 64,000 in 47 MB), and re-signs: an index the size
+    /// of a real distribution's, for `apt-get update` to fetch. Their
+    /// files are not in the pool, so nothing may download them. Seeded:
+    /// the same `n` gives the same index.
+    #[allow(dead_code)] // bench/src/bin/hosts: `--index-padding`
+    pub fn pad_index(&mut self, n: usize) {
+        self.padding = n;
+        self.write_indexes();
+    }
+
     pub fn index_paths(&self) -> Vec<String> {
         let dists = format!("dists/{}", self.suite);
         let mut paths = Vec::new();
@@ -234,6 +250,7 @@ impl AptRepo {
             self.current.len(),
             "apt-ftparchive's output lacks a package: {all}"
         );
+        padding_entries(self.padding, &mut text);
         let index = bin.join("Packages");
         std::fs::write(&index, text).expect("write Packages");
         run_ok(
@@ -302,6 +319,65 @@ impl AptRepo {
                 .env("GNUPGHOME", &home)
                 .args(["--kill", "gpg-agent"]),
             TOOL_LIMIT,
+        );
+    }
+}
+
+/// `n` synthetic index entries appended to `text` (see
+/// [`AptRepo::pad_index`]): names, versions, dependencies, hashes and a
+/// few lines of description drawn from a fixed seed.
+fn padding_entries(n: usize, text: &mut String) {
+    use std::fmt::Write as _;
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut draw = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const WORDS: [&str; 16] = [
+        "library", "tools", "for", "the", "data", "client", "server", "plugin", "support",
+        "module", "files", "python", "development", "runtime", "documentation", "network",
+    ];
+    for i in 0..n {
+        let name = format!("pad-{i:05}");
+        let mut hex = |bytes: usize| {
+            (0..bytes.div_ceil(8))
+                .map(|_| format!("{:016x}", draw()))
+                .collect::<String>()[..bytes * 2]
+                .to_owned()
+        };
+        let (md5, sha256, desc_md5) = (hex(16), hex(32), hex(16));
+        let size = 4096 + draw() % (4 << 20);
+        let _ = write!(
+            text,
+            "Package: {name}\nVersion: {}.{}-{}\nInstalled-Size: {}\n\
+             Maintainer: Padding Maintainers <pad-{}@invalid>\nArchitecture: {ARCH}\n\
+             Depends: libc6 (>= 2.36), pad-{:05} (>= 1.0), pad-{:05}\n\
+             Description: synthetic package {i} of a distribution-sized index\n",
+            draw() % 20,
+            draw() % 10,
+            draw() % 5,
+            size / 1024 * 3,
+            draw() % 5000,
+            draw() % n as u64,
+            draw() % n as u64,
+        );
+        for _ in 0..4 {
+            text.push(' ');
+            for w in 0..10 {
+                if w > 0 {
+                    text.push(' ');
+                }
+                text.push_str(WORDS[(draw() % 16) as usize]);
+            }
+            text.push('\n');
+        }
+        let _ = write!(
+            text,
+            "Description-md5: {desc_md5}\nSection: misc\nPriority: optional\n\
+             Filename: pool/{COMPONENT}/p/{name}/{name}_1.0_{ARCH}.deb\nSize: {size}\n\
+             MD5sum: {md5}\nSHA256: {sha256}\n\n",
         );
     }
 }

@@ -79,6 +79,11 @@ struct Args {
     /// Runs per case (each way); medians reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Synthetic entries listed in the apt index after the packages, so
+    /// that `apt-get update` fetches an index the size of a distribution's
+    /// (60000: Debian's main); none are downloaded.
+    #[arg(long, default_value_t = 0)]
+    index_padding: usize,
     /// The package manager: apt or pacman.
     #[arg(long, default_value = "apt")]
     client: String,
@@ -141,9 +146,16 @@ enum Repo {
 }
 
 impl Repo {
-    fn build(client: &str, dir: &Path, specs: &[PkgSpec]) -> Result<Repo> {
+    fn build(client: &str, dir: &Path, specs: &[PkgSpec], padding: usize) -> Result<Repo> {
         Ok(match client {
-            "apt" => Repo::Apt(AptRepo::build(dir, SUITE, specs)),
+            "apt" => {
+                let mut repo = AptRepo::build(dir, SUITE, specs);
+                if padding > 0 {
+                    repo.pad_index(padding);
+                }
+                Repo::Apt(repo)
+            }
+            "pacman" if padding > 0 => bail!("--index-padding is for apt"),
             "pacman" => Repo::Pacman(PacmanRepo::build(dir, "bench", "x86_64", specs)),
             other => bail!("--client {other}: apt or pacman"),
         })
@@ -243,9 +255,11 @@ impl World {
         let t = Instant::now();
         let specs = specs(args.packages, args.mib << 20);
         let (repo_dir, specs2) = (dir.join("www"), specs.clone());
-        let client = args.client.clone();
-        let repo =
-            tokio::task::spawn_blocking(move || Repo::build(&client, &repo_dir, &specs2)).await??;
+        let (client, padding) = (args.client.clone(), args.index_padding);
+        let repo = tokio::task::spawn_blocking(move || {
+            Repo::build(&client, &repo_dir, &specs2, padding)
+        })
+        .await??;
         let total: u64 = repo.packages().iter().map(|p| p.size).sum();
         println!(
             "repository: {} packages, {:.1} MiB, built in {:.1} s",
