@@ -175,7 +175,10 @@ async fn an_index_passed_on_as_it_arrives_is_learned_before_its_packages_are_ask
         let file = std::fs::read(upstream_dir.join(index)).expect("index file");
         assert_eq!(body, file, "{index} unchanged");
         assert_eq!(h["content-length"], file.len().to_string().as_str());
-        assert!(h.contains_key("last-modified"), "{index} keeps its validators");
+        assert!(
+            h.contains_key("last-modified"),
+            "{index} keeps its validators"
+        );
     }
     let p = &packages[2];
     let (s, _, body) = request(Method::GET, &format!("{base}{}", p.path), &[]).await;

@@ -336,8 +336,22 @@ fn padding_entries(n: usize, text: &mut String) {
         x
     };
     const WORDS: [&str; 16] = [
-        "library", "tools", "for", "the", "data", "client", "server", "plugin", "support",
-        "module", "files", "python", "development", "runtime", "documentation", "network",
+        "library",
+        "tools",
+        "for",
+        "the",
+        "data",
+        "client",
+        "server",
+        "plugin",
+        "support",
+        "module",
+        "files",
+        "python",
+        "development",
+        "runtime",
+        "documentation",
+        "network",
     ];
     for i in 0..n {
         let name = format!("pad-{i:05}");

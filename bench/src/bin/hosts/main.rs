@@ -35,6 +35,15 @@
 //!   host), fetched by aria2 on the home host; against the gateway's time
 //!   in the same run. Runs before `dead`.
 //!
+//! `--index-padding 60000` lists that many synthetic entries after the
+//! packages in the apt index (49 MB, 8.3 MB as xz, as Debian's main for
+//! one architecture): the `apt-get update` columns then measure a
+//! distribution-sized index.
+//!
+//! Also reported per run: how busy the machine's cores were (the links
+//! are carried by the same two cores), the gateway's CPU seconds, and the
+//! bytes into the home over its link.
+//!
 //! Run as root: `bench/run hosts` (installs nginx and apt's tools, builds
 //! the `anonmirror` binary in release). Quick: `--rtts 40 --runs 1
 //! --cases rtt`. Never a pass/fail test.
@@ -256,10 +265,9 @@ impl World {
         let specs = specs(args.packages, args.mib << 20);
         let (repo_dir, specs2) = (dir.join("www"), specs.clone());
         let (client, padding) = (args.client.clone(), args.index_padding);
-        let repo = tokio::task::spawn_blocking(move || {
-            Repo::build(&client, &repo_dir, &specs2, padding)
-        })
-        .await??;
+        let repo =
+            tokio::task::spawn_blocking(move || Repo::build(&client, &repo_dir, &specs2, padding))
+                .await??;
         let total: u64 = repo.packages().iter().map(|p| p.size).sum();
         println!(
             "repository: {} packages, {:.1} MiB, built in {:.1} s",
