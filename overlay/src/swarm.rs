@@ -116,6 +116,10 @@ where
             let started = Instant::now();
             match fetch_tree(transport, config, item, size, peer).await {
                 Ok((tree, channel)) => {
+                    tracing::debug!(
+                        tree_us = started.elapsed().as_micros() as u64,
+                        "swarm: tree"
+                    );
                     got = Some((i, tree, channel, started));
                     break;
                 }

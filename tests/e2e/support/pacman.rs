@@ -258,12 +258,14 @@ impl PacmanClient {
             mkdir(&dir.join(sub));
         }
         // SigLevel = Never: the test repository is unsigned. No CheckSpace:
-        // it would inspect the host's mount points.
+        // it would inspect the host's mount points. ParallelDownloads = 5
+        // as in the pacman.conf Debian and Arch ship (pacman alone, with
+        // the line absent, fetches one file at a time).
         std::fs::write(
             dir.join("pacman.conf"),
             format!(
                 "[options]\nArchitecture = {arch}\nSigLevel = Never\nLocalFileSigLevel = Never\n\
-                 \n[{repo}]\nServer = {server}\n"
+                 ParallelDownloads = 5\n\n[{repo}]\nServer = {server}\n"
             ),
         )
         .expect("write pacman.conf");
