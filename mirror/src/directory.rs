@@ -4,8 +4,12 @@
 //! The directory ([`anonmirror_rendezvous::directory::Snapshot`]) lists
 //! every live session's announcement: contact, session key, limits,
 //! region, index versions and the announcement filter itself. The gateway
-//! fetches it (signed with the pinned directory key) at start and every
-//! [`REFRESH`] or so, and answers "who holds item X" from it: the same
+//! watches it (signed with the pinned directory key): the rendezvous sends
+//! it at the start and again within a second of each change of its live
+//! sessions (`WatchDirectory`), so a volunteer is matched as soon as it
+//! announces; while no watch can be had (the rendezvous is down, or has
+//! all the watchers it takes) the gateway fetches it every [`REFRESH`] or
+//! so. It answers "who holds item X" from it: the same
 //! filter test the rendezvous's lookup runs, so a download costs no
 //! rendezvous round trip and the rendezvous no longer learns each item a
 //! client fetches, only that it fetches the whole directory now and then.
@@ -24,8 +28,9 @@ use tokio::time::Instant;
 
 use crate::peers::Candidate;
 
-/// How often the directory is fetched anew (with up to a fifth more or
-/// less, at random, so gateways do not ask in step).
+/// How often the directory is fetched anew, or a watch tried again, while
+/// it cannot be watched (with up to a fifth more or less, at random, so
+/// gateways do not ask in step).
 pub const REFRESH: Duration = Duration::from_secs(30);
 
 /// How old a directory may grow (no successful refresh) and still be used.

@@ -232,38 +232,65 @@ impl RendezvousPeers {
             return Ok(0);
         };
         let fetched = self.client.directory(None, &pinned).await;
-        let result = fetched.map(|snapshot| {
-            let (dir, left_out) = LocalDirectory::new(snapshot, tokio::time::Instant::now());
-            if left_out > 0 {
-                tracing::debug!(left_out, "directory entries not usable");
-            }
-            let n = dir.len();
-            if let Some(m) = &self.metrics {
-                m.directory(n);
-            }
-            let wanted = self.warm_wanted.lock().ok().and_then(|mut w| w.take());
-            if wanted.is_some_and(|t| t.elapsed() < WARM_EVERY) {
-                self.warm_from(&dir);
-            }
-            if let Ok(mut d) = self.directory.write() {
-                *d = Some(Arc::new(dir));
-            }
-            n
-        });
+        let result = fetched.map(|snapshot| self.install(snapshot));
         self.attempted.send_replace(true);
         result
     }
 
-    /// Fetches the directory now and every [`directory::REFRESH`] (a fifth
-    /// more or less at random) until `cancel`.
-    pub async fn keep_directory(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
-        if self.pinned.is_none() {
-            return;
+    /// Matches requests against `snapshot` from now on; its usable peers.
+    fn install(&self, snapshot: anonmirror_rendezvous::directory::Snapshot) -> usize {
+        let (dir, left_out) = LocalDirectory::new(snapshot, tokio::time::Instant::now());
+        if left_out > 0 {
+            tracing::debug!(left_out, "directory entries not usable");
         }
+        let n = dir.len();
+        if let Some(m) = &self.metrics {
+            m.directory(n);
+        }
+        let wanted = self.warm_wanted.lock().ok().and_then(|mut w| w.take());
+        if wanted.is_some_and(|t| t.elapsed() < WARM_EVERY) {
+            self.warm_from(&dir);
+        }
+        if let Ok(mut d) = self.directory.write() {
+            *d = Some(Arc::new(dir));
+        }
+        n
+    }
+
+    /// Keeps the directory current until `cancel`: watched (the rendezvous
+    /// sends it at each change), or, while a watch cannot be had, fetched
+    /// every [`directory::REFRESH`] (a fifth more or less at random), a
+    /// watch tried again at each.
+    pub async fn keep_directory(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let Some(pinned) = self.pinned else {
+            return;
+        };
         loop {
-            match self.refresh_directory().await {
-                Ok(n) => tracing::debug!(peers = n, "directory fetched"),
-                Err(e) => tracing::info!(error = %e, "directory fetch failed"),
+            match self.client.watch_directory(None, &pinned).await {
+                Ok(mut watch) => loop {
+                    let next = tokio::select! {
+                        n = watch.next() => n,
+                        () = cancel.cancelled() => return,
+                    };
+                    match next {
+                        Ok(snapshot) => {
+                            let n = self.install(snapshot);
+                            self.attempted.send_replace(true);
+                            tracing::debug!(peers = n, "directory received");
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "directory watch ended");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "no directory watch: fetching it");
+                    match self.refresh_directory().await {
+                        Ok(n) => tracing::debug!(peers = n, "directory fetched"),
+                        Err(e) => tracing::info!(error = %e, "directory fetch failed"),
+                    }
+                }
             }
             let fifth = directory::REFRESH.as_millis() as u64 / 5;
             let jitter = anonmirror_core::OsEntropy.below(2 * fifth + 1);

@@ -111,7 +111,10 @@ impl Client {
         Ok(anonmirror_channel::connect(stream, &self.key, &channel_params(), self.timeout).await?)
     }
 
-    async fn recv(ch: &mut anonmirror_channel::Channel<BoxStream>, t: Duration) -> Result<Down> {
+    pub(crate) async fn recv(
+        ch: &mut anonmirror_channel::Channel<BoxStream>,
+        t: Duration,
+    ) -> Result<Down> {
         let bytes = tokio::time::timeout(t, ch.recv())
             .await
             .map_err(|_| Error::Gone("no answer in time"))??
@@ -301,20 +304,33 @@ impl Client {
             .encode()?,
         )
         .await?;
-        let Down::DirectoryHead { total, signature } = Self::recv(&mut ch, self.timeout).await?
-        else {
-            return Err(Error::Protocol("expected DirectoryHead"));
-        };
-        let mut bytes = Vec::new();
-        while (bytes.len() as u64) < total {
-            match Self::recv(&mut ch, self.timeout).await? {
-                Down::DirectoryPart(p) if bytes.len() as u64 + p.len() as u64 <= total => {
-                    bytes.extend_from_slice(&p)
-                }
-                _ => return Err(Error::Protocol("bad directory part")),
+        read_directory(&mut ch, self.timeout, self.timeout, pinned).await
+    }
+
+    /// The signed directory of `region` (or of all peers) now, then again
+    /// at each change the rendezvous sees, on one connection: read them
+    /// with [`DirectoryWatch::next`]. Refused `Busy` when the rendezvous
+    /// has all the watchers it takes (then poll [`Client::directory`]).
+    pub async fn watch_directory(
+        &self,
+        region: Option<&str>,
+        pinned: &[u8; 32],
+    ) -> Result<DirectoryWatch> {
+        let mut ch = self.open().await?;
+        ch.send(
+            &Up::WatchDirectory {
+                region: region.map(str::to_owned),
             }
-        }
-        directory::verify(pinned, &bytes, &signature.0)
+            .encode()?,
+        )
+        .await?;
+        let first = read_directory(&mut ch, self.timeout, self.timeout, pinned).await?;
+        Ok(DirectoryWatch {
+            ch,
+            pinned: *pinned,
+            timeout: self.timeout,
+            first: Some(first),
+        })
     }
 
     /// The popularity counts of the last epoch, verified against the
@@ -495,6 +511,57 @@ impl Backoff {
     /// A session stayed up: start over.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// A directory head and its parts, verified against `pinned`: the head
+/// within `first`, each part within `timeout`.
+async fn read_directory(
+    ch: &mut anonmirror_channel::Channel<BoxStream>,
+    first: Duration,
+    timeout: Duration,
+    pinned: &[u8; 32],
+) -> Result<Snapshot> {
+    let Down::DirectoryHead { total, signature } = Client::recv(ch, first).await? else {
+        return Err(Error::Protocol("expected DirectoryHead"));
+    };
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < total {
+        match Client::recv(ch, timeout).await? {
+            Down::DirectoryPart(p) if bytes.len() as u64 + p.len() as u64 <= total => {
+                bytes.extend_from_slice(&p)
+            }
+            _ => return Err(Error::Protocol("bad directory part")),
+        }
+    }
+    directory::verify(pinned, &bytes, &signature.0)
+}
+
+/// A directory watched on one connection ([`Client::watch_directory`]).
+pub struct DirectoryWatch {
+    ch: anonmirror_channel::Channel<BoxStream>,
+    pinned: [u8; 32],
+    timeout: Duration,
+    first: Option<Snapshot>,
+}
+
+impl std::fmt::Debug for DirectoryWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectoryWatch")
+    }
+}
+
+impl DirectoryWatch {
+    /// The next directory, verified: the one current when the watch
+    /// began, then each the rendezvous sends. An error ends the watch (the
+    /// connection broke, the rendezvous stopped or sent something else, or
+    /// nothing came for longer than its refresh interval allows).
+    pub async fn next(&mut self) -> Result<Snapshot> {
+        if let Some(first) = self.first.take() {
+            return Ok(first);
+        }
+        let patience = crate::server::WATCH_REFRESH + crate::server::WATCH_COALESCE + self.timeout;
+        read_directory(&mut self.ch, patience, self.timeout, &self.pinned).await
     }
 }
 

@@ -38,6 +38,7 @@
 //! | `08` | `Notify` | secret `[32]`, repository `str`, version `varint` |
 //! | `09` | `Popularity` | token `bytes` (354), report `bytes` (1 ..= [`MAX_REPORT`]) |
 //! | `0a` | `PopularityCounts` | — |
+//! | `0b` | `WatchDirectory` | region `opt<str>` |
 //!
 //! [`AnnouncementWire`]: contact [`ContactWire`], key `[32]` (this
 //! session's Noise static key), max_clients `varint`(u32, ≥ 1), upload_rate
@@ -71,7 +72,8 @@
 //! | `0d` | `NoCounts` | — (no epoch before the current one has counts yet) |
 //!
 //! A directory travels as one `DirectoryHead` then parts whose bytes, in
-//! order, make `total` bytes: the postcard encoding of a
+//! order, make `total` bytes (after `WatchDirectory`, again at each
+//! change): the postcard encoding of a
 //! [`crate::directory::Snapshot`], signed as that module says. Published
 //! popularity counts travel the same way as `CountsHead` and `CountsPart`s:
 //! a [`crate::directory::PublishedCounts`], signed with the same key.
@@ -407,6 +409,13 @@ pub enum Up {
     },
     /// The signed popularity counts of the last epoch (anonymous, free).
     PopularityCounts,
+    /// The signed directory of a region (or of all peers) now, and again
+    /// whenever it changes, on this connection until either side closes it
+    /// (see the server's `WATCH_*` constants).
+    WatchDirectory {
+        /// The region, or all.
+        region: Option<String>,
+    },
 }
 
 /// Rendezvous to initiator. See the module docs for the bytes.
@@ -637,7 +646,9 @@ impl Up {
                 }
                 Ok(())
             }
-            Up::Directory { region } => check_region(region.as_deref()),
+            Up::Directory { region } | Up::WatchDirectory { region } => {
+                check_region(region.as_deref())
+            }
             Up::Notify { repository, .. } => check_name(repository),
             Up::Popularity { token, report } => {
                 if token.len() != TOKEN_LEN {

@@ -61,6 +61,7 @@ mod session_owner;
 mod shared;
 
 pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, channel_params};
+pub use connection::{WATCH_COALESCE, WATCH_REFRESH, WATCH_SEND_LIMIT};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};
 use session_owner::{PUSH_QUEUE, SessionCmd, session_owner};
@@ -111,6 +112,7 @@ impl Rendezvous {
         let (key_tx, key_rx) = mpsc::channel(1024);
         let (session_tx, session_rx) = mpsc::channel(1024);
         let (pushes, _) = broadcast::channel(PUSH_QUEUE);
+        let (directory_changed_tx, directory_changed) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -136,6 +138,8 @@ impl Rendezvous {
             scheme: Scheme::default(),
             stop: stop.clone(),
             served: Served::default(),
+            directory_changed,
+            watchers: Arc::new(tokio::sync::Semaphore::new(cfg.max_watchers)),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(key_owner(
@@ -150,6 +154,7 @@ impl Rendezvous {
             cfg.clone(),
             session_rx,
             pushes,
+            directory_changed_tx,
             stop.clone(),
         ));
         if !cfg.upstream.indexes.is_empty() {

@@ -279,6 +279,82 @@ async fn lookup_directory_report_and_popularity_end_to_end() {
     r.shutdown().await;
 }
 
+/// A watcher gets the directory at once, then again as sessions open and
+/// close, with no request of its own; one watcher over the limit is refused
+/// `Busy`; a watcher that leaves frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_watch_follows_the_sessions_and_watchers_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let mut cfg = config(&clock, dir.path());
+    cfg.credentials.pow_difficulty = 4;
+    cfg.max_watchers = 1;
+    let r = Rendezvous::start(cfg).await.expect("start");
+    let c = Client::new(r.local_addr(), r.key());
+    let pinned = r.directory_key();
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(9))
+        .await
+        .expect("register");
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 2)
+        .await
+        .expect("buy");
+    let mut watch = c.watch_directory(None, &pinned).await.expect("watch");
+    assert!(watch.next().await.expect("first").peers.is_empty());
+    let busy = c.watch_directory(None, &pinned).await;
+    assert!(
+        matches!(busy, Err(Error::Refused(Refusal::Busy))),
+        "{busy:?}"
+    );
+    // A session opens: the watcher hears of it without asking (well before
+    // the refresh interval, which is minutes).
+    let s = c.open_session(&t[0], ann(1)).await.expect("open");
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("pushed within the coalescing second or so")
+        .expect("verified");
+    assert_eq!(next.peers, vec![ann(1)]);
+    s.close().await;
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("pushed")
+        .expect("verified");
+    assert!(next.peers.is_empty(), "the closed session is gone");
+    // The watcher leaves: its slot is free again.
+    drop(watch);
+    let mut again = None;
+    for _ in 0..100 {
+        match c.watch_directory(None, &pinned).await {
+            Ok(w) => {
+                again = Some(w);
+                break;
+            }
+            Err(Error::Refused(Refusal::Busy)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(again.is_some(), "the slot was freed");
+    // A watch with a wrong pinned key fails on the first directory.
+    drop(again);
+    let mut wrong = c.watch_directory(None, &[0; 32]).await;
+    for _ in 0..100 {
+        if !matches!(wrong, Err(Error::Refused(Refusal::Busy))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        wrong = c.watch_directory(None, &[0; 32]).await;
+    }
+    match wrong {
+        Err(Error::Refused(r)) => panic!("refused {r:?}, not checked"),
+        Err(_) => {}
+        Ok(_) => panic!("a directory under another key was taken"),
+    }
+    r.shutdown().await;
+}
+
 /// A request's `If-None-Match` and `If-Modified-Since`.
 type Conditional = (Option<String>, Option<String>);
 

@@ -197,6 +197,11 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
         });
     };
 
+    // Home, 20 ms away, up before any volunteer: it watches the directory.
+    let home = world
+        .home
+        .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
+
     // The volunteer fetches the set from the mirror, then announces it.
     let v = world
         .volunteer
@@ -206,11 +211,19 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
     announce(&world.volunteer, &v);
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
 
-    // Home, 20 ms away: every package from the peer, none from the mirror,
-    // and the rendezvous learned no item.
-    let home = world
-        .home
-        .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
+    // The rendezvous sends the home the new directory (no node ever polls
+    // it: checked below).
+    world.home.block_on(async {
+        for _ in 0..2400 {
+            if home.gateway().metrics().snapshot().directory_peers > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the home node never heard of the volunteer");
+    });
+    // Every package from the peer, none from the mirror, and the
+    // rendezvous learned no item.
     apt(&world.home, &home, "apt-home");
     // Counted when each download ends, just after its last byte went
     // out: once every package is stored, all are counted.
@@ -225,6 +238,11 @@ fn apt_between_hosts_gets_packages_from_a_peer_and_from_the_mirror_when_peers_fa
     // the peer's channel looks slow), never more than one per item.
     assert!(package_requests(&nginx, repo.packages()) <= 2 * specs.len());
     assert_eq!(rv.served().lookups(), 0);
+    assert_eq!(
+        rv.served().directory_polls(),
+        0,
+        "every node watched the directory"
+    );
     world.home.block_on(home.stop());
 
     // A second home node learns of the volunteer from the directory, then

@@ -227,6 +227,7 @@ fn arb_up() -> impl Strategy<Value = Up> {
                 }
             ),
         arb_region().prop_map(|region| Up::Directory { region }),
+        arb_region().prop_map(|region| Up::WatchDirectory { region }),
         (
             any::<[u8; 32]>(),
             any::<[u8; 32]>(),

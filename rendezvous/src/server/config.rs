@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub maintenance_interval: Duration,
     /// Upstream indexes to watch for new snapshots (none: only `notify`).
     pub upstream: WatchConfig,
+    /// Connections watching the directory at most (`WatchDirectory`);
+    /// more are refused `Busy` and poll instead.
+    pub max_watchers: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -94,6 +97,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(60),
             upstream: WatchConfig::default(),
+            max_watchers: 4096,
         }
     }
 

@@ -102,6 +102,9 @@ pub(super) async fn connection(
                 .await
                 .map(Some);
         }
+        Up::WatchDirectory { region } => {
+            return watch_directory(ch, shared, region).await.map(|()| None);
+        }
         other => Box::pin(handle(&shared, other)).await,
     };
     match result {
@@ -117,6 +120,66 @@ pub(super) async fn connection(
     }
     let _ = Box::pin(ch.shutdown()).await;
     Ok(None)
+}
+
+/// Changes in the live sessions within this long go out as one directory.
+pub const WATCH_COALESCE: Duration = Duration::from_secs(1);
+
+/// A watched directory is sent again after this long without a change, so
+/// that the watcher's copy never grows old (gateways use a directory up to
+/// ten minutes old) and a watcher that went away is noticed.
+pub const WATCH_REFRESH: Duration = Duration::from_secs(120);
+
+/// A watcher that does not take a directory within this long is dropped.
+pub const WATCH_SEND_LIMIT: Duration = Duration::from_secs(30);
+
+/// `WatchDirectory`: the directory now, and again after every change of
+/// the live sessions (a second of changes at a time) or every
+/// [`WATCH_REFRESH`], until the watcher closes the connection or the
+/// rendezvous stops. At most `max_watchers` at once; others are refused
+/// `Busy` (and poll).
+async fn watch_directory(
+    mut ch: anonmirror_channel::Channel<BoxStream>,
+    shared: Arc<Shared>,
+    region: Option<String>,
+) -> Result<()> {
+    let Ok(_slot) = shared.watchers.clone().try_acquire_owned() else {
+        Box::pin(send(&mut ch, &Down::Refused(Refusal::Busy))).await?;
+        return Ok(());
+    };
+    let mut changed = shared.directory_changed.clone();
+    loop {
+        changed.borrow_and_update();
+        let msgs = Box::pin(super::requests::directory(&shared, region.clone())).await?;
+        let sent = async {
+            for m in &msgs {
+                send(&mut ch, m).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        tokio::time::timeout(WATCH_SEND_LIMIT, sent)
+            .await
+            .map_err(|_| Error::Gone("a directory watcher not reading"))??;
+        drop(msgs);
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            r = changed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(WATCH_COALESCE) => {}
+                }
+            }
+            () = tokio::time::sleep(WATCH_REFRESH) => {}
+            // The watcher says nothing after its request: anything, or the
+            // end of the stream, ends the watch.
+            _ = ch.recv() => break,
+        }
+    }
+    let _ = Box::pin(ch.shutdown()).await;
+    Ok(())
 }
 
 /// Polls the upstream indexes every interval and pushes each change to

@@ -15,6 +15,36 @@ use crate::pow::Stamp;
 use crate::refusal::Refusal;
 use crate::token::TokenScheme;
 
+/// The signed directory of `region` (or of all peers) as it is now, as
+/// the messages that carry it.
+pub(super) async fn directory(shared: &Shared, region: Option<String>) -> Result<Vec<Down>> {
+    let cfg = &shared.cfg;
+    let peers = ask(&shared.session_tx, |reply| SessionCmd::Directory {
+        region: region.clone(),
+        reply,
+    })
+    .await?;
+    let now = cfg.clock.unix_secs();
+    let snap = Snapshot {
+        epoch: Epoch::containing(now, cfg.epoch_secs).0,
+        generated: now,
+        region,
+        peers,
+    };
+    let (bytes, sig) = shared.signing.sign(&snap)?;
+    shared.served.directory();
+    let mut out = vec![Down::DirectoryHead {
+        total: bytes.len() as u64,
+        signature: Sig(sig),
+    }];
+    out.extend(
+        bytes
+            .chunks(MAX_PART)
+            .map(|c| Down::DirectoryPart(ByteBuf::from(c.to_vec()))),
+    );
+    Ok(out)
+}
+
 pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
     let cfg = &shared.cfg;
     match up {
@@ -76,31 +106,11 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
             Ok(vec![Down::Peers(peers)])
         }
         Up::Directory { region } => {
-            let peers = ask(&shared.session_tx, |reply| SessionCmd::Directory {
-                region: region.clone(),
-                reply,
-            })
-            .await?;
-            let now = cfg.clock.unix_secs();
-            let snap = Snapshot {
-                epoch: Epoch::containing(now, cfg.epoch_secs).0,
-                generated: now,
-                region,
-                peers,
-            };
-            let (bytes, sig) = shared.signing.sign(&snap)?;
-            shared.served.directory();
-            let mut out = vec![Down::DirectoryHead {
-                total: bytes.len() as u64,
-                signature: Sig(sig),
-            }];
-            out.extend(
-                bytes
-                    .chunks(MAX_PART)
-                    .map(|c| Down::DirectoryPart(ByteBuf::from(c.to_vec()))),
-            );
-            Ok(out)
+            shared.served.poll();
+            directory(shared, region).await
         }
+        // Held open by the connection (`connection::watch_directory`).
+        Up::WatchDirectory { .. } => Err(Error::Refused(Refusal::BadRequest)),
         Up::Report { session, .. } => {
             // The item and range are the client's evidence; the rendezvous
             // cannot check them (it holds no data), so only the strike

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anonmirror_core::{Epoch, ItemKey, OsEntropy, PeerKey};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,8 +63,11 @@ pub(super) async fn session_owner(
     cfg: ServerConfig,
     mut rx: mpsc::Receiver<SessionCmd>,
     pushes: broadcast::Sender<Arc<[u8]>>,
+    directory_changed: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
+    // The directory is the live sessions: each change tells its watchers.
+    let changed = || directory_changed.send_modify(|g| *g = g.wrapping_add(1));
     // Each live session's stop signal: cancelling it ends the session's
     // task.
     let mut live: HashMap<SessionId, CancellationToken> = HashMap::new();
@@ -78,9 +81,14 @@ pub(super) async fn session_owner(
         let cmd = tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
+                let mut any = false;
                 for id in table.expire(Instant::now().into_std()) {
                     end(&mut live, id);
+                    any = true;
                     tracing::debug!("session dropped: silent past its deadline");
+                }
+                if any {
+                    changed();
                 }
                 continue;
             }
@@ -94,6 +102,7 @@ pub(super) async fn session_owner(
                 if let Ok(id) = r {
                     live.insert(id, cancel);
                     tracing::debug!(live = table.len(), "session opened");
+                    changed();
                 }
                 let _ = reply.send(r);
             }
@@ -101,6 +110,7 @@ pub(super) async fn session_owner(
             SessionCmd::Close(id) => {
                 if table.close(id) {
                     tracing::debug!(live = table.len(), "session closed");
+                    changed();
                 }
                 end(&mut live, id);
             }
@@ -131,6 +141,7 @@ pub(super) async fn session_owner(
                 let out = table.report(&key, now);
                 if let ReportOutcome::Dropped(id) = out {
                     end(&mut live, id);
+                    changed();
                     tracing::info!("session dropped after reports of bad data");
                 }
                 let _ = reply.send(out);

@@ -35,6 +35,11 @@ pub(super) struct Shared {
     pub(super) stop: CancellationToken,
     /// Requests answered, by kind.
     pub(super) served: Served,
+    /// Bumped by the session owner whenever the live sessions change:
+    /// directory watchers send the directory again.
+    pub(super) directory_changed: watch::Receiver<u64>,
+    /// Directory watchers' slots ([`ServerConfig::max_watchers`]).
+    pub(super) watchers: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many requests of each kind a rendezvous has answered: what any
@@ -44,6 +49,7 @@ pub(super) struct Shared {
 pub struct Served {
     lookups: std::sync::atomic::AtomicU64,
     directories: std::sync::atomic::AtomicU64,
+    polls: std::sync::atomic::AtomicU64,
 }
 
 impl Served {
@@ -52,7 +58,12 @@ impl Served {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub(super) fn directory(&self) {
+    pub(super) fn poll(&self) {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn directory(&self) {
         self.directories
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -62,9 +73,14 @@ impl Served {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Directories sent.
+    /// Directories sent (polled or watched).
     pub fn directories(&self) -> u64 {
         self.directories.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Directories asked for one at a time (`Directory`), not watched.
+    pub fn directory_polls(&self) -> u64 {
+        self.polls.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
