@@ -61,7 +61,7 @@ mod session_owner;
 mod shared;
 
 pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, channel_params};
-pub use connection::{WATCH_COALESCE, WATCH_REFRESH, WATCH_SEND_LIMIT};
+pub use connection::{WATCH_COALESCE, WATCH_MIN_GAP, WATCH_REFRESH, WATCH_SEND_LIMIT};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};
 use session_owner::{PUSH_QUEUE, SessionCmd, session_owner};
@@ -140,6 +140,7 @@ impl Rendezvous {
             served: Served::default(),
             directory_changed,
             watchers: Arc::new(tokio::sync::Semaphore::new(cfg.max_watchers)),
+            watched: std::sync::Mutex::new(Vec::new()),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(key_owner(

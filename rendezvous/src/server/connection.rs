@@ -125,6 +125,17 @@ pub(super) async fn connection(
 /// Changes in the live sessions within this long go out as one directory.
 pub const WATCH_COALESCE: Duration = Duration::from_secs(1);
 
+/// A watcher is sent a directory at most this often, however fast the
+/// sessions change: a churning rendezvous costs each watcher at most six
+/// times what a poll every 30 s would.
+pub const WATCH_MIN_GAP: Duration = Duration::from_secs(5);
+
+/// A directory built for one watcher is sent as it is to the others
+/// watching the same region while the sessions have not changed, for up
+/// to this long: watchers cost one signature and one encoding per change,
+/// not one each.
+const WATCH_SHARE_FOR: Duration = Duration::from_secs(10);
+
 /// A watched directory is sent again after this long without a change, so
 /// that the watcher's copy never grows old (gateways use a directory up to
 /// ten minutes old) and a watcher that went away is noticed.
@@ -134,8 +145,9 @@ pub const WATCH_REFRESH: Duration = Duration::from_secs(120);
 pub const WATCH_SEND_LIMIT: Duration = Duration::from_secs(30);
 
 /// `WatchDirectory`: the directory now, and again after every change of
-/// the live sessions (a second of changes at a time) or every
-/// [`WATCH_REFRESH`], until the watcher closes the connection or the
+/// the live sessions (a second of changes at a time, at most one every
+/// [`WATCH_MIN_GAP`]) or every [`WATCH_REFRESH`], until the watcher closes
+/// the connection or the
 /// rendezvous stops. At most `max_watchers` at once; others are refused
 /// `Busy` (and poll).
 async fn watch_directory(
@@ -149,11 +161,12 @@ async fn watch_directory(
     };
     let mut changed = shared.directory_changed.clone();
     loop {
-        changed.borrow_and_update();
-        let msgs = Box::pin(super::requests::directory(&shared, region.clone())).await?;
+        let generation = *changed.borrow_and_update();
+        let msgs = Box::pin(shared_directory(&shared, generation, &region)).await?;
+        let sent_at = tokio::time::Instant::now();
         let sent = async {
-            for m in &msgs {
-                send(&mut ch, m).await?;
+            for m in msgs.iter() {
+                ch.send(m).await?;
             }
             Ok::<(), Error>(())
         };
@@ -167,9 +180,10 @@ async fn watch_directory(
                 if r.is_err() {
                     break;
                 }
+                let at = (tokio::time::Instant::now() + WATCH_COALESCE).max(sent_at + WATCH_MIN_GAP);
                 tokio::select! {
                     _ = shared.stop.cancelled() => break,
-                    () = tokio::time::sleep(WATCH_COALESCE) => {}
+                    () = tokio::time::sleep_until(at) => {}
                 }
             }
             () = tokio::time::sleep(WATCH_REFRESH) => {}
@@ -180,6 +194,40 @@ async fn watch_directory(
     }
     let _ = Box::pin(ch.shutdown()).await;
     Ok(())
+}
+
+/// The encoded messages of the directory of `region` at `generation` of
+/// the live sessions: the ones another watcher had built, if recent
+/// enough ([`WATCH_SHARE_FOR`]), else built and kept for the others.
+async fn shared_directory(
+    shared: &Shared,
+    generation: u64,
+    region: &Option<String>,
+) -> Result<Arc<Vec<Vec<u8>>>> {
+    if let Ok(cache) = shared.watched.lock()
+        && let Some(c) = cache
+            .iter()
+            .find(|c| c.generation == generation && &c.region == region)
+        && c.built.elapsed() < WATCH_SHARE_FOR
+    {
+        shared.served.directory();
+        return Ok(c.messages.clone());
+    }
+    let msgs = super::requests::directory(shared, region.clone()).await?;
+    let messages = Arc::new(msgs.iter().map(Down::encode).collect::<Result<Vec<_>>>()?);
+    if let Ok(mut cache) = shared.watched.lock() {
+        cache.retain(|c| c.generation == generation && &c.region != region);
+        // Regions are a handful of short names; bounded all the same.
+        if cache.len() < 64 {
+            cache.push(super::shared::WatchedDirectory {
+                generation,
+                region: region.clone(),
+                built: std::time::Instant::now(),
+                messages: messages.clone(),
+            });
+        }
+    }
+    Ok(messages)
 }
 
 /// Polls the upstream indexes every interval and pushes each change to

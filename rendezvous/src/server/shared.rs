@@ -40,6 +40,17 @@ pub(super) struct Shared {
     pub(super) directory_changed: watch::Receiver<u64>,
     /// Directory watchers' slots ([`ServerConfig::max_watchers`]).
     pub(super) watchers: Arc<tokio::sync::Semaphore>,
+    /// Directories lately sent to watchers, per region.
+    pub(super) watched: std::sync::Mutex<Vec<WatchedDirectory>>,
+}
+
+/// A directory as sent to watchers: its generation of the live sessions,
+/// its region, when it was built, its encoded messages.
+pub(super) struct WatchedDirectory {
+    pub(super) generation: u64,
+    pub(super) region: Option<String>,
+    pub(super) built: std::time::Instant,
+    pub(super) messages: Arc<Vec<Vec<u8>>>,
 }
 
 /// How many requests of each kind a rendezvous has answered: what any
