@@ -105,10 +105,21 @@ where
     let mut usable: Vec<bool> = vec![true; peers.len()];
     // Peers already asked for a tree in this download.
     let mut asked_meta: Vec<bool> = vec![false; peers.len()];
+    // The tree (and, for a one-piece item, the whole item) is asked of the
+    // peer whose shared channel owes the fewest bytes: the least loaded,
+    // which is also the one that drains fastest (a cold channel, still in
+    // its slow start, keeps its queue longest). A peer without a channel
+    // yet owes nothing; ties keep the caller's order (random among equals),
+    // so items spread over the peers as evenly as their channels drain.
+    let mut order: Vec<usize> = (0..peers.len()).collect();
+    if let Some(pool) = &config.pool {
+        order.sort_by_key(|&i| pool.owed(&peers[i].key, &config.params).unwrap_or(0));
+    }
     loop {
         // 1. A tree, from the first usable peer not asked yet.
         let mut got = None;
-        for (i, peer) in peers.iter().enumerate() {
+        for &i in &order {
+            let peer = &peers[i];
             if !usable[i] || asked_meta[i] {
                 continue;
             }

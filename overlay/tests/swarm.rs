@@ -1007,3 +1007,84 @@ async fn a_request_queued_on_a_shared_channel_counts_the_bytes_ahead_as_progress
     );
     h.shutdown().await;
 }
+
+/// With shared channels, an item goes to the holder whose channel owes
+/// the fewest bytes: not to one still busy with another item's answers,
+/// while an idle one holds it too; with nothing owed, the caller's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_goes_to_the_holder_whose_channel_owes_least() {
+    let (big, big_data) = item_bytes(1_300_000, 41);
+    let (small, small_data) = item_bytes(20_000, 42);
+    let (other, other_data) = item_bytes(30_000, 43);
+    let dir_a = tempfile::tempdir().expect("tempdir");
+    let dir_b = tempfile::tempdir().expect("tempdir");
+    let stored = [
+        (&big, &big_data[..]),
+        (&small, &small_data[..]),
+        (&other, &other_data[..]),
+    ];
+    // A is slow: the big item's answers keep its channel busy a while.
+    let slow = ServerConfig {
+        upload_rate: Some(1 << 20),
+        ..ServerConfig::default()
+    };
+    let (ha, a) = honest(dir_a.path(), &stored, slow).await;
+    let (hb, b) = honest(dir_b.path(), &stored, ServerConfig::default()).await;
+    let mut cfg = config();
+    let pool = swarm::ChannelPool::default();
+    cfg.pool = Some(pool.clone());
+    let download = |key: ItemKey, data: Vec<u8>, peers: Vec<PeerAddr>, progress| {
+        let mut cfg = cfg.clone();
+        cfg.progress = progress;
+        async move {
+            let mut out = Vec::new();
+            let report = swarm::download(
+                &TcpTransport,
+                &cfg,
+                key,
+                data.len() as u64,
+                &peers,
+                &mut out,
+            )
+            .await
+            .expect("download completes");
+            assert!(out == data);
+            report
+        }
+    };
+    assert!(pool.warm(&TcpTransport, &cfg, &a).await);
+    assert!(pool.warm(&TcpTransport, &cfg, &b).await);
+    let big_progress = swarm::Progress::default();
+    let big_done = tokio::spawn(download(
+        big,
+        big_data.clone(),
+        vec![a.clone()],
+        big_progress.clone(),
+    ));
+    while big_progress.verified() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(big_progress.verified() < big_data.len() as u64 / 2);
+    // A is listed first but owes most of the big item: B serves.
+    let report = download(
+        small,
+        small_data.clone(),
+        vec![a.clone(), b.clone()],
+        swarm::Progress::default(),
+    )
+    .await;
+    assert_eq!(report.peers[1].outcome, Outcome::Served, "{report:?}");
+    assert_eq!(report.peers[0].outcome, Outcome::Unused, "{report:?}");
+    big_done.await.expect("big download");
+    // Nothing owed anywhere: the first listed serves.
+    let report = download(
+        other,
+        other_data.clone(),
+        vec![a.clone(), b.clone()],
+        swarm::Progress::default(),
+    )
+    .await;
+    assert_eq!(report.peers[0].outcome, Outcome::Served, "{report:?}");
+    ha.shutdown().await;
+    hb.shutdown().await;
+}

@@ -26,7 +26,7 @@
 //! peer sees the same address and, over Tor, the same circuit, either way.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ struct Ask {
 pub(crate) struct PeerConn {
     asks: mpsc::Sender<Ask>,
     alive: Arc<AtomicBool>,
+    /// Data bytes asked for and not yet answered in full: how far behind
+    /// the channel is.
+    owed: Arc<AtomicU64>,
 }
 
 /// The messages answering one request, in order.
@@ -101,9 +104,15 @@ impl PeerConn {
         let (asks, asks_rx) = mpsc::channel(ASK_QUEUE);
         let (inflight, inflight_rx) = mpsc::unbounded_channel();
         let alive = Arc::new(AtomicBool::new(true));
+        let owed = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_requests(send, asks_rx, inflight, idle, alive.clone()));
-        tokio::spawn(read_answers(recv, inflight_rx, alive.clone()));
-        PeerConn { asks, alive }
+        tokio::spawn(read_answers(recv, inflight_rx, alive.clone(), owed.clone()));
+        PeerConn { asks, alive, owed }
+    }
+
+    /// Data bytes asked for on it and not yet answered in full.
+    pub(crate) fn owed(&self) -> u64 {
+        self.owed.load(Ordering::Relaxed)
     }
 
     /// Whether it still takes requests.
@@ -135,10 +144,11 @@ impl PeerConn {
             },
             answers,
         };
-        self.asks
-            .send(ask)
-            .await
-            .map_err(|_| Outcome::Unavailable("closed".into()))?;
+        self.owed.fetch_add(*len, Ordering::Relaxed);
+        if self.asks.send(ask).await.is_err() {
+            settle(&self.owed, *len);
+            return Err(Outcome::Unavailable("closed".into()));
+        }
         Ok(Answers { rx })
     }
 }
@@ -169,6 +179,7 @@ async fn read_answers(
     mut recv: RecvHalf<ReadHalf<BoxStream>>,
     mut inflight: mpsc::UnboundedReceiver<(Expect, mpsc::Sender<Answered>)>,
     alive: Arc<AtomicBool>,
+    owed: Arc<AtomicU64>,
 ) {
     // Requests registered behind the one being answered.
     let mut waiting: std::collections::VecDeque<(Expect, mpsc::Sender<Answered>)> =
@@ -181,6 +192,7 @@ async fn read_answers(
         let Some((expect, to)) = next else {
             break 'answers None;
         };
+        let asked = expect.data;
         let mut answer = Answer::new(expect);
         loop {
             let mut buf = Vec::new();
@@ -212,8 +224,10 @@ async fn read_answers(
                 Step::Broken => break 'answers None,
             }
         }
+        settle(&owed, asked);
     };
     alive.store(false, Ordering::Release);
+    owed.store(0, Ordering::Relaxed);
     if let Some((to, why)) = broke {
         let _ = to.send(Err(why)).await;
     }
@@ -225,6 +239,13 @@ async fn read_answers(
     for (_, to) in waiting {
         let _ = to.send(Err(Outcome::Unavailable("closed".into()))).await;
     }
+}
+
+/// `n` bytes of `owed` were answered (or will not be).
+fn settle(owed: &AtomicU64, n: u64) {
+    let _ = owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+        Some(o.saturating_sub(n))
+    });
 }
 
 /// Where one answer stands.
@@ -349,6 +370,15 @@ impl ChannelPool {
         peer: &PeerAddr,
     ) -> bool {
         self.conn(transport, config, peer).await.is_ok()
+    }
+
+    /// Data bytes asked for on the open channel to `peer` and not yet
+    /// answered in full; `None` without an open channel (or while it is
+    /// being opened).
+    pub(crate) fn owed(&self, peer: &PeerKey, params: &ChannelParams) -> Option<u64> {
+        let slot = self.conns.lock().ok()?.get(&(*peer, *params))?.clone();
+        let held = slot.try_lock().ok()?;
+        held.as_ref().filter(|c| c.is_alive()).map(|c| c.owed())
     }
 
     /// Closes (for new requests) the channel to `peer`: it failed.
