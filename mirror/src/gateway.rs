@@ -147,7 +147,8 @@ impl Gateway {
 
     /// A request for `target` was read ahead of the one being answered: if
     /// it names an item of known size that the store does not hold, its
-    /// download starts now (the request joins it when answered).
+    /// download starts now, or is joined (the request joins it when
+    /// answered).
     fn read_ahead(self: &Arc<Self>, target: &str) {
         let path = target.split(['?', '#']).next().unwrap_or_default();
         let Ok((repo, rest)) = self.route(path) else {
@@ -160,16 +161,9 @@ impl Gateway {
             return;
         };
         let want = want(&repo, &rest, item.key, size);
-        let gw = self.clone();
-        tokio::spawn(async move {
-            let store = gw.fetcher.store().clone();
-            let key = want.key;
-            let held = tokio::task::spawn_blocking(move || store.meta(&key)).await;
-            if !matches!(held, Ok(Ok(Some(meta))) if meta.size == want.size) {
-                tracing::debug!("read ahead: download started");
-                gw.fetcher.job(want);
-            }
-        });
+        if self.fetcher.job_unless_held(want).is_some() {
+            tracing::debug!("read ahead: download started or joined");
+        }
     }
 }
 
@@ -468,35 +462,58 @@ where
 
 async fn serve_item(gw: &Gateway, want: Want, headers: &HeaderMap, head: bool) -> Response<Body> {
     let etag = format!("\"{}\"", hex::encode(want.key.0));
-    let store = gw.fetcher.store().clone();
-    let key = want.key;
-    let opened = tokio::task::spawn_blocking(move || store.open_item(&key)).await;
-    if let Ok(Ok(Some(reader))) = opened
-        && reader.meta.size == want.size
-    {
-        let modified = reader.file.metadata().and_then(|m| m.modified()).ok();
-        let metrics = gw.metrics.clone();
-        return entity(
-            headers,
-            head,
-            want.size,
-            Some(&etag),
-            modified,
-            move |s, e| Body::from_stream(file_stream(reader, s, e, metrics)),
-        );
-    }
-    if head {
-        // The index vouches for the size: no need to fetch anything.
-        return entity(headers, true, want.size, Some(&etag), None, |_, _| {
-            Body::empty()
-        });
-    }
+    // Twice at most: a job that ends between the look at the store and the
+    // call for a job has put the item in the store.
+    let mut tries = 0;
+    let job = loop {
+        tries += 1;
+        let store = gw.fetcher.store().clone();
+        let key = want.key;
+        let opened = tokio::task::spawn_blocking(move || store.open_item(&key)).await;
+        if let Ok(Ok(Some(reader))) = opened
+            && reader.meta.size == want.size
+        {
+            return from_store(gw, reader, &want, headers, head, &etag);
+        }
+        if head {
+            // The index vouches for the size: no need to fetch anything.
+            return entity(headers, true, want.size, Some(&etag), None, |_, _| {
+                Body::empty()
+            });
+        }
+        match gw.fetcher.job_unless_held(want.clone()) {
+            Some(job) => break job,
+            None if tries < 2 => continue,
+            // Held, yet not to be opened: fetched anew.
+            None => break gw.fetcher.job(want.clone()),
+        }
+    };
     let size = want.size;
-    let job = gw.fetcher.job(want);
     let metrics = gw.metrics.clone();
     entity(headers, false, size, Some(&etag), None, move |s, e| {
         Body::from_stream(job.stream(s, e, metrics))
     })
+}
+
+/// A stored item, answered from its file.
+fn from_store(
+    gw: &Gateway,
+    reader: anonmirror_store::ItemReader,
+    want: &Want,
+    headers: &HeaderMap,
+    head: bool,
+    etag: &str,
+) -> Response<Body> {
+    let modified = reader.file.metadata().and_then(|m| m.modified()).ok();
+    let metrics = gw.metrics.clone();
+    entity(
+        headers,
+        head,
+        want.size,
+        Some(etag),
+        modified,
+        move |s, e| Body::from_stream(file_stream(reader, s, e, metrics)),
+    )
 }
 
 /// `start..end` of a stored item; the reader keeps it pinned meanwhile.

@@ -165,12 +165,32 @@ impl Fetcher {
 
     /// The job fetching `want`, started if none runs.
     pub fn job(self: &Arc<Self>, want: Want) -> Arc<Job> {
+        self.job_if(want, false)
+            .unwrap_or_else(|| unreachable!("a job is always started"))
+    }
+
+    /// The job fetching `want`, started if none runs, unless the store
+    /// holds the item: then `None`. Asked under the lock that jobs are
+    /// started and ended under (a job imports its item before it ends),
+    /// so an item is never fetched twice because its first job ended
+    /// between a caller's look at the store and its call here.
+    pub fn job_unless_held(self: &Arc<Self>, want: Want) -> Option<Arc<Job>> {
+        self.job_if(want, true)
+    }
+
+    fn job_if(self: &Arc<Self>, want: Want, unless_held: bool) -> Option<Arc<Job>> {
         let mut jobs = match self.jobs.lock() {
             Ok(j) => j,
             Err(p) => p.into_inner(),
         };
         if let Some(j) = jobs.get(&want.key) {
-            return j.clone();
+            return Some(j.clone());
+        }
+        // One metadata read (redb, from the page cache).
+        if unless_held
+            && matches!(self.sources.store.meta(&want.key), Ok(Some(m)) if m.size == want.size)
+        {
+            return None;
         }
         let job = Arc::new(Job::new(want.key, want.size));
         jobs.insert(want.key, job.clone());
@@ -186,6 +206,6 @@ impl Fetcher {
                 jobs.remove(&want.key);
             }
         });
-        job
+        Some(job)
     }
 }

@@ -206,13 +206,18 @@ async fn an_index_passed_on_as_it_arrives_is_learned_before_its_packages_are_ask
 
 /// An upstream serving `root` that holds the answer for `held` until it
 /// has been asked for every path of `others` (or 30 s passed): it can only
-/// answer if its client asked for them before it had the first one.
+/// answer if its client asked for them before it had the first one. It
+/// reads requests ahead of its answers, so it sees those pipelined on one
+/// connection behind the held one as well as those on connections of
+/// their own.
 async fn holding_upstream(
     root: std::path::PathBuf,
     held: String,
     others: Vec<String>,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Requests seen so far, on any connection, pipelined or not.
     let asked = Arc::new(std::sync::Mutex::new(
         std::collections::HashSet::<String>::new(),
     ));
@@ -223,43 +228,83 @@ async fn holding_upstream(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let flag = all_before.clone();
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let (root, held, others) = (root.clone(), held.clone(), others.clone());
-        let (asked, arrived, flag) = (asked.clone(), arrived.clone(), flag.clone());
-        async move {
-            let path = uri.path().trim_start_matches('/').to_owned();
-            asked.lock().expect("lock").insert(path.clone());
-            arrived.notify_waiters();
-            if path == held {
-                let all = || {
-                    let a = asked.lock().expect("lock");
-                    others.iter().all(|o| a.contains(o))
-                };
-                let waited = tokio::time::timeout(Duration::from_secs(30), async {
-                    while !all() {
-                        let n = arrived.notified();
-                        if all() {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (root, held, others) = (root.clone(), held.clone(), others.clone());
+            let (asked, arrived, flag) = (asked.clone(), arrived.clone(), flag.clone());
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                // The reader records each request as its bytes arrive and
+                // queues it; the writer answers them in order. So requests
+                // pipelined behind the held one are seen while it waits,
+                // as a server that reads ahead sees them.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let (asked2, arrived2) = (asked.clone(), arrived.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = rd.read(&mut chunk).await {
+                        if n == 0 {
                             break;
                         }
-                        n.await;
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let path = head
+                                .split_whitespace()
+                                .nth(1)
+                                .unwrap_or("/")
+                                .trim_start_matches('/')
+                                .to_owned();
+                            asked2.lock().expect("lock").insert(path.clone());
+                            arrived2.notify_waiters();
+                            if tx.send(path).is_err() {
+                                return;
+                            }
+                        }
                     }
-                })
-                .await;
-                flag.store(waited.is_ok(), Ordering::SeqCst);
-            }
-            match std::fs::read(root.join(&path)) {
-                Ok(body) => (StatusCode::OK, body),
-                Err(_) => (StatusCode::NOT_FOUND, Vec::new()),
-            }
+                });
+                while let Some(path) = rx.recv().await {
+                    if path == held {
+                        let all = || {
+                            let a = asked.lock().expect("lock");
+                            others.iter().all(|o| a.contains(o))
+                        };
+                        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+                            while !all() {
+                                let n = arrived.notified();
+                                if all() {
+                                    break;
+                                }
+                                n.await;
+                            }
+                        })
+                        .await;
+                        flag.store(waited.is_ok(), Ordering::SeqCst);
+                    }
+                    let answer = match std::fs::read(root.join(&path)) {
+                        Ok(body) => {
+                            let mut a = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            a.extend_from_slice(&body);
+                            a
+                        }
+                        Err(_) => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    };
+                    if wr.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
     });
     (addr, all_before)
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body.
 async fn read_response(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut line = String::new();
