@@ -24,6 +24,23 @@ pub fn median(samples: &[f64]) -> Option<f64> {
     }
 }
 
+/// `n` package sizes, log-uniform in [16 KiB, 2 MiB] from a fixed seed,
+/// scaled to `total` bytes in all: the repository of the benchmarks that
+/// drive real package managers (`hosts`, `strict`).
+pub fn package_sizes(n: usize, total: u64) -> Vec<usize> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut draw = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let (lo, hi) = ((16.0f64 * 1024.0).ln(), (2.0f64 * 1024.0 * 1024.0).ln());
+    let raw: Vec<f64> = (0..n).map(|_| (lo + (hi - lo) * draw()).exp()).collect();
+    let scale = total as f64 / raw.iter().sum::<f64>();
+    raw.iter().map(|s| (s * scale) as usize).collect()
+}
+
 /// Throughput in MiB/s of `bytes` moved in `elapsed`.
 pub fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)

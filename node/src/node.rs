@@ -241,6 +241,8 @@ impl Node {
                 prefetches: prefetches.clone(),
                 reannounce: reannounce.clone(),
                 summary: summary.clone(),
+                spare: std::sync::Mutex::new(Vec::new()),
+                reported: std::sync::Mutex::new(None),
             };
             tasks.spawn(v.run());
         }

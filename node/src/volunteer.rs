@@ -112,6 +112,14 @@ pub(crate) struct Volunteer {
     /// "Announce again now" (not a stop signal).
     pub(crate) reannounce: Arc<tokio::sync::Notify>,
     pub(crate) summary: Arc<std::sync::Mutex<Option<Summary>>>,
+    /// Tokens bought and not spent: a session that failed before it was
+    /// opened (Tor not ready, the rendezvous unreachable) hands its token
+    /// back, so that retries do not use up the credential's quota for the
+    /// epoch.
+    pub(crate) spare: std::sync::Mutex<Vec<anonmirror_rendezvous::Token>>,
+    /// The epoch whose popularity report was accepted: one report an
+    /// epoch, however often sessions are opened.
+    pub(crate) reported: std::sync::Mutex<Option<Epoch>>,
 }
 
 /// Why a session ended without failing.
@@ -126,8 +134,14 @@ enum Ended {
 
 impl Volunteer {
     /// Where this session's peers connect: `serve.listen`, or a fresh
-    /// onion service.
+    /// onion service (whose port is `serve.listen`'s, or the default peer
+    /// port where that is 0: nothing binds it, and an onion service's port
+    /// must be fixed).
     async fn peer_listener(&self) -> Result<PeerListener> {
+        let onion_port = match self.policy.serve.listen.port() {
+            0 => anonmirror_privacy::PEER_PORT,
+            p => p,
+        };
         match self.serving {
             #[cfg(feature = "onion-service")]
             Serving::ArtiOnion => {
@@ -136,7 +150,7 @@ impl Volunteer {
                     .as_ref()
                     .ok_or_else(|| Error::Internal("no arti to host the onion service".into()))?;
                 let l = arti
-                    .host_onion_service(self.policy.serve.listen.port())
+                    .host_onion_service(onion_port)
                     .await
                     .map_err(|e| Error::transport("launching this session's onion service", e))?;
                 Ok(PeerListener::Onion(l))
@@ -144,7 +158,7 @@ impl Volunteer {
             Serving::DaemonOnion => {
                 let l = anonmirror_channel::transport::control::DaemonOnionListener::launch(
                     &self.policy.transport.control,
-                    self.policy.serve.listen.port(),
+                    onion_port,
                 )
                 .await
                 .map_err(|e| {
@@ -322,13 +336,40 @@ impl Volunteer {
         }
     }
 
-    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
-        let now = self.clock.unix_secs();
-        let (epoch, epoch_left) = self.epoch(now);
-        let cred = self.credential(now).await?;
-        let tokens = match self.client.buy_tokens(&cred, now, epoch, 2).await {
-            Ok(t) => t,
+    /// `n` tokens of `epoch`: spare ones first (those of other epochs are
+    /// dropped), the rest bought with `cred`.
+    async fn tokens(
+        &self,
+        cred: &ClientCredential,
+        now: u64,
+        epoch: Epoch,
+        n: usize,
+    ) -> Result<Vec<anonmirror_rendezvous::Token>> {
+        let mut have: Vec<anonmirror_rendezvous::Token> = match self.spare.lock() {
+            Ok(mut spare) => {
+                spare.retain(|t| t.epoch == epoch);
+                let take = spare.len().min(n);
+                spare.drain(..take).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        if have.len() == n {
+            return Ok(have);
+        }
+        match self
+            .client
+            .buy_tokens(cred, now, epoch, n - have.len())
+            .await
+        {
+            Ok(t) => {
+                have.extend(t);
+                Ok(have)
+            }
             Err(e) => {
+                // Not spent: kept for the next attempt.
+                if let Ok(mut spare) = self.spare.lock() {
+                    spare.extend(have);
+                }
                 use anonmirror_rendezvous::msg::Refusal;
                 if let anonmirror_rendezvous::Error::Refused(
                     Refusal::UnknownCredential
@@ -339,12 +380,22 @@ impl Volunteer {
                     // Forget it: the next attempt registers anew.
                     let _ = std::fs::remove_file(self.state_dir.join(CREDENTIAL));
                 }
-                return Err(Error::Rendezvous {
+                Err(Error::Rendezvous {
                     what: "buying tokens",
                     source: e,
-                });
+                })
             }
-        };
+        }
+    }
+
+    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
+        let now = self.clock.unix_secs();
+        let (epoch, epoch_left) = self.epoch(now);
+        let cred = self.credential(now).await?;
+        let report_due = self.reported.lock().map_or(true, |r| *r != Some(epoch));
+        let mut tokens = self
+            .tokens(&cred, now, epoch, 1 + usize::from(report_due))
+            .await?;
         let index = self.current_index();
         let inventory: Vec<ItemKey> = self
             .store
@@ -391,22 +442,46 @@ impl Volunteer {
             &mut self.entropy.clone(),
         )
         .map_err(|e| Error::Internal(format!("encoding the popularity report: {e}")))?;
-        if let Err(e) = self.client.popularity(&tokens[0], report.to_bytes()).await {
-            tracing::info!(error = %e, "popularity report refused");
+        if report_due && let Some(token) = tokens.pop() {
+            match self.client.popularity(&token, report.to_bytes()).await {
+                Ok(()) => {
+                    if let Ok(mut r) = self.reported.lock() {
+                        *r = Some(epoch);
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "popularity report refused"),
+            }
         }
+        // The session's token: handed back below unless the rendezvous
+        // took it (or refused it as a token).
+        let Some(token) = tokens.pop() else {
+            return Err(Error::Internal("no token left for the session".into()));
+        };
+        let keep = |token| {
+            if let Ok(mut spare) = self.spare.lock() {
+                spare.push(token);
+            }
+        };
 
         let Some(announcement) = selection.announcement.as_ref() else {
             tracing::info!(
                 bits = selection.exposure.total(),
                 "announcement withheld this epoch (over the exposure budget or nothing to announce)"
             );
+            keep(token);
             return Ok(Ended::Withheld(epoch_left.min(Duration::from_secs(300))));
         };
 
         // The peer server, with this session's key.
         let keypair =
             StaticKeypair::generate().map_err(|e| Error::Internal(format!("session key: {e}")))?;
-        let listener = self.peer_listener().await?;
+        let listener = match self.peer_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                keep(token);
+                return Err(e);
+            }
+        };
         let local = listener
             .local_contact()
             .map_err(|e| Error::transport("the peer listener's address", e))?;
@@ -453,9 +528,20 @@ impl Volunteer {
             // Never refused for its size (`_FILTER_FITS` below).
             filter: announcement.to_bytes(),
         };
-        let mut live = match self.client.open_session(&tokens[1], wire).await {
+        let mut live = match self.client.open_session(&token, wire).await {
             Ok(l) => l,
             Err(e) => {
+                use anonmirror_rendezvous::msg::Refusal;
+                // Refused as a token: spent, forged or retired. Anything
+                // else (unreachable, a contact refused): try it again.
+                if !matches!(
+                    e,
+                    anonmirror_rendezvous::Error::Refused(
+                        Refusal::TokenSpent | Refusal::TokenInvalid | Refusal::TokenKeyRetired
+                    )
+                ) {
+                    keep(token);
+                }
                 server.shutdown().await;
                 return Err(Error::Rendezvous {
                     what: "opening the session",

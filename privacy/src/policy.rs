@@ -413,7 +413,7 @@ pub struct LogConfig {
 }
 
 /// Port of the peer listener by default: one above the gateway's.
-const PEER_PORT: u16 = 7879;
+pub const PEER_PORT: u16 = 7879;
 
 impl Policy {
     /// The defaults of `level`, before any file is read.

@@ -204,6 +204,56 @@ async fn an_index_passed_on_as_it_arrives_is_learned_before_its_packages_are_ask
     rv.shutdown().await;
 }
 
+/// A volunteer whose sessions fail before they open (its peer port taken)
+/// keeps the token each attempt bought and reports popularity once: far
+/// more attempts than its credential's quota of tokens for the epoch, and
+/// once the port is free its session opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_session_attempts_do_not_use_up_the_token_quota() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    generate_repository(&upstream_dir, 1, 5).expect("repository");
+    let upstream = StaticServer::start(upstream_dir).await.expect("upstream");
+    let mut cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join("rendezvous"),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
+    );
+    cfg.credentials.pow_difficulty = 8;
+    // One attempt's worth: a report's token and a session's.
+    cfg.credentials.tokens_per_epoch = 2;
+    let rv = Rendezvous::start(cfg).await.expect("rendezvous");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut policy = node_policy(Level::Open, &dir.path().join("node"), &upstream.url(), &rv);
+    policy.serve.listen = taken.local_addr().expect("addr");
+    let node = Node::start(policy, opts()).await.expect("node");
+    let log = dir.path().join("node/state");
+    // Retries back off from half a second, doubling: within 10 s the node
+    // has tried several times, more often than the quota would allow had
+    // each attempt bought its tokens.
+    let attempts = || node.gateway().metrics().snapshot();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(attempts().session_live, 0, "the port is taken");
+    drop(taken);
+    let mut live = false;
+    for _ in 0..1200 {
+        if attempts().session_live == 1 {
+            live = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        live,
+        "the session opened once the port was free: {:?}",
+        attempts()
+    );
+    assert!(log.join("credential").exists());
+    node.stop().await;
+    rv.shutdown().await;
+}
+
 /// An upstream serving `root` that holds the answer for `held` until it
 /// has been asked for every path of `others` (or 30 s passed): it can only
 /// answer if its client asked for them before it had the first one. It

@@ -263,12 +263,9 @@ impl Daemon {
         upstream: SocketAddr,
         r: &RendezvousProc,
     ) -> Result<Daemon> {
-        std::fs::create_dir_all(dir)?;
         let d = dir.display();
-        std::fs::write(
-            dir.join("policy.toml"),
-            format!(
-                "level = \"{level}\"\n\
+        let policy = format!(
+            "level = \"{level}\"\n\
                  [paths]\nstate_dir = \"{d}/state\"\ncache_dir = \"{d}/cache\"\n\
                  [cache]\nmax_size = \"16 GiB\"\n\
                  [gateway]\nlisten = \"127.0.0.1:0\"\n\
@@ -276,12 +273,24 @@ impl Daemon {
                  [transport]\nkind = \"tcp\"\n\
                  [[repository]]\nname = \"bench\"\nkind = \"{kind}\"\nurl = \"http://{upstream}/\"\n\
                  [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
-                r.addr,
-                r.key,
-                r.directory_key,
-                serve = SocketAddr::new(place.ip(), 0),
-            ),
-        )?;
+            r.addr,
+            r.key,
+            r.directory_key,
+            serve = SocketAddr::new(place.ip(), 0),
+        );
+        Daemon::start_with_policy(place, bin, dir, &policy).await
+    }
+
+    /// `anonmirror daemon` at `place` with the policy `policy` (its paths
+    /// under `dir`, where it is written as `policy.toml`).
+    pub async fn start_with_policy(
+        place: &Place,
+        bin: &Path,
+        dir: &Path,
+        policy: &str,
+    ) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("policy.toml"), policy)?;
         let mut daemon = Daemon {
             place: place.clone(),
             bin: bin.to_owned(),
@@ -331,20 +340,26 @@ impl Daemon {
     }
 
     /// Stop and start again: the volunteer's first session announces what
-    /// it holds. Returns once that session is open.
+    /// it holds. Returns once that session is open (at most 60 s).
     pub async fn restart(&mut self) -> Result<()> {
+        self.restart_within(Duration::from_secs(60)).await
+    }
+
+    /// [`Daemon::restart`], waiting at most `patience` for the session.
+    pub async fn restart_within(&mut self, patience: Duration) -> Result<()> {
         self.stop().await?;
         self.spawn().await?;
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
+        while started.elapsed() < patience {
             if self.metrics().await?.session_live == 1 {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!(
-            "{}: no session open 60 s after a restart",
-            self.dir.display()
+            "{}: no session open {} s after a restart",
+            self.dir.display(),
+            patience.as_secs()
         )
     }
 }

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use anonmirror_bench::gateway::procs::{
     Daemon, Place, RendezvousProc, start_nginx, start_rendezvous,
 };
-use anonmirror_bench::{CpuReading, median, process_cpu_seconds};
+use anonmirror_bench::{CpuReading, median, package_sizes, process_cpu_seconds};
 use anonmirror_privacy::Level;
 use anonmirror_testnet::testbed::{Host, Link, Testbed, require_testbed};
 use anyhow::{Context, Result, bail};
@@ -113,21 +113,12 @@ const APT_LIMIT: Duration = Duration::from_secs(900);
 /// The repository's suite.
 const SUITE: &str = "stable";
 
-/// Package sizes: log-uniform in [16 KiB, 2 MiB], scaled to `total`.
+/// The packages: sizes log-uniform in [16 KiB, 2 MiB], scaled to `total`.
 fn specs(n: usize, total: u64) -> Vec<PkgSpec> {
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut draw = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let (lo, hi) = ((16.0f64 * 1024.0).ln(), (2.0f64 * 1024.0 * 1024.0).ln());
-    let raw: Vec<f64> = (0..n).map(|_| (lo + (hi - lo) * draw()).exp()).collect();
-    let scale = total as f64 / raw.iter().sum::<f64>();
-    raw.iter()
+    package_sizes(n, total)
+        .into_iter()
         .enumerate()
-        .map(|(i, s)| PkgSpec::new(&format!("bench-{i:03}"), "1.0-1", (s * scale) as usize))
+        .map(|(i, size)| PkgSpec::new(&format!("bench-{i:03}"), "1.0-1", size))
         .collect()
 }
 
