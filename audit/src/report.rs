@@ -77,11 +77,14 @@ pub struct InUse {
     pub connections: String,
     /// How peers reach it.
     pub serving: String,
+    /// The contact its last session announced, or why it announced none
+    /// (the daemon's `contact.txt`), once a session was tried.
+    pub contact: Option<String>,
 }
 
 impl InUse {
     /// Reads a daemon's `transport.txt` (`connections:` and `serving:`
-    /// lines).
+    /// lines) and, appended to it, its `contact.txt` (a `contact:` line).
     pub fn parse(text: &str) -> Option<InUse> {
         let field = |name: &str| {
             text.lines()
@@ -91,6 +94,7 @@ impl InUse {
         Some(InUse {
             connections: field("connections:")?,
             serving: field("serving:")?,
+            contact: field("contact:"),
         })
     }
 
@@ -125,6 +129,11 @@ impl InUse {
             Level::Balanced if !onion && !self.serving.starts_with("nobody") => {
                 w.push(format!("peers reach the daemon by {}", self.serving))
             }
+            Level::Open if self.serving.starts_with("tcp") => w.push(
+                "level open serves over TCP: the contact announced is this machine's IP \
+                 address, seen by the rendezvous and by every peer that downloads from it"
+                    .to_owned(),
+            ),
             _ => {}
         }
         w
@@ -303,6 +312,9 @@ impl AuditReport {
         if let Some(u) = &self.in_use {
             let _ = writeln!(s, "in use:       {}", u.connections);
             let _ = writeln!(s, "serving:      {}", u.serving);
+            if let Some(c) = &u.contact {
+                let _ = writeln!(s, "contact:      {c}");
+            }
         }
         let _ = writeln!(s, "epoch:        {}", self.epoch);
         let sn = &self.snapshot;

@@ -352,6 +352,7 @@ mod tests {
         cfg.clock = Arc::new(clock.clone());
         cfg.epoch_secs = EPOCH_SECS;
         cfg.credentials.pow_difficulty = 4;
+        cfg.dangerous_unchecked_contacts = true;
         let r = Rendezvous::start(cfg).await.expect("start");
         let pinned = r.directory_key();
         let c = Client::new(r.local_addr(), r.key());

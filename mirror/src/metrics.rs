@@ -45,6 +45,7 @@ pub struct Metrics {
     session_live: AtomicU64,
     directory_peers: AtomicU64,
     index_errors: AtomicU64,
+    contact: AtomicU64,
     history: Mutex<VecDeque<(u64, MetricsSnapshot)>>,
 }
 
@@ -160,6 +161,76 @@ pub struct MetricsSnapshot {
     /// Index files that failed to parse (their repository fell back to
     /// passing requests through).
     pub index_errors: u64,
+    /// How peers reach this node ([`ContactState::code`]).
+    pub contact: u64,
+}
+
+/// How peers reach this node, as the volunteer last found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactState {
+    /// Not serving, or no session tried yet.
+    None,
+    /// A TCP contact the rendezvous's dial-back reached: announced.
+    Reached,
+    /// An onion service: announced.
+    Onion,
+    /// The dial-back failed: no TCP contact announced, and why.
+    Unreachable(anonmirror_rendezvous::msg::ReachOutcome),
+}
+
+impl ContactState {
+    const OUTCOMES: [anonmirror_rendezvous::msg::ReachOutcome; 6] = {
+        use anonmirror_rendezvous::msg::ReachOutcome as R;
+        [
+            R::Reached,
+            R::ConnectionRefused,
+            R::TimedOut,
+            R::HandshakeFailed,
+            R::NoAddress,
+            R::NotAnnounceable,
+        ]
+    };
+
+    /// Its value in the `anonmirror_contact` gauge.
+    pub fn code(self) -> u64 {
+        match self {
+            ContactState::None => 0,
+            ContactState::Reached => 1,
+            ContactState::Onion => 2,
+            ContactState::Unreachable(o) => {
+                10 + Self::OUTCOMES.iter().position(|x| *x == o).unwrap_or(0) as u64
+            }
+        }
+    }
+
+    /// The state a gauge value stands for (`None` for an unknown one).
+    pub fn from_code(code: u64) -> ContactState {
+        match code {
+            1 => ContactState::Reached,
+            2 => ContactState::Onion,
+            c if c >= 10 => Self::OUTCOMES
+                .get((c - 10) as usize)
+                .map_or(ContactState::None, |o| ContactState::Unreachable(*o)),
+            _ => ContactState::None,
+        }
+    }
+}
+
+impl std::fmt::Display for ContactState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContactState::None => f.write_str("none (not serving, or no session yet)"),
+            ContactState::Reached => f.write_str(
+                "tcp, reached by the rendezvous's dial-back (peers see this machine's address)",
+            ),
+            ContactState::Onion => f.write_str("onion service"),
+            ContactState::Unreachable(o) => write!(
+                f,
+                "none announced: unreachable from other hosts ({o}); forward serve.listen's \
+                 port on the router, or serve through Tor"
+            ),
+        }
+    }
 }
 
 impl MetricsSnapshot {
@@ -212,6 +283,7 @@ impl MetricsSnapshot {
                 "anonmirror_session_live" => &mut s.session_live,
                 "anonmirror_directory_peers" => &mut s.directory_peers,
                 "anonmirror_index_errors_total" => &mut s.index_errors,
+                "anonmirror_contact" => &mut s.contact,
                 _ => continue,
             };
             *slot = v;
@@ -290,6 +362,11 @@ impl Metrics {
         self.session_live.store(u64::from(open), Ordering::Relaxed);
     }
 
+    /// How peers reach this node now.
+    pub fn contact(&self, state: ContactState) {
+        self.contact.store(state.code(), Ordering::Relaxed);
+    }
+
     /// A directory listing `peers` usable peers was installed.
     pub fn directory(&self, peers: usize) {
         self.directory_peers.store(peers as u64, Ordering::Relaxed);
@@ -353,6 +430,7 @@ impl Metrics {
             session_live: g(&self.session_live),
             directory_peers: g(&self.directory_peers),
             index_errors: g(&self.index_errors),
+            contact: g(&self.contact),
         }
     }
 
@@ -458,6 +536,12 @@ impl Metrics {
             "gauge",
             "Peers listed in the directory last fetched.",
             s.directory_peers.to_string(),
+        );
+        series(
+            "anonmirror_contact",
+            "gauge",
+            "How peers reach this node: 0 not serving, 1 tcp reached by a dial-back, 2 onion service, 10 and above unreachable (no contact announced).",
+            s.contact.to_string(),
         );
         series(
             "anonmirror_offload_ratio",

@@ -134,7 +134,8 @@ impl Carrier {
         match self.serving {
             Serving::Nobody => "nobody (level off)".into(),
             Serving::Tcp => format!(
-                "tcp on {} (peers see this machine's address)",
+                "tcp on {} (the contact announced is this machine's IP address: the \
+                 rendezvous and every peer that downloads from it see it)",
                 policy.serve.listen
             ),
             Serving::ArtiOnion => {

@@ -86,6 +86,18 @@ pub enum Error {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// Peers on other hosts cannot reach this node's TCP listener: the
+    /// rendezvous's dial-back failed, so nothing is announced.
+    #[error(
+        "peers cannot reach this node on TCP port {port}: {outcome}; forward the port on the \
+         router to serve.listen, or serve through Tor"
+    )]
+    Unreachable {
+        /// The port dialed back.
+        port: u16,
+        /// What the dial-back found.
+        outcome: anonmirror_rendezvous::msg::ReachOutcome,
+    },
     /// A node did not reach the state waited for in time.
     #[error("{0}")]
     NotReady(&'static str),
@@ -132,7 +144,7 @@ impl Error {
 impl HasKind for Error {
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config { .. } => ErrorKind::LocalConfig,
+            Error::Config { .. } | Error::Unreachable { .. } => ErrorKind::LocalConfig,
             Error::Rendezvous { source, .. } => source.kind(),
             Error::Store { source, .. } => source.kind(),
             Error::State { .. } | Error::Transport { .. } => ErrorKind::LocalIo,

@@ -77,6 +77,13 @@ impl Node {
         let carrier = Carrier::start(&policy).await?;
         carrier.record(&policy, &state_dir)?;
         tracing::info!(connections = %carrier.connections, "transport");
+        if carrier.serving == crate::carrier::Serving::Tcp {
+            tracing::warn!(
+                level = %policy.level,
+                "serving peers over TCP: the contact announced is this machine's IP address, \
+                 which the rendezvous and every peer that downloads from it see"
+            );
+        }
         let upstream = Arc::new(Upstream::with_dialer(
             Duration::from_secs(if carrier.is_tor() { 60 } else { 30 }),
             carrier.dialer.clone(),

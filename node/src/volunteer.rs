@@ -42,8 +42,10 @@ use anonmirror_announce::{
 use anonmirror_core::{Clock, Epoch, ItemKey, Sensitive};
 use anonmirror_mirror::Gateway;
 use anonmirror_mirror::job::Want;
+use anonmirror_mirror::metrics::ContactState;
 use anonmirror_mirror::peers::RendezvousPeers;
 use anonmirror_mirror::upstream::join;
+use anonmirror_rendezvous::msg::ReachOutcome;
 // The channel, the transports, the store and the peer server.
 use anonmirror_channel::{ChannelParams, Listener, StaticKeypair, TcpTransport};
 use anonmirror_overlay::server::ServerConfig;
@@ -66,6 +68,9 @@ pub const AUDIT_INDEX: &str = "index.txt";
 pub const AUDIT_POPULARITY: &str = "popularity.amps";
 /// The credential (hex and expiry), in the state directory.
 pub const CREDENTIAL: &str = "credential";
+/// How peers reach this node (its contact, or why it has none), in the
+/// state directory, for `anonmirror audit`.
+pub const CONTACT_FILE: &str = "contact.txt";
 
 /// What the volunteer's last selection decided (for `demo` and logs;
 /// `anonmirror audit` shows the whole pipeline).
@@ -482,13 +487,13 @@ impl Volunteer {
                 return Err(e);
             }
         };
-        let local = listener
-            .local_contact()
-            .map_err(|e| Error::transport("the peer listener's address", e))?;
-        let contact =
-            anonmirror_rendezvous::msg::ContactWire::try_from(local.clone()).map_err(|_| {
-                Error::Internal(format!("a peer listener at {local} cannot be announced"))
-            })?;
+        let local = match listener.local_contact() {
+            Ok(c) => c,
+            Err(e) => {
+                keep(token);
+                return Err(Error::transport("the peer listener's address", e));
+            }
+        };
         let public = keypair.public();
         let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
         let gateway = self.gateway.clone();
@@ -511,6 +516,36 @@ impl Volunteer {
             },
         )
         .map_err(|e| Error::transport("starting the peer server", e))?;
+
+        // A TCP listener's own address (0.0.0.0, a private address behind
+        // a router) is not what others reach: the rendezvous dials back
+        // the address it sees, and only a contact it reached is announced.
+        let contact = match local {
+            anonmirror_core::Contact::Tcp(addr) => {
+                match self.reachable(addr.port(), public, epoch).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        keep(token);
+                        server.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            onion => {
+                self.set_contact(ContactState::Onion, None);
+                onion
+            }
+        };
+        let contact = match anonmirror_rendezvous::msg::ContactWire::try_from(contact) {
+            Ok(c) => c,
+            Err(_) => {
+                keep(token);
+                server.shutdown().await;
+                return Err(Error::Internal(
+                    "a peer listener whose contact cannot be announced".into(),
+                ));
+            }
+        };
 
         let mut snapshots: Vec<(String, u64)> = self
             .gateway
@@ -610,6 +645,54 @@ impl Volunteer {
         }
         self.gateway.metrics().session(false);
         ended
+    }
+
+    /// The TCP contact others reach the peer server by, at `port`: the
+    /// address the rendezvous saw, once its dial-back completed a
+    /// handshake with `key` there (the server must be running).
+    async fn reachable(
+        &self,
+        port: u16,
+        key: anonmirror_core::PeerKey,
+        epoch: Epoch,
+    ) -> Result<anonmirror_core::Contact> {
+        let r = self
+            .client
+            .reach(port, key, self.policy.level, epoch)
+            .await
+            .map_err(|source| Error::Rendezvous {
+                what: "asking the rendezvous to dial back",
+                source,
+            })?;
+        match (r.outcome, r.seen) {
+            (ReachOutcome::Reached, Some(ip)) => {
+                let contact = anonmirror_core::Contact::Tcp(std::net::SocketAddr::new(ip, port));
+                self.set_contact(ContactState::Reached, Some(&contact));
+                Ok(contact)
+            }
+            (outcome, _) => {
+                let outcome = match outcome {
+                    // Reached, but with no address to announce.
+                    ReachOutcome::Reached => ReachOutcome::NoAddress,
+                    o => o,
+                };
+                self.set_contact(ContactState::Unreachable(outcome), None);
+                Err(Error::Unreachable { port, outcome })
+            }
+        }
+    }
+
+    /// Records how peers reach this node: in the metrics (`status`) and in
+    /// [`CONTACT_FILE`] (`audit`).
+    fn set_contact(&self, state: ContactState, contact: Option<&anonmirror_core::Contact>) {
+        self.gateway.metrics().contact(state);
+        let line = match contact {
+            Some(c) => format!("contact: {c}, {state}\n"),
+            None => format!("contact: {state}\n"),
+        };
+        if let Err(e) = write_private(&self.state_dir.join(CONTACT_FILE), line.as_bytes()) {
+            tracing::warn!(error = %e, "could not record the contact for the audit");
+        }
     }
 
     /// A repository has a new snapshot: fetch its indexes again, and

@@ -409,6 +409,38 @@ impl Client {
         }
     }
 
+    /// Asks the rendezvous to dial back the address it sees this request
+    /// come from, at `port`, and complete a handshake with `key` under the
+    /// prologue of `level` and `epoch` (the peer server's): the address
+    /// seen, and what came of it. A session announcing a TCP contact opens
+    /// only after this reached it.
+    pub async fn reach(
+        &self,
+        port: u16,
+        key: PeerKey,
+        level: anonmirror_privacy::Level,
+        epoch: Epoch,
+    ) -> Result<Reach> {
+        let up = Up::Reach {
+            port,
+            key,
+            level: level.wire_byte(),
+            epoch: epoch.0,
+        };
+        let mut ch = self.open().await?;
+        ch.send(&up.encode()?).await?;
+        // The rendezvous connects, then handshakes, each within its own
+        // allowance.
+        let wait = self.timeout + 2 * crate::server::REACH_TIMEOUT;
+        match Self::recv(&mut ch, wait).await? {
+            Down::Reached { seen, outcome } => Ok(Reach {
+                seen: seen.map(std::net::IpAddr::from),
+                outcome,
+            }),
+            _ => Err(Error::Protocol("expected Reached")),
+        }
+    }
+
     /// Opens a session with one token.
     pub async fn open_session(
         &self,
@@ -431,6 +463,15 @@ impl Client {
     }
 }
 
+/// What a dial-back found ([`Client::reach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// The address the rendezvous saw the request come from (none through
+    /// an onion service).
+    pub seen: Option<std::net::IpAddr>,
+    /// What came of dialing it back.
+    pub outcome: crate::msg::ReachOutcome,
+}
 /// What a live session hears besides pings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {

@@ -43,7 +43,7 @@ pub mod session;
 pub mod token;
 pub mod upstream;
 
-pub use client::{Backoff, Client, DirectoryWatch, LiveSession, SessionEvent, Token};
+pub use client::{Backoff, Client, DirectoryWatch, LiveSession, Reach, SessionEvent, Token};
 pub use directory::PublishedCounts;
 pub use err::{Error, Result};
 pub use hooks::{

@@ -39,6 +39,7 @@
 //! | `09` | `Popularity` | token `bytes` (354), report `bytes` (1 ..= [`MAX_REPORT`]) |
 //! | `0a` | `PopularityCounts` | — |
 //! | `0b` | `WatchDirectory` | region `opt<str>` |
+//! | `0c` | `Reach` | port `varint`(u16, ≠ 0), key `[32]` (the peer server's Noise static key), level `u8`, epoch `varint`: the prologue of a channel to it |
 //!
 //! [`AnnouncementWire`]: contact [`ContactWire`], key `[32]` (this
 //! session's Noise static key), max_clients `varint`(u32, ≥ 1), upload_rate
@@ -48,9 +49,16 @@
 //! `bytes` (≤ [`MAX_FILTER`]).
 //!
 //! [`ContactWire`]: `00` `Tcp` then ip ([`Ip`]: `00` then `[4]`, or `01`
-//! then `[16]`) and port `varint`(u16, ≠ 0); or `01` `Onion` then host
-//! `str` (a v3 onion address: 56 characters `[a-z2-7]` and `.onion`) and
-//! port.
+//! then `[16]`; never unspecified, multicast, broadcast or link-local) and
+//! port `varint`(u16, ≠ 0); or `01` `Onion` then host `str` (a v3 onion
+//! address: 56 characters `[a-z2-7]` and `.onion`) and port.
+//!
+//! `Reach` asks the rendezvous to dial back the address the connection came
+//! from, at `port`, and complete a Noise NK handshake with `key`; it answers
+//! `Reached`. A session's TCP contact is taken only if such a dial-back to
+//! that contact and key succeeded lately (see the server's
+//! `REACH_VALID`); otherwise `OpenSession` is refused `ContactUnreached`
+//! before its token is spent.
 //!
 //! ## Rendezvous to initiator: [`Down`]
 //!
@@ -66,10 +74,11 @@
 //! | `07` | `DirectoryHead` | total `varint`(u64 bytes, ≤ [`MAX_DIRECTORY`]), signature `[64]` (Ed25519) |
 //! | `08` | `DirectoryPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
 //! | `09` | `Ack` | — |
-//! | `0a` | `Refused` | refusal `varint` (a [`Refusal`], `00` ..= `0c`) |
+//! | `0a` | `Refused` | refusal `varint` (a [`Refusal`], `00` ..= `0d`) |
 //! | `0b` | `CountsHead` | total `varint`(u64 bytes, 1 ..= [`MAX_COUNTS`]), signature `[64]` (Ed25519) |
 //! | `0c` | `CountsPart` | bytes `bytes` (1 ..= [`MAX_PART`]) |
 //! | `0d` | `NoCounts` | — (no epoch before the current one has counts yet) |
+//! | `0e` | `Reached` | seen `opt<`[`Ip`]`>` (the address the connection came from; none over an onion service), outcome `varint` (a [`ReachOutcome`], `00` ..= `05`) |
 //!
 //! A directory travels as one `DirectoryHead` then parts whose bytes, in
 //! order, make `total` bytes (after `WatchDirectory`, again at each
@@ -162,6 +171,85 @@ pub enum ContactWire {
     },
 }
 
+/// Whether `ip` may be announced as a contact at all: never an address
+/// that names no host (unspecified, multicast, broadcast) or one that
+/// means something only on the announcer's own link (link-local).
+/// Loopback is allowed: a rendezvous on the same machine saw it, and
+/// nothing on another host is offered it (its dial-back from elsewhere
+/// cannot reach a loopback address).
+pub fn announceable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            !(v.is_unspecified() || v.is_multicast() || v.is_broadcast() || v.is_link_local())
+        }
+        IpAddr::V6(v) => {
+            if let Some(v4) = v.to_ipv4_mapped() {
+                return announceable(IpAddr::V4(v4));
+            }
+            // fe80::/10 is link-local unicast.
+            let link_local = v.segments()[0] & 0xffc0 == 0xfe80;
+            !(v.is_unspecified() || v.is_multicast() || link_local)
+        }
+    }
+}
+
+impl From<IpAddr> for Ip {
+    fn from(ip: IpAddr) -> Ip {
+        match ip {
+            IpAddr::V4(v) => Ip::V4(v.octets()),
+            IpAddr::V6(v) => Ip::V6(v.octets()),
+        }
+    }
+}
+
+impl From<Ip> for IpAddr {
+    fn from(ip: Ip) -> IpAddr {
+        match ip {
+            Ip::V4(b) => IpAddr::V4(Ipv4Addr::from(b)),
+            Ip::V6(b) => IpAddr::V6(Ipv6Addr::from(b)),
+        }
+    }
+}
+
+/// What came of a dial-back (`Reach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReachOutcome {
+    /// Connected and completed the handshake with the key: the contact
+    /// may be announced.
+    Reached,
+    /// The connection was refused (nothing listens there, or a router
+    /// answered for the address).
+    ConnectionRefused,
+    /// No answer within the time allowed (a router or firewall drops the
+    /// connection).
+    TimedOut,
+    /// Something answered but not with the key's handshake (another
+    /// program on the port, or a router's port forwarded elsewhere).
+    HandshakeFailed,
+    /// The rendezvous saw no address to dial (the request came through
+    /// an onion service or another stream without one).
+    NoAddress,
+    /// The address seen cannot be announced (link-local, unspecified).
+    NotAnnounceable,
+}
+
+impl std::fmt::Display for ReachOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReachOutcome::Reached => "reached",
+            ReachOutcome::ConnectionRefused => "the rendezvous's dial-back was refused",
+            ReachOutcome::TimedOut => "the rendezvous's dial-back got no answer",
+            ReachOutcome::HandshakeFailed => {
+                "the rendezvous's dial-back reached something else than this node"
+            }
+            ReachOutcome::NoAddress => "the rendezvous saw no address to dial back",
+            ReachOutcome::NotAnnounceable => {
+                "the address the rendezvous saw cannot be announced (link-local)"
+            }
+        })
+    }
+}
+
 impl ContactWire {
     /// The TCP socket address, if it is one.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
@@ -180,6 +268,9 @@ impl ContactWire {
     fn check(&self) -> Result<()> {
         match self {
             ContactWire::Tcp { port, .. } if *port == 0 => Err(bound("contact port 0")),
+            ContactWire::Tcp { ip, .. } if !announceable(IpAddr::from(*ip)) => Err(bound(
+                "contact address unspecified, multicast, broadcast or link-local",
+            )),
             ContactWire::Tcp { .. } => Ok(()),
             ContactWire::Onion { host, port } => {
                 let name = host.strip_suffix(".onion").unwrap_or("");
@@ -416,6 +507,20 @@ pub enum Up {
         /// The region, or all.
         region: Option<String>,
     },
+    /// Dial back the address this connection came from at `port` and
+    /// complete a handshake with `key` (answered `Reached`).
+    Reach {
+        /// The port to dial (the peer server's, as the network outside
+        /// sees it: a router's mapped or forwarded port).
+        port: u16,
+        /// The peer server's Noise static key for the session to come.
+        key: PeerKey,
+        /// The level bound into the channel's prologue
+        /// (`Level::wire_byte`).
+        level: u8,
+        /// The epoch bound into the channel's prologue.
+        epoch: u64,
+    },
 }
 
 /// Rendezvous to initiator. See the module docs for the bytes.
@@ -482,6 +587,13 @@ pub enum Down {
     CountsPart(ByteBuf),
     /// No epoch before the current one has popularity counts yet.
     NoCounts,
+    /// What a dial-back (`Reach`) found.
+    Reached {
+        /// The address the request came from, as the rendezvous saw it.
+        seen: Option<Ip>,
+        /// What came of dialing it back.
+        outcome: ReachOutcome,
+    },
 }
 
 /// Owned bytes, encoded as `bytes`.
@@ -615,6 +727,15 @@ impl Up {
             | Up::Pong { .. }
             | Up::Report { .. }
             | Up::PopularityCounts => Ok(()),
+            Up::Reach { port, level, .. } => {
+                if *port == 0 {
+                    return Err(bound("reach port 0"));
+                }
+                if anonmirror_privacy::Level::from_wire_byte(*level).is_none() {
+                    return Err(bound("reach level"));
+                }
+                Ok(())
+            }
             Up::Issue { requests, .. } => {
                 if requests.is_empty() || requests.len() > MAX_ISSUE {
                     return Err(bound("token request count"));
@@ -684,6 +805,7 @@ impl Down {
             | Down::Ping { .. }
             | Down::Ack
             | Down::NoCounts
+            | Down::Reached { .. }
             | Down::Refused(_) => Ok(()),
             Down::CountsHead { total, .. } => {
                 if *total == 0 || *total > MAX_COUNTS {

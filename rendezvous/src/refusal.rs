@@ -37,6 +37,9 @@ pub enum Refusal {
     Busy,
     /// The rendezvous is shutting down.
     ShuttingDown,
+    /// A TCP contact no dial-back reached lately (`Reach`): clients would
+    /// waste connections on it. The token is not spent.
+    ContactUnreached,
 }
 
 impl std::fmt::Display for Refusal {

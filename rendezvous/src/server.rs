@@ -56,6 +56,7 @@ mod config;
 mod connection;
 mod key_owner;
 mod live;
+mod reach;
 mod requests;
 mod session_owner;
 mod shared;
@@ -64,6 +65,7 @@ pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, channel_params};
 pub use connection::{WATCH_COALESCE, WATCH_MIN_GAP, WATCH_REFRESH, WATCH_SEND_LIMIT};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};
+pub use reach::{MAX_DIAL_BACKS, MAX_REACHED, REACH_TIMEOUT, REACH_VALID};
 use session_owner::{PUSH_QUEUE, SessionCmd, session_owner};
 pub use shared::Served;
 use shared::{Shared, push};
@@ -79,7 +81,8 @@ pub struct Rendezvous {
     /// The owners, the accept loop and the upstream watcher (the accept
     /// loop waits for its connections).
     tasks: JoinSet<()>,
-    /// Streams from elsewhere than the TCP listener (an onion service).
+    /// Streams from elsewhere than the TCP listener (an onion service):
+    /// they carry no address, so a dial-back asked over one finds none.
     streams: mpsc::Sender<BoxStream>,
 }
 
@@ -141,6 +144,8 @@ impl Rendezvous {
             directory_changed,
             watchers: Arc::new(tokio::sync::Semaphore::new(cfg.max_watchers)),
             watched: std::sync::Mutex::new(Vec::new()),
+            reached: std::sync::Mutex::default(),
+            dial_backs: tokio::sync::Semaphore::new(reach::MAX_DIAL_BACKS),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(key_owner(

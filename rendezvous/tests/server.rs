@@ -21,6 +21,9 @@ fn config(clock: &ManualClock, dir: &std::path::Path) -> ServerConfig {
     );
     cfg.clock = Arc::new(clock.clone());
     cfg.epoch_secs = EPOCH_SECS;
+    // The sessions here announce made-up contacts; dial-backs have tests
+    // of their own (`a_tcp_contact_is_announced_only_after_a_dial_back_reached_it`).
+    cfg.dangerous_unchecked_contacts = true;
     cfg
 }
 
@@ -645,5 +648,150 @@ async fn a_spare_channel_the_rendezvous_closed_is_replaced_by_a_fresh_one() {
             .expect("lookup");
         // Past the rendezvous's deadline for the spare's request.
         tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
+
+/// A peer server's stand-in: answers Noise handshakes as `keypair` under
+/// `params` on 127.0.0.1, and counts the handshakes completed.
+async fn responder(
+    keypair: anonmirror_channel::StaticKeypair,
+    params: anonmirror_channel::ChannelParams,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = done.clone();
+    let keypair = Arc::new(keypair);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (keypair, params, count) = (keypair.clone(), params.clone(), count.clone());
+            tokio::spawn(async move {
+                if anonmirror_channel::accept(s, &keypair, &params, Duration::from_secs(5))
+                    .await
+                    .is_ok()
+                {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_contact_is_announced_only_after_a_dial_back_reached_it() {
+    use anonmirror_privacy::Level;
+    use anonmirror_rendezvous::msg::ReachOutcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let mut cfg = config(&clock, dir.path());
+    cfg.dangerous_unchecked_contacts = false;
+    cfg.credentials.pow_difficulty = 4;
+    let r = Rendezvous::start(cfg).await.expect("start");
+    let c = Client::new(r.local_addr(), r.key());
+    let e = epoch(&clock);
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(7))
+        .await
+        .expect("register");
+    let tokens = c
+        .buy_tokens(&cred, clock.unix_secs(), e, 2)
+        .await
+        .expect("buy");
+
+    let keypair = anonmirror_channel::StaticKeypair::generate().expect("key");
+    let key = keypair.public();
+    let params = anonmirror_channel::ChannelParams::new(Level::Open, e);
+    let (server, handshakes) = responder(keypair, params).await;
+    let with = |contact: std::net::SocketAddr, key: PeerKey| AnnouncementWire {
+        contact: ContactWire::from(contact),
+        key,
+        ..ann(1)
+    };
+
+    // Not yet dialed back: refused, and the token is not spent.
+    let early = c.open_session(&tokens[0], with(server, key)).await;
+    assert!(
+        matches!(early, Err(Error::Refused(Refusal::ContactUnreached))),
+        "{early:?}"
+    );
+    assert_eq!(r.session_count().await.expect("count"), 0);
+
+    // A port where nothing listens: refused; a port where someone else
+    // answers (another key, as a router's forward to another machine
+    // would): the handshake fails; the wrong prologue (another epoch)
+    // too. The rendezvous dials only the address it saw.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let refused = c
+        .reach(closed_port, key, Level::Open, e)
+        .await
+        .expect("reach");
+    assert_eq!(refused.outcome, ReachOutcome::ConnectionRefused);
+    assert_eq!(refused.seen, Some(std::net::IpAddr::from([127, 0, 0, 1])));
+    let impostor = anonmirror_channel::StaticKeypair::generate()
+        .expect("key")
+        .public();
+    let wrong_key = c.reach(server.port(), impostor, Level::Open, e).await;
+    assert_eq!(
+        wrong_key.expect("reach").outcome,
+        ReachOutcome::HandshakeFailed
+    );
+    let wrong_epoch = c
+        .reach(server.port(), key, Level::Open, Epoch(e.0 + 1))
+        .await;
+    assert_eq!(
+        wrong_epoch.expect("reach").outcome,
+        ReachOutcome::HandshakeFailed
+    );
+    for (contact, k) in [
+        (server, impostor),
+        (std::net::SocketAddr::new(server.ip(), closed_port), key),
+    ] {
+        let s = c.open_session(&tokens[0], with(contact, k)).await;
+        assert!(
+            matches!(s, Err(Error::Refused(Refusal::ContactUnreached))),
+            "{s:?}"
+        );
+    }
+
+    // Reached: the same token opens the session, and a client finds the
+    // contact in the directory.
+    let reached = c
+        .reach(server.port(), key, Level::Open, e)
+        .await
+        .expect("reach");
+    assert_eq!(reached.outcome, ReachOutcome::Reached);
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let _live = c
+        .open_session(&tokens[0], with(server, key))
+        .await
+        .expect("the token was kept for this");
+    assert_eq!(r.session_count().await.expect("count"), 1);
+    let dirkey = r.directory_key();
+    let snap = c.directory(None, &dirkey).await.expect("directory");
+    assert_eq!(
+        snap.peers
+            .iter()
+            .map(|p| p.contact.socket_addr())
+            .collect::<Vec<_>>(),
+        vec![Some(server)]
+    );
+    // Never an address that names no host, whatever was reached.
+    for bad in [
+        "0.0.0.0:7879",
+        "169.254.1.2:7879",
+        "[fe80::1]:7879",
+        "224.0.0.1:7879",
+    ] {
+        let s = c
+            .open_session(&tokens[1], with(bad.parse().expect("addr"), key))
+            .await;
+        assert!(s.is_err(), "{bad}: {s:?}");
     }
 }

@@ -170,8 +170,16 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
             "expired; the daemon registers anew at its next session".to_owned()
         };
     }
-    if let Ok(text) = std::fs::read_to_string(state.join(anonmirror_node::carrier::TRANSPORT_FILE))
-        && let Some(u) = anonmirror_audit::InUse::parse(&text)
+    if let Ok(mut text) =
+        std::fs::read_to_string(state.join(anonmirror_node::carrier::TRANSPORT_FILE))
+        && let Some(u) = {
+            if let Ok(contact) =
+                std::fs::read_to_string(state.join(anonmirror_node::volunteer::CONTACT_FILE))
+            {
+                text.push_str(&contact);
+            }
+            anonmirror_audit::InUse::parse(&text)
+        }
     {
         report.warnings.extend(u.shortfalls(policy.level));
         report.in_use = Some(u);

@@ -44,6 +44,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
          downloads completed: {} by peers, {} by upstream ({} hedged)\n\
          served to peers: {:.1} MiB\n\
          rendezvous sessions opened: {} (one open now: {})\n\
+         contact: {}\n\
          peers blamed: {}\n\
          index files unusable: {}\n\
          passed through (not in any index, never stored): {:.1} MiB\n",
@@ -57,6 +58,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         mib(s.served_to_peers),
         s.sessions_opened,
         if s.session_live == 1 { "yes" } else { "no" },
+        anonmirror_mirror::metrics::ContactState::from_code(s.contact),
         s.blame_events,
         s.index_errors,
         mib(s.passthrough),

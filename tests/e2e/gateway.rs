@@ -305,13 +305,11 @@ fn with_every_peer_stalled_packages_come_from_the_upstream() {
     let mut swarm = Swarm::new(dir.path(), apt_repo(&nginx));
 
     // A peer whose session is alive and whose announcement claims every
-    // package, but whose address accepts connections and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let session = swarm.rt.block_on(stalled_session(
-        swarm.rendezvous(),
-        silent.local_addr().expect("addr"),
-        repo.packages(),
-    ));
+    // package, but which stalls: it answered the rendezvous's dial-back,
+    // then accepts connections and never answers.
+    let session = swarm
+        .rt
+        .block_on(stalled_session(swarm.rendezvous(), repo.packages()));
 
     let c = swarm.node(Level::Off);
     let apt = swarm.apt(c, "apt", &repo);
@@ -332,18 +330,24 @@ fn with_every_peer_stalled_packages_come_from_the_upstream() {
     assert!(m.hedges <= 1, "{m:?}");
     assert_eq!(m.items_from_upstream, specs.len() as u64, "{m:?}");
     session.abort();
-    drop(silent);
 }
 
-/// Opens a session at `rendezvous` for a peer at `contact` claiming
-/// `packages`, and keeps answering its pings; abort the task to end it.
+/// Opens a session at `rendezvous` for a peer on 127.0.0.1 claiming
+/// `packages`, which answers the rendezvous's dial-back (the first
+/// connection) and then stalls: it takes connections and never answers.
+/// It keeps answering the session's pings; abort the task to end it.
 async fn stalled_session(
     rendezvous: &Rendezvous,
-    contact: SocketAddr,
     packages: &[Package],
 ) -> tokio::task::JoinHandle<()> {
     use anonmirror_announce::announcement::{Announcement, Layout};
     use anonmirror_core::{Epoch, ItemKey, OsEntropy};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let contact = listener.local_addr().expect("addr");
+    let keypair = anonmirror_channel::StaticKeypair::generate().expect("key");
+    let key = keypair.public();
     let client = anonmirror_rendezvous::Client::new(rendezvous.local_addr(), rendezvous.key());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -369,9 +373,25 @@ async fn stalled_session(
         Layout::for_capacity(items.len(), None),
         &items,
     );
-    let key = anonmirror_channel::StaticKeypair::generate()
-        .expect("key")
-        .public();
+    let params = anonmirror_channel::ChannelParams::new(Level::Open, epoch);
+    let stall = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let Ok((first, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = anonmirror_channel::accept(first, &keypair, &params, Duration::from_secs(5)).await;
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let reached = client
+        .reach(contact.port(), key, Level::Open, epoch)
+        .await
+        .expect("reach");
+    assert_eq!(
+        reached.outcome,
+        anonmirror_rendezvous::msg::ReachOutcome::Reached
+    );
     let ann = anonmirror_rendezvous::msg::AnnouncementWire {
         contact: contact.into(),
         key,
@@ -383,7 +403,10 @@ async fn stalled_session(
         filter: filter.to_bytes(),
     };
     let mut live = client.open_session(&tokens[0], ann).await.expect("session");
-    tokio::spawn(async move { while live.next_event().await.is_ok() {} })
+    tokio::spawn(async move {
+        while live.next_event().await.is_ok() {}
+        stall.abort();
+    })
 }
 
 #[test]

@@ -36,12 +36,18 @@ fn spawn(state: &std::path::Path, listen: &str) -> (Child, std::net::SocketAddr,
     (child, addr, key)
 }
 
+/// The `i`th made-up session: an onion contact, which the rendezvous
+/// takes without a dial-back (a TCP contact would need a peer server).
 fn ann(i: u32) -> AnnouncementWire {
+    const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let tail: String = (0..8)
+        .map(|d| char::from(BASE32[(i >> (5 * d)) as usize & 31]))
+        .collect();
     AnnouncementWire {
-        contact: ContactWire::from(std::net::SocketAddr::from((
-            [10, 9, (i >> 8) as u8, i as u8],
-            1,
-        ))),
+        contact: ContactWire::Onion {
+            host: format!("{}{tail}.onion", "a".repeat(48)),
+            port: 1,
+        },
         key: PeerKey({
             let mut k = [0x5a; 32];
             k[..4].copy_from_slice(&i.to_le_bytes());

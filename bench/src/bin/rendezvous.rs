@@ -607,6 +607,8 @@ async fn start(dir: &std::path::Path, clock: &ManualClock) -> anyhow::Result<Ren
     cfg.credentials.pow_difficulty = 4;
     cfg.credentials.tokens_per_epoch = 1_000_000;
     cfg.credentials.abuse_over_quota = u32::MAX;
+    // Simulated peers: their contacts answer nothing.
+    cfg.dangerous_unchecked_contacts = true;
     Ok(Rendezvous::start(cfg).await?)
 }
 

@@ -128,12 +128,54 @@ fn non_canonical_and_unknown_are_refused() {
     assert_eq!(Down::decode(&[0x0d]).ok(), Some(Down::NoCounts));
     assert!(Down::decode(&[0x0e]).is_err(), "unknown tag");
     assert!(Down::decode(&[0x0b, 0x00]).is_err(), "empty counts");
-    assert!(Down::decode(&[0x0a, 0x0d]).is_err(), "unknown refusal");
+    assert_eq!(
+        Down::decode(&[0x0a, 0x0d]).ok(),
+        Some(Down::Refused(Refusal::ContactUnreached))
+    );
+    assert!(Down::decode(&[0x0a, 0x0e]).is_err(), "unknown refusal");
+    assert!(Up::decode(&[0x0d]).is_err(), "unknown tag");
+    assert!(Down::decode(&[0x0f]).is_err(), "unknown tag");
+    // Reach: port 7879, a key, level open, epoch 5; port 0 and level 4
+    // are refused.
+    let mut reach = vec![0x0c, 0xc7, 0x3d];
+    reach.extend_from_slice(&[9; 32]);
+    reach.extend_from_slice(&[0x01, 0x05]);
+    assert!(matches!(
+        Up::decode(&reach),
+        Ok(Up::Reach {
+            port: 7879,
+            level: 1,
+            epoch: 5,
+            ..
+        })
+    ));
+    let mut port0 = vec![0x0c, 0x00];
+    port0.extend_from_slice(&reach[3..]);
+    assert!(Up::decode(&port0).is_err(), "port 0");
+    let mut level4 = reach.clone();
+    level4[35] = 4;
+    assert!(Up::decode(&level4).is_err(), "level 4");
+    // Reached: seen 192.0.2.1, timed out.
+    assert_eq!(
+        Down::decode(&[0x0e, 0x01, 0x00, 192, 0, 2, 1, 0x02]).ok(),
+        Some(Down::Reached {
+            seen: Some(Ip::V4([192, 0, 2, 1])),
+            outcome: ReachOutcome::TimedOut
+        })
+    );
+    assert!(
+        Down::decode(&[0x0e, 0x00, 0x06]).is_err(),
+        "unknown outcome"
+    );
     assert!(Up::decode(&[]).is_err());
     assert!(Up::decode(&vec![0x01; MAX_MESSAGE + 1]).is_err());
 }
 
 fn arb_contact() -> impl Strategy<Value = ContactWire> {
+    let announceable = |c: &ContactWire| {
+        c.socket_addr()
+            .is_none_or(|a| crate::msg::announceable(a.ip()))
+    };
     prop_oneof![
         (any::<[u8; 4]>(), 1..=u16::MAX).prop_map(|(b, port)| ContactWire::Tcp {
             ip: Ip::V4(b),
@@ -148,6 +190,7 @@ fn arb_contact() -> impl Strategy<Value = ContactWire> {
             port
         }),
     ]
+    .prop_filter("an announceable address", announceable)
 }
 
 fn arb_region() -> impl Strategy<Value = Option<String>> {

@@ -60,6 +60,11 @@ pub struct ServerConfig {
     /// Connections watching the directory at most (`WatchDirectory`);
     /// more are refused `Busy` and poll instead.
     pub max_watchers: usize,
+    /// Open sessions whose TCP contact no dial-back reached (`Reach`).
+    /// Clients are then offered contacts that may answer nothing, or be
+    /// another host's: for tests of the session table with made-up
+    /// contacts only.
+    pub dangerous_unchecked_contacts: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -98,6 +103,7 @@ impl ServerConfig {
             maintenance_interval: Duration::from_secs(60),
             upstream: WatchConfig::default(),
             max_watchers: 4096,
+            dangerous_unchecked_contacts: false,
         }
     }
 

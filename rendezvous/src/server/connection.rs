@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use super::config::channel_params;
 use super::live::{SessionTask, open_session};
+use super::reach::reach;
 use super::requests::handle;
 use super::shared::{Shared, push, refusal_of, send};
 use crate::err::{Error, Result};
@@ -27,13 +28,13 @@ pub(super) async fn accept_loop(
     // watch for it); live sessions see the stop first and say goodbye.
     let mut conns = JoinSet::new();
     loop {
-        let stream: BoxStream = tokio::select! {
+        let (stream, seen): (BoxStream, _) = tokio::select! {
             _ = shared.stop.cancelled() => break,
-            Some(s) = streams.recv() => s,
+            Some(s) = streams.recv() => (s, None),
             r = listener.accept() => match r {
-                Ok((stream, _addr)) => {
+                Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    Box::new(stream)
+                    (Box::new(stream), Some(addr))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -49,7 +50,7 @@ pub(super) async fn accept_loop(
             // redemption) runs boxed and is freed when done: the task
             // itself keeps only the loop, which a live session holds for
             // hours.
-            let r = match Box::pin(connection(stream, shared)).await {
+            let r = match Box::pin(connection(stream, seen, shared)).await {
                 Ok(Some(mut live)) => live.run().await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
@@ -63,9 +64,11 @@ pub(super) async fn accept_loop(
 }
 
 /// A connection up to its answer, or up to a session's loop: `Some` is an
-/// opened session, for the caller to [`SessionTask::run`].
+/// opened session, for the caller to [`SessionTask::run`]. `seen` is the
+/// address it came from, when it came over TCP (never logged).
 pub(super) async fn connection(
     stream: BoxStream,
+    seen: Option<std::net::SocketAddr>,
     shared: Arc<Shared>,
 ) -> Result<Option<SessionTask>> {
     let t = shared.cfg.handshake_timeout;
@@ -105,6 +108,12 @@ pub(super) async fn connection(
         Up::WatchDirectory { region } => {
             return watch_directory(ch, shared, region).await.map(|()| None);
         }
+        Up::Reach {
+            port,
+            key,
+            level,
+            epoch,
+        } => Box::pin(reach(&shared, seen, port, key, level, epoch)).await,
         other => Box::pin(handle(&shared, other)).await,
     };
     match result {

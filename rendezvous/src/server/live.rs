@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::PUSH_DEADLINE;
+use super::reach::contact_vouched;
 use super::session_owner::SessionCmd;
 use super::shared::{Shared, ask, redeem, refusal_of, send};
 use crate::err::{Error, Result};
@@ -25,6 +26,11 @@ pub(super) async fn open_session(
     token: ByteBuf,
     ann: AnnouncementWire,
 ) -> Result<SessionTask> {
+    // Before the token is spent: a peer that cannot be reached keeps it.
+    if !contact_vouched(&shared, &ann.contact, &ann.key) {
+        Box::pin(send(&mut ch, &Down::Refused(Refusal::ContactUnreached))).await?;
+        return Err(Error::Refused(Refusal::ContactUnreached));
+    }
     if let Err(e) = Box::pin(redeem(&shared, &token)).await {
         Box::pin(send(&mut ch, &Down::Refused(refusal_of(&e)))).await?;
         return Err(e);

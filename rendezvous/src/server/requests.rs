@@ -109,8 +109,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
             shared.served.poll();
             directory(shared, region).await
         }
-        // Held open by the connection (`connection::watch_directory`).
-        Up::WatchDirectory { .. } => Err(Error::Refused(Refusal::BadRequest)),
+        // Held open by the connection (`connection::watch_directory`), and
+        // answered by it (`reach::reach`: it needs the connection's address).
+        Up::WatchDirectory { .. } | Up::Reach { .. } => Err(Error::Refused(Refusal::BadRequest)),
         Up::Report { session, .. } => {
             // The item and range are the client's evidence; the rendezvous
             // cannot check them (it holds no data), so only the strike

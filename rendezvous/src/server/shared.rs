@@ -42,6 +42,10 @@ pub(super) struct Shared {
     pub(super) watchers: Arc<tokio::sync::Semaphore>,
     /// Directories lately sent to watchers, per region.
     pub(super) watched: std::sync::Mutex<Vec<WatchedDirectory>>,
+    /// Contacts a dial-back reached lately, with their keys.
+    pub(super) reached: std::sync::Mutex<super::reach::Reached>,
+    /// Dial-backs' slots ([`super::reach::MAX_DIAL_BACKS`]).
+    pub(super) dial_backs: tokio::sync::Semaphore,
 }
 
 /// A directory as sent to watchers: its generation of the live sessions,
