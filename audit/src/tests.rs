@@ -152,7 +152,24 @@ fn the_transport_in_use_is_held_to_the_level() {
         "{w:?}"
     );
     assert_eq!(fallback.shortfalls(Level::Balanced).len(), 1);
-    assert!(fallback.shortfalls(Level::Open).is_empty());
+    // Open says plainly what a TCP contact shows.
+    let open = fallback.shortfalls(Level::Open);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0].contains("IP address"), "{open:?}");
+    assert!(tor.shortfalls(Level::Open).is_empty());
+    assert_eq!(fallback.contact, None, "no session tried yet");
+    let unreachable = InUse::parse(
+        "connections: tcp\nserving: tcp on 0.0.0.0:7879\n\
+         contact: none announced: unreachable from other hosts (the rendezvous's dial-back got no answer)\n",
+    )
+    .expect("parses");
+    assert!(
+        unreachable
+            .contact
+            .as_deref()
+            .is_some_and(|c| c.contains("no answer")),
+        "{unreachable:?}"
+    );
     assert_eq!(
         InUse::parse("connections: tcp\n"),
         None,

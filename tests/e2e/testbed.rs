@@ -37,7 +37,11 @@ struct Place {
 
 impl Place {
     fn new(bed: &Testbed, name: &str, link: Link) -> Place {
-        let host = bed.host(name, link).expect("host");
+        Place::on(bed.host(name, link).expect("host"))
+    }
+
+    /// A place on `host` (one behind a NAT router).
+    fn on(host: Host) -> Place {
         let rt = host.runtime().expect("runtime");
         Place { host, rt }
     }
@@ -76,7 +80,7 @@ impl Place {
 
 /// The testbed of both tests: mirror, rendezvous, volunteer, home.
 struct World {
-    _bed: Testbed,
+    bed: Testbed,
     mirror: Host,
     rendezvous: Place,
     volunteer: Place,
@@ -93,7 +97,7 @@ impl World {
         let volunteer = Place::new(&bed, "volunteer", Link::delay(Duration::ZERO));
         let home = Place::new(&bed, "home", home_link());
         World {
-            _bed: bed,
+            bed,
             mirror,
             rendezvous,
             volunteer,
@@ -340,5 +344,159 @@ fn pacman_between_hosts_gets_packages_from_a_peer() {
     assert_eq!(package_requests(&nginx, repo.packages()), specs.len());
     world.home.block_on(home.stop());
     world.volunteer.block_on(v.stop());
+    world.rendezvous.block_on(rv.shutdown());
+}
+
+#[test]
+fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_them() {
+    use anonmirror_mirror::metrics::ContactState;
+    use anonmirror_rendezvous::msg::ReachOutcome;
+    if !require(APT_PROGRAMS) || !require_testbed() {
+        return;
+    }
+    let dir = TestDir::new();
+    let specs = mixed_specs();
+    let repo = AptRepo::build(&dir.path().join("www"), "anontest", &specs);
+    let world = World::new();
+    // Two volunteers behind one home router, on the default `serve.listen`
+    // of level open (0.0.0.0:7879): the router forwards its port 7879 to
+    // the first, as a port mapping or a forward set by hand would.
+    let router = world
+        .bed
+        .nat("router", Link::delay(Duration::ZERO))
+        .expect("nat");
+    let default_listen = anonmirror_privacy::Policy::defaults_for(Level::Open)
+        .serve
+        .listen;
+    assert!(default_listen.ip().is_unspecified());
+    let port = default_listen.port();
+    let forwarded = Place::on(
+        router
+            .host("forwarded", Link::delay(Duration::ZERO))
+            .expect("host"),
+    );
+    let unforwarded = Place::on(
+        router
+            .host("unforwarded", Link::delay(Duration::ZERO))
+            .expect("host"),
+    );
+    router
+        .forward(port, &forwarded.host, port)
+        .expect("forward");
+
+    let nginx = world.nginx(repo.root());
+    let repos = [Repository {
+        name: "deb".to_owned(),
+        kind: RepositoryKind::Apt,
+        url: nginx.base_url(),
+    }];
+    let rv = world.start_rendezvous(dir.path());
+    let rv_at = rendezvous_config(&rv);
+    let total: u64 = repo.packages().iter().map(|p| p.size).sum();
+    let volunteer = |place: &Place, name: &str| {
+        let mut policy = loopback_policy_for(
+            Level::Open,
+            &dir.path().join(name),
+            repos.to_vec(),
+            rv_at.clone(),
+        );
+        policy.serve.listen = default_listen;
+        let opts = NodeOptions {
+            pow_difficulty: 8,
+            ..NodeOptions::default()
+        };
+        let node = place.block_on(Node::start(policy, opts)).expect("node");
+        let base = format!("http://{}/deb", node.gateway_addr);
+        let (path, key) = (dir.path().join(format!("apt-{name}")), repo.key());
+        place.run(|| {
+            let apt = AptClient::new(&path, &base, repo.suite(), &key);
+            apt.update();
+            check_files(&apt.download(&names(&specs)), repo.packages());
+        });
+        wait_stored(place, &node, repo.packages());
+        node
+    };
+    let a = volunteer(&forwarded, "forwarded");
+    let b = volunteer(&unforwarded, "unforwarded");
+    announce(&forwarded, &a);
+    // The second one's dial-back reaches the first through the forward:
+    // another key answers, so it announces nothing, and says why.
+    b.reannounce();
+    let contact_of =
+        |node: &Node| ContactState::from_code(node.gateway().metrics().snapshot().contact);
+    unforwarded.block_on(async {
+        for _ in 0..2400 {
+            if matches!(contact_of(&b), ContactState::Unreachable(_)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the unforwarded volunteer never found itself unreachable");
+    });
+    assert_eq!(contact_of(&a), ContactState::Reached);
+    assert_eq!(
+        contact_of(&b),
+        ContactState::Unreachable(ReachOutcome::HandshakeFailed)
+    );
+    assert_eq!(b.gateway().metrics().snapshot().session_live, 0);
+    let audit = std::fs::read_to_string(
+        dir.path()
+            .join("unforwarded/state")
+            .join(anonmirror_node::volunteer::CONTACT_FILE),
+    );
+    assert!(
+        audit.as_deref().is_ok_and(|t| t.contains("unreachable")),
+        "{audit:?}"
+    );
+
+    // The directory lists the first, at the router's public address and
+    // the forwarded port: never a private or unspecified address, and
+    // never the second.
+    let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
+    let pinned = rv.directory_key();
+    let snap = world
+        .home
+        .block_on(client.directory(None, &pinned))
+        .expect("directory");
+    let contacts: Vec<_> = snap.peers.iter().map(|p| p.contact.socket_addr()).collect();
+    assert_eq!(
+        contacts,
+        vec![Some(SocketAddr::new(router.public_addr().into(), port))]
+    );
+
+    // A home elsewhere gets every package from the reachable volunteer.
+    let home = world
+        .home
+        .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
+    world.home.block_on(async {
+        for _ in 0..2400 {
+            if home.gateway().metrics().snapshot().directory_peers > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the home node never heard of the volunteer");
+    });
+    let base = format!("http://{}/deb", home.gateway_addr);
+    let (path, key) = (dir.path().join("apt-home"), repo.key());
+    world.home.run(|| {
+        let apt = AptClient::new(&path, &base, repo.suite(), &key);
+        apt.update();
+        check_files(&apt.download(&names(&specs)), repo.packages());
+    });
+    wait_stored(&world.home, &home, repo.packages());
+    let m = home.gateway().metrics().snapshot();
+    assert_eq!(
+        (
+            m.fetched_from_peers,
+            m.fetched_from_upstream,
+            m.directory_peers
+        ),
+        (total, 0, 1),
+        "{m:?}"
+    );
+    world.home.block_on(home.stop());
+    unforwarded.block_on(b.stop());
+    forwarded.block_on(a.stop());
     world.rendezvous.block_on(rv.shutdown());
 }
