@@ -68,6 +68,25 @@ pub const AUDIT_INDEX: &str = "index.txt";
 pub const AUDIT_POPULARITY: &str = "popularity.amps";
 /// The credential (hex and expiry), in the state directory.
 pub const CREDENTIAL: &str = "credential";
+/// How often this session's announcement followed the store this epoch
+/// (`epoch E updates N`), in the state directory, for `anonmirror audit`.
+pub const UPDATES_FILE: &str = "announce-updates.txt";
+
+/// The first change to what the store holds is announced after a delay
+/// drawn uniformly from this range (seconds), together with every change
+/// made meanwhile: the update's time places a download only within a few
+/// minutes, and a burst of downloads goes out as one update.
+pub const UPDATE_DELAY_SECS: std::ops::RangeInclusive<u64> = 60..=300;
+
+/// Updates of one session's announcement are at least this far apart
+/// (the rendezvous drops a session that updates more than once a minute).
+pub const UPDATE_GAP_SECS: u64 = 300;
+
+/// Updates of one session's announcement per epoch, at most: an observer
+/// of the directory sees at most this many moments a day at which the
+/// node's holdings changed.
+pub const MAX_UPDATES_PER_EPOCH: u32 = 48;
+
 /// How peers reach this node (its contact, or why it has none), in the
 /// state directory, for `anonmirror audit`.
 pub const CONTACT_FILE: &str = "contact.txt";
@@ -131,8 +150,10 @@ pub(crate) struct Volunteer {
 enum Ended {
     /// Announce again now (new epoch, new snapshot).
     Reopen,
-    /// Nothing to announce this epoch: wait for the next one.
-    Withheld(Duration),
+    /// Nothing to announce this epoch (nothing held, or over the budget):
+    /// try again after this long, or once what the store holds changed
+    /// (its [`Store::changes`] at the selection).
+    Withheld(Duration, u64),
     /// The node is stopping.
     Stopping,
 }
@@ -201,7 +222,12 @@ impl Volunteer {
                     backoff.reset();
                     continue;
                 }
-                Ok(Ended::Withheld(d)) => d,
+                Ok(Ended::Withheld(d, changes)) => {
+                    if self.wait_for_holdings(d, changes).await {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.gateway.metrics().session(false);
                     let d = backoff.next_delay(&mut entropy);
@@ -213,6 +239,38 @@ impl Volunteer {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.reannounce.notified() => {}
                 _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// After a withheld announcement: waits `d`, or until what the store
+    /// holds changed since `changes` and the random delay of an update
+    /// passed ([`Follow`]), or "announce again now". True if the node is
+    /// stopping.
+    async fn wait_for_holdings(&self, d: Duration, mut changes: u64) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        let mut follow = Follow {
+            filter: Vec::new(),
+            due: None,
+            last: 0,
+            updates: 0,
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return false,
+                _ = self.reannounce.notified() => return false,
+                _ = self.cancel.cancelled() => return true,
+                _ = tick.tick() => {}
+            }
+            let at = self.clock.unix_secs();
+            let now = self.store.changes();
+            if now != changes {
+                changes = now;
+                follow.changed(at, &mut self.entropy.clone());
+            }
+            if follow.due.is_some_and(|t| at >= t) {
+                return false;
             }
         }
     }
@@ -393,15 +451,14 @@ impl Volunteer {
         }
     }
 
-    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
-        let now = self.clock.unix_secs();
-        let (epoch, epoch_left) = self.epoch(now);
-        let cred = self.credential(now).await?;
-        let report_due = self.reported.lock().map_or(true, |r| *r != Some(epoch));
-        let mut tokens = self
-            .tokens(&cred, now, epoch, 1 + usize::from(report_due))
-            .await?;
-        let index = self.current_index();
+    /// The selection over what the store holds now, recorded for the
+    /// summary and the audit.
+    fn select(
+        &self,
+        epoch: Epoch,
+        index: &CurrentIndex,
+        snapshot: &PopularitySnapshot,
+    ) -> Result<anonmirror_announce::Selection> {
         let inventory: Vec<ItemKey> = self
             .store
             .list()
@@ -412,9 +469,8 @@ impl Volunteer {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        let snapshot = self.snapshot(epoch, &index).await;
-        let selection = select(&self.policy, epoch, &inventory, &index, &snapshot);
-        self.keep_audit_inputs(&inventory, &index, &snapshot);
+        let selection = select(&self.policy, epoch, &inventory, index, snapshot);
+        self.keep_audit_inputs(&inventory, index, snapshot);
         if let Ok(mut s) = self.summary.lock() {
             *s = Some(Summary {
                 level: self.policy.level,
@@ -426,6 +482,57 @@ impl Volunteer {
                 within_budget: selection.within_budget,
             });
         }
+        Ok(selection)
+    }
+
+    /// The announcement over what the store holds now, and its padding, if
+    /// it differs from `filter` (what the session announces) and is within
+    /// the exposure budget; `None` keeps the session's announcement.
+    fn reselect(
+        &self,
+        epoch: Epoch,
+        index: &CurrentIndex,
+        snapshot: &PopularitySnapshot,
+        filter: &[u8],
+    ) -> Option<(Vec<u8>, HashSet<ItemKey>)> {
+        let selection = match self.select(epoch, index, snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the announcement cannot follow the store");
+                return None;
+            }
+        };
+        let Some(announcement) = selection.announcement.as_ref() else {
+            tracing::info!(
+                bits = selection.exposure.total(),
+                "announcement kept: what is held now is over the exposure budget"
+            );
+            return None;
+        };
+        let bytes = announcement.to_bytes();
+        (bytes != filter).then(|| (bytes, selection.padding.iter().copied().collect()))
+    }
+
+    /// Writes [`UPDATES_FILE`] for the audit.
+    fn record_updates(&self, epoch: Epoch, updates: u32) {
+        let line = format!("epoch {} updates {updates}\n", epoch.0);
+        if let Err(e) = write_private(&self.state_dir.join(UPDATES_FILE), line.as_bytes()) {
+            tracing::warn!(error = %e, "could not record the announcement updates");
+        }
+    }
+
+    async fn session(&self, served_before: &mut u64) -> Result<Ended> {
+        let now = self.clock.unix_secs();
+        let (epoch, epoch_left) = self.epoch(now);
+        let cred = self.credential(now).await?;
+        let report_due = self.reported.lock().map_or(true, |r| *r != Some(epoch));
+        let mut tokens = self
+            .tokens(&cred, now, epoch, 1 + usize::from(report_due))
+            .await?;
+        let mut index = self.current_index();
+        let mut snapshot = self.snapshot(epoch, &index).await;
+        let mut seen_changes = self.store.changes();
+        let selection = self.select(epoch, &index, &snapshot)?;
 
         // The popularity report.
         let params =
@@ -474,7 +581,10 @@ impl Volunteer {
                 "announcement withheld this epoch (over the exposure budget or nothing to announce)"
             );
             keep(token);
-            return Ok(Ended::Withheld(epoch_left.min(Duration::from_secs(300))));
+            return Ok(Ended::Withheld(
+                epoch_left.min(Duration::from_secs(300)),
+                seen_changes,
+            ));
         };
 
         // The peer server, with this session's key.
@@ -495,11 +605,15 @@ impl Volunteer {
             }
         };
         let public = keypair.public();
-        let padding: HashSet<ItemKey> = selection.padding.iter().copied().collect();
+        // Updated with the announcement (`follow_holdings`).
+        let padding: Arc<std::sync::RwLock<HashSet<ItemKey>>> = Arc::new(std::sync::RwLock::new(
+            selection.padding.iter().copied().collect(),
+        ));
         let gateway = self.gateway.clone();
         let (prefetches, cancel) = (self.prefetches.clone(), self.cancel.clone());
+        let announced_padding = padding.clone();
         let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
-            if padding.contains(key) {
+            if announced_padding.read().is_ok_and(|p| p.contains(key)) {
                 prefetches.spawn(prefetch(gateway.clone(), vec![*key], cancel.clone()));
             }
         });
@@ -563,6 +677,13 @@ impl Volunteer {
             // Never refused for its size (`_FILTER_FITS` below).
             filter: announcement.to_bytes(),
         };
+        let mut follow = Follow {
+            filter: wire.filter.clone(),
+            due: None,
+            last: now,
+            updates: 0,
+        };
+        self.record_updates(epoch, 0);
         let mut live = match self.client.open_session(&token, wire).await {
             Ok(l) => l,
             Err(e) => {
@@ -604,6 +725,7 @@ impl Volunteer {
         let ended = loop {
             tokio::select! {
                 ev = live.next_event() => match ev {
+                    Ok(SessionEvent::Updated) => {}
                     Ok(SessionEvent::SnapshotChanged { repository, version }) => {
                         tracing::info!(%repository, version, "new snapshot pushed");
                         self.follow(&repository).await;
@@ -626,8 +748,38 @@ impl Volunteer {
                 _ = tick.tick() => {
                     let n = server.stats().bytes_served.load(std::sync::atomic::Ordering::Relaxed);
                     self.gateway.metrics().set_served_to_peers(*served_before + n);
-                    if self.clock.unix_secs() >= epoch_end {
+                    let at = self.clock.unix_secs();
+                    if at >= epoch_end {
                         break Ok(Ended::Reopen);
+                    }
+                    let changes = self.store.changes();
+                    if changes != seen_changes {
+                        seen_changes = changes;
+                        follow.changed(at, &mut self.entropy.clone());
+                    }
+                    if follow.due.is_some_and(|t| at >= t) {
+                        follow.due = None;
+                        // The index may have been learned since (a node
+                        // that started empty fetched it with its first
+                        // package): the popularity follows it.
+                        let now_index = self.current_index();
+                        if now_index.items() != index.items() {
+                            snapshot = self.snapshot(epoch, &now_index).await;
+                            index = now_index;
+                        }
+                        if let Some((filter, new_padding)) = self.reselect(epoch, &index, &snapshot, &follow.filter) {
+                            if let Err(source) = live.update(filter.clone()).await {
+                                break Err(Error::Rendezvous { what: "updating the announcement", source });
+                            }
+                            if let Ok(mut p) = padding.write() {
+                                *p = new_padding;
+                            }
+                            follow.filter = filter;
+                            follow.last = at;
+                            follow.updates += 1;
+                            self.record_updates(epoch, follow.updates);
+                            tracing::info!(updates = follow.updates, "announcement updated: what this node holds changed");
+                        }
                     }
                 }
             }
@@ -843,3 +995,29 @@ const _FILTER_FITS: () = assert!(
         + anonmirror_announce::announcement::MAX_ANNOUNCEMENT_BITS as usize / 8
         == anonmirror_rendezvous::msg::MAX_FILTER
 );
+
+/// How a session's announcement follows what the store holds: batched
+/// and delayed at random (see [`UPDATE_DELAY_SECS`]).
+struct Follow {
+    /// The filter the session announces now.
+    filter: Vec<u8>,
+    /// When the next update is due (clock seconds), once a change waits.
+    due: Option<u64>,
+    /// When the session last announced (opened, or updated).
+    last: u64,
+    /// Updates this session made.
+    updates: u32,
+}
+
+impl Follow {
+    /// The store changed at `now`: an update is due after a random delay,
+    /// unless one is due already or the epoch's updates are used up.
+    fn changed(&mut self, now: u64, entropy: &mut dyn anonmirror_core::Entropy) {
+        if self.due.is_some() || self.updates >= MAX_UPDATES_PER_EPOCH {
+            return;
+        }
+        let (lo, hi) = (*UPDATE_DELAY_SECS.start(), *UPDATE_DELAY_SECS.end());
+        let delay = lo + entropy.below(hi - lo + 1);
+        self.due = Some((now + delay).max(self.last + UPDATE_GAP_SECS));
+    }
+}

@@ -31,6 +31,7 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 /// manual clock; the volunteer holds the repository and has announced.
 struct Swarm {
     clock: ManualClock,
+    packages: Vec<Package>,
     rendezvous: Rendezvous,
     node: Node,
     state_dir: PathBuf,
@@ -42,12 +43,24 @@ impl Swarm {
     /// The swarm, the rendezvous pinging every `ping` and dropping a
     /// session silent for `silence`.
     async fn start(ping: Duration, silence: Duration) -> Swarm {
+        let s = Swarm::empty(ping, silence).await;
+        fetch_all(s.node.gateway_addr, &s.packages)
+            .await
+            .expect("the volunteer fetches the repository");
+        s.node.reannounce();
+        wait_announced(&s.node).await.expect("announced");
+        s
+    }
+
+    /// The swarm with a volunteer that holds nothing yet: it announces
+    /// nothing.
+    async fn empty(ping: Duration, silence: Duration) -> Swarm {
         let dir = tempfile::tempdir().expect("tempdir");
         // Near the real time, so the repository's dates look sane to the
         // gateway; the clock moves only when a test says so.
         let clock = ManualClock::at_unix(SystemClock.unix_secs());
         let packages: Vec<Package> =
-            generate_repository(&dir.path().join("upstream"), 3, 7).expect("repository");
+            generate_repository(&dir.path().join("upstream"), 6, 7).expect("repository");
         let upstream = StaticServer::start(dir.path().join("upstream"))
             .await
             .expect("upstream");
@@ -63,6 +76,9 @@ impl Swarm {
         cfg.maintenance_interval = Duration::from_millis(50);
         cfg.sessions.ping_interval = ping;
         cfg.sessions.silence = silence;
+        // The volunteer's updates are minutes apart on the manual clock,
+        // which the tests move faster than the rendezvous's own timer.
+        cfg.sessions.update_gap = Duration::from_millis(100);
         let rendezvous = Rendezvous::start(cfg).await.expect("rendezvous");
         let volunteer_dir = dir.path().join("volunteer");
         let mut policy = node_policy(Level::Open, &volunteer_dir, &upstream.url(), &rendezvous);
@@ -75,13 +91,9 @@ impl Swarm {
             ..NodeOptions::default()
         };
         let node = Node::start(policy, opts).await.expect("node");
-        fetch_all(node.gateway_addr, &packages)
-            .await
-            .expect("the volunteer fetches the repository");
-        node.reannounce();
-        wait_announced(&node).await.expect("announced");
         Swarm {
             clock,
+            packages,
             rendezvous,
             node,
             state_dir,
@@ -231,4 +243,98 @@ async fn a_credential_the_rendezvous_forgot_is_replaced_by_a_new_registration() 
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The announcement listed now for the volunteer: its session key and
+/// which of `packages` it claims.
+async fn claimed(s: &Swarm, packages: &[Package]) -> Option<(PeerKey, Vec<bool>)> {
+    use anonmirror_rendezvous::FilterCheck;
+    let c = Client::new(s.rendezvous.local_addr(), s.rendezvous.key());
+    let snapshot = c
+        .directory(None, &s.rendezvous.directory_key())
+        .await
+        .expect("directory");
+    let a = snapshot.peers.first()?;
+    let holds = packages
+        .iter()
+        .map(|p| {
+            AnnouncementFilter.holds(&a.filter, s.epoch(), &anonmirror_core::ItemKey(p.sha256))
+        })
+        .collect();
+    Some((a.key, holds))
+}
+
+/// Moves the clock a minute at a time, letting the volunteer's two-second
+/// tick see each step, until `done`; returns the seconds moved. The clock
+/// moves at most `limit`.
+async fn advance_until<F: std::future::Future<Output = bool>>(
+    s: &Swarm,
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+) -> Option<Duration> {
+    let mut moved = Duration::ZERO;
+    loop {
+        // Several ticks of the volunteer's timer per step.
+        for _ in 0..60 {
+            if done().await {
+                return Some(moved);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if moved >= limit {
+            return None;
+        }
+        s.clock.advance(Duration::from_secs(60));
+        moved += Duration::from_secs(60);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_that_started_empty_announces_what_it_fetched_within_minutes() {
+    let s = Swarm::empty(Duration::from_secs(30), Duration::from_secs(90)).await;
+    let (first, second) = s.packages.split_at(3);
+    // At level open an empty announcement opens a session all the same.
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while s.metrics().session_live == 0 || claimed(&s, &s.packages).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (key, holds) = claimed(&s, &s.packages).await.expect("listed");
+    assert_eq!(holds, [false; 6], "nothing held, nothing claimed");
+    let claims = |want: [bool; 6]| {
+        let s = &s;
+        move || async move {
+            claimed(s, &s.packages)
+                .await
+                .is_some_and(|(_, h)| h == want)
+        }
+    };
+
+    // It fetches half of the repository through its own gateway: the
+    // session announces it within ten minutes of the clock, in place.
+    fetch_all(s.node.gateway_addr, first).await.expect("fetch");
+    let moved = advance_until(
+        &s,
+        Duration::from_secs(600),
+        claims([true, true, true, false, false, false]),
+    )
+    .await
+    .expect("announced within ten minutes");
+    // Not at once: the first change waits a random delay of at least a
+    // minute, so the announcement does not time the download.
+    assert!(moved >= Duration::from_secs(60), "{moved:?}");
+
+    // The other half, a second update.
+    fetch_all(s.node.gateway_addr, second).await.expect("fetch");
+    advance_until(&s, Duration::from_secs(600), claims([true; 6]))
+        .await
+        .expect("updated within ten minutes");
+    let (same, _) = claimed(&s, &s.packages).await.expect("listed");
+    assert_eq!(same, key, "the same session, updated in place");
+    assert_eq!(s.metrics().sessions_opened, 1);
+    let updates =
+        std::fs::read_to_string(s.state_dir.join(anonmirror_node::volunteer::UPDATES_FILE))
+            .expect("updates recorded");
+    assert_eq!(updates.trim(), format!("epoch {} updates 2", s.epoch().0));
+    s.stop().await;
 }

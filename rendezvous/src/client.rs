@@ -475,6 +475,8 @@ pub struct Reach {
 /// What a live session hears besides pings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
+    /// The rendezvous took the last [`LiveSession::update`].
+    Updated,
     /// A repository has a new snapshot.
     SnapshotChanged {
         /// The repository.
@@ -507,9 +509,22 @@ impl LiveSession {
                         version,
                     });
                 }
+                Down::Ack => return Ok(SessionEvent::Updated),
                 _ => return Err(Error::Protocol("unexpected message in a session")),
             }
         }
+    }
+
+    /// Announces `filter` from now on in place of the session's filter (at
+    /// most once every [`crate::server::UPDATE_MIN_GAP`]; faster, the
+    /// rendezvous drops the session). The rendezvous's answer arrives as
+    /// [`SessionEvent::Updated`], or ends the session.
+    pub async fn update(&mut self, filter: Vec<u8>) -> Result<()> {
+        let up = Up::Update {
+            filter: ByteBuf::from(filter),
+        };
+        self.ch.send(&up.encode()?).await?;
+        Ok(())
     }
 
     /// Closes the session.

@@ -40,6 +40,7 @@
 //! | `0a` | `PopularityCounts` | — |
 //! | `0b` | `WatchDirectory` | region `opt<str>` |
 //! | `0c` | `Reach` | port `varint`(u16, ≠ 0), key `[32]` (the peer server's Noise static key), level `u8`, epoch `varint`: the prologue of a channel to it |
+//! | `0d` | `Update` | filter `bytes` (≤ [`MAX_FILTER`]): inside an open session only, the session's new announcement filter; answered `Ack` |
 //!
 //! [`AnnouncementWire`]: contact [`ContactWire`], key `[32]` (this
 //! session's Noise static key), max_clients `varint`(u32, ≥ 1), upload_rate
@@ -521,6 +522,13 @@ pub enum Up {
         /// The epoch bound into the channel's prologue.
         epoch: u64,
     },
+    /// Inside an open session: its announcement's filter from now on
+    /// (what the peer holds changed). At most one a minute
+    /// (`UPDATE_MIN_GAP`); answered `Ack` on the session.
+    Update {
+        /// The new filter (announce/'s format; opaque here).
+        filter: ByteBuf,
+    },
 }
 
 /// Rendezvous to initiator. See the module docs for the bytes.
@@ -727,6 +735,12 @@ impl Up {
             | Up::Pong { .. }
             | Up::Report { .. }
             | Up::PopularityCounts => Ok(()),
+            Up::Update { filter } => {
+                if filter.len() > MAX_FILTER {
+                    return Err(bound("filter too large"));
+                }
+                Ok(())
+            }
             Up::Reach { port, level, .. } => {
                 if *port == 0 {
                     return Err(bound("reach port 0"));

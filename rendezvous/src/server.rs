@@ -61,7 +61,7 @@ mod requests;
 mod session_owner;
 mod shared;
 
-pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, channel_params};
+pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, UPDATE_MIN_GAP, channel_params};
 pub use connection::{WATCH_COALESCE, WATCH_MIN_GAP, WATCH_REFRESH, WATCH_SEND_LIMIT};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};

@@ -119,6 +119,9 @@ pub struct SessionConfig {
     pub contact_cooloff: Duration,
     /// The most live sessions (beyond, new sessions are told `Busy`).
     pub max_sessions: usize,
+    /// A session may update its announcement at most once this often
+    /// (default [`crate::server::UPDATE_MIN_GAP`]); faster, it is dropped.
+    pub update_gap: Duration,
 }
 
 impl Default for SessionConfig {
@@ -131,6 +134,7 @@ impl Default for SessionConfig {
             strikes: 3,
             contact_cooloff: Duration::from_secs(7 * 86_400),
             max_sessions: 1_000_000,
+            update_gap: crate::server::UPDATE_MIN_GAP,
         }
     }
 }
@@ -399,6 +403,39 @@ impl SessionTable {
         while self.by_id.contains_key(&id) {
             id = SessionId(rng.next_u64());
         }
+        self.insert(id, ann, now)?;
+        Ok(id)
+    }
+
+    /// Replaces the filter of live session `id` (what its peer holds
+    /// changed): the session keeps its id, key, contact, limits, strikes
+    /// and assignments; it counts as heard from.
+    pub fn update(&mut self, id: SessionId, filter: Vec<u8>, now: Instant) -> Result<(), Refusal> {
+        let slot = *self.by_id.get(&id).ok_or(Refusal::BadRequest)?;
+        let e = self.entry(slot).ok_or(Refusal::BadRequest)?;
+        let (mut ann, strikes, assignments) = (e.ann.clone(), e.strikes, e.assignments.clone());
+        ann.filter = filter;
+        self.close(id);
+        self.insert(id, ann, now)?;
+        if let Some(e) = self
+            .by_id
+            .get(&id)
+            .copied()
+            .and_then(|slot| self.entry_mut(slot))
+        {
+            e.strikes = strikes;
+            e.assignments = assignments;
+        }
+        Ok(())
+    }
+
+    /// Enters `ann` under `id` (neither in the table).
+    fn insert(
+        &mut self,
+        id: SessionId,
+        ann: AnnouncementWire,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -437,7 +474,7 @@ impl SessionTable {
         if let Some(layout) = layout {
             self.join(slot, layout, region);
         }
-        Ok(id)
+        Ok(())
     }
 
     /// Puts `slot` in the loose lists.

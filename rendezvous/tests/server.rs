@@ -666,7 +666,7 @@ async fn responder(
     let keypair = Arc::new(keypair);
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            let (keypair, params, count) = (keypair.clone(), params.clone(), count.clone());
+            let (keypair, params, count) = (keypair.clone(), params, count.clone());
             tokio::spawn(async move {
                 if anonmirror_channel::accept(s, &keypair, &params, Duration::from_secs(5))
                     .await
@@ -794,4 +794,65 @@ async fn a_tcp_contact_is_announced_only_after_a_dial_back_reached_it() {
             .await;
         assert!(s.is_err(), "{bad}: {s:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_updates_its_announcement_in_place_at_most_once_a_minute() {
+    use anonmirror_core::ItemKey;
+    use anonmirror_rendezvous::SortedKeysFilter;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let r = start(&clock, dir.path()).await;
+    let c = Client::new(r.local_addr(), r.key());
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(9))
+        .await
+        .expect("register");
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), epoch(&clock), 1)
+        .await
+        .expect("buy");
+    let (old, new) = (ItemKey([1; 32]), ItemKey([2; 32]));
+    let mut a = ann(3);
+    a.filter = SortedKeysFilter::encode(&[old]);
+    let mut live = c.open_session(&t[0], a.clone()).await.expect("open");
+    let holders = |item| {
+        let c = c.clone();
+        async move {
+            c.lookup(item, 1000, "core", 1, None, 4)
+                .await
+                .expect("lookup")
+                .len()
+        }
+    };
+    assert_eq!((holders(old).await, holders(new).await), (1, 0));
+
+    // The peer now holds both: one update, acknowledged, same session.
+    live.update(SortedKeysFilter::encode(&[old, new]))
+        .await
+        .expect("update");
+    assert_eq!(live.next_event().await.expect("ack"), SessionEvent::Updated);
+    assert_eq!((holders(old).await, holders(new).await), (1, 1));
+    let snap = c
+        .directory(None, &r.directory_key())
+        .await
+        .expect("directory");
+    assert_eq!(snap.peers.len(), 1);
+    assert_eq!(snap.peers[0].key, a.key, "the same session, updated");
+    assert_eq!(snap.peers[0].filter, SortedKeysFilter::encode(&[old, new]));
+    assert_eq!(r.session_count().await.expect("count"), 1);
+
+    // A second update within the minute: the session is dropped.
+    live.update(SortedKeysFilter::encode(&[new]))
+        .await
+        .expect("sent");
+    assert!(live.next_event().await.is_err(), "dropped");
+    for _ in 0..200 {
+        if r.session_count().await.expect("count") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.session_count().await.expect("count"), 0);
+    assert_eq!(holders(new).await, 0);
 }

@@ -56,6 +56,8 @@ struct State {
     writing: HashSet<ItemKey>,
     /// Bytes reserved for items being written.
     reserved: u64,
+    /// Items committed or evicted since the store was opened.
+    changes: u64,
 }
 
 struct Inner {
@@ -357,6 +359,12 @@ impl Store {
         self.lock().used
     }
 
+    /// How many items were committed or evicted since the store was
+    /// opened: what it holds changed if this did.
+    pub fn changes(&self) -> u64 {
+        self.lock().changes
+    }
+
     /// The metadata of an item, if held.
     pub fn meta(&self, key: &ItemKey) -> Result<Option<ItemMeta>, Error> {
         let rtx = self.inner.db.begin_read().map_err(db_err)?;
@@ -543,6 +551,7 @@ impl Store {
             return Ok(false);
         };
         state.used -= meta.size;
+        state.changes += 1;
         drop(state);
         let path = self.item_path(key);
         match fs::remove_file(&path) {
@@ -657,7 +666,11 @@ impl Store {
             let _ = fs::remove_file(&dest);
             return Err(db_err(e));
         }
-        self.lock().used += size;
+        {
+            let mut state = self.lock();
+            state.used += size;
+            state.changes += 1;
+        }
         Ok(meta)
     }
 

@@ -26,6 +26,13 @@ pub fn channel_params() -> ChannelParams {
     ChannelParams::new(Level::Off, RENDEZVOUS_EPOCH)
 }
 
+/// By default, a session may update its announcement at most once this
+/// often (`SessionConfig::update_gap`): a
+/// peer's holdings change a few times an hour at most, and each update
+/// costs the rendezvous a filter check and every directory watcher a
+/// directory. A session that updates faster is dropped.
+pub const UPDATE_MIN_GAP: Duration = Duration::from_secs(60);
+
 /// How long a push may take to reach a session before the session is
 /// considered dead and dropped: the push deadline.
 pub const PUSH_DEADLINE: Duration = Duration::from_secs(1);

@@ -98,6 +98,7 @@ impl SessionTask {
         );
         let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         let mut last_heard = Instant::now();
+        let mut last_update: Option<Instant> = None;
         let mut nonce = 0u64;
         let mut buf = Vec::new();
         // The sends the loop makes now and then (a ping or a push every
@@ -141,6 +142,27 @@ impl SessionTask {
                             Ok(Up::Pong { .. }) => {
                                 last_heard = Instant::now();
                                 let _ = Box::pin(self.shared.session_tx.send(SessionCmd::Heard(self.id))).await;
+                            }
+                            Ok(Up::Update { filter }) => {
+                                let now = Instant::now();
+                                if last_update.is_some_and(|t| now < t + self.shared.cfg.sessions.update_gap) {
+                                    break Err(Error::Protocol("announcement updates too often"));
+                                }
+                                last_update = Some(now);
+                                last_heard = now;
+                                let (id, filter) = (self.id, filter.into_vec());
+                                let r = Box::pin(ask(&self.shared.session_tx, |reply| {
+                                    SessionCmd::Update { id, filter, reply }
+                                }))
+                                .await?;
+                                let answer = match r {
+                                    Ok(()) => Down::Ack,
+                                    Err(refusal) => Down::Refused(refusal),
+                                };
+                                Box::pin(self.tx.send(&answer.encode()?)).await?;
+                                if let Err(refusal) = r {
+                                    break Err(Error::Refused(refusal));
+                                }
                             }
                             Ok(_) => break Err(Error::Protocol("only pongs inside a session")),
                             Err(e) => break Err(e),

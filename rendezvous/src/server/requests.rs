@@ -147,7 +147,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, up: Up) -> Result<Vec<Down>> {
             Ok(vec![Down::Ack])
         }
         Up::PopularityCounts => popularity_counts(shared).await,
-        Up::Pong { .. } | Up::OpenSession { .. } => Err(Error::Protocol("out of place")),
+        Up::Pong { .. } | Up::OpenSession { .. } | Up::Update { .. } => {
+            Err(Error::Protocol("out of place"))
+        }
     }
 }
 

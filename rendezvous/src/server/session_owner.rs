@@ -25,6 +25,12 @@ pub(super) enum SessionCmd {
         reply: oneshot::Sender<Result<SessionId, Refusal>>,
     },
     Heard(SessionId),
+    /// The session's peer announces a new filter.
+    Update {
+        id: SessionId,
+        filter: Vec<u8>,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
     Close(SessionId),
     Lookup {
         item: ItemKey,
@@ -107,6 +113,14 @@ pub(super) async fn session_owner(
                 let _ = reply.send(r);
             }
             SessionCmd::Heard(id) => table.heard(id, now),
+            SessionCmd::Update { id, filter, reply } => {
+                let r = table.update(id, filter, now);
+                if r.is_ok() {
+                    tracing::debug!("announcement updated");
+                    changed();
+                }
+                let _ = reply.send(r);
+            }
             SessionCmd::Close(id) => {
                 if table.close(id) {
                     tracing::debug!(live = table.len(), "session closed");
