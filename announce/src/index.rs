@@ -86,6 +86,53 @@ impl CurrentIndex {
         self.latest.values()
     }
 
+    /// The universe of popularity reports: one key per package with a
+    /// current item ([`popularity_key`]), in key order. Popularity is
+    /// counted by package, not by file, so it carries across versions: a
+    /// new version of a popular package is popular the moment it enters
+    /// the index, and a report says "holds some version of it".
+    pub fn popularity_universe(&self) -> Vec<ItemKey> {
+        let mut keys: Vec<ItemKey> = self
+            .latest
+            .values()
+            .map(|e| popularity_key(&e.repo, &e.name))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The popularity keys of the current items among `items`.
+    pub fn popularity_keys<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a ItemKey>,
+    ) -> std::collections::HashSet<ItemKey> {
+        items
+            .into_iter()
+            .filter_map(|k| self.latest.get(k))
+            .map(|e| popularity_key(&e.repo, &e.name))
+            .collect()
+    }
+
+    /// `by_package` (estimates counted over [`Self::popularity_universe`])
+    /// as estimates of the current items: each takes its package's.
+    pub fn items_by_package(
+        &self,
+        mut by_package: crate::PopularitySnapshot,
+    ) -> crate::PopularitySnapshot {
+        let packages = std::mem::take(&mut by_package.items);
+        by_package.items = self
+            .latest
+            .values()
+            .filter_map(|e| {
+                packages
+                    .get(&popularity_key(&e.repo, &e.name))
+                    .map(|est| (e.key, *est))
+            })
+            .collect();
+        by_package
+    }
+
     /// Number of current items.
     pub fn len(&self) -> usize {
         self.latest.len()
@@ -95,6 +142,17 @@ impl CurrentIndex {
     pub fn is_empty(&self) -> bool {
         self.latest.is_empty()
     }
+}
+
+/// The key a package's popularity is counted under: its repository's
+/// name and its package name (never its version or file), hashed so that
+/// it looks like any item key to the report encoding.
+pub fn popularity_key(repo: &str, name: &str) -> ItemKey {
+    let mut h = blake3::Hasher::new_derive_key("anonmirror 2026-12 popularity key of a package");
+    h.update(&(repo.len() as u64).to_le_bytes());
+    h.update(repo.as_bytes());
+    h.update(name.as_bytes());
+    ItemKey(*h.finalize().as_bytes())
 }
 
 /// dpkg's version order (`[epoch:]upstream[-revision]`, `~` before
@@ -179,6 +237,59 @@ fn verrevcmp(a: &str, b: &str) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reports counted by package carry a package's popularity to its new
+    /// version: the day a security update enters the index, it is as
+    /// canonical as the version it replaces, and a package nobody reported
+    /// stays below the floor.
+    #[test]
+    fn a_new_version_of_a_popular_package_is_canonical_at_once() {
+        use anonmirror_core::{Epoch, SeededEntropy};
+        use anonmirror_privacy::{Level, Policy};
+
+        use crate::params::ReportParams;
+        use crate::report::{PermanentMemo, encode_report};
+        use crate::snapshot::LevelPeers;
+        let entry = |name: &str, version: &str, k: u8| IndexEntry {
+            key: ItemKey([k; 32]),
+            repo: "deb".into(),
+            name: name.into(),
+            version: version.into(),
+            no_announce: false,
+        };
+        let before = CurrentIndex::new([entry("openssl", "3.0.1", 1), entry("rare", "1", 2)]);
+        // The update: openssl 3.0.2 enters the index (the old file stays
+        // in the pool, superseded).
+        let after = CurrentIndex::new([
+            entry("openssl", "3.0.1", 1),
+            entry("openssl", "3.0.2", 3),
+            entry("rare", "1", 2),
+        ]);
+        assert_eq!(before.popularity_universe(), after.popularity_universe());
+
+        // 300 peers held openssl 3.0.1 last epoch; nobody held "rare".
+        let params = ReportParams::new(4096, 1, 0.0, 0.0, 1.0).expect("params");
+        let epoch = Epoch(9);
+        let mut entropy = SeededEntropy::new(5);
+        let mut agg = crate::Aggregator::new(params, epoch);
+        let universe = before.popularity_universe();
+        let held = before.popularity_keys(&[ItemKey([1; 32])]);
+        for _ in 0..300 {
+            let memo = PermanentMemo::draw(&params, &mut entropy);
+            let r = encode_report(&params, epoch, &memo, &universe, &held, &mut entropy)
+                .expect("report");
+            agg.add(&r).expect("added");
+        }
+        let by_package = agg.snapshot(&universe, LevelPeers([0, 0, 300, 0]));
+        let snap = after.items_by_package(by_package);
+        let new = ItemKey([3; 32]);
+        assert!(snap.conservative_holders(&new) > 250.0, "{:?}", snap.items);
+        assert!(!snap.items.contains_key(&ItemKey([1; 32])), "superseded");
+        let balanced = Policy::defaults_for(Level::Balanced);
+        let canonical =
+            crate::canonical::canonical_set(Level::Balanced, &balanced.popularity, &snap, &after);
+        assert_eq!(canonical.into_iter().collect::<Vec<_>>(), vec![new]);
+    }
 
     #[test]
     fn versions_order_like_dpkg() {

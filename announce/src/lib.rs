@@ -46,7 +46,7 @@ mod wire;
 pub use aggregate::Aggregator;
 pub use announcement::Announcement;
 pub use err::Error;
-pub use index::{CurrentIndex, IndexEntry};
+pub use index::{CurrentIndex, IndexEntry, popularity_key};
 pub use params::ReportParams;
 pub use report::{PermanentMemo, PopularityReport, encode_report};
 pub use selection::{Selection, select};

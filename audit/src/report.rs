@@ -179,6 +179,12 @@ pub struct AuditReport {
     pub reports: ReportPrivacy,
     /// Credential and token age.
     pub credential: String,
+    /// How often the daemon's announcement followed its store this epoch
+    /// (each update shows an observer of the directory, within minutes,
+    /// that what it holds changed, and which announced items were added),
+    /// when the daemon recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updates: Option<String>,
     /// Things the operator should know.
     pub warnings: Vec<String>,
 }
@@ -289,6 +295,7 @@ impl AuditReport {
                 epsilon_one: finite(params.epsilon_one()),
             },
             credential: NO_CREDENTIAL.into(),
+            updates: None,
             warnings,
         })
     }
@@ -329,6 +336,9 @@ impl AuditReport {
                 .map_or("unknown".to_owned(), |n| n.to_string())
         );
         let _ = writeln!(s, "credential:   {}", self.credential);
+        if let Some(u) = &self.updates {
+            let _ = writeln!(s, "updates:      {u}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "selection pipeline (held items)");
         for st in &self.stages {

@@ -379,11 +379,15 @@ impl Volunteer {
         match self.client.popularity_counts(&key).await {
             Ok(Some(published)) => match Aggregator::from_bytes(&published.counts) {
                 Ok(agg) if agg.epoch().0 == published.epoch => {
-                    let universe = index.items();
+                    // Counted by package: each current item takes its
+                    // package's estimate, whatever its version.
+                    let universe = index.popularity_universe();
                     let level_peers = LevelPeers(published.level_peers);
-                    tokio::task::spawn_blocking(move || agg.snapshot(&universe, level_peers))
-                        .await
-                        .unwrap_or_else(|_| empty("popularity estimation failed"))
+                    let by_package =
+                        tokio::task::spawn_blocking(move || agg.snapshot(&universe, level_peers))
+                            .await
+                            .unwrap_or_else(|_| empty("popularity estimation failed"));
+                    index.items_by_package(by_package)
                 }
                 Ok(_) => empty("published counts disagree on their epoch"),
                 Err(e) => {
@@ -543,8 +547,9 @@ impl Volunteer {
                 }
             })?;
         let memo = self.memo(&params)?;
-        let held: HashSet<ItemKey> = selection.reportable.iter().copied().collect();
-        let universe = index.items();
+        // By package, not file (`CurrentIndex::popularity_universe`).
+        let held: HashSet<ItemKey> = index.popularity_keys(&selection.reportable);
+        let universe = index.popularity_universe();
         let report = encode_report(
             &params,
             epoch,

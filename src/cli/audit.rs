@@ -170,6 +170,19 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
             "expired; the daemon registers anew at its next session".to_owned()
         };
     }
+    if let Ok(text) = std::fs::read_to_string(state.join(anonmirror_node::volunteer::UPDATES_FILE))
+        && let Some((e, n)) = text
+            .trim()
+            .strip_prefix("epoch ")
+            .and_then(|t| t.split_once(" updates "))
+        && e.parse() == Ok(epoch.0)
+    {
+        report.updates = Some(format!(
+            "{n} this epoch (at most {}): each showed the directory, within minutes, \
+             which announced items had been added",
+            anonmirror_node::volunteer::MAX_UPDATES_PER_EPOCH
+        ));
+    }
     if let Ok(mut text) =
         std::fs::read_to_string(state.join(anonmirror_node::carrier::TRANSPORT_FILE))
         && let Some(u) = {

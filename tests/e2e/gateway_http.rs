@@ -596,9 +596,10 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
         .expect("balanced volunteer fetches one");
     // Forty more peers report holding every package (two volunteers alone
     // are too few for any lower confidence bound to clear a floor).
-    let keys: Vec<anonmirror_core::ItemKey> = packages
-        .iter()
-        .map(|p| anonmirror_core::ItemKey(p.sha256))
+    // Popularity is counted by package (repository "demo", names
+    // demo-pkg0, demo-pkg1, ...), whatever the version.
+    let keys: Vec<anonmirror_core::ItemKey> = (0..packages.len())
+        .map(|i| anonmirror_announce::popularity_key("demo", &format!("demo-pkg{i}")))
         .collect();
     // Tokens are bought and spent within one epoch of three seconds: each
     // try starts early in an epoch, and one that met a turn anyway (a
