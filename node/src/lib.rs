@@ -28,6 +28,7 @@ pub mod carrier;
 pub mod demo;
 mod err;
 pub mod http;
+pub mod mapping;
 pub mod node;
 mod options;
 #[cfg(feature = "onion-service")]

@@ -58,6 +58,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::carrier::Serving;
 use crate::err::{Error, Result};
+use crate::mapping::PortMap;
 use crate::options::SharedEntropy;
 
 /// The inventory the last selection saw, in the state directory.
@@ -639,19 +640,32 @@ impl Volunteer {
         // A TCP listener's own address (0.0.0.0, a private address behind
         // a router) is not what others reach: the rendezvous dials back
         // the address it sees, and only a contact it reached is announced.
+        // Behind a router, a forward of the port (asked for with PCP or
+        // NAT-PMP, if the policy lets it) is what makes it reachable.
+        let mut port_map = None;
         let contact = match local {
             anonmirror_core::Contact::Tcp(addr) => {
-                match self.reachable(addr.port(), public, epoch).await {
+                if self.policy.serve.map_port && !addr.ip().is_loopback() {
+                    match PortMap::request(addr.port()).await {
+                        Ok(m) => port_map = Some(m),
+                        Err(e) => tracing::info!(error = %e, "no port forward from the router"),
+                    }
+                }
+                let port = port_map.as_ref().map_or(addr.port(), |m| m.external_port);
+                match self.reachable(port, public, epoch, port_map.as_ref()).await {
                     Ok(c) => c,
                     Err(e) => {
                         keep(token);
+                        if let Some(m) = port_map {
+                            m.remove().await;
+                        }
                         server.shutdown().await;
                         return Err(e);
                     }
                 }
             }
             onion => {
-                self.set_contact(ContactState::Onion, None);
+                self.set_contact(ContactState::Onion, None, None);
                 onion
             }
         };
@@ -659,6 +673,9 @@ impl Volunteer {
             Ok(c) => c,
             Err(_) => {
                 keep(token);
+                if let Some(m) = port_map {
+                    m.remove().await;
+                }
                 server.shutdown().await;
                 return Err(Error::Internal(
                     "a peer listener whose contact cannot be announced".into(),
@@ -702,6 +719,9 @@ impl Volunteer {
                     )
                 ) {
                     keep(token);
+                }
+                if let Some(m) = port_map {
+                    m.remove().await;
                 }
                 server.shutdown().await;
                 return Err(Error::Rendezvous {
@@ -796,6 +816,9 @@ impl Volunteer {
             .load(std::sync::atomic::Ordering::Relaxed);
         *served_before += n;
         self.gateway.metrics().set_served_to_peers(*served_before);
+        if let Some(m) = port_map {
+            m.remove().await;
+        }
         server.shutdown().await;
         if let Some(p) = &self.peers {
             p.set_own(None);
@@ -812,6 +835,7 @@ impl Volunteer {
         port: u16,
         key: anonmirror_core::PeerKey,
         epoch: Epoch,
+        port_map: Option<&PortMap>,
     ) -> Result<anonmirror_core::Contact> {
         let r = self
             .client
@@ -824,7 +848,7 @@ impl Volunteer {
         match (r.outcome, r.seen) {
             (ReachOutcome::Reached, Some(ip)) => {
                 let contact = anonmirror_core::Contact::Tcp(std::net::SocketAddr::new(ip, port));
-                self.set_contact(ContactState::Reached, Some(&contact));
+                self.set_contact(ContactState::Reached, Some(&contact), port_map);
                 Ok(contact)
             }
             (outcome, _) => {
@@ -833,7 +857,7 @@ impl Volunteer {
                     ReachOutcome::Reached => ReachOutcome::NoAddress,
                     o => o,
                 };
-                self.set_contact(ContactState::Unreachable(outcome), None);
+                self.set_contact(ContactState::Unreachable(outcome), None, port_map);
                 Err(Error::Unreachable { port, outcome })
             }
         }
@@ -841,11 +865,27 @@ impl Volunteer {
 
     /// Records how peers reach this node: in the metrics (`status`) and in
     /// [`CONTACT_FILE`] (`audit`).
-    fn set_contact(&self, state: ContactState, contact: Option<&anonmirror_core::Contact>) {
+    fn set_contact(
+        &self,
+        state: ContactState,
+        contact: Option<&anonmirror_core::Contact>,
+        port_map: Option<&PortMap>,
+    ) {
         self.gateway.metrics().contact(state);
+        let forward = match port_map {
+            Some(m) => format!(
+                "; the router forwards port {} to it ({}, renewed while serving)",
+                m.external_port, m.protocol
+            ),
+            None if self.serving == Serving::Tcp => {
+                "; no forward from the router (none asked for, or PCP and NAT-PMP unanswered)"
+                    .to_owned()
+            }
+            None => String::new(),
+        };
         let line = match contact {
-            Some(c) => format!("contact: {c}, {state}\n"),
-            None => format!("contact: {state}\n"),
+            Some(c) => format!("contact: {c}, {state}{forward}\n"),
+            None => format!("contact: {state}{forward}\n"),
         };
         if let Err(e) = write_private(&self.state_dir.join(CONTACT_FILE), line.as_bytes()) {
             tracing::warn!(error = %e, "could not record the contact for the audit");

@@ -84,6 +84,7 @@ pub(crate) struct ServeOptions {
     pub max_clients: Option<u32>,
     pub upload_rate: Option<Rate>,
     pub deny: Option<Vec<DenyPattern>>,
+    pub map_port: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +199,7 @@ impl Options {
         set(&mut p.serve.max_clients, self.serve.max_clients);
         set(&mut p.serve.upload_rate, self.serve.upload_rate);
         set(&mut p.serve.deny, self.serve.deny);
+        set(&mut p.serve.map_port, self.serve.map_port);
 
         set(&mut p.transport.kind, self.transport.kind);
         set(

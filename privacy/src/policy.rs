@@ -184,6 +184,9 @@ pub struct ServeConfig {
     pub upload_rate: Rate,
     /// Packages never served, announced or reported.
     pub deny: Vec<DenyPattern>,
+    /// Serving over TCP: ask the home router to forward `listen`'s port
+    /// (PCP, NAT-PMP), renewed while serving and removed at the end.
+    pub map_port: bool,
 }
 
 impl ServeConfig {
@@ -480,6 +483,7 @@ impl Policy {
                 max_clients: 8,
                 upload_rate: Rate::mib_per_sec(2),
                 deny: Vec::new(),
+                map_port: true,
             },
             transport: TransportConfig {
                 kind: transport,

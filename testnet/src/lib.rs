@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 
 pub mod netns;
+pub mod portmap;
 mod process;
 mod socks;
 pub mod testbed;

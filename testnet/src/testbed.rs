@@ -314,7 +314,29 @@ impl Nat<'_> {
     /// A port forward: TCP connections to the router's public address and
     /// `port` go to `to`'s address and `to_port`.
     pub fn forward(&self, port: u16, to: &Host, to_port: u16) -> io::Result<()> {
-        self.router.ns.program(
+        self.forwarder().forward(port, to.addr, to_port)
+    }
+
+    /// What installs forwards on this router, for a task of its own (a
+    /// port-mapping server granting them).
+    pub fn forwarder(&self) -> Forwarder {
+        Forwarder {
+            ns: self.router.ns.clone(),
+        }
+    }
+}
+
+/// Installs port forwards on one NAT router ([`Nat::forwarder`]).
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    ns: Arc<NetNs>,
+}
+
+impl Forwarder {
+    /// TCP connections to the router's public address and `port` go to
+    /// `to` and `to_port`.
+    pub fn forward(&self, port: u16, to: Ipv4Addr, to_port: u16) -> io::Result<()> {
+        self.ns.program(
             "nft",
             &[
                 "add",
@@ -329,7 +351,7 @@ impl Nat<'_> {
                 &port.to_string(),
                 "dnat",
                 "to",
-                &format!("{}:{to_port}", to.addr),
+                &format!("{to}:{to_port}"),
             ],
             b"",
         )?;

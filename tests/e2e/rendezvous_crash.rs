@@ -41,7 +41,7 @@ fn spawn(state: &std::path::Path, listen: &str) -> (Child, std::net::SocketAddr,
 fn ann(i: u32) -> AnnouncementWire {
     const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
     let tail: String = (0..8)
-        .map(|d| char::from(BASE32[(i >> (5 * d)) as usize & 31]))
+        .map(|d| char::from(BASE32[((u64::from(i) >> (5 * d)) & 31) as usize]))
         .collect();
     AnnouncementWire {
         contact: ContactWire::Onion {
@@ -117,6 +117,12 @@ fn kill_9_under_load_then_restart_loses_no_spend_and_no_credential() {
             if acked.lock().expect("lock").len() >= 100 {
                 break;
             }
+            while set.try_join_next().is_some() {}
+            assert!(
+                !set.is_empty(),
+                "every worker stopped before the kill: {} acknowledged",
+                acked.lock().expect("lock").len()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         child.kill().expect("kill -9");
