@@ -191,10 +191,15 @@ async fn local_addr_towards(gateway: Ipv4Addr) -> IpAddr {
     s.local_addr().map_or(fallback, |a| a.ip())
 }
 
-/// The IPv4 default gateway of this network namespace, from
-/// `/proc/net/route`.
+/// The IPv4 default gateway of this thread's network namespace, from
+/// its route table (`/proc/thread-self/net/route`: `/proc/net` is the
+/// process's, which a thread that entered another namespace does not
+/// share).
 pub fn default_gateway() -> Option<Ipv4Addr> {
-    parse_route_table(&std::fs::read_to_string("/proc/net/route").ok()?)
+    let table = std::fs::read_to_string("/proc/thread-self/net/route")
+        .or_else(|_| std::fs::read_to_string("/proc/net/route"))
+        .ok()?;
+    parse_route_table(&table)
 }
 
 /// The gateway of the lowest-metric default route that is up and has

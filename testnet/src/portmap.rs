@@ -67,11 +67,13 @@ impl std::fmt::Debug for PortMapServer {
 
 impl PortMapServer {
     /// Binds `ip`:5351 and serves on the current runtime, granting every
-    /// mapping with `external` as the router's external address.
+    /// mapping with `external` as the router's external address, for the
+    /// lifetime asked, or `max_lifetime` seconds if that is shorter.
     pub async fn start(
         ip: Ipv4Addr,
         speaks: Speaks,
         external: Ipv4Addr,
+        max_lifetime: u32,
         on_map: OnMap,
     ) -> io::Result<PortMapServer> {
         let socket = tokio::net::UdpSocket::bind((ip, PORT)).await?;
@@ -88,6 +90,7 @@ impl PortMapServer {
                 let ctx = Ctx {
                     from,
                     epoch,
+                    max_lifetime,
                     external,
                     on_map: &on_map,
                     seen: &seen,
@@ -127,6 +130,7 @@ impl Drop for PortMapServer {
 struct Ctx<'a> {
     from: SocketAddr,
     epoch: u32,
+    max_lifetime: u32,
     external: Ipv4Addr,
     on_map: &'a OnMap,
     seen: &'a Mutex<Vec<Request>>,
@@ -187,7 +191,7 @@ fn natpmp(req: &[u8], ctx: &Ctx<'_>) -> Option<Vec<u8>> {
             let mut a = head(2, 0);
             a.extend_from_slice(&internal.to_be_bytes());
             a.extend_from_slice(&granted.to_be_bytes());
-            a.extend_from_slice(&lifetime.to_be_bytes());
+            a.extend_from_slice(&lifetime.min(ctx.max_lifetime).to_be_bytes());
             Some(a)
         }
         // Unsupported opcode (5), echoing the opcode.
@@ -247,5 +251,5 @@ fn pcp(req: &[u8], ctx: &Ctx<'_>) -> Option<Vec<u8>> {
     out.extend_from_slice(&internal.to_be_bytes());
     out.extend_from_slice(&granted.to_be_bytes());
     out.extend_from_slice(&ctx.external.to_ipv6_mapped().octets());
-    answer(0, lifetime, &out)
+    answer(0, lifetime.min(ctx.max_lifetime), &out)
 }

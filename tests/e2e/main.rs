@@ -9,6 +9,7 @@ mod daemon;
 mod gateway;
 mod gateway_http;
 mod layering;
+mod mapping;
 mod rendezvous_crash;
 mod testbed;
 mod transfer;

@@ -383,6 +383,34 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     router
         .forward(port, &forwarded.host, port)
         .expect("forward");
+    // A third behind a router of its own that grants port forwards over
+    // PCP (a port-mapping server on the router, installing each forward
+    // it grants): nobody forwards anything by hand.
+    let router2 = world
+        .bed
+        .nat("router2", Link::delay(Duration::ZERO))
+        .expect("nat");
+    let mapped = Place::on(
+        router2
+            .host("mapped", Link::delay(Duration::ZERO))
+            .expect("host"),
+    );
+    let router2_place = Place::on(router2.router().clone());
+    let forwarder = router2.forwarder();
+    let public2 = router2.public_addr();
+    let portmap = router2_place
+        .block_on(anonmirror_testnet::portmap::PortMapServer::start(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            anonmirror_testnet::portmap::Speaks::Pcp,
+            public2,
+            u32::MAX,
+            Box::new(move |client, internal, external| {
+                forwarder
+                    .forward(external, client, internal)
+                    .expect("forward");
+            }),
+        ))
+        .expect("port-mapping server");
 
     let nginx = world.nginx(repo.root());
     let repos = [Repository {
@@ -418,7 +446,18 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     };
     let a = volunteer(&forwarded, "forwarded");
     let b = volunteer(&unforwarded, "unforwarded");
+    let c = volunteer(&mapped, "mapped");
     announce(&forwarded, &a);
+    announce(&mapped, &c);
+    assert_eq!(
+        portmap
+            .requests()
+            .iter()
+            .map(|r| (r.protocol, r.internal_port, r.lifetime > 0))
+            .next(),
+        Some(("PCP", port, true)),
+        "the volunteer asked its router for a forward"
+    );
     // The second one's dial-back reaches the first through the forward:
     // another key answers, so it announces nothing, and says why.
     b.reannounce();
@@ -426,7 +465,9 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
         |node: &Node| ContactState::from_code(node.gateway().metrics().snapshot().contact);
     unforwarded.block_on(async {
         for _ in 0..2400 {
-            if matches!(contact_of(&b), ContactState::Unreachable(_)) {
+            // (A dial-back while the first one's listener was between
+            // sessions found nothing there: refused. Now it is up.)
+            if contact_of(&b) == ContactState::Unreachable(ReachOutcome::HandshakeFailed) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -434,6 +475,7 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
         panic!("the unforwarded volunteer never found itself unreachable");
     });
     assert_eq!(contact_of(&a), ContactState::Reached);
+    assert_eq!(contact_of(&c), ContactState::Reached);
     assert_eq!(
         contact_of(&b),
         ContactState::Unreachable(ReachOutcome::HandshakeFailed)
@@ -449,33 +491,39 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
         "{audit:?}"
     );
 
-    // The directory lists the first, at the router's public address and
-    // the forwarded port: never a private or unspecified address, and
-    // never the second.
+    // The directory lists the first and the third, at their routers'
+    // public addresses and forwarded ports: never a private or
+    // unspecified address, and never the second.
     let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
     let pinned = rv.directory_key();
     let snap = world
         .home
         .block_on(client.directory(None, &pinned))
         .expect("directory");
-    let contacts: Vec<_> = snap.peers.iter().map(|p| p.contact.socket_addr()).collect();
+    let mut contacts: Vec<_> = snap.peers.iter().map(|p| p.contact.socket_addr()).collect();
+    contacts.sort();
+    let mut expected = vec![
+        Some(SocketAddr::new(router.public_addr().into(), port)),
+        Some(SocketAddr::new(public2.into(), port)),
+    ];
+    expected.sort();
     assert_eq!(
-        contacts,
-        vec![Some(SocketAddr::new(router.public_addr().into(), port))]
+        contacts, expected,
+        "the reachable two, at their routers' addresses"
     );
 
-    // A home elsewhere gets every package from the reachable volunteer.
+    // A home elsewhere gets every package from the reachable volunteers.
     let home = world
         .home
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     world.home.block_on(async {
         for _ in 0..2400 {
-            if home.gateway().metrics().snapshot().directory_peers > 0 {
+            if home.gateway().metrics().snapshot().directory_peers == 2 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the home node never heard of the volunteer");
+        panic!("the home node never heard of the volunteers");
     });
     let base = format!("http://{}/deb", home.gateway_addr);
     let (path, key) = (dir.path().join("apt-home"), repo.key());
@@ -492,11 +540,19 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
             m.fetched_from_upstream,
             m.directory_peers
         ),
-        (total, 0, 1),
+        (total, 0, 2),
         "{m:?}"
     );
     world.home.block_on(home.stop());
     unforwarded.block_on(b.stop());
     forwarded.block_on(a.stop());
+    // The session ends with the daemon: its forward is removed.
+    mapped.block_on(c.stop());
+    assert_eq!(
+        portmap.requests().last().map(|r| (r.protocol, r.lifetime)),
+        Some(("PCP", 0)),
+        "{:?}",
+        portmap.requests()
+    );
     world.rendezvous.block_on(rv.shutdown());
 }
