@@ -263,6 +263,22 @@ impl Daemon {
         upstream: SocketAddr,
         r: &RendezvousProc,
     ) -> Result<Daemon> {
+        let serve = SocketAddr::new(place.ip(), 0);
+        Daemon::start_serving(kind, place, bin, dir, level, upstream, r, serve).await
+    }
+
+    /// [`Daemon::start_for`], its peer server on `serve`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_serving(
+        kind: &str,
+        place: &Place,
+        bin: &Path,
+        dir: &Path,
+        level: Level,
+        upstream: SocketAddr,
+        r: &RendezvousProc,
+        serve: SocketAddr,
+    ) -> Result<Daemon> {
         let d = dir.display();
         let policy = format!(
             "level = \"{level}\"\n\
@@ -273,10 +289,7 @@ impl Daemon {
                  [transport]\nkind = \"tcp\"\n\
                  [[repository]]\nname = \"bench\"\nkind = \"{kind}\"\nurl = \"http://{upstream}/\"\n\
                  [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
-            r.addr,
-            r.key,
-            r.directory_key,
-            serve = SocketAddr::new(place.ip(), 0),
+            r.addr, r.key, r.directory_key,
         );
         Daemon::start_with_policy(place, bin, dir, &policy).await
     }
@@ -345,6 +358,28 @@ impl Daemon {
         self.restart_within(Duration::from_secs(60)).await
     }
 
+    /// Restarts a volunteer nobody can reach, and waits until it says so
+    /// (its contact state), for at most a minute.
+    pub async fn restart_unannounced(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.spawn().await?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let m = self.metrics().await?;
+            if m.contact >= 10 {
+                return Ok(());
+            }
+            if m.session_live == 1 {
+                bail!(
+                    "{}: announced, though no forward reaches it",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("{}: never found itself unreachable", self.dir.display())
+    }
+
     /// [`Daemon::restart`], waiting at most `patience` for the session.
     pub async fn restart_within(&mut self, patience: Duration) -> Result<()> {
         self.stop().await?;
@@ -374,20 +409,42 @@ impl Daemon {
 
 // Stalled peers.
 
-/// Opens a session at `r` for a peer at `contact` claiming every item of
-/// `packages`, and answers its pings until aborted.
+/// Opens a session at `r` for a peer on 127.0.0.1 claiming every item of
+/// `packages`, which answers the rendezvous's dial-back (the first
+/// connection) and then stalls: it takes connections and never answers.
+/// It answers the session's pings until aborted.
 pub async fn stalled_session(
     r: &RendezvousProc,
-    contact: SocketAddr,
     packages: &[Package],
 ) -> Result<tokio::task::JoinHandle<()>> {
     use anonmirror_announce::announcement::{Announcement, Layout};
+    let keypair = anonmirror_channel::StaticKeypair::generate().map_err(|e| anyhow!("{e}"))?;
+    let public = keypair.public();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let contact = l.local_addr()?;
     let key: PeerKey = r.key.parse()?;
     let client = anonmirror_rendezvous::Client::new(r.addr, key);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let epoch = Epoch(now / 86_400);
+    let params = anonmirror_channel::ChannelParams::new(Level::Open, epoch);
+    let stall = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let Ok((first, _)) = l.accept().await else {
+            return;
+        };
+        let _ = anonmirror_channel::accept(first, &keypair, &params, Duration::from_secs(5)).await;
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let reached = client
+        .reach(contact.port(), public, Level::Open, epoch)
+        .await?;
+    if reached.outcome != anonmirror_rendezvous::msg::ReachOutcome::Reached {
+        bail!("the stalled peer's dial-back: {}", reached.outcome);
+    }
     let cred = client.register(now, 8, OsEntropy).await?;
     let tokens = client.buy_tokens(&cred, now, epoch, 1).await?;
     let token = tokens.first().context("no token")?;
@@ -401,9 +458,7 @@ pub async fn stalled_session(
     );
     let ann = anonmirror_rendezvous::msg::AnnouncementWire {
         contact: contact.into(),
-        key: anonmirror_channel::StaticKeypair::generate()
-            .map_err(|e| anyhow!("{e}"))?
-            .public(),
+        key: public,
         max_clients: 8,
         upload_rate: 1 << 20,
         region: None,
@@ -413,21 +468,19 @@ pub async fn stalled_session(
     };
     let mut live = client.open_session(token, ann).await?;
     Ok(tokio::spawn(async move {
+        // Aborting this task drops the listener's task's handle only:
+        // it is aborted here once the session ends, and on abort by the
+        // guard.
+        let _guard = AbortOnDrop(stall);
         while live.next_event().await.is_ok() {}
     }))
 }
 
-/// A TCP listener that accepts and never answers (nor closes).
-pub async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    Ok((
-        addr,
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                held.push(s);
-            }
-        }),
-    ))
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

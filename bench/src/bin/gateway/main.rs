@@ -69,7 +69,7 @@ use clap::Parser;
 
 use anonmirror_bench::gateway::http::{fetch_set, metrics_blocking};
 use anonmirror_bench::gateway::procs::{
-    Daemon, Place, RendezvousProc, silent_listener, stalled_session, start_nginx, start_rendezvous,
+    Daemon, Place, RendezvousProc, stalled_session, start_nginx, start_rendezvous,
 };
 use anonmirror_bench::gateway::repo::{MIB, Package, generate_repository};
 
@@ -321,16 +321,14 @@ async fn case_stalled(
         args.stalled
     );
     let r = start_rendezvous(&Place::Loopback, bin, &dir.join("rendezvous")).await?;
-    let (contact, silent) = silent_listener().await?;
     let mut sessions = Vec::new();
     for _ in 0..args.stalled {
-        sessions.push(stalled_session(&r, contact, packages).await?);
+        sessions.push(stalled_session(&r, packages).await?);
     }
     let (base, ours, snaps) = client_vs_nginx(args, bin, dir, nginx, &r, packages).await?;
     for s in sessions {
         s.abort();
     }
-    silent.abort();
     let from_peers: u64 = snaps.iter().map(|s| s.from_peers).sum();
     let hedges: Vec<String> = snaps.iter().map(|s| s.hedges.to_string()).collect();
     CaseResult::against_nginx(

@@ -35,6 +35,15 @@
 //!   host), fetched by aria2 on the home host; against the gateway's time
 //!   in the same run. Runs before `dead`.
 //!
+//! `--nat`: each volunteer sits behind a home router of its own (a NAT
+//! router of the testbed), listens on level open's default `0.0.0.0:7879`
+//! and gets its port forwarded by asking the router over PCP (testnet's
+//! port-mapping server on each router installs the forward it grants);
+//! the rendezvous announces it at the router's address once its dial-back
+//! reached it. `--unreachable N` adds N more volunteers holding the set
+//! behind routers that grant no forward: they must not be announced, so
+//! the home never dials them (`bittorrent` does not run with `--nat`).
+//!
 //! `--index-padding 60000` lists that many synthetic entries after the
 //! packages in the apt index (49 MB, 8.3 MB as xz, as Debian's main for
 //! one architecture): the `apt-get update` columns then measure a
@@ -93,6 +102,14 @@ struct Args {
     /// (60000: Debian's main); none are downloaded.
     #[arg(long, default_value_t = 0)]
     index_padding: usize,
+    /// Each volunteer behind a NAT router of its own, its port forwarded
+    /// on its request (PCP).
+    #[arg(long)]
+    nat: bool,
+    /// With `--nat`: this many more volunteers behind routers that grant
+    /// no forward.
+    #[arg(long, default_value_t = 0)]
+    unreachable: usize,
     /// The package manager: apt or pacman.
     #[arg(long, default_value = "apt")]
     client: String,
@@ -137,6 +154,8 @@ struct Run {
     /// Bytes the home's link carried in (IP packets) over update and
     /// download.
     link_in: u64,
+    /// Peers in the home's directory at the end.
+    directory_peers: u64,
 }
 
 /// The repository and its package manager: real apt or real pacman.
@@ -238,6 +257,13 @@ struct World {
     dir: PathBuf,
     repo: Repo,
     names: Vec<String>,
+    /// The link of each volunteer (`--nat`: its router's).
+    volunteer_links: Vec<String>,
+    /// Volunteers no forward reaches (`--unreachable`), after the others
+    /// in `volunteers`.
+    unreachable: usize,
+    /// The routers' port-mapping servers (`--nat`).
+    _routers: Vec<RouterMapping>,
     /// nginx; stopped on drop.
     _nginx: anonmirror_bench::gateway::procs::Proc,
 }
@@ -247,9 +273,23 @@ impl World {
         let bed = Testbed::new()?;
         let mirror = bed.host("mirror", Link::delay(Duration::ZERO))?;
         let rv = bed.host("rendezvous", Link::delay(Duration::ZERO))?;
-        let volunteer_hosts = (0..args.volunteers)
-            .map(|i| bed.host(&format!("volunteer{i}"), Link::delay(Duration::ZERO)))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let (mut volunteer_hosts, mut volunteer_links, mut routers) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..args.volunteers + if args.nat { args.unreachable } else { 0 } {
+            let name = format!("volunteer{i}");
+            if !args.nat {
+                volunteer_hosts.push(bed.host(&name, Link::delay(Duration::ZERO))?);
+                volunteer_links.push(name);
+                continue;
+            }
+            let router = format!("router{i}");
+            let nat = bed.nat(&router, Link::delay(Duration::ZERO))?;
+            volunteer_hosts.push(nat.host(&name, Link::delay(Duration::ZERO))?);
+            volunteer_links.push(router);
+            if i < args.volunteers {
+                routers.push(RouterMapping::start(&nat)?);
+            }
+        }
         let home = bed.host("home", Link::round_trip(CASE_RTT))?;
 
         let t = Instant::now();
@@ -283,18 +323,28 @@ impl World {
             dir: dir.to_owned(),
             repo,
             names,
+            volunteer_links,
+            unreachable: if args.nat { args.unreachable } else { 0 },
+            _routers: routers,
             _nginx: nginx,
         };
+        let serve = args.nat.then(|| {
+            anonmirror_privacy::Policy::defaults_for(Level::Open)
+                .serve
+                .listen
+        });
         for (i, host) in volunteer_hosts.into_iter().enumerate() {
             let t = Instant::now();
-            let mut v = Daemon::start_for(
+            let place = Place::Host(host.clone());
+            let mut v = Daemon::start_serving(
                 world.repo.kind(),
-                &Place::Host(host.clone()),
+                &place,
                 bin,
                 &dir.join(format!("volunteer{i}")),
                 Level::Open,
                 world.mirror_addr,
                 &world.rendezvous,
+                serve.unwrap_or_else(|| std::net::SocketAddr::new(place.ip(), 0)),
             )
             .await?;
             let base = format!("http://{}/bench", v.gateway);
@@ -308,14 +358,26 @@ impl World {
                     &names,
                 )
                 .with_context(|| format!("volunteer {i} fetching the set"))?;
-            v.restart().await?;
+            let reachable = i < args.volunteers;
+            if reachable {
+                v.restart().await?;
+            } else {
+                v.restart_unannounced().await?;
+            }
+            let contact =
+                anonmirror_mirror::metrics::ContactState::from_code(v.metrics().await?.contact);
             println!(
-                "volunteer {i} holds the set ({:.1} s) and announces it",
+                "volunteer {i} holds the set ({:.1} s); its contact: {contact}",
                 t.elapsed().as_secs_f64()
             );
             world.volunteers.push(v);
         }
         Ok(world)
+    }
+
+    /// The volunteers the home may use: those a forward reaches.
+    fn reachable_volunteers(&self) -> usize {
+        self.volunteers.len() - self.unreachable
     }
 
     fn names(&self) -> Vec<&str> {
@@ -377,6 +439,7 @@ impl World {
             from_peers: m.fetched_from_peers,
             from_upstream: m.fetched_from_upstream,
             hedges: m.hedges,
+            directory_peers: m.directory_peers,
             gateway_cpu,
             link_in,
             ..run?
@@ -394,7 +457,8 @@ impl World {
                 "  {name} run {run}: straight update {:.2} s download {:.2} s; gateway update {:.2} s \
                  download {:.2} s, {:.0} % of package bytes from peers, {} hedges; \
                  cores busy {:.0} % straight, {:.0} % through the gateway, gateway CPU {:.2} s; \
-                 into the home {:.1} MiB straight, {:.1} MiB through the gateway",
+                 into the home {:.1} MiB straight, {:.1} MiB through the gateway; \
+                 {} peers in the home's directory (of {} volunteers, {} reachable)",
                 s.update,
                 s.download,
                 g.update,
@@ -406,6 +470,9 @@ impl World {
                 g.gateway_cpu,
                 s.link_in as f64 / 1048576.0,
                 g.link_in as f64 / 1048576.0,
+                g.directory_peers,
+                self.volunteers.len(),
+                self.reachable_volunteers(),
             );
             straight.push(s);
             ours.push(g);
@@ -470,11 +537,10 @@ async fn main() -> Result<()> {
         world
             .bed
             .set_link("mirror", Link::delay(Duration::ZERO).rate(2 << 20))?;
-        for i in 0..world.volunteers.len() {
-            world.bed.set_link(
-                &format!("volunteer{i}"),
-                Link::delay(Duration::ZERO).rate(4 << 20),
-            )?;
+        for link in &world.volunteer_links {
+            world
+                .bed
+                .set_link(link, Link::delay(Duration::ZERO).rate(4 << 20))?;
         }
         rows.push(
             world
@@ -482,13 +548,11 @@ async fn main() -> Result<()> {
                 .await?,
         );
         world.bed.set_link("mirror", Link::delay(Duration::ZERO))?;
-        for i in 0..world.volunteers.len() {
-            world
-                .bed
-                .set_link(&format!("volunteer{i}"), Link::delay(Duration::ZERO))?;
+        for link in &world.volunteer_links {
+            world.bed.set_link(link, Link::delay(Duration::ZERO))?;
         }
     }
-    if wants("bittorrent") {
+    if wants("bittorrent") && !args.nat {
         let swarm = world.torrent_swarm()?;
         let (mut bt, mut ours) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
@@ -719,5 +783,46 @@ impl World {
             _tracker: tracker,
             _seeders: seeders,
         })
+    }
+}
+
+/// A NAT router's port-mapping server (PCP), installing each forward it
+/// grants, on a runtime inside the router's namespace.
+struct RouterMapping {
+    server: Option<anonmirror_testnet::portmap::PortMapServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl RouterMapping {
+    fn start(nat: &anonmirror_testnet::testbed::Nat<'_>) -> Result<RouterMapping> {
+        let router = nat.router().clone();
+        let runtime = router.runtime()?;
+        let (forwarder, public) = (nat.forwarder(), nat.public_addr());
+        let server = router.run(|| {
+            runtime.block_on(anonmirror_testnet::portmap::PortMapServer::start(
+                std::net::Ipv4Addr::UNSPECIFIED,
+                anonmirror_testnet::portmap::Speaks::Pcp,
+                public,
+                u32::MAX,
+                Box::new(move |client, internal, external| {
+                    if let Err(e) = forwarder.forward(external, client, internal) {
+                        eprintln!("the router could not install a forward: {e}");
+                    }
+                }),
+            ))
+        })?;
+        Ok(RouterMapping {
+            server: Some(server),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for RouterMapping {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
