@@ -202,6 +202,16 @@ pub struct RendezvousProc {
 
 /// `anonmirror rendezvous` at `place`, its state in `dir`.
 pub async fn start_rendezvous(place: &Place, bin: &Path, dir: &Path) -> Result<RendezvousProc> {
+    start_rendezvous_with(place, bin, dir, &[]).await
+}
+
+/// [`start_rendezvous`] with more arguments (`--upstream ...`).
+pub async fn start_rendezvous_with(
+    place: &Place,
+    bin: &Path,
+    dir: &Path,
+    extra: &[String],
+) -> Result<RendezvousProc> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(bin);
     cmd.arg("rendezvous")
@@ -210,7 +220,8 @@ pub async fn start_rendezvous(place: &Place, bin: &Path, dir: &Path) -> Result<R
         .arg("--listen")
         .arg(SocketAddr::new(place.ip(), 0).to_string())
         .arg("--pow-difficulty")
-        .arg("8");
+        .arg("8")
+        .args(extra);
     let log = dir.join("stderr.log");
     let place = place.clone();
     let (proc, line) =

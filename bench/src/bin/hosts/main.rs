@@ -44,6 +44,17 @@
 //! behind routers that grant no forward: they must not be announced, so
 //! the home never dials them (`bittorrent` does not run with `--nat`).
 //!
+//! - `newversion`: 40 ms; a new version of a package is published on the
+//!   mirror; the rendezvous notices it (it watches the index) and pushes
+//!   it; reported: how long until every volunteer announces the new
+//!   version, and the share of its bytes from peers for a fresh home
+//!   fetching it then;
+//! - `follow`: 40 ms; the volunteers stop and a new one starts empty,
+//!   fetches every package through its own gateway, and is not
+//!   restarted; reported: how long after its fetch its announcement
+//!   followed, and the usual row with it as the only peer. Runs after
+//!   `newversion` and before `dead`.
+//!
 //! `--index-padding 60000` lists that many synthetic entries after the
 //! packages in the apt index (49 MB, 8.3 MB as xz, as Debian's main for
 //! one architecture): the `apt-get update` columns then measure a
@@ -61,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anonmirror_bench::gateway::procs::{
-    Daemon, Place, RendezvousProc, start_nginx, start_rendezvous,
+    Daemon, Place, RendezvousProc, start_nginx, start_rendezvous_with,
 };
 use anonmirror_bench::{CpuReading, median, package_sizes, process_cpu_seconds};
 use anonmirror_privacy::Level;
@@ -178,6 +189,14 @@ impl Repo {
             "pacman" => Repo::Pacman(PacmanRepo::build(dir, "bench", "x86_64", specs)),
             other => bail!("--client {other}: apt or pacman"),
         })
+    }
+
+    /// Publishes `spec` (a new version of a package) in the repository.
+    fn publish(&mut self, spec: &PkgSpec) {
+        match self {
+            Repo::Apt(r) => r.publish(spec),
+            Repo::Pacman(r) => r.publish(spec),
+        }
     }
 
     /// The daemon's repository kind.
@@ -308,8 +327,24 @@ impl World {
         );
         let (nginx, mirror_addr) =
             start_nginx(&Place::Host(mirror), repo.root(), &dir.join("nginx"), None)?;
-        let rendezvous =
-            start_rendezvous(&Place::Host(rv.clone()), bin, &dir.join("rendezvous")).await?;
+        // It watches the mirror's index (for `newversion`).
+        let index = match &repo {
+            Repo::Apt(_) => format!("dists/{SUITE}/InRelease"),
+            Repo::Pacman(_) => "bench/os/x86_64/bench.db".to_owned(),
+        };
+        let watch = [
+            "--upstream".to_owned(),
+            format!("bench=http://{mirror_addr}/{index}"),
+            "--upstream-interval-secs".to_owned(),
+            "5".to_owned(),
+        ];
+        let rendezvous = start_rendezvous_with(
+            &Place::Host(rv.clone()),
+            bin,
+            &dir.join("rendezvous"),
+            &watch,
+        )
+        .await?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let mut world = World {
             bed,
@@ -404,6 +439,45 @@ impl World {
 
     /// One run through a fresh home daemon.
     async fn through_gateway(&self, tag: &str) -> Result<Run> {
+        self.through_gateway_of(tag, &self.names()).await
+    }
+
+    /// The announcements the rendezvous lists now, asked from its host.
+    fn directory(&self) -> Result<Vec<anonmirror_rendezvous::msg::AnnouncementWire>> {
+        let r = &self.rendezvous;
+        let key: anonmirror_core::PeerKey = r.key.parse()?;
+        let mut pinned = [0u8; 32];
+        hex::decode_to_slice(&r.directory_key, &mut pinned)?;
+        let addr = r.addr;
+        Place::Host(self.rendezvous_host.clone()).run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let c = anonmirror_rendezvous::Client::new(addr, key);
+                Ok(c.directory(None, &pinned).await?.peers)
+            })
+        })
+    }
+
+    /// How many listed announcements claim `item`.
+    fn holders(&self, item: anonmirror_core::ItemKey) -> Result<usize> {
+        use anonmirror_rendezvous::FilterCheck;
+        let epoch = anonmirror_core::Epoch::containing(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
+            86_400,
+        );
+        Ok(self
+            .directory()?
+            .iter()
+            .filter(|a| anonmirror_mirror::hooks::AnnouncementFilter.holds(&a.filter, epoch, &item))
+            .count())
+    }
+
+    /// One run through a fresh home daemon, fetching `names`.
+    async fn through_gateway_of(&self, tag: &str, names: &[&str]) -> Result<Run> {
         let ddir = self.dir.join(format!("home-{tag}"));
         let mut daemon = Daemon::start_for(
             self.repo.kind(),
@@ -420,8 +494,7 @@ impl World {
         let pid = daemon.pid().parse().unwrap_or(0);
         let cpu = process_cpu_seconds(pid).unwrap_or(0.0);
         let link_in = self.link_in();
-        let run =
-            tokio::task::block_in_place(|| self.repo.run(&self.home, &dir, &base, &self.names()));
+        let run = tokio::task::block_in_place(|| self.repo.run(&self.home, &dir, &base, names));
         let gateway_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - cpu;
         let link_in = self.link_in() - link_in;
         let m = daemon.metrics().await;
@@ -525,6 +598,7 @@ async fn main() -> Result<()> {
     let mut world = World::build(&args, &bin, scratch.path()).await?;
     let mut rows = Vec::new();
     let mut bittorrent = None;
+    let (mut new_version, mut follow) = (None, None);
     if wants("rtt") {
         for &ms in &args.rtts {
             let rtt = Duration::from_millis(ms);
@@ -571,6 +645,99 @@ async fn main() -> Result<()> {
             median(&ours).context("no runs")?,
         ));
     }
+    if wants("newversion") {
+        // The first package gets a new version, the same size.
+        let old = world.repo.packages()[0].clone();
+        let spec = PkgSpec::new(&old.name, "1.0-2", usize::try_from(old.size)?);
+        world.repo.publish(&spec);
+        let new = world
+            .repo
+            .packages()
+            .iter()
+            .find(|p| p.name == old.name)
+            .context("the new version")?
+            .clone();
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&new.sha256, &mut key)?;
+        let key = anonmirror_core::ItemKey(key);
+        let published = Instant::now();
+        let want = world.reachable_volunteers();
+        loop {
+            let n = tokio::task::block_in_place(|| world.holders(key))?;
+            if n >= want {
+                break;
+            }
+            if published.elapsed() > Duration::from_secs(900) {
+                bail!("after 15 min, {n} of {want} volunteers announce the new version");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let announced = published.elapsed().as_secs_f64();
+        let mut shares = Vec::new();
+        for run in 0..args.runs {
+            let g = world
+                .through_gateway_of(&format!("newversion-{run}"), &[old.name.as_str()])
+                .await?;
+            println!(
+                "  new version run {run}: {:.0} % of its bytes from peers ({} bytes)",
+                peer_share(&g),
+                g.from_peers + g.from_upstream
+            );
+            shares.push(peer_share(&g));
+        }
+        new_version = Some((announced, median(&shares).context("no runs")?));
+    }
+    if wants("follow") {
+        for v in &mut world.volunteers {
+            v.stop().await?;
+        }
+        let host = world.bed.host("latecomer", Link::delay(Duration::ZERO))?;
+        let place = Place::Host(host.clone());
+        let dir = world.dir.join("latecomer");
+        let mut v = Daemon::start_for(
+            world.repo.kind(),
+            &place,
+            &world.bin,
+            &dir,
+            Level::Open,
+            world.mirror_addr,
+            &world.rendezvous,
+        )
+        .await?;
+        let base = format!("http://{}/bench", v.gateway);
+        let names = world.names();
+        tokio::task::block_in_place(|| world.repo.run(&host, &dir.join("client"), &base, &names))
+            .context("the latecomer fetching the set")?;
+        let fetched = Instant::now();
+        let updates = dir.join("state").join("announce-updates.txt");
+        loop {
+            let n: u32 = std::fs::read_to_string(&updates)
+                .ok()
+                .and_then(|t| t.split_whitespace().last().and_then(|n| n.parse().ok()))
+                .unwrap_or(0);
+            // Its announcement followed, and the stopped volunteers'
+            // sessions have expired: it is the only peer listed.
+            if n >= 1 && tokio::task::block_in_place(|| world.directory())?.len() == 1 {
+                break;
+            }
+            if fetched.elapsed() > Duration::from_secs(900) {
+                bail!("the latecomer's announcement did not follow within 15 min");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let waited = fetched.elapsed().as_secs_f64();
+        println!("the latecomer's announcement followed its store {waited:.0} s after its fetch");
+        rows.push(
+            world
+                .case(
+                    "40 ms, only a volunteer that started empty, not restarted",
+                    args.runs,
+                )
+                .await?,
+        );
+        follow = Some(waited);
+        v.stop().await?;
+    }
     if wants("dead") || wants("alone") {
         for v in &mut world.volunteers {
             v.stop().await?;
@@ -613,6 +780,18 @@ async fn main() -> Result<()> {
             r.straight_update,
             r.update,
             r.update / r.straight_update
+        );
+    }
+    if let Some((announced, share)) = new_version {
+        println!(
+            "\nA new version published on the mirror: announced by every volunteer {announced:.0} s \
+             later; a fresh home then got {share:.0} % of its bytes from peers"
+        );
+    }
+    if let Some(waited) = follow {
+        println!(
+            "\nA volunteer that started empty announced what it fetched {waited:.0} s after its \
+             fetch ended, without a restart"
         );
     }
     if let Some((bt, ours)) = bittorrent {
