@@ -14,8 +14,16 @@
 //!    it gets `NotFound` (as for any Bloom false positive) while the node
 //!    fetches it, within the cache cap, for the peers that ask later;
 //! 4. a peer server with a fresh Noise key for the session, within the
-//!    policy's limits;
-//! 5. the session stays open, answering pings, until the epoch ends, a
+//!    policy's limits; serving over TCP, a forward of its port asked of the
+//!    home router (PCP, NAT-PMP: [`crate::mapping`]) and the rendezvous's
+//!    dial-back to the address it sees: only a contact that dial-back
+//!    reached is announced, and a node nobody can reach announces nothing
+//!    and says why (`status`, [`CONTACT_FILE`] for `audit`);
+//! 5. the announcement follows the store: the first change is announced
+//!    after a random delay ([`UPDATE_DELAY_SECS`]) with every change made
+//!    meanwhile, updates at least [`UPDATE_GAP_SECS`] apart and at most
+//!    [`MAX_UPDATES_PER_EPOCH`] an epoch, in place in the same session;
+//! 6. the session stays open, answering pings, until the epoch ends, a
 //!    repository's snapshot changes (its indexes are fetched again, new
 //!    versions of held packages prefetched, and a new session announces the
 //!    new selection), or it fails (reconnect after a jittered backoff, with

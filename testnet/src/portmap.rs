@@ -1,7 +1,8 @@
-//! A home router's port-mapping server for tests: PCP (RFC 6887, the MAP
+//! A home router's port-mapping servers for tests: PCP (RFC 6887, the MAP
 //! opcode) and NAT-PMP (RFC 6886, the external address and TCP mapping
 //! opcodes), as their message exchanges specify, on UDP port 5351 of the
-//! address it is given.
+//! address it is given ([`PortMapServer`]); and UPnP IGD, SSDP and SOAP
+//! ([`IgdServer`]).
 //!
 //! Debian's miniupnpd refuses to map behind a private external address,
 //! which a testbed's NAT router has; this server answers as a router
@@ -252,4 +253,248 @@ fn pcp(req: &[u8], ctx: &Ctx<'_>) -> Option<Vec<u8>> {
     out.extend_from_slice(&granted.to_be_bytes());
     out.extend_from_slice(&ctx.external.to_ipv6_mapped().octets());
     answer(0, lifetime.min(ctx.max_lifetime), &out)
+}
+
+/// A home router's UPnP IGD for tests: an SSDP responder on UDP port 1900
+/// of its address, and the HTTP server its answers point at (the device
+/// description, and the WANIPConnection:1 service's SOAP control:
+/// `AddPortMapping`, `DeletePortMapping`), as the UPnP Device Architecture
+/// and the IGD specification describe them.
+pub struct IgdServer {
+    requests: Arc<Mutex<Vec<Request>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for IgdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IgdServer").finish_non_exhaustive()
+    }
+}
+
+/// The SSDP port.
+pub const SSDP_PORT: u16 = 1900;
+
+const WANIP: &str = "urn:schemas-upnp-org:service:WANIPConnection:1";
+
+impl IgdServer {
+    /// Serves on `ip` (SSDP on port 1900, HTTP on a free port), granting
+    /// every mapping; with `permanent_only`, a lease other than 0 is
+    /// refused with error 725 (OnlyPermanentLeasesSupported), as many
+    /// routers do.
+    pub async fn start(ip: Ipv4Addr, permanent_only: bool, on_map: OnMap) -> io::Result<IgdServer> {
+        let ssdp = tokio::net::UdpSocket::bind((ip, SSDP_PORT)).await?;
+        let http = tokio::net::TcpListener::bind((ip, 0)).await?;
+        let http_addr = http.local_addr()?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let ssdp_task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = ssdp.recv_from(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if !text.starts_with("M-SEARCH") {
+                    continue;
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: {WANIP}\r\n\
+                     USN: uuid:anonmirror-test::{WANIP}\r\nEXT:\r\n\
+                     LOCATION: http://{http_addr}/rootDesc.xml\r\n\r\n"
+                );
+                let _ = ssdp.send_to(answer.as_bytes(), from).await;
+            }
+        });
+        let seen = requests.clone();
+        let on_map = Arc::new(on_map);
+        let http_task = tokio::spawn(async move {
+            while let Ok((stream, from)) = http.accept().await {
+                let (seen, on_map) = (seen.clone(), on_map.clone());
+                tokio::spawn(async move {
+                    let _ = igd_exchange(stream, from, permanent_only, &seen, &on_map).await;
+                });
+            }
+        });
+        Ok(IgdServer {
+            requests,
+            tasks: vec![ssdp_task, http_task],
+        })
+    }
+
+    /// Every mapping request so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for IgdServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One HTTP request on `stream`, answered, then closed.
+async fn igd_exchange(
+    mut stream: tokio::net::TcpStream,
+    from: SocketAddr,
+    permanent_only: bool,
+    seen: &Mutex<Vec<Request>>,
+    on_map: &OnMap,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The headers, then as many body bytes as Content-Length says.
+    let (head_len, body_len) = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..i]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            break (i + 4, len);
+        }
+        if raw.len() > 65_536 {
+            return Ok(());
+        }
+    };
+    while raw.len() < head_len + body_len {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let body = text.get(head_len..).unwrap_or("");
+    let value = |name: &str| {
+        let open = format!("<{name}>");
+        let close = format!("</{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = start + body[start..].find(&close)?;
+        Some(body[start..end].trim().to_owned())
+    };
+    let envelope = |inner: String| {
+        format!(
+            "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+             s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>{inner}</s:Body></s:Envelope>\r\n"
+        )
+    };
+    let (status, answer) = if text.starts_with("GET /rootDesc.xml ") {
+        (
+            "200 OK",
+            format!(
+                "<?xml version=\"1.0\"?>\r\n<root xmlns=\"urn:schemas-upnp-org:device-1-0\">\
+                 <specVersion><major>1</major><minor>0</minor></specVersion><device>\
+                 <deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:1</deviceType>\
+                 <deviceList><device><deviceType>urn:schemas-upnp-org:device:WANDevice:1</deviceType>\
+                 <deviceList><device><deviceType>urn:schemas-upnp-org:device:WANConnectionDevice:1</deviceType>\
+                 <serviceList><service><serviceType>{WANIP}</serviceType>\
+                 <serviceId>urn:upnp-org:serviceId:WANIPConn1</serviceId>\
+                 <SCPDURL>/WANIPCn.xml</SCPDURL><controlURL>/ctl/IPConn</controlURL>\
+                 <eventSubURL>/evt/IPConn</eventSubURL></service></serviceList>\
+                 </device></deviceList></device></deviceList></device></root>\r\n"
+            ),
+        )
+    } else if text.starts_with("POST /ctl/IPConn ") {
+        let action = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case("soapaction").then(|| {
+                    v.trim()
+                        .trim_matches('"')
+                        .rsplit('#')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+            })
+            .unwrap_or_default();
+        let port = |name: &str| value(name).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+        let external = port("NewExternalPort");
+        match action.as_str() {
+            "AddPortMapping" => {
+                let internal = port("NewInternalPort");
+                let lease: u32 = value("NewLeaseDuration")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if let Ok(mut s) = seen.lock() {
+                    s.push(Request {
+                        protocol: "UPnP",
+                        from,
+                        internal_port: internal,
+                        external_port: external,
+                        lifetime: lease,
+                    });
+                }
+                let client = value("NewInternalClient").and_then(|c| c.parse::<Ipv4Addr>().ok());
+                match client {
+                    _ if permanent_only && lease != 0 => (
+                        "500 Internal Server Error",
+                        envelope(fault(725, "OnlyPermanentLeasesSupported")),
+                    ),
+                    // The client must be the one asking (as miniupnpd
+                    // checks): 606 Action not authorized otherwise.
+                    Some(c) if IpAddr::V4(c) == from.ip() => {
+                        on_map(c, internal, external);
+                        (
+                            "200 OK",
+                            envelope(format!("<u:AddPortMappingResponse xmlns:u=\"{WANIP}\"/>")),
+                        )
+                    }
+                    _ => (
+                        "500 Internal Server Error",
+                        envelope(fault(606, "Action not authorized")),
+                    ),
+                }
+            }
+            "DeletePortMapping" => {
+                if let Ok(mut s) = seen.lock() {
+                    s.push(Request {
+                        protocol: "UPnP",
+                        from,
+                        internal_port: 0,
+                        external_port: external,
+                        lifetime: 0,
+                    });
+                }
+                (
+                    "200 OK",
+                    envelope(format!(
+                        "<u:DeletePortMappingResponse xmlns:u=\"{WANIP}\"/>"
+                    )),
+                )
+            }
+            _ => (
+                "500 Internal Server Error",
+                envelope(fault(401, "Invalid Action")),
+            ),
+        }
+    } else {
+        ("404 Not Found", String::new())
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn fault(code: u32, description: &str) -> String {
+    format!(
+        "<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail>\
+         <UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode>\
+         <errorDescription>{description}</errorDescription></UPnPError></detail></s:Fault>"
+    )
 }

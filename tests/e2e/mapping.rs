@@ -1,6 +1,7 @@
-//! Port forwards asked of a router (PCP, NAT-PMP), against testnet's
-//! port-mapping server answering as RFC 6887 and RFC 6886 say, on
-//! 127.0.0.x:5351 (a different address for each test).
+//! Port forwards asked of a router (PCP, NAT-PMP, UPnP IGD), against
+//! testnet's port-mapping servers, which answer as RFC 6887, RFC 6886 and
+//! the UPnP IGD specification (SSDP, SOAP) say, on 127.0.0.x (a different
+//! address for each test).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -89,5 +90,44 @@ async fn a_forward_is_renewed_before_its_lifetime_ends() {
         got.last().map(|r| r.lifetime),
         Some(0),
         "deleted at the end"
+    );
+}
+
+#[tokio::test]
+async fn a_upnp_router_forwards_the_port_when_pcp_and_nat_pmp_go_unanswered() {
+    use anonmirror_testnet::portmap::{IgdServer, SSDP_PORT};
+    let gw = Ipv4Addr::new(127, 0, 0, 55);
+    let igd = IgdServer::start(gw, false, Box::new(|_, _, _| {}))
+        .await
+        .expect("IGD");
+    let ssdp = [std::net::SocketAddr::new(gw.into(), SSDP_PORT)];
+    let m = PortMap::request_via(gw, &ssdp, 7879).await.expect("mapped");
+    assert_eq!((m.protocol, m.external_port), (Protocol::Upnp, 7879));
+    m.remove().await;
+    let got = igd.requests();
+    let got: Vec<_> = got.iter().map(asked).collect();
+    assert_eq!(got, [("UPnP", 7879, 7879, 3600), ("UPnP", 0, 7879, 0)]);
+}
+
+#[tokio::test]
+async fn a_upnp_router_that_grants_only_permanent_forwards_gets_one_removed_at_the_end() {
+    use anonmirror_testnet::portmap::{IgdServer, SSDP_PORT};
+    let gw = Ipv4Addr::new(127, 0, 0, 56);
+    let igd = IgdServer::start(gw, true, Box::new(|_, _, _| {}))
+        .await
+        .expect("IGD");
+    let ssdp = [std::net::SocketAddr::new(gw.into(), SSDP_PORT)];
+    let m = PortMap::request_via(gw, &ssdp, 7879).await.expect("mapped");
+    m.remove().await;
+    let got = igd.requests();
+    let got: Vec<_> = got.iter().map(asked).collect();
+    assert_eq!(
+        got,
+        [
+            ("UPnP", 7879, 7879, 3600),
+            ("UPnP", 7879, 7879, 0),
+            ("UPnP", 0, 7879, 0)
+        ],
+        "refused an hour (725), granted as permanent, deleted at the end"
     );
 }

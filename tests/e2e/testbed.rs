@@ -411,6 +411,35 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
             }),
         ))
         .expect("port-mapping server");
+    // A fourth behind a third router that speaks only UPnP IGD (SSDP on
+    // its inner address, SOAP AddPortMapping), as many home routers do.
+    let router3 = world
+        .bed
+        .nat("router3", Link::delay(Duration::ZERO))
+        .expect("nat");
+    let upnp = Place::on(
+        router3
+            .host("upnp", Link::delay(Duration::ZERO))
+            .expect("host"),
+    );
+    let inner = {
+        let [a, b, c, _] = upnp.host.addr().octets();
+        std::net::Ipv4Addr::new(a, b, c, 1)
+    };
+    let router3_place = Place::on(router3.router().clone());
+    let forwarder3 = router3.forwarder();
+    let public3 = router3.public_addr();
+    let igd = router3_place
+        .block_on(anonmirror_testnet::portmap::IgdServer::start(
+            inner,
+            false,
+            Box::new(move |client, internal, external| {
+                forwarder3
+                    .forward(external, client, internal)
+                    .expect("forward");
+            }),
+        ))
+        .expect("UPnP IGD");
 
     let nginx = world.nginx(repo.root());
     let repos = [Repository {
@@ -447,8 +476,17 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     let a = volunteer(&forwarded, "forwarded");
     let b = volunteer(&unforwarded, "unforwarded");
     let c = volunteer(&mapped, "mapped");
+    let d = volunteer(&upnp, "upnp");
     announce(&forwarded, &a);
     announce(&mapped, &c);
+    announce(&upnp, &d);
+    assert_eq!(
+        igd.requests()
+            .first()
+            .map(|r| (r.protocol, r.internal_port, r.lifetime > 0)),
+        Some(("UPnP", port, true)),
+        "the fourth volunteer asked its router over UPnP"
+    );
     assert_eq!(
         portmap
             .requests()
@@ -476,6 +514,7 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     });
     assert_eq!(contact_of(&a), ContactState::Reached);
     assert_eq!(contact_of(&c), ContactState::Reached);
+    assert_eq!(contact_of(&d), ContactState::Reached);
     assert_eq!(
         contact_of(&b),
         ContactState::Unreachable(ReachOutcome::HandshakeFailed)
@@ -491,8 +530,8 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
         "{audit:?}"
     );
 
-    // The directory lists the first and the third, at their routers'
-    // public addresses and forwarded ports: never a private or
+    // The directory lists the first, third and fourth, at their
+    // routers' public addresses and forwarded ports: never a private or
     // unspecified address, and never the second.
     let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
     let pinned = rv.directory_key();
@@ -505,11 +544,12 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     let mut expected = vec![
         Some(SocketAddr::new(router.public_addr().into(), port)),
         Some(SocketAddr::new(public2.into(), port)),
+        Some(SocketAddr::new(public3.into(), port)),
     ];
     expected.sort();
     assert_eq!(
         contacts, expected,
-        "the reachable two, at their routers' addresses"
+        "the reachable three, at their routers' addresses"
     );
 
     // A home elsewhere gets every package from the reachable volunteers.
@@ -518,7 +558,7 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
         .node(Level::Off, &dir.path().join("home"), &repos, &rv_at);
     world.home.block_on(async {
         for _ in 0..2400 {
-            if home.gateway().metrics().snapshot().directory_peers == 2 {
+            if home.gateway().metrics().snapshot().directory_peers == 3 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -540,7 +580,7 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
             m.fetched_from_upstream,
             m.directory_peers
         ),
-        (total, 0, 2),
+        (total, 0, 3),
         "{m:?}"
     );
     world.home.block_on(home.stop());
@@ -548,6 +588,12 @@ fn volunteers_behind_a_nat_router_are_announced_only_where_a_dial_back_reaches_t
     forwarded.block_on(a.stop());
     // The session ends with the daemon: its forward is removed.
     mapped.block_on(c.stop());
+    upnp.block_on(d.stop());
+    assert_eq!(
+        igd.requests().last().map(|r| (r.protocol, r.lifetime)),
+        Some(("UPnP", 0)),
+        "the UPnP forward is deleted too"
+    );
     assert_eq!(
         portmap.requests().last().map(|r| (r.protocol, r.lifetime)),
         Some(("PCP", 0)),

@@ -1,6 +1,6 @@
-//! A port forward on the home router, asked for with PCP (RFC 6887) and,
-//! where the router does not speak it, NAT-PMP (RFC 6886), through the
-//! `crab_nat` client.
+//! A port forward on the home router, asked for with PCP (RFC 6887), then
+//! NAT-PMP (RFC 6886), through the `crab_nat` client, then UPnP IGD
+//! ([`upnp`]), whichever the router answers first.
 //!
 //! A volunteer serving over TCP behind a router is reachable only through
 //! a forward of its port. [`PortMap::request`] asks the default gateway
@@ -12,15 +12,18 @@
 //!
 //! What the router learns: that this machine serves TCP on that port. The
 //! router is the user's own (or their provider's); nothing else is said to
-//! it. Each exchange is bounded: [`TIMEOUTS`] per protocol, so a router
-//! that speaks neither costs under four seconds at a session's start.
+//! it. Each exchange is bounded: [`TIMEOUTS`] per protocol for PCP and
+//! NAT-PMP, [`upnp::STEP_TIMEOUT`] per UPnP step, so a router that speaks
+//! none costs under ten seconds at a session's start.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
 
 use crab_nat::{InternetProtocol, PortMapping, PortMappingOptions, TimeoutConfig};
 use tokio_util::sync::CancellationToken;
+
+pub mod upnp;
 
 /// The lifetime asked for: an hour (the router may grant less).
 pub const LIFETIME: u32 = 3600;
@@ -40,13 +43,15 @@ pub enum MapError {
     /// No IPv4 default route with a gateway.
     #[error("no default gateway to ask")]
     NoGateway,
-    /// Neither protocol got a mapping.
-    #[error("the router granted no forward (PCP: {pcp}; NAT-PMP: {natpmp})")]
+    /// No protocol got a mapping.
+    #[error("the router granted no forward (PCP: {pcp}; NAT-PMP: {natpmp}; UPnP: {upnp})")]
     Refused {
         /// What PCP said.
         pcp: String,
         /// What NAT-PMP said.
         natpmp: String,
+        /// What UPnP IGD said.
+        upnp: String,
     },
 }
 
@@ -57,6 +62,8 @@ pub enum Protocol {
     Pcp,
     /// RFC 6886.
     NatPmp,
+    /// UPnP IGD.
+    Upnp,
 }
 
 impl std::fmt::Display for Protocol {
@@ -64,6 +71,7 @@ impl std::fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Pcp => "PCP",
             Protocol::NatPmp => "NAT-PMP",
+            Protocol::Upnp => "UPnP IGD",
         })
     }
 }
@@ -85,14 +93,63 @@ impl PortMap {
     /// (the same port number if it can) on this machine.
     pub async fn request(internal_port: u16) -> Result<PortMap, MapError> {
         let gateway = default_gateway().ok_or(MapError::NoGateway)?;
-        PortMap::request_from(gateway, internal_port).await
+        let ssdp = [
+            SocketAddr::V4(upnp::SSDP_GROUP),
+            SocketAddr::new(gateway.into(), upnp::SSDP_GROUP.port()),
+        ];
+        PortMap::request_via(gateway, &ssdp, internal_port).await
     }
 
-    /// As [`PortMap::request`], asking `gateway`.
+    /// As [`PortMap::request`], asking `gateway` (PCP, NAT-PMP), then
+    /// whichever UPnP IGD answers an SSDP search sent to `ssdp`.
+    pub async fn request_via(
+        gateway: Ipv4Addr,
+        ssdp: &[SocketAddr],
+        internal_port: u16,
+    ) -> Result<PortMap, MapError> {
+        let (pcp, natpmp) = match PortMap::request_from(gateway, internal_port).await {
+            Ok(m) => return Ok(m),
+            Err(MapError::Refused { pcp, natpmp, .. }) => (pcp, natpmp),
+            Err(e) => return Err(e),
+        };
+        let client = match local_addr_towards(gateway).await {
+            IpAddr::V4(v) => v,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let igd = match upnp::discover(ssdp).await {
+            Ok(igd) => igd,
+            Err(upnp) => return Err(MapError::Refused { pcp, natpmp, upnp }),
+        };
+        // A lease the router refuses as not permanent (725) is asked again
+        // as permanent; it is removed at the end all the same.
+        let mut lease = LIFETIME;
+        let mut added = igd.add(internal_port, client, internal_port, lease).await;
+        if let Err(upnp::UpnpError::Refused { code: 725, .. }) = added {
+            lease = 0;
+            added = igd.add(internal_port, client, internal_port, lease).await;
+        }
+        if let Err(e) = added {
+            return Err(MapError::Refused {
+                pcp,
+                natpmp,
+                upnp: e.to_string(),
+            });
+        }
+        let held = Held::Upnp {
+            igd,
+            port: internal_port,
+            client,
+            lease,
+        };
+        Ok(PortMap::keep_held(held, internal_port, Protocol::Upnp))
+    }
+
+    /// Asks `gateway` with PCP, then NAT-PMP.
     pub async fn request_from(gateway: Ipv4Addr, internal_port: u16) -> Result<PortMap, MapError> {
         let port = NonZeroU16::new(internal_port).ok_or_else(|| MapError::Refused {
             pcp: "port 0".into(),
             natpmp: "port 0".into(),
+            upnp: "port 0".into(),
         })?;
         let options = PortMappingOptions {
             external_port: Some(port),
@@ -125,20 +182,30 @@ impl PortMap {
                         return Err(MapError::Refused {
                             pcp: pcp.to_string(),
                             natpmp: natpmp.to_string(),
+                            upnp: "not asked".into(),
                         });
                     }
                 }
             }
         };
         let external_port = mapping.external_port().get();
+        Ok(PortMap::keep_held(
+            Held::Nat(mapping),
+            external_port,
+            protocol,
+        ))
+    }
+
+    /// Renews `held` until removed.
+    fn keep_held(held: Held, external_port: u16, protocol: Protocol) -> PortMap {
         let stop = CancellationToken::new();
-        let task = Some(tokio::spawn(keep(mapping, stop.clone())));
-        Ok(PortMap {
+        let task = Some(tokio::spawn(keep(held, stop.clone())));
+        PortMap {
             external_port,
             protocol,
             stop,
             task,
-        })
+        }
     }
 
     /// Removes the forward from the router (and stops renewing it).
@@ -158,22 +225,57 @@ impl Drop for PortMap {
     }
 }
 
-/// Renews `mapping` at half its granted lifetime until `stop`, then
-/// removes it.
-async fn keep(mut mapping: PortMapping, stop: CancellationToken) {
+/// A forward as its protocol holds it.
+enum Held {
+    /// PCP or NAT-PMP.
+    Nat(PortMapping),
+    /// UPnP IGD: the same port on both sides, to `client`, for `lease`
+    /// seconds (0: permanent).
+    Upnp {
+        igd: upnp::Igd,
+        port: u16,
+        client: Ipv4Addr,
+        lease: u32,
+    },
+}
+
+/// Renews `held` at half its lifetime until `stop` (a permanent UPnP
+/// forward needs none), then removes it.
+async fn keep(mut held: Held, stop: CancellationToken) {
     loop {
-        let half = Duration::from_secs(u64::from(mapping.lifetime().max(2) / 2));
+        let lifetime = match &held {
+            Held::Nat(m) => m.lifetime(),
+            Held::Upnp { lease: 0, .. } => u32::MAX,
+            Held::Upnp { lease, .. } => *lease,
+        };
+        let half = Duration::from_secs(u64::from(lifetime.max(2) / 2));
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(half) => {}
         }
-        if let Err(e) = mapping.renew().await {
+        let renewed = match &mut held {
+            Held::Nat(m) => m.renew().await.map_err(|e| e.to_string()),
+            Held::Upnp {
+                igd,
+                port,
+                client,
+                lease,
+            } => igd
+                .add(*port, *client, *port, *lease)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = renewed {
             // Kept as it was: the next renewal tries again, and a lapsed
             // forward shows at the next session's dial-back.
             tracing::info!(error = %e, "renewing the router's port forward failed");
         }
     }
-    if let Err((e, _)) = mapping.try_drop().await {
+    let removed = match held {
+        Held::Nat(m) => m.try_drop().await.map_err(|(e, _)| e.to_string()),
+        Held::Upnp { igd, port, .. } => igd.delete(port).await.map_err(|e| e.to_string()),
+    };
+    if let Err(e) = removed {
         tracing::info!(error = %e, "removing the router's port forward failed (it lapses by itself)");
     }
 }
