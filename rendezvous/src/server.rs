@@ -65,7 +65,7 @@ pub use config::{PUSH_DEADLINE, RENDEZVOUS_EPOCH, ServerConfig, UPDATE_MIN_GAP, 
 pub use connection::{WATCH_COALESCE, WATCH_MIN_GAP, WATCH_REFRESH, WATCH_SEND_LIMIT};
 use connection::{accept_loop, upstream_watch};
 use key_owner::{KeyCmd, blocking, key_owner, load_identity, load_ring};
-pub use reach::{MAX_DIAL_BACKS, MAX_REACHED, REACH_TIMEOUT, REACH_VALID};
+pub use reach::{MAX_DIAL_BACKS, MAX_REACHED, MAX_REACHED_PER_ADDRESS, REACH_TIMEOUT, REACH_VALID};
 use session_owner::{PUSH_QUEUE, SessionCmd, session_owner};
 pub use shared::Served;
 use shared::{Shared, push};

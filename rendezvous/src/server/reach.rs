@@ -15,7 +15,8 @@
 //!   `ContactUnreached` before its token is spent otherwise.
 //! - Bounded: at most [`MAX_DIAL_BACKS`] dial-backs at once (more are
 //!   refused `Busy`), each at most [`REACH_TIMEOUT`] to connect and as long
-//!   again to handshake; at most [`MAX_REACHED`] remembered.
+//!   again to handshake; at most [`MAX_REACHED`] remembered, at most
+//!   [`MAX_REACHED_PER_ADDRESS`] of one address (its oldest goes first).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +45,12 @@ pub const MAX_DIAL_BACKS: usize = 64;
 /// seconds between its dial-back and its opening).
 pub const MAX_REACHED: usize = 65_536;
 
+/// Contacts remembered per address, at most: the oldest of an address
+/// goes first, so that one host (with many ports and keys) cannot fill
+/// [`MAX_REACHED`] and keep others from opening sessions. Sixteen
+/// volunteers behind one router's address still fit.
+pub const MAX_REACHED_PER_ADDRESS: usize = 16;
+
 /// The contacts lately reached, with their keys.
 #[derive(Debug, Default)]
 pub(super) struct Reached {
@@ -52,6 +59,18 @@ pub(super) struct Reached {
 
 impl Reached {
     fn insert(&mut self, contact: ContactWire, key: PeerKey, now: Instant) -> bool {
+        let ip = contact.socket_addr().map(|a| a.ip());
+        let same: Vec<(ContactWire, PeerKey, Instant)> = self
+            .at
+            .iter()
+            .filter(|((c, _), _)| c.socket_addr().map(|a| a.ip()) == ip)
+            .map(|((c, k), t)| (c.clone(), *k, *t))
+            .collect();
+        if same.len() >= MAX_REACHED_PER_ADDRESS
+            && let Some((c, k, _)) = same.into_iter().min_by_key(|(_, _, t)| *t)
+        {
+            self.at.remove(&(c, k));
+        }
         if self.at.len() >= MAX_REACHED {
             self.at.retain(|_, t| now.duration_since(*t) < REACH_VALID);
         }
@@ -167,5 +186,35 @@ mod tests {
         let elsewhere = ContactWire::from(SocketAddr::from(([198, 51, 100, 7], 7880)));
         assert!(!r.vouches(&elsewhere, &k, t0), "another port is not");
         assert!(!r.vouches(&c, &k, t0 + REACH_VALID), "expired");
+    }
+
+    #[test]
+    fn one_address_cannot_fill_the_table() {
+        let mut r = Reached::default();
+        let t0 = Instant::now();
+        let at = |ip: [u8; 4], port: u16| ContactWire::from(SocketAddr::from((ip, port)));
+        let other = at([198, 51, 100, 8], 7879);
+        assert!(r.insert(other.clone(), PeerKey([9; 32]), t0));
+        // One host dials back a thousand ports under a thousand keys.
+        for i in 0..1000u16 {
+            let k = PeerKey([(i % 251) as u8; 32]);
+            assert!(r.insert(
+                at([203, 0, 113, 1], 1000 + i),
+                k,
+                t0 + Duration::from_millis(u64::from(i))
+            ));
+        }
+        assert_eq!(r.at.len(), MAX_REACHED_PER_ADDRESS + 1);
+        assert!(
+            r.vouches(&other, &PeerKey([9; 32]), t0),
+            "the other host's stays"
+        );
+        // The newest of the flooding host's are the ones kept.
+        assert!(r.vouches(
+            &at([203, 0, 113, 1], 1999),
+            &PeerKey([(999 % 251) as u8; 32]),
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(!r.vouches(&at([203, 0, 113, 1], 1000), &PeerKey([0; 32]), t0));
     }
 }
