@@ -88,6 +88,8 @@ pub struct Testbed {
     next_host: AtomicU8,
     /// The number of the next host behind any NAT.
     next_inner: Arc<AtomicU8>,
+    /// The number of the next LAN.
+    next_lan: AtomicU8,
     /// Every link's counters.
     links: Mutex<Vec<LinkCounters>>,
 }
@@ -121,6 +123,7 @@ impl Testbed {
             runtime: Some(runtime),
             next_host: AtomicU8::new(1),
             next_inner: Arc::new(AtomicU8::new(1)),
+            next_lan: AtomicU8::new(1),
             links: Mutex::new(Vec::new()),
         })
     }
@@ -184,6 +187,28 @@ impl Testbed {
             .as_bytes(),
         )?;
         Ok(Nat { bed: self, router })
+    }
+
+    /// A home LAN: a NAT router on a link of its own to the core, with a
+    /// bridge (one Ethernet segment, no delay) that hosts from
+    /// [`Lan::host`] join by veth pairs: hosts on it reach each other
+    /// directly, multicast included (mDNS), and everything beyond through
+    /// the router. The `k`th LAN is 172.16.k.0/24, the router .1.
+    pub fn lan(&self, name: &str, link: Link) -> io::Result<Lan<'_>> {
+        let k = self.next_lan.fetch_add(1, Ordering::Relaxed);
+        if k == 0 || k > 250 {
+            return Err(io::Error::other("a testbed holds at most 250 LANs"));
+        }
+        let nat = self.nat(name, link)?;
+        let ns = &nat.router.ns;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["addr", "add", &format!("172.16.{k}.1/24"), "dev", "br0"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lan {
+            nat,
+            net: k,
+            next: AtomicU8::new(2),
+        })
     }
 
     /// The counters of the link of the host called `name` (behind a NAT:
@@ -356,6 +381,69 @@ impl Forwarder {
             b"",
         )?;
         Ok(())
+    }
+}
+
+/// A home LAN of the testbed ([`Testbed::lan`]): a NAT router with a
+/// bridge its hosts share.
+#[derive(Debug)]
+pub struct Lan<'bed> {
+    nat: Nat<'bed>,
+    net: u8,
+    next: AtomicU8,
+}
+
+impl Lan<'_> {
+    /// The router (and its NAT: forwards, port-mapping servers).
+    pub fn nat(&self) -> &Nat<'_> {
+        &self.nat
+    }
+
+    /// The router's address on the LAN.
+    pub fn router_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(172, 16, self.net, 1)
+    }
+
+    /// A new host on the LAN: a veth pair, one end in the host
+    /// (`eth0`, the next address, its default route through the router),
+    /// the other on the router's bridge.
+    pub fn host(&self, name: &str) -> io::Result<Host> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if n < 2 || n > 250 {
+            return Err(io::Error::other("a LAN holds at most 249 hosts"));
+        }
+        let ns = Arc::new(NetNs::create()?);
+        let addr = Ipv4Addr::new(172, 16, self.net, n);
+        // `ip` moves a device into a namespace by a process in it: a
+        // short-lived one, started inside.
+        let mut holder = ns
+            .run(|| Command::new("sleep").arg("30").spawn())
+            .map_err(|e| io::Error::new(e.kind(), format!("a process in the new host: {e}")))?;
+        let pid = holder.id().to_string();
+        let port = format!("v{n}");
+        let router = &self.nat.router.ns;
+        let moved = router.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+        ]);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        moved?;
+        router.ip(&["link", "set", &port, "master", "br0"])?;
+        router.ip(&["link", "set", &port, "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.router_addr().to_string(),
+        ])?;
+        Ok(Host {
+            name: format!("{}/{name}", self.nat.router.name),
+            ns,
+            addr,
+        })
     }
 }
 

@@ -203,3 +203,53 @@ fn a_nat_hides_the_hosts_behind_it_unless_a_port_is_forwarded() {
         .expect("a forwarded port reaches the host behind the NAT");
     assert_eq!(forwarded, b"inside");
 }
+
+#[test]
+fn hosts_on_a_lan_share_multicast_and_reach_the_rest_through_its_router() {
+    if !require_testbed() {
+        return;
+    }
+    let bed = Testbed::new().expect("testbed");
+    let lan = bed.lan("home", Link::delay(Duration::ZERO)).expect("lan");
+    let (a, b) = (lan.host("a").expect("a"), lan.host("b").expect("b"));
+    let server = bed
+        .host("server", Link::delay(Duration::ZERO))
+        .expect("server");
+
+    // mDNS's group: what a sends, b hears, from a's own address.
+    let group = std::net::Ipv4Addr::new(224, 0, 0, 251);
+    let listener = b
+        .run(|| {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 5353))?;
+            s.join_multicast_v4(&group, &b.addr())?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            Ok(s)
+        })
+        .expect("listener on b");
+    let sender = a
+        .run(|| std::net::UdpSocket::bind((a.addr(), 0)))
+        .expect("socket on a");
+    let mut buf = [0u8; 64];
+    // A few sends: the first may precede the bridge's forwarding state.
+    let mut heard = None;
+    for _ in 0..20 {
+        sender
+            .send_to(b"who serves here?", (group, 5353))
+            .expect("send");
+        if let Ok((n, from)) = listener.recv_from(&mut buf) {
+            heard = Some((buf[..n].to_vec(), from.ip()));
+            break;
+        }
+    }
+    assert_eq!(
+        heard,
+        Some((b"who serves here?".to_vec(), std::net::IpAddr::V4(a.addr())))
+    );
+
+    // Beyond the LAN, through the router's NAT: the server sees the
+    // router's address.
+    let (to, seen) = serve_once(&server, payload(1000));
+    assert_eq!(fetch_from(&a, to).expect("fetch"), payload(1000));
+    let peer = seen.join().expect("server thread").expect("accept");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(lan.nat().public_addr()));
+}
