@@ -409,7 +409,7 @@ impl Lan<'_> {
     /// the other on the router's bridge.
     pub fn host(&self, name: &str) -> io::Result<Host> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        if n < 2 || n > 250 {
+        if !(2..=250).contains(&n) {
             return Err(io::Error::other("a LAN holds at most 249 hosts"));
         }
         let ns = Arc::new(NetNs::create()?);
