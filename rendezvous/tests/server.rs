@@ -856,3 +856,58 @@ async fn a_session_updates_its_announcement_in_place_at_most_once_a_minute() {
     assert_eq!(r.session_count().await.expect("count"), 0);
     assert_eq!(holders(new).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_contact_is_dialed_back_and_announced_as_it_is() {
+    use anonmirror_privacy::Level;
+    use anonmirror_rendezvous::msg::ReachOutcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_unix(10 * EPOCH_SECS + 1);
+    let mut cfg = config(&clock, dir.path());
+    cfg.listen = "[::1]:0".parse().expect("addr");
+    cfg.dangerous_unchecked_contacts = false;
+    cfg.credentials.pow_difficulty = 4;
+    let r = Rendezvous::start(cfg).await.expect("start");
+    let c = Client::new(r.local_addr(), r.key());
+    let e = epoch(&clock);
+    let keypair = anonmirror_channel::StaticKeypair::generate().expect("key");
+    let key = keypair.public();
+    let l = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("bind");
+    let server = l.local_addr().expect("addr");
+    let params = anonmirror_channel::ChannelParams::new(Level::Open, e);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = anonmirror_channel::accept(s, &keypair, &params, Duration::from_secs(5)).await;
+        }
+    });
+    let reached = c
+        .reach(server.port(), key, Level::Open, e)
+        .await
+        .expect("reach");
+    assert_eq!(reached.outcome, ReachOutcome::Reached);
+    assert_eq!(
+        reached.seen,
+        Some(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+    );
+    let cred = c
+        .register(clock.unix_secs(), 4, SeededEntropy::new(8))
+        .await
+        .expect("register");
+    let t = c
+        .buy_tokens(&cred, clock.unix_secs(), e, 1)
+        .await
+        .expect("buy");
+    let a = AnnouncementWire {
+        contact: ContactWire::from(server),
+        key,
+        ..ann(2)
+    };
+    let _live = c.open_session(&t[0], a).await.expect("open");
+    let snap = c
+        .directory(None, &r.directory_key())
+        .await
+        .expect("directory");
+    assert_eq!(snap.peers[0].contact.socket_addr(), Some(server));
+}
