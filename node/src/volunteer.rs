@@ -258,12 +258,8 @@ impl Volunteer {
     /// stopping.
     async fn wait_for_holdings(&self, d: Duration, mut changes: u64) -> bool {
         let until = tokio::time::Instant::now() + d;
-        let mut follow = Follow {
-            filter: Vec::new(),
-            due: None,
-            last: 0,
-            updates: 0,
-        };
+        // Nothing announced: only the delay counts.
+        let mut follow = Follow::new(Vec::new(), 0);
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
@@ -707,12 +703,7 @@ impl Volunteer {
             // Never refused for its size (`_FILTER_FITS` below).
             filter: announcement.to_bytes(),
         };
-        let mut follow = Follow {
-            filter: wire.filter.clone(),
-            due: None,
-            last: now,
-            updates: 0,
-        };
+        let mut follow = Follow::new(wire.filter.clone(), now);
         self.record_updates(epoch, 0);
         let mut live = match self.client.open_session(&token, wire).await {
             Ok(l) => l,
@@ -1063,6 +1054,16 @@ struct Follow {
 }
 
 impl Follow {
+    /// Following a session that announced `filter` at `last`.
+    fn new(filter: Vec<u8>, last: u64) -> Follow {
+        Follow {
+            filter,
+            due: None,
+            last,
+            updates: 0,
+        }
+    }
+
     /// The store changed at `now`: an update is due after a random delay,
     /// unless one is due already or the epoch's updates are used up.
     fn changed(&mut self, now: u64, entropy: &mut dyn anonmirror_core::Entropy) {
@@ -1072,5 +1073,45 @@ impl Follow {
         let (lo, hi) = (*UPDATE_DELAY_SECS.start(), *UPDATE_DELAY_SECS.end());
         let delay = lo + entropy.below(hi - lo + 1);
         self.due = Some((now + delay).max(self.last + UPDATE_GAP_SECS));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an observer of the directory sees of a burst of downloads:
+    /// one update, at a random moment one to five minutes after the first
+    /// of them, never sooner than five minutes after the last
+    /// announcement, and no more than the epoch's cap of updates.
+    #[test]
+    fn a_burst_of_changes_is_one_update_at_a_random_delay_within_the_caps() {
+        let mut entropy = anonmirror_core::SeededEntropy::new(17);
+        let mut delays = std::collections::BTreeSet::new();
+        for trial in 0..1000u64 {
+            let opened = 1_000_000 + trial;
+            let mut f = Follow::new(Vec::new(), opened);
+            let first = opened + 400;
+            f.changed(first, &mut entropy);
+            let due = f.due.expect("an update is due");
+            // More downloads before it is due do not move it.
+            for later in 1..20 {
+                f.changed(first + later, &mut entropy);
+                assert_eq!(f.due, Some(due));
+            }
+            let delay = due - first;
+            assert!(UPDATE_DELAY_SECS.contains(&delay), "{delay}");
+            delays.insert(delay);
+            // A change right after the session opened waits the gap.
+            let mut g = Follow::new(Vec::new(), opened);
+            g.changed(opened + 1, &mut entropy);
+            assert!(g.due.expect("due") >= opened + UPDATE_GAP_SECS);
+        }
+        // The delay is drawn, not fixed: 1000 draws over 241 values.
+        assert!(delays.len() > 200, "{}", delays.len());
+        let mut capped = Follow::new(Vec::new(), 0);
+        capped.updates = MAX_UPDATES_PER_EPOCH;
+        capped.changed(10_000, &mut entropy);
+        assert_eq!(capped.due, None, "no update past the epoch's cap");
     }
 }
