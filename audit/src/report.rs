@@ -185,8 +185,32 @@ pub struct AuditReport {
     /// when the daemon recorded it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updates: Option<String>,
+    /// What LAN discovery shows the link (`[lan]`): "off", or what each
+    /// way on lets the neighbours see.
+    pub lan: String,
     /// Things the operator should know.
     pub warnings: Vec<String>,
+}
+
+/// What `[lan]` lets the neighbours on the link see.
+fn lan_exposure(lan: &anonmirror_privacy::LanConfig) -> String {
+    let mut shown = Vec::new();
+    if lan.advertise {
+        shown.push(
+            "advertised on the link (neighbours see this machine's address, port, session key \
+             and level, not what it holds)",
+        );
+    }
+    if lan.discover {
+        shown.push(
+            "neighbours asked first (they see which packages this machine fetches from them)",
+        );
+    }
+    if shown.is_empty() {
+        "off (nothing sent on the link)".to_owned()
+    } else {
+        shown.join("; ")
+    }
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -263,6 +287,10 @@ impl AuditReport {
         if !selection.within_budget {
             warnings.push("over the exposure budget: nothing is announced this epoch".into());
         }
+        let lan = lan_exposure(&policy.lan);
+        if policy.lan.advertise || policy.lan.discover {
+            warnings.push(format!("LAN discovery is on: {lan}"));
+        }
         Ok(AuditReport {
             level,
             transport: t.kind,
@@ -296,6 +324,7 @@ impl AuditReport {
             },
             credential: NO_CREDENTIAL.into(),
             updates: None,
+            lan,
             warnings,
         })
     }
@@ -336,6 +365,7 @@ impl AuditReport {
                 .map_or("unknown".to_owned(), |n| n.to_string())
         );
         let _ = writeln!(s, "credential:   {}", self.credential);
+        let _ = writeln!(s, "lan:          {}", self.lan);
         if let Some(u) = &self.updates {
             let _ = writeln!(s, "updates:      {u}");
         }

@@ -205,3 +205,26 @@ fn a_tor_daemons_onion_service_counts_as_onion_serving() {
     assert!(w[0].contains("onion service only"), "{w:?}");
     assert_eq!(fallback.shortfalls(Level::Balanced).len(), 1);
 }
+
+#[test]
+fn lan_discovery_says_what_the_neighbours_see() {
+    let idx = index(2);
+    let snap = snapshot(1_000, LevelPeers([0, 1_000, 0, 0]), &[(1, 900.0)]);
+    let off = audit(&policy("open", ""), Epoch(7), &[], &idx, &snap).expect("audits");
+    assert_eq!(off.lan, "off (nothing sent on the link)");
+    assert!(!off.warnings.iter().any(|w| w.contains("LAN")), "{off:?}");
+    let on = policy("open", "[lan]\nadvertise = true\ndiscover = true\n");
+    let r = audit(&on, Epoch(7), &[], &idx, &snap).expect("audits");
+    assert!(
+        r.lan.contains("address, port, session key and level")
+            && r.lan.contains("which packages this machine fetches"),
+        "{}",
+        r.lan
+    );
+    assert!(r.to_text().contains(&format!("lan:          {}", r.lan)));
+    assert!(
+        r.warnings.iter().any(|w| w.starts_with("LAN discovery is on")),
+        "{:?}",
+        r.warnings
+    );
+}

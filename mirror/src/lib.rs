@@ -11,6 +11,7 @@
 //! - [`job`]: one download per item: store, else peers, else upstream,
 //!   with the hedge.
 //! - [`peers`]: candidates from the rendezvous, minus peers that failed.
+//! - [`lan`]: volunteers found on the link, asked before the directory.
 //! - [`upstream`]: the HTTP client for the official mirror and its speed.
 //! - [`metrics`]: counters, the offload ratio, the Prometheus text.
 //!
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod hooks;
 pub mod index;
 pub mod job;
+pub mod lan;
 pub mod metrics;
 pub mod peers;
 pub mod read_ahead;

@@ -44,6 +44,8 @@ pub struct Metrics {
     sessions_opened: AtomicU64,
     session_live: AtomicU64,
     directory_peers: AtomicU64,
+    lan_peers: AtomicU64,
+    lan_ignored: AtomicU64,
     index_errors: AtomicU64,
     contact: AtomicU64,
     history: Mutex<VecDeque<(u64, MetricsSnapshot)>>,
@@ -158,6 +160,11 @@ pub struct MetricsSnapshot {
     pub session_live: u64,
     /// Peers listed in the directory last fetched (0 before the first).
     pub directory_peers: u64,
+    /// Volunteers found on the link (LAN discovery).
+    pub lan_peers: u64,
+    /// Advertisements on the link that were not used (malformed, another
+    /// level, an address beyond the link), each counted once.
+    pub lan_ignored: u64,
     /// Index files that failed to parse (their repository fell back to
     /// passing requests through).
     pub index_errors: u64,
@@ -282,6 +289,8 @@ impl MetricsSnapshot {
                 "anonmirror_sessions_opened_total" => &mut s.sessions_opened,
                 "anonmirror_session_live" => &mut s.session_live,
                 "anonmirror_directory_peers" => &mut s.directory_peers,
+                "anonmirror_lan_peers" => &mut s.lan_peers,
+                "anonmirror_lan_ignored" => &mut s.lan_ignored,
                 "anonmirror_index_errors_total" => &mut s.index_errors,
                 "anonmirror_contact" => &mut s.contact,
                 _ => continue,
@@ -372,6 +381,16 @@ impl Metrics {
         self.directory_peers.store(peers as u64, Ordering::Relaxed);
     }
 
+    /// LAN discovery knows `peers` volunteers on the link.
+    pub fn lan(&self, peers: usize) {
+        self.lan_peers.store(peers as u64, Ordering::Relaxed);
+    }
+
+    /// `n` advertisements on the link were not used.
+    pub fn lan_ignored(&self, n: usize) {
+        self.lan_ignored.store(n as u64, Ordering::Relaxed);
+    }
+
     /// An index failed to parse.
     pub fn index_error(&self) {
         add(&self.index_errors, 1);
@@ -429,6 +448,8 @@ impl Metrics {
             sessions_opened: g(&self.sessions_opened),
             session_live: g(&self.session_live),
             directory_peers: g(&self.directory_peers),
+            lan_peers: g(&self.lan_peers),
+            lan_ignored: g(&self.lan_ignored),
             index_errors: g(&self.index_errors),
             contact: g(&self.contact),
         }
@@ -536,6 +557,18 @@ impl Metrics {
             "gauge",
             "Peers listed in the directory last fetched.",
             s.directory_peers.to_string(),
+        );
+        series(
+            "anonmirror_lan_peers",
+            "gauge",
+            "Volunteers found on the link by LAN discovery.",
+            s.lan_peers.to_string(),
+        );
+        series(
+            "anonmirror_lan_ignored",
+            "gauge",
+            "Advertisements on the link not used (malformed, or beyond the link).",
+            s.lan_ignored.to_string(),
         );
         series(
             "anonmirror_contact",

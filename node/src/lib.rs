@@ -6,6 +6,8 @@
 //! - [`volunteer`]: the volunteer role, when the policy's level is not
 //!   `off` (credentials, tokens, sessions with the rendezvous,
 //!   announcements, the peer server);
+//! - [`lan`]: volunteers on the same link, advertised and found with
+//!   mDNS/DNS-SD when the policy opts in;
 //! - [`carrier`]: what carries the node's connections (TCP, arti, a Tor
 //!   daemon) and how its peers reach it;
 //! - `rendezvous_onion` (feature `onion-service`): the rendezvous
@@ -28,6 +30,7 @@ pub mod carrier;
 pub mod demo;
 mod err;
 pub mod http;
+pub mod lan;
 pub mod mapping;
 pub mod node;
 mod options;

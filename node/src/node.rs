@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anonmirror_core::Epoch;
 use anonmirror_mirror::job::{FetchConfig, Fetcher};
+use anonmirror_mirror::lan::LanPeers;
 use anonmirror_mirror::peers::{Candidate, PeerSource, RendezvousPeers, WarmUp};
 use anonmirror_mirror::repo::Repo;
 use anonmirror_mirror::upstream::Upstream;
@@ -143,12 +144,26 @@ impl Node {
                     None => peers,
                 })
             });
+        // LAN discovery: neighbours first, then the directory (if any).
+        let lan: Option<Arc<LanPeers>> = policy.lan.discover.then(|| {
+            Arc::new(
+                LanPeers::new(
+                    opts.lookup_want,
+                    peers.clone().map(|p| p as Arc<dyn PeerSource>),
+                )
+                .with_metrics(metrics.clone()),
+            )
+        });
+        let source: Option<Arc<dyn PeerSource>> = match &lan {
+            Some(l) => Some(l.clone()),
+            None => peers.clone().map(|p| p as Arc<dyn PeerSource>),
+        };
         let work_dir = cache_dir.join("store").join("tmp");
         let fetcher = Arc::new(
             Fetcher::new(
                 store.clone(),
                 upstream.clone(),
-                peers.clone().map(|p| p as Arc<dyn PeerSource>),
+                source,
                 metrics.clone(),
                 FetchConfig {
                     work_dir: work_dir.clone(),
@@ -213,6 +228,17 @@ impl Node {
         if let Some(p) = &peers {
             tasks.spawn(p.clone().keep_directory(cancel.clone()));
         }
+        if let Some(l) = &lan {
+            // The gateway works without it: a link with no multicast (or
+            // a busy mDNS port) costs only the neighbours.
+            match crate::lan::discover(l.clone(), cancel.clone()) {
+                Ok(browse) => {
+                    tasks.spawn(browse);
+                    tracing::info!("LAN discovery on: volunteers on this link are asked first");
+                }
+                Err(e) => tracing::warn!(error = %e, "LAN discovery could not start"),
+            }
+        }
         // The history `anonmirror status --plot` draws: a sample a minute.
         let (m, c, stop) = (gateway.metrics().clone(), clock.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -242,6 +268,7 @@ impl Node {
                 store,
                 gateway: gateway.clone(),
                 peers,
+                lan,
                 clock,
                 state_dir,
                 cancel: cancel.clone(),

@@ -100,6 +100,10 @@ pub const MAX_UPDATES_PER_EPOCH: u32 = 48;
 /// state directory, for `anonmirror audit`.
 pub const CONTACT_FILE: &str = "contact.txt";
 
+/// How long a volunteer the rendezvous could not reach serves only its
+/// link (`lan.advertise`) before it tries the dial-back again.
+pub const LINK_ONLY_RETRY: Duration = Duration::from_secs(600);
+
 /// What the volunteer's last selection decided (for `demo` and logs;
 /// `anonmirror audit` shows the whole pipeline).
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +140,9 @@ pub(crate) struct Volunteer {
     pub(crate) store: Store,
     pub(crate) gateway: Arc<Gateway>,
     pub(crate) peers: Option<Arc<RendezvousPeers>>,
+    /// Volunteers on the link, when LAN discovery is on: told this node's
+    /// own session key, as `peers` is.
+    pub(crate) lan: Option<Arc<anonmirror_mirror::lan::LanPeers>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) state_dir: PathBuf,
     /// The node's stop signal.
@@ -647,6 +654,10 @@ impl Volunteer {
         // Behind a router, a forward of the port (asked for with PCP or
         // NAT-PMP, if the policy lets it) is what makes it reachable.
         let mut port_map = None;
+        let listen = match &local {
+            anonmirror_core::Contact::Tcp(addr) => Some(*addr),
+            _ => None,
+        };
         let contact = match local {
             anonmirror_core::Contact::Tcp(addr) => {
                 if self.policy.serve.map_port && !addr.ip().is_loopback() {
@@ -663,8 +674,22 @@ impl Volunteer {
                         if let Some(m) = port_map {
                             m.remove().await;
                         }
+                        // Unreachable from outside, but its neighbours
+                        // may still be served, if the policy says so.
+                        let ended = match self.advertise(addr, public, epoch, true) {
+                            Some(advertised) => {
+                                tracing::info!(
+                                    error = %e,
+                                    "unreachable from other networks: serving this link only"
+                                );
+                                let ended = self.serve_link_only(&server, epoch_left).await;
+                                advertised.stop().await;
+                                Ok(ended)
+                            }
+                            None => Err(e),
+                        };
                         server.shutdown().await;
-                        return Err(e);
+                        return ended;
                     }
                 }
             }
@@ -730,9 +755,8 @@ impl Volunteer {
             }
         };
         self.gateway.metrics().session(true);
-        if let Some(p) = &self.peers {
-            p.set_own(Some(public));
-        }
+        self.set_own(Some(public));
+        let advertised = listen.and_then(|addr| self.advertise(addr, public, epoch, false));
         tracing::info!(
             announced = selection.announced.len(),
             padding = selection.padding.len(),
@@ -818,12 +842,90 @@ impl Volunteer {
         if let Some(m) = port_map {
             m.remove().await;
         }
-        server.shutdown().await;
-        if let Some(p) = &self.peers {
-            p.set_own(None);
+        if let Some(a) = advertised {
+            a.stop().await;
         }
+        server.shutdown().await;
+        self.set_own(None);
         self.gateway.metrics().session(false);
         ended
+    }
+
+    /// This node's own session key (or none) for its gateway's peer
+    /// sources: it never asks itself.
+    fn set_own(&self, key: Option<anonmirror_core::PeerKey>) {
+        if let Some(p) = &self.peers {
+            p.set_own(key);
+        }
+        if let Some(l) = &self.lan {
+            l.set_own(key);
+        }
+    }
+
+    /// Advertises the peer server listening on `listen` (session `key`)
+    /// on the link, if the policy says so and the listener can be reached
+    /// from it; `link_only` when the rendezvous could not reach it (so
+    /// that `audit` says it serves its neighbours only).
+    fn advertise(
+        &self,
+        listen: std::net::SocketAddr,
+        key: anonmirror_core::PeerKey,
+        epoch: Epoch,
+        link_only: bool,
+    ) -> Option<crate::lan::Advertisement> {
+        if !self.policy.lan.advertise {
+            return None;
+        }
+        if listen.ip().is_loopback() {
+            tracing::info!("lan.advertise: the peer listener is on loopback: nothing advertised");
+            return None;
+        }
+        match crate::lan::Advertisement::start(listen.port(), key, self.policy.level, epoch) {
+            Ok(a) => {
+                let line = if link_only {
+                    "lan: advertised on this link, which is all it serves (the rendezvous could not reach it)\n"
+                } else {
+                    "lan: advertised on this link too\n"
+                };
+                self.note_contact(line);
+                tracing::info!(port = listen.port(), "advertised on the link (mDNS)");
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not advertise on the link");
+                None
+            }
+        }
+    }
+
+    /// Serves the link only (its advertisement is up) until the epoch
+    /// ends, [`LINK_ONLY_RETRY`] passed (a forward may have been made
+    /// since: the dial-back is tried again), announce-again-now, or the
+    /// node stops.
+    async fn serve_link_only(
+        &self,
+        server: &anonmirror_overlay::server::ServerHandle,
+        epoch_left: Duration,
+    ) -> Ended {
+        tokio::select! {
+            _ = tokio::time::sleep(epoch_left.min(LINK_ONLY_RETRY)) => Ended::Reopen,
+            _ = self.reannounce.notified() => Ended::Reopen,
+            _ = server.unreachable() => Ended::Reopen,
+            _ = self.cancel.cancelled() => Ended::Stopping,
+        }
+    }
+
+    /// Appends `line` to [`CONTACT_FILE`] (written by `set_contact`).
+    fn note_contact(&self, line: &str) {
+        use std::io::Write as _;
+        let path = self.state_dir.join(CONTACT_FILE);
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "could not record the contact for the audit");
+        }
     }
 
     /// The TCP contact others reach the peer server by, at `port`: the

@@ -56,7 +56,52 @@ impl Policy {
         }
         self.check_transport()?;
         self.check_announce()?;
-        self.check_popularity()
+        self.check_popularity()?;
+        self.check_lan()
+    }
+
+    fn check_lan(&self) -> Result<(), Invalid> {
+        let lan = &self.lan;
+        if self.level == Level::Strict && !self.transport.dangerous_allow_clearnet {
+            let key = match (lan.advertise, lan.discover) {
+                (true, _) => "lan.advertise",
+                (false, true) => "lan.discover",
+                (false, false) => return Ok(()),
+            };
+            return Err(Invalid::new(
+                key,
+                "level = \"strict\" shows this machine's address to no one, \
+                 and LAN discovery shows it to every neighbour on the link",
+            )
+            .hint(
+                "remove it, choose level = \"balanced\", or set \
+                 transport.dangerous_allow_clearnet = true, which weakens privacy",
+            ));
+        }
+        if !lan.advertise {
+            return Ok(());
+        }
+        if !self.level.serves() {
+            return Err(Invalid::new(
+                "lan.advertise",
+                format!(
+                    "level = \"{}\" serves nobody: there is nothing to advertise",
+                    self.level
+                ),
+            )
+            .hint("choose level = \"open\" or \"balanced\" to serve, or remove this key"));
+        }
+        if self.serve.listen.ip().is_loopback() {
+            return Err(Invalid::new(
+                "lan.advertise",
+                format!(
+                    "serve.listen {} cannot be reached from the link",
+                    self.serve.listen
+                ),
+            )
+            .hint("set serve.listen = \"0.0.0.0:7879\" and transport.kind = \"tcp\""));
+        }
+        Ok(())
     }
 
     fn check_repositories(&self) -> Result<(), Invalid> {

@@ -37,8 +37,9 @@ pub use level::{Level, UnknownLevel};
 pub use pattern::DenyPattern;
 pub use policy::{
     AnnounceConfig, CacheConfig, ControlPort, DEFAULT_CONTROL, DEFAULT_POLICY, DEFAULT_POLICY_PATH,
-    GatewayConfig, LogConfig, MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES, MAX_REGION_LEN,
-    MIN_CACHE_SIZE, PEER_PORT, PathsConfig, Policy, PopularityConfig, Randomization,
-    RendezvousConfig, Repository, RepositoryKind, ServeConfig, TransportConfig, TransportKind,
+    GatewayConfig, LanConfig, LogConfig, MAX_CLIENTS_LIMIT, MAX_EPOCH_SECS, MAX_HASHES,
+    MAX_REGION_LEN, MIN_CACHE_SIZE, PEER_PORT, PathsConfig, Policy, PopularityConfig,
+    Randomization, RendezvousConfig, Repository, RepositoryKind, ServeConfig, TransportConfig,
+    TransportKind,
 };
 pub use units::{ByteSize, ExposureBudget, Rate};

@@ -44,6 +44,8 @@ pub(crate) struct Options {
     #[serde(default)]
     pub popularity: PopularityOptions,
     #[serde(default)]
+    pub lan: LanOptions,
+    #[serde(default)]
     pub log: LogOptions,
 }
 
@@ -123,6 +125,13 @@ pub(crate) struct RandomizationOptions {
     pub f: Option<f64>,
     pub p: Option<f64>,
     pub q: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LanOptions {
+    pub advertise: Option<bool>,
+    pub discover: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +246,8 @@ impl Options {
         set(&mut p.popularity.randomization.p, r.p);
         set(&mut p.popularity.randomization.q, r.q);
 
+        set(&mut p.lan.advertise, self.lan.advertise);
+        set(&mut p.lan.discover, self.lan.discover);
         set(
             &mut p.log.dangerous_log_sensitive,
             self.log.dangerous_log_sensitive,

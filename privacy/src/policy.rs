@@ -90,6 +90,8 @@ pub struct Policy {
     pub announce: AnnounceConfig,
     /// Popularity floor and popularity reports.
     pub popularity: PopularityConfig,
+    /// Volunteers on the same link, found without the rendezvous.
+    pub lan: LanConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -408,6 +410,18 @@ impl Randomization {
     }
 }
 
+/// `[lan]`: volunteers on the same link (mDNS/DNS-SD), both ways opt-in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LanConfig {
+    /// While a session serves over TCP, tell the link that this node
+    /// serves (`_anonmirror._tcp`): its neighbours see its address, port,
+    /// session key and level, nothing of what it holds.
+    pub advertise: bool,
+    /// Ask volunteers found on the link before the rendezvous's directory:
+    /// they see which packages this node fetches from them.
+    pub discover: bool,
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LogConfig {
@@ -503,6 +517,10 @@ impl Policy {
                 min_holders,
                 min_fraction,
                 randomization,
+            },
+            lan: LanConfig {
+                advertise: false,
+                discover: false,
             },
             log: LogConfig {
                 dangerous_log_sensitive: false,

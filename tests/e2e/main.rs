@@ -8,6 +8,7 @@ mod clients;
 mod daemon;
 mod gateway;
 mod gateway_http;
+mod lan;
 mod layering;
 mod mapping;
 mod rendezvous_crash;

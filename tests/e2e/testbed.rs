@@ -30,8 +30,8 @@ fn home_link() -> Link {
 }
 
 /// A host with the runtime its nodes (or its rendezvous) run on.
-struct Place {
-    host: Host,
+pub(crate) struct Place {
+    pub(crate) host: Host,
     rt: Runtime,
 }
 
@@ -41,21 +41,21 @@ impl Place {
     }
 
     /// A place on `host` (one behind a NAT router).
-    fn on(host: Host) -> Place {
+    pub(crate) fn on(host: Host) -> Place {
         let rt = host.runtime().expect("runtime");
         Place { host, rt }
     }
 
     /// Runs `fut` to completion on a thread inside the host (what it binds
     /// and dials directly, before spawning, is the host's too).
-    fn block_on<T: Send>(&self, fut: impl Future<Output = T> + Send) -> T {
+    pub(crate) fn block_on<T: Send>(&self, fut: impl Future<Output = T> + Send) -> T {
         self.host
             .run(|| Ok(self.rt.block_on(fut)))
             .expect("inside the host")
     }
 
     /// Runs `f` (apt, pacman) on a thread inside the host.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         self.host.run(|| Ok(f())).expect("inside the host")
     }
 
@@ -79,16 +79,16 @@ impl Place {
 }
 
 /// The testbed of both tests: mirror, rendezvous, volunteer, home.
-struct World {
-    bed: Testbed,
+pub(crate) struct World {
+    pub(crate) bed: Testbed,
     mirror: Host,
-    rendezvous: Place,
+    pub(crate) rendezvous: Place,
     volunteer: Place,
     home: Place,
 }
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         let bed = Testbed::new().expect("testbed");
         let mirror = bed
             .host("mirror", Link::delay(Duration::ZERO))
@@ -106,7 +106,7 @@ impl World {
     }
 
     /// nginx on the mirror host, serving `root`.
-    fn nginx(&self, root: &std::path::Path) -> Nginx {
+    pub(crate) fn nginx(&self, root: &std::path::Path) -> Nginx {
         let listen = self.mirror.addr().into();
         self.mirror
             .run(|| {
@@ -122,7 +122,7 @@ impl World {
     }
 
     /// The rendezvous, on its host's address.
-    fn start_rendezvous(&self, dir: &std::path::Path) -> Rendezvous {
+    pub(crate) fn start_rendezvous(&self, dir: &std::path::Path) -> Rendezvous {
         let mut cfg = ServerConfig::new(
             SocketAddr::new(self.rendezvous.host.addr().into(), 0),
             dir.join("rendezvous"),
@@ -137,7 +137,7 @@ impl World {
 }
 
 /// Waits until `node`'s store holds every one of `packages`.
-fn wait_stored(place: &Place, node: &Node, packages: &[Package]) {
+pub(crate) fn wait_stored(place: &Place, node: &Node, packages: &[Package]) {
     let store = node.gateway().fetcher().store().clone();
     place.block_on(support::wait_stored(&store, packages));
 }

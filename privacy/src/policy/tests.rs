@@ -787,3 +787,48 @@ fn validate_catches_policies_changed_in_code() {
         Some("serve.max_clients")
     );
 }
+
+#[test]
+fn lan_discovery_is_opt_in_and_refused_where_it_would_show_the_address() {
+    for level in ["off", "open", "balanced", "strict"] {
+        let p = if level == "off" {
+            parse("")
+        } else {
+            parse(&at_level(level, ""))
+        };
+        assert!(!p.lan.advertise && !p.lan.discover, "{level}");
+    }
+    let p = parse(&at_level(
+        "open",
+        "[lan]\nadvertise = true\ndiscover = true",
+    ));
+    assert!(p.lan.advertise && p.lan.discover);
+    // A gateway-only node may ask its neighbours, with no rendezvous.
+    assert!(parse("[lan]\ndiscover = true").lan.discover);
+
+    let msg = rejects(
+        &at_level("strict", "[lan]\ndiscover = true"),
+        "lan.discover",
+    );
+    assert!(msg.contains("every neighbour"), "{msg}");
+    rejects(
+        &at_level("strict", "[lan]\nadvertise = true"),
+        "lan.advertise",
+    );
+    let msg = rejects("[lan]\nadvertise = true", "lan.advertise");
+    assert!(msg.contains("serves nobody"), "{msg}");
+    // Balanced listens on loopback for its onion service: nothing on the
+    // link could connect.
+    let msg = rejects(
+        &at_level("balanced", "[lan]\nadvertise = true"),
+        "lan.advertise",
+    );
+    assert!(msg.contains("cannot be reached from the link"), "{msg}");
+    let p = parse(&at_level(
+        "balanced",
+        "[serve]\nlisten = \"0.0.0.0:7879\"\n[transport]\nkind = \"tcp\"\n[lan]\nadvertise = true",
+    ));
+    assert!(p.lan.advertise);
+    rejects("[lan]\nadvertize = true", "lan.advertize");
+    rejects("[lan]\ndiscover = \"yes\"", "lan.discover");
+}
