@@ -223,7 +223,9 @@ fn lan_discovery_says_what_the_neighbours_see() {
     );
     assert!(r.to_text().contains(&format!("lan:          {}", r.lan)));
     assert!(
-        r.warnings.iter().any(|w| w.starts_with("LAN discovery is on")),
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("LAN discovery is on")),
         "{:?}",
         r.warnings
     );

@@ -290,8 +290,29 @@ impl Daemon {
         r: &RendezvousProc,
         serve: SocketAddr,
     ) -> Result<Daemon> {
+        let policy = Daemon::policy(kind, dir, level, upstream, Some(r), serve);
+        Daemon::start_with_policy(place, bin, dir, &policy).await
+    }
+
+    /// The policy of a daemon at `level` with its paths under `dir`, its
+    /// one repository (`bench`, of `kind`) at `upstream`, the rendezvous
+    /// `r` (if any), its peer server on `serve`: more tables may follow.
+    pub fn policy(
+        kind: &str,
+        dir: &Path,
+        level: Level,
+        upstream: SocketAddr,
+        r: Option<&RendezvousProc>,
+        serve: SocketAddr,
+    ) -> String {
         let d = dir.display();
-        let policy = format!(
+        let rendezvous = r.map_or(String::new(), |r| {
+            format!(
+                "[rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
+                r.addr, r.key, r.directory_key
+            )
+        });
+        format!(
             "level = \"{level}\"\n\
                  [paths]\nstate_dir = \"{d}/state\"\ncache_dir = \"{d}/cache\"\n\
                  [cache]\nmax_size = \"16 GiB\"\n\
@@ -299,10 +320,8 @@ impl Daemon {
                  [serve]\nlisten = \"{serve}\"\nupload_rate = \"1 GiB/s\"\n\
                  [transport]\nkind = \"tcp\"\n\
                  [[repository]]\nname = \"bench\"\nkind = \"{kind}\"\nurl = \"http://{upstream}/\"\n\
-                 [rendezvous]\naddress = \"{}\"\nkey = \"{}\"\ndirectory_key = \"{}\"\n",
-            r.addr, r.key, r.directory_key,
-        );
-        Daemon::start_with_policy(place, bin, dir, &policy).await
+                 {rendezvous}"
+        )
     }
 
     /// `anonmirror daemon` at `place` with the policy `policy` (its paths

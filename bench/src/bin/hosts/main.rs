@@ -55,6 +55,14 @@
 //!   followed, and the usual row with it as the only peer. Runs after
 //!   `newversion` and before `dead`.
 //!
+//! `--lan`: the volunteers and the home on one LAN bridge behind a home
+//! router whose link has the case's round trip (to the mirror, the
+//! rendezvous, everything beyond); the volunteers listen on level open's
+//! default with no forward (the rendezvous cannot reach them) and
+//! advertise on the link (`lan.advertise`); the home's daemon has no
+//! rendezvous at all and asks its neighbours (`lan.discover`). Reported
+//! too: how long the home took to find them. `rtt` and `capped` only.
+//!
 //! `--index-padding 60000` lists that many synthetic entries after the
 //! packages in the apt index (49 MB, 8.3 MB as xz, as Debian's main for
 //! one architecture): the `apt-get update` columns then measure a
@@ -121,6 +129,10 @@ struct Args {
     /// no forward.
     #[arg(long, default_value_t = 0)]
     unreachable: usize,
+    /// The volunteers and the home on one LAN bridge, found by LAN
+    /// discovery, with no rendezvous for the home.
+    #[arg(long, conflicts_with = "nat")]
+    lan: bool,
     /// The package manager: apt or pacman.
     #[arg(long, default_value = "apt")]
     client: String,
@@ -276,8 +288,13 @@ struct World {
     dir: PathBuf,
     repo: Repo,
     names: Vec<String>,
-    /// The link of each volunteer (`--nat`: its router's).
+    /// The link of each volunteer (`--nat`: its router's; none on a LAN).
     volunteer_links: Vec<String>,
+    /// The link whose round trip is the case's: the home's, or (`--lan`)
+    /// its router's.
+    home_link: String,
+    /// The volunteers and the home share a LAN (`--lan`).
+    lan: bool,
     /// Volunteers no forward reaches (`--unreachable`), after the others
     /// in `volunteers`.
     unreachable: usize,
@@ -294,8 +311,22 @@ impl World {
         let rv = bed.host("rendezvous", Link::delay(Duration::ZERO))?;
         let (mut volunteer_hosts, mut volunteer_links, mut routers) =
             (Vec::new(), Vec::new(), Vec::new());
+        // On a LAN, the router's link carries the case's round trip, and
+        // the home is on the bridge with the volunteers.
+        let lan_home = if args.lan {
+            let lan = bed.lan("homelan", Link::round_trip(CASE_RTT))?;
+            for i in 0..args.volunteers {
+                volunteer_hosts.push(lan.host(&format!("volunteer{i}"))?);
+            }
+            Some(lan.host("home")?)
+        } else {
+            None
+        };
         for i in 0..args.volunteers + if args.nat { args.unreachable } else { 0 } {
             let name = format!("volunteer{i}");
+            if args.lan {
+                break;
+            }
             if !args.nat {
                 volunteer_hosts.push(bed.host(&name, Link::delay(Duration::ZERO))?);
                 volunteer_links.push(name);
@@ -309,7 +340,13 @@ impl World {
                 routers.push(RouterMapping::start(&nat)?);
             }
         }
-        let home = bed.host("home", Link::round_trip(CASE_RTT))?;
+        let (home, home_link) = match lan_home {
+            Some(h) => (h, "homelan".to_owned()),
+            None => (
+                bed.host("home", Link::round_trip(CASE_RTT))?,
+                "home".to_owned(),
+            ),
+        };
 
         let t = Instant::now();
         let specs = specs(args.packages, args.mib << 20);
@@ -359,11 +396,13 @@ impl World {
             repo,
             names,
             volunteer_links,
+            home_link,
+            lan: args.lan,
             unreachable: if args.nat { args.unreachable } else { 0 },
             _routers: routers,
             _nginx: nginx,
         };
-        let serve = args.nat.then(|| {
+        let serve = (args.nat || args.lan).then(|| {
             anonmirror_privacy::Policy::defaults_for(Level::Open)
                 .serve
                 .listen
@@ -371,17 +410,20 @@ impl World {
         for (i, host) in volunteer_hosts.into_iter().enumerate() {
             let t = Instant::now();
             let place = Place::Host(host.clone());
-            let mut v = Daemon::start_serving(
+            let mut policy = Daemon::policy(
                 world.repo.kind(),
-                &place,
-                bin,
                 &dir.join(format!("volunteer{i}")),
                 Level::Open,
                 world.mirror_addr,
-                &world.rendezvous,
+                Some(&world.rendezvous),
                 serve.unwrap_or_else(|| std::net::SocketAddr::new(place.ip(), 0)),
-            )
-            .await?;
+            );
+            if args.lan {
+                policy.push_str("[lan]\nadvertise = true\n");
+            }
+            let mut v =
+                Daemon::start_with_policy(&place, bin, &dir.join(format!("volunteer{i}")), &policy)
+                    .await?;
             let base = format!("http://{}/bench", v.gateway);
             let names: Vec<&str> = world.names.iter().map(String::as_str).collect();
             world
@@ -393,7 +435,8 @@ impl World {
                     &names,
                 )
                 .with_context(|| format!("volunteer {i} fetching the set"))?;
-            let reachable = i < args.volunteers;
+            // On the LAN, no forward reaches them: they serve the link.
+            let reachable = i < args.volunteers && !args.lan;
             if reachable {
                 v.restart().await?;
             } else {
@@ -430,9 +473,10 @@ impl World {
         Ok(Run { link_in, ..run? })
     }
 
-    /// Bytes into the home over its link so far.
+    /// Bytes into the home over its link so far (on a LAN: into the LAN
+    /// over its router's link).
     fn link_in(&self) -> u64 {
-        self.bed.counters("home").map_or(0, |c| {
+        self.bed.counters(&self.home_link).map_or(0, |c| {
             c.inward.bytes.load(std::sync::atomic::Ordering::Relaxed)
         })
     }
@@ -479,16 +523,44 @@ impl World {
     /// One run through a fresh home daemon, fetching `names`.
     async fn through_gateway_of(&self, tag: &str, names: &[&str]) -> Result<Run> {
         let ddir = self.dir.join(format!("home-{tag}"));
-        let mut daemon = Daemon::start_for(
-            self.repo.kind(),
-            &Place::Host(self.home.clone()),
-            &self.bin,
-            &ddir,
-            Level::Off,
-            self.mirror_addr,
-            &self.rendezvous,
-        )
-        .await?;
+        let place = Place::Host(self.home.clone());
+        let mut daemon = if self.lan {
+            // No rendezvous: its neighbours, found on the link.
+            let mut policy = Daemon::policy(
+                self.repo.kind(),
+                &ddir,
+                Level::Off,
+                self.mirror_addr,
+                None,
+                std::net::SocketAddr::new(place.ip(), 0),
+            );
+            policy.push_str("[lan]\ndiscover = true\n");
+            let daemon = Daemon::start_with_policy(&place, &self.bin, &ddir, &policy).await?;
+            let started = Instant::now();
+            while (daemon.metrics().await?.lan_peers as usize) < self.volunteers.len() {
+                if started.elapsed() > Duration::from_secs(60) {
+                    bail!("the home found too few volunteers on its link in 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            println!(
+                "  the home found its {} neighbours in {:.2} s",
+                self.volunteers.len(),
+                started.elapsed().as_secs_f64()
+            );
+            daemon
+        } else {
+            Daemon::start_for(
+                self.repo.kind(),
+                &place,
+                &self.bin,
+                &ddir,
+                Level::Off,
+                self.mirror_addr,
+                &self.rendezvous,
+            )
+            .await?
+        };
         let base = format!("http://{}/bench", daemon.gateway);
         let dir = self.dir.join(format!("client-gateway-{tag}"));
         let pid = daemon.pid().parse().unwrap_or(0);
@@ -512,7 +584,11 @@ impl World {
             from_peers: m.fetched_from_peers,
             from_upstream: m.fetched_from_upstream,
             hedges: m.hedges,
-            directory_peers: m.directory_peers,
+            directory_peers: if self.lan {
+                m.lan_peers
+            } else {
+                m.directory_peers
+            },
             gateway_cpu,
             link_in,
             ..run?
@@ -531,7 +607,7 @@ impl World {
                  download {:.2} s, {:.0} % of package bytes from peers, {} hedges; \
                  cores busy {:.0} % straight, {:.0} % through the gateway, gateway CPU {:.2} s; \
                  into the home {:.1} MiB straight, {:.1} MiB through the gateway; \
-                 {} peers in the home's directory (of {} volunteers, {} reachable)",
+                 {} peers in the home's {} (of {} volunteers, {} reachable)",
                 s.update,
                 s.download,
                 g.update,
@@ -544,6 +620,11 @@ impl World {
                 s.link_in as f64 / 1048576.0,
                 g.link_in as f64 / 1048576.0,
                 g.directory_peers,
+                if self.lan {
+                    "LAN discovery"
+                } else {
+                    "directory"
+                },
                 self.volunteers.len(),
                 self.reachable_volunteers(),
             );
@@ -592,7 +673,11 @@ async fn main() -> Result<()> {
             bin.display()
         );
     }
-    let wants = |c: &str| args.cases.is_empty() || args.cases.iter().any(|x| x == c);
+    // On a LAN (`--lan`), the cases that change nothing but the links.
+    let wants = |c: &str| {
+        (!args.lan || matches!(c, "rtt" | "capped"))
+            && (args.cases.is_empty() || args.cases.iter().any(|x| x == c))
+    };
     // 0755 under /tmp: nginx's workers and apt's `_apt` reach inside.
     let scratch = TestDir::new();
     let mut world = World::build(&args, &bin, scratch.path()).await?;
@@ -602,11 +687,15 @@ async fn main() -> Result<()> {
     if wants("rtt") {
         for &ms in &args.rtts {
             let rtt = Duration::from_millis(ms);
-            world.bed.set_link("home", Link::round_trip(rtt))?;
+            world
+                .bed
+                .set_link(&world.home_link, Link::round_trip(rtt))?;
             rows.push(world.case(&format!("{ms} ms"), args.runs).await?);
         }
     }
-    world.bed.set_link("home", Link::round_trip(CASE_RTT))?;
+    world
+        .bed
+        .set_link(&world.home_link, Link::round_trip(CASE_RTT))?;
     if wants("capped") {
         world
             .bed
@@ -618,7 +707,14 @@ async fn main() -> Result<()> {
         }
         rows.push(
             world
-                .case("40 ms, mirror 2 MiB/s, volunteers 4 MiB/s", args.runs)
+                .case(
+                    if args.lan {
+                        "40 ms, mirror 2 MiB/s, neighbours on the LAN"
+                    } else {
+                        "40 ms, mirror 2 MiB/s, volunteers 4 MiB/s"
+                    },
+                    args.runs,
+                )
                 .await?,
         );
         world.bed.set_link("mirror", Link::delay(Duration::ZERO))?;
