@@ -9,10 +9,14 @@
 //! 2. two tokens for the epoch: one pays for a popularity report (from the
 //!    held, current, allowed items, randomized with the node's permanent
 //!    memo), one opens the session;
-//! 3. the selection pipeline decides the announcement; a padding item
-//!    (announced, not held) is fetched on demand: the first peer to ask for
-//!    it gets `NotFound` (as for any Bloom false positive) while the node
-//!    fetches it, within the cache cap, for the peers that ask later;
+//! 3. the selection pipeline decides the announcement, and the peer
+//!    server serves exactly it: an item held but not announced (denied,
+//!    below the level's floor, over the budget) is answered `NotFound`,
+//!    as one never heard of, so that probing learns nothing the
+//!    announcement does not say; padding (announced, not held) is fetched
+//!    before the session opens ([`PADDING_FETCH_LIMIT`]), so that held and
+//!    padding items are answered alike; one still missing is fetched when
+//!    first asked for;
 //! 4. a peer server with a fresh Noise key for the session, within the
 //!    policy's limits; serving over TCP, a forward of its port asked of the
 //!    home router (PCP, NAT-PMP: [`crate::mapping`]) and the rendezvous's
@@ -99,6 +103,10 @@ pub const MAX_UPDATES_PER_EPOCH: u32 = 48;
 /// How peers reach this node (its contact, or why it has none), in the
 /// state directory, for `anonmirror audit`.
 pub const CONTACT_FILE: &str = "contact.txt";
+
+/// The longest a session waits for its padding to be fetched before it
+/// opens.
+pub const PADDING_FETCH_LIMIT: Duration = Duration::from_secs(300);
 
 /// How long a volunteer the rendezvous could not reach serves only its
 /// link (`lan.advertise`) before it tries the dial-back again.
@@ -501,16 +509,17 @@ impl Volunteer {
         Ok(selection)
     }
 
-    /// The announcement over what the store holds now, and its padding, if
-    /// it differs from `filter` (what the session announces) and is within
-    /// the exposure budget; `None` keeps the session's announcement.
+    /// The announcement over what the store holds now, and what it
+    /// announces, if it differs from `filter` (what the session announces)
+    /// and is within the exposure budget; `None` keeps the session's
+    /// announcement.
     fn reselect(
         &self,
         epoch: Epoch,
         index: &CurrentIndex,
         snapshot: &PopularitySnapshot,
         filter: &[u8],
-    ) -> Option<(Vec<u8>, HashSet<ItemKey>)> {
+    ) -> Option<(Vec<u8>, Announced)> {
         let selection = match self.select(epoch, index, snapshot) {
             Ok(s) => s,
             Err(e) => {
@@ -526,7 +535,23 @@ impl Volunteer {
             return None;
         };
         let bytes = announcement.to_bytes();
-        (bytes != filter).then(|| (bytes, selection.padding.iter().copied().collect()))
+        (bytes != filter).then(|| (bytes, Announced::of(&selection)))
+    }
+
+    /// Fetches `padding` into the store (within the cache cap), for at
+    /// most [`PADDING_FETCH_LIMIT`]; what is left is fetched when first
+    /// asked for.
+    async fn fetch_padding(&self, padding: &std::collections::BTreeSet<ItemKey>) {
+        let items: Vec<ItemKey> = padding.iter().copied().collect();
+        let n = items.len();
+        let fetch = prefetch(self.gateway.clone(), items, self.cancel.clone());
+        match tokio::time::timeout(PADDING_FETCH_LIMIT, fetch).await {
+            Ok(()) => tracing::info!(padding = n, "padding fetched before it is announced"),
+            Err(_) => tracing::info!(
+                padding = n,
+                "padding fetch cut short: the rest is fetched when first asked for"
+            ),
+        }
     }
 
     /// Writes [`UPDATES_FILE`] for the audit.
@@ -592,6 +617,15 @@ impl Volunteer {
             }
         };
 
+        // Padding is fetched before it is announced (the report above
+        // counts only what was held before): a peer asking for it gets the
+        // same answer as for a held item, never a `NotFound` that tells
+        // the two apart. What was fetched is no download of the user's:
+        // the announcement does not follow it.
+        if selection.announcement.is_some() && !selection.padding.is_empty() {
+            self.fetch_padding(&selection.padding).await;
+            seen_changes = self.store.changes();
+        }
         let Some(announcement) = selection.announcement.as_ref() else {
             tracing::info!(
                 bits = selection.exposure.total(),
@@ -622,18 +656,20 @@ impl Volunteer {
             }
         };
         let public = keypair.public();
-        // Updated with the announcement (`follow_holdings`).
-        let padding: Arc<std::sync::RwLock<HashSet<ItemKey>>> = Arc::new(std::sync::RwLock::new(
-            selection.padding.iter().copied().collect(),
-        ));
+        // What the server serves: exactly the announcement, updated with
+        // it (`Follow`).
+        let announced = Arc::new(std::sync::RwLock::new(Announced::of(&selection)));
         let gateway = self.gateway.clone();
         let (prefetches, cancel) = (self.prefetches.clone(), self.cancel.clone());
-        let announced_padding = padding.clone();
+        let missed = announced.clone();
         let on_miss: anonmirror_overlay::server::OnMiss = Arc::new(move |key: &ItemKey| {
-            if announced_padding.read().is_ok_and(|p| p.contains(key)) {
+            if missed.read().is_ok_and(|a| a.padding.contains(key)) {
                 prefetches.spawn(prefetch(gateway.clone(), vec![*key], cancel.clone()));
             }
         });
+        let served = announced.clone();
+        let serves: anonmirror_overlay::server::Serves =
+            Arc::new(move |key: &ItemKey| served.read().is_ok_and(|a| a.items.contains(key)));
         let server = anonmirror_overlay::server::spawn(
             listener,
             self.store.clone(),
@@ -643,6 +679,7 @@ impl Volunteer {
                 max_clients: self.policy.serve.max_clients as usize,
                 upload_rate: Some(self.policy.serve.upload_rate.bytes_per_sec()),
                 on_miss: Some(on_miss),
+                serves: Some(serves),
                 ..ServerConfig::default()
             },
         )
@@ -815,12 +852,18 @@ impl Volunteer {
                             snapshot = self.snapshot(epoch, &now_index).await;
                             index = now_index;
                         }
-                        if let Some((filter, new_padding)) = self.reselect(epoch, &index, &snapshot, &follow.filter) {
+                        if let Some((filter, now_announced)) = self.reselect(epoch, &index, &snapshot, &follow.filter) {
                             if let Err(source) = live.update(filter.clone()).await {
                                 break Err(Error::Rendezvous { what: "updating the announcement", source });
                             }
-                            if let Ok(mut p) = padding.write() {
-                                *p = new_padding;
+                            // Served from the moment it is announced; new
+                            // padding fetched now, not when first asked.
+                            let padding: Vec<ItemKey> = now_announced.padding.iter().copied().collect();
+                            if !padding.is_empty() {
+                                self.prefetches.spawn(prefetch(self.gateway.clone(), padding, self.cancel.clone()));
+                            }
+                            if let Ok(mut a) = announced.write() {
+                                *a = now_announced;
                             }
                             follow.filter = filter;
                             follow.last = at;
@@ -1141,6 +1184,24 @@ const _FILTER_FITS: () = assert!(
         + anonmirror_announce::announcement::MAX_ANNOUNCEMENT_BITS as usize / 8
         == anonmirror_rendezvous::msg::MAX_FILTER
 );
+
+/// What a session announces, which is all its peer server serves.
+struct Announced {
+    /// Held items and padding.
+    items: HashSet<ItemKey>,
+    /// Of which not held when selected: fetched before the session opens,
+    /// or when first asked for.
+    padding: HashSet<ItemKey>,
+}
+
+impl Announced {
+    fn of(selection: &anonmirror_announce::Selection) -> Announced {
+        Announced {
+            items: selection.announced.iter().copied().collect(),
+            padding: selection.padding.iter().copied().collect(),
+        }
+    }
+}
 
 /// How a session's announcement follows what the store holds: batched
 /// and delayed at random (see [`UPDATE_DELAY_SECS`]).

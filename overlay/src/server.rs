@@ -4,8 +4,12 @@
 //! sends [`Message::Request`]s, one at a time or pipelined; each is answered
 //! in order:
 //!
-//! - the item is not held (a Bloom false positive, or evicted):
-//!   `NotFound { item }`;
+//! - the item is not one the session announces
+//!   ([`ServerConfig::serves`]): `NotFound { item }`, without a look at the
+//!   store, so that an item held but not announced (denied, not popular
+//!   enough, another version) is answered exactly as one never heard of;
+//! - the item is announced but not held (padding not fetched yet, or
+//!   evicted): `NotFound { item }`;
 //! - the range is not inside the item: `Error { RangeNotSatisfiable }`;
 //!   longer than [`ServerConfig::max_request_len`]:
 //!   `Error { RequestTooLarge }`;
@@ -57,6 +61,9 @@ use anonmirror_store::{ItemReader, Store};
 /// (the node may fetch it, e.g. a padding item it announced).
 pub type OnMiss = std::sync::Arc<dyn Fn(&ItemKey) + Send + Sync>;
 
+/// Whether an item is one the session announces (and so may be served).
+pub type Serves = std::sync::Arc<dyn Fn(&ItemKey) -> bool + Send + Sync>;
+
 /// How a peer server behaves.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -72,8 +79,13 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// What `Busy` tells clients to wait before retrying.
     pub busy_retry_after: Duration,
-    /// Told of every `NotFound` answered.
+    /// Told of every `NotFound` answered for an item it serves.
     pub on_miss: Option<OnMiss>,
+    /// The items it serves: the session's announcement. `None` serves
+    /// every item the store holds (tests, benchmarks); a volunteer always
+    /// sets it, so that nobody learns from its answers more than its
+    /// announcement says.
+    pub serves: Option<Serves>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -86,6 +98,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("busy_retry_after", &self.busy_retry_after)
             .field("on_miss", &self.on_miss.is_some())
+            .field("serves", &self.serves.is_some())
             .finish()
     }
 }
@@ -100,6 +113,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             busy_retry_after: Duration::from_secs(5),
             on_miss: None,
+            serves: None,
         }
     }
 }
@@ -375,6 +389,11 @@ async fn serve_channel<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 len,
                 want_meta,
             } => {
+                if shared.config.serves.as_ref().is_some_and(|s| !s(&item)) {
+                    shared.stats.not_found.fetch_add(1, Ordering::Relaxed);
+                    send(channel, &Message::NotFound { item }).await?;
+                    continue;
+                }
                 let reader = match shared.store.open_item(&item) {
                     Ok(Some(r)) => r,
                     Ok(None) => {

@@ -526,9 +526,9 @@ async fn a_volunteer_reconnects_after_the_rendezvous_restarts() {
 /// The privacy pipeline end to end: a volunteer's popularity report is
 /// counted, the counts are published at the next epoch, a `balanced`
 /// volunteer's selection pads its announcement with a popular item it does
-/// not hold, and fetches that item when a peer first asks for it.
+/// not hold, and fetches that item before it announces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand() {
+async fn a_balanced_volunteer_pads_with_popular_items_fetched_before_they_are_announced() {
     use anonmirror_privacy::{ExposureBudget, Randomization};
     const EPOCH: u64 = 3;
     let dir = TestDir::new();
@@ -641,6 +641,14 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
         )
     });
     assert!(s.announced > s.held.min(1), "{s:?}");
+    // Its padding was fetched before the session announced it: a peer
+    // asking for it gets what it would for a held item.
+    let store = balanced.gateway().fetcher().store().clone();
+    let padding = anonmirror_core::ItemKey(packages[2].sha256);
+    assert!(
+        matches!(store.meta(&padding), Ok(Some(_))),
+        "padding announced before it was fetched"
+    );
     // `anonmirror audit` with no inputs reads what the daemon's selection
     // saw, and says when its credential expires.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_anonmirror"))
@@ -654,8 +662,7 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     open.stop().await;
 
     // A client asks for a package only the balanced volunteer announces
-    // (as padding): it gets it (from the upstream, the padding not being
-    // held yet), and the volunteer fetches it for the next peer.
+    // (as padding): it gets it, and the volunteer still holds it.
     let client = Node::start(
         node_policy(Level::Off, &dir.path().join("client"), &upstream.url(), &rv),
         opts(),
@@ -666,20 +673,8 @@ async fn a_balanced_volunteer_pads_with_popular_items_and_fetches_them_on_demand
     anonmirror_node::demo::fetch_all(client.gateway_addr, std::slice::from_ref(wanted))
         .await
         .expect("client fetches");
-    let store = balanced.gateway().fetcher().store().clone();
     let key = anonmirror_core::ItemKey(wanted.sha256);
-    let mut held = false;
-    for _ in 0..200 {
-        if matches!(store.meta(&key), Ok(Some(_))) {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        held,
-        "the balanced volunteer fetched the padding item on demand"
-    );
+    assert!(matches!(store.meta(&key), Ok(Some(_))));
     client.stop().await;
     balanced.stop().await;
     rv.shutdown().await;
@@ -727,4 +722,102 @@ async fn inject_reports(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A probing client against a real volunteer's peer server: it is served
+/// what the announcement lists, and an item the volunteer holds but does
+/// not announce (its policy denies it) gets exactly the answer of an item
+/// nobody ever heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_answers_only_for_what_it_announces() {
+    use anonmirror_announce::announcement::AnnouncementHeader;
+    use anonmirror_overlay::wire::{Message, Sender};
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 3, 11).expect("repository");
+    let upstream = StaticServer::start(upstream_dir).await.expect("upstream");
+    let mut cfg = ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join("rendezvous"),
+        Arc::new(anonmirror_mirror::hooks::AnnouncementFilter),
+        Arc::new(anonmirror_mirror::hooks::PopularityAggregator::default()),
+    );
+    cfg.credentials.pow_difficulty = 8;
+    let rv = Rendezvous::start(cfg).await.expect("rendezvous");
+    let mut policy = node_policy(Level::Open, &dir.path().join("v"), &upstream.url(), &rv);
+    policy.serve.deny = vec!["demo-pkg1".parse().expect("pattern")];
+    let opts = NodeOptions {
+        pow_difficulty: 8,
+        ..NodeOptions::default()
+    };
+    let node = Node::start(policy, opts).await.expect("volunteer");
+    anonmirror_node::demo::fetch_all(node.gateway_addr, &packages)
+        .await
+        .expect("the volunteer fetches all three");
+    let opened = node.gateway().metrics().snapshot().sessions_opened;
+    node.reannounce();
+    for _ in 0..400 {
+        if node.gateway().metrics().snapshot().sessions_opened > opened {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anonmirror_node::demo::wait_announced(&node)
+        .await
+        .expect("announced");
+    let key = |i: usize| anonmirror_core::ItemKey(packages[i].sha256);
+    let store = node.gateway().fetcher().store().clone();
+    assert!(
+        (0..3).all(|i| matches!(store.meta(&key(i)), Ok(Some(_)))),
+        "it holds all three, the denied one too"
+    );
+
+    // The prober finds the volunteer in the directory, as any client.
+    let client = anonmirror_rendezvous::Client::new(rv.local_addr(), rv.key());
+    let snap = client
+        .directory(None, &rv.directory_key())
+        .await
+        .expect("directory");
+    let [peer] = &snap.peers[..] else {
+        panic!("one peer listed: {:?}", snap.peers.len());
+    };
+    let header = AnnouncementHeader::parse(&peer.filter).expect("header");
+    let params = anonmirror_channel::ChannelParams::new(header.level, header.epoch);
+    let contact = anonmirror_core::Contact::from(peer.contact.clone());
+    let stream = anonmirror_channel::TcpTransport
+        .open(&contact)
+        .await
+        .expect("connect");
+    let mut ch =
+        anonmirror_channel::noise::connect(stream, &peer.key, &params, Duration::from_secs(5))
+            .await
+            .expect("handshake");
+    let mut ask = async |item| {
+        // One byte: one `Data` message, or `NotFound`.
+        let m = Message::Request {
+            item,
+            offset: 0,
+            len: 1,
+            want_meta: false,
+        };
+        ch.send(&m.encode().expect("encode")).await.expect("send");
+        let got = ch.recv().await.expect("recv").expect("answer");
+        Message::decode_from(Sender::Server, &got)
+            .expect("decode")
+            .into_owned()
+    };
+    let announced = ask(key(0)).await;
+    assert!(
+        matches!(&announced, Message::Data { offset: 0, bytes } if bytes.len() == 1),
+        "{announced:?}"
+    );
+    // Held and denied, and never heard of: the same answer.
+    let nobody = anonmirror_core::ItemKey([0x5a; 32]);
+    assert_eq!(ask(key(1)).await, Message::NotFound { item: key(1) });
+    assert_eq!(ask(nobody).await, Message::NotFound { item: nobody });
+    // The channel is still served after both.
+    let again = ask(key(2)).await;
+    assert!(matches!(again, Message::Data { .. }), "{again:?}");
+    node.stop().await;
+    rv.shutdown().await;
 }
