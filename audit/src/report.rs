@@ -175,6 +175,12 @@ pub struct AuditReport {
     pub within_budget: bool,
     /// About N·2^−I peers.
     pub anonymity_set: f64,
+    /// The level's least anonymity set (its `popularity.min_holders`): an
+    /// announcement that points at fewer peers fails the audit.
+    pub anonymity_minimum: u32,
+    /// Whether an announcement is made whose anonymity set is below
+    /// [`anonymity_minimum`](Self::anonymity_minimum) (exit code 4).
+    pub below_anonymity_minimum: bool,
     /// ε of popularity reports.
     pub reports: ReportPrivacy,
     /// Credential and token age.
@@ -287,6 +293,19 @@ impl AuditReport {
         if !selection.within_budget {
             warnings.push("over the exposure budget: nothing is announced this epoch".into());
         }
+        let anonymity_set = selection.exposure.anonymity_set(snapshot.peers);
+        let anonymity_minimum = policy.popularity.min_holders;
+        let below_anonymity_minimum = level.serves()
+            && selection.within_budget
+            && !selection.announced.is_empty()
+            && anonymity_set < f64::from(anonymity_minimum);
+        if below_anonymity_minimum {
+            warnings.push(format!(
+                "the anonymity set is about {anonymity_set:.1} peers, below level {level}'s \
+                 minimum of {anonymity_minimum}: the announcement points at too few peers \
+                 (lower announce.exposure_budget_bits, or wait for more peers)"
+            ));
+        }
         let lan = lan_exposure(&policy.lan);
         if policy.lan.advertise || policy.lan.discover {
             warnings.push(format!("LAN discovery is on: {lan}"));
@@ -312,7 +331,9 @@ impl AuditReport {
             exposure_bits: selection.exposure.total(),
             budget: policy.announce.exposure_budget_bits.to_string(),
             within_budget: selection.within_budget,
-            anonymity_set: selection.exposure.anonymity_set(snapshot.peers),
+            anonymity_set,
+            anonymity_minimum,
+            below_anonymity_minimum,
             reports: ReportPrivacy {
                 m: params.m,
                 h: params.h,
@@ -405,7 +426,17 @@ impl AuditReport {
         let _ = writeln!(s, "  level share:         {:.2} bits", e.level_bits);
         let _ = writeln!(s, "  announced items:     {:.2} bits", e.announced_bits);
         let _ = writeln!(s, "  items not announced: {:.2} bits", e.omitted_bits);
-        let _ = writeln!(s, "anonymity set: about {:.1} peers", self.anonymity_set);
+        let _ = writeln!(
+            s,
+            "anonymity set: about {:.1} peers (level minimum {}{})",
+            self.anonymity_set,
+            self.anonymity_minimum,
+            if self.below_anonymity_minimum {
+                ": BELOW"
+            } else {
+                ""
+            }
+        );
         let r = &self.reports;
         let _ = writeln!(
             s,
@@ -430,10 +461,11 @@ impl AuditReport {
         let _ = writeln!(
             s,
             "result: {}",
-            if self.within_budget {
-                "within budget"
-            } else {
-                "OVER BUDGET"
+            match (self.within_budget, self.below_anonymity_minimum) {
+                (false, _) => "OVER BUDGET",
+                (true, true) =>
+                    "within budget, but TOO FEW PEERS (anonymity set below the level's minimum)",
+                (true, false) => "within budget",
             }
         );
         s

@@ -230,3 +230,35 @@ fn lan_discovery_says_what_the_neighbours_see() {
         r.warnings
     );
 }
+
+#[test]
+fn an_announcement_to_too_few_peers_fails_the_audit() {
+    let balanced = policy("balanced", "");
+    // 30 peers, 10 of them at balanced, the item held by 25: announcing
+    // it leaves about 30 · 2^−(log2 3 + log2 30/25) ≈ 8 peers, below
+    // balanced's minimum of 20.
+    let few = snapshot(30, LevelPeers([0, 0, 10, 20]), &[(1, 25.0)]);
+    let r = audit(&balanced, Epoch(7), &[key(1)], &index(1), &few).expect("audits");
+    assert!(r.within_budget && r.announced == 1, "{r:?}");
+    assert_eq!(r.anonymity_minimum, 20);
+    assert!(r.anonymity_set < 20.0 && r.below_anonymity_minimum, "{r:?}");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("below level balanced's minimum of 20")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(r.to_text().contains("(level minimum 20: BELOW)"));
+    // Enough peers: the same announcement passes.
+    let many = snapshot(3_000, LevelPeers([0, 0, 1_000, 2_000]), &[(1, 2_500.0)]);
+    let r = audit(&balanced, Epoch(7), &[key(1)], &index(1), &many).expect("audits");
+    assert!(
+        r.anonymity_set >= 20.0 && !r.below_anonymity_minimum,
+        "{r:?}"
+    );
+    // Nothing announced (nothing held, nothing popular): nothing to fail.
+    let none = snapshot(30, LevelPeers([0, 0, 10, 20]), &[]);
+    let r = audit(&balanced, Epoch(7), &[], &index(1), &none).expect("audits");
+    assert!(r.announced == 0 && !r.below_anonymity_minimum, "{r:?}");
+}

@@ -63,13 +63,9 @@ pub struct AuditCmd {
 /// Run `audit`.
 pub fn run(cmd: AuditCmd) -> ExitCode {
     match report(&cmd) {
-        Ok((text, within)) => {
+        Ok((text, verdict)) => {
             print!("{text}");
-            if within {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(verdict.code())
         }
         Err((msg, kind)) => {
             eprintln!("error: {msg}");
@@ -112,7 +108,33 @@ fn in_file<E: std::fmt::Display + HasKind>(path: &Path) -> impl Fn(E) -> Failure
     move |e| (format!("{}: {e}", path.display()), e.kind())
 }
 
-fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
+/// What the audit found, as its exit code says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// 0: within the budget, and the anonymity set at least the level's
+    /// minimum.
+    Pass,
+    /// 1: over the exposure budget (nothing is announced).
+    OverBudget,
+    /// 4: announced, but to an anonymity set below the level's minimum.
+    TooFewPeers,
+}
+
+impl Verdict {
+    fn code(self) -> u8 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::OverBudget => 1,
+            Verdict::TooFewPeers => EXIT_TOO_FEW_PEERS,
+        }
+    }
+}
+
+/// The exit code of an audit whose anonymity set is below the level's
+/// minimum.
+pub const EXIT_TOO_FEW_PEERS: u8 = 4;
+
+fn report(cmd: &AuditCmd) -> Result<(String, Verdict), Failure> {
     let policy = match cmd.level {
         Some(level) => Policy::load_with_level(&cmd.policy, level),
         None => Policy::load(&cmd.policy),
@@ -202,5 +224,12 @@ fn report(cmd: &AuditCmd) -> Result<(String, bool), Failure> {
     } else {
         report.to_text()
     };
-    Ok((text, report.within_budget))
+    let verdict = if !report.within_budget {
+        Verdict::OverBudget
+    } else if report.below_anonymity_minimum {
+        Verdict::TooFewPeers
+    } else {
+        Verdict::Pass
+    };
+    Ok((text, verdict))
 }

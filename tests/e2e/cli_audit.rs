@@ -103,23 +103,36 @@ fn golden(name: &str, actual: &[u8]) {
     );
 }
 
+/// Within budget, but to an anonymity set below balanced's minimum of 20
+/// peers (the budget of 12 bits allows one in 4 096 of 1 000 peers): a
+/// failure of its own, exit code 4. The same inputs at open (no minimum)
+/// pass.
 #[test]
-fn audit_prints_the_golden_text_and_json_and_exits_0_within_budget() {
+fn audit_prints_the_golden_text_and_json_and_fails_an_anonymity_set_below_the_minimum() {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = inputs(dir.path());
     let out = audit(&files, &[]);
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(4),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     golden("cli-balanced.txt", &out.stdout);
     let out = audit(&files, &["--json"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(4));
     golden("cli-balanced.json", &out.stdout);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["credential"], "no credential yet");
+    assert_eq!(json["below_anonymity_minimum"], true);
+    assert!(json["anonymity_set"].as_f64().is_some_and(|a| a < 20.0));
+    let out = audit(&files, &["--level", "open"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
