@@ -22,6 +22,18 @@
 //! `GET /.anonmirror/history` the counters over time as CSV (repository
 //! names cannot start with `.`, so neither collides with one).
 //!
+//! Web pages cannot use it. A browser on this machine can reach
+//! 127.0.0.1, so a page could otherwise read what the gateway answers
+//! (DNS rebinding: a name of the page's that resolves to 127.0.0.1) or
+//! time it (an `<img>` of a package: fast if held, slow if not). So a
+//! request is refused with `403` when its `Host` is a name other than
+//! `localhost` (IP literals are fine: no page can rebind one), when it
+//! carries an `Origin` that is not such a host, and when `Sec-Fetch-Site`
+//! (which browsers send, and package managers never do) says anything but
+//! `same-origin` or `none`; nothing is read from the store first, so a
+//! refusal takes the same time for every path. Stored items carry no
+//! `Last-Modified` (it would tell when each package was fetched).
+//!
 //! Logs at the default level never carry a path, a package or an item.
 
 use std::collections::HashMap;
@@ -32,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anonmirror_core::{Clock, Sensitive};
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
@@ -242,6 +254,58 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether `host` (a `Host` header's value, or an origin's host and port)
+/// names this machine in a way no web page can rebind: an IP literal, or
+/// `localhost`.
+fn host_allowed(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
+/// Refuses what a web page would send (see the module docs): why, if so.
+fn from_this_machine(headers: &HeaderMap) -> Result<(), &'static str> {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    if let Some(host) = text(header::HOST)
+        && !host_allowed(host)
+    {
+        return Err("the gateway answers only requests for 127.0.0.1, [::1] or localhost");
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if !host.is_some_and(host_allowed) {
+            return Err("the gateway answers no web page");
+        }
+    }
+    if let Some(site) = text(HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err("the gateway answers no web page");
+    }
+    Ok(())
+}
+
 async fn handle(
     State(gw): State<Arc<Gateway>>,
     method: Method,
@@ -249,6 +313,9 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response<Body> {
     gw.metrics.request();
+    if let Err(why) = from_this_machine(&headers) {
+        return plain(StatusCode::FORBIDDEN, why);
+    }
     if method != Method::GET && method != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
         r.headers_mut()
@@ -504,16 +571,12 @@ fn from_store(
     head: bool,
     etag: &str,
 ) -> Response<Body> {
-    let modified = reader.file.metadata().and_then(|m| m.modified()).ok();
+    // No Last-Modified: the file's time is when this machine fetched the
+    // package.
     let metrics = gw.metrics.clone();
-    entity(
-        headers,
-        head,
-        want.size,
-        Some(etag),
-        modified,
-        move |s, e| Body::from_stream(file_stream(reader, s, e, metrics)),
-    )
+    entity(headers, head, want.size, Some(etag), None, move |s, e| {
+        Body::from_stream(file_stream(reader, s, e, metrics))
+    })
 }
 
 /// `start..end` of a stored item; the reader keeps it pinned meanwhile.

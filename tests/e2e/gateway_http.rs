@@ -415,7 +415,7 @@ async fn pipelined_requests_are_all_answered_in_order_and_fetched_at_once() {
     let mut conn = tokio::io::BufReader::new(tcp);
     let mut pipelined = String::new();
     for p in &paths {
-        pipelined.push_str(&format!("GET /demo/{p} HTTP/1.1\r\nHost: gateway\r\n\r\n"));
+        pipelined.push_str(&format!("GET /demo/{p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
     }
     conn.get_mut()
         .write_all(pipelined.as_bytes())
@@ -818,6 +818,76 @@ async fn a_peer_answers_only_for_what_it_announces() {
     // The channel is still served after both.
     let again = ask(key(2)).await;
     assert!(matches!(again, Message::Data { .. }), "{again:?}");
+    node.stop().await;
+    rv.shutdown().await;
+}
+
+/// What a web page in a browser on this machine would send (another
+/// origin, DNS rebinding to 127.0.0.1, a cross-site `<img>`) is refused
+/// before anything is looked up; a stored package does not say when it was
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_web_page_would_make_are_refused() {
+    let dir = TestDir::new();
+    let upstream_dir = dir.path().join("upstream");
+    let packages = generate_repository(&upstream_dir, 1, 12).expect("repository");
+    let upstream = StaticServer::start(upstream_dir).await.expect("upstream");
+    let rv = rendezvous(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let policy = node_policy(Level::Off, &dir.path().join("node"), &upstream.url(), &rv);
+    let node = Node::start(policy, opts()).await.expect("node");
+    anonmirror_node::demo::fetch_all(node.gateway_addr, &packages)
+        .await
+        .expect("fetched");
+    let port = node.gateway_addr.port();
+    let url = format!("http://{}/demo/{}", node.gateway_addr, packages[0].path);
+    let metrics = format!("http://{}/.anonmirror/metrics", node.gateway_addr);
+    let requests_before = |n: &Node| n.gateway().metrics().snapshot().from_store;
+    let stored = requests_before(&node);
+
+    let rebound = format!("attacker.example:{port}");
+    let refused: [&[(&str, &str)]; 6] = [
+        // DNS rebinding: the page's own name, resolved to 127.0.0.1.
+        &[("host", &rebound)],
+        &[("origin", "http://attacker.example")],
+        &[("origin", "null")],
+        // fetch() in no-cors mode, <img>, <script>: no Origin, but the
+        // browser says where the request comes from.
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("host", "localhost.attacker.example")],
+    ];
+    for headers in refused {
+        for target in [&url, &metrics] {
+            let (s, h, body) = request(Method::GET, target, headers).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{headers:?} {target}");
+            assert!(h.get("access-control-allow-origin").is_none());
+            assert!(body.len() < 200, "{headers:?}: {} bytes", body.len());
+        }
+    }
+    assert_eq!(
+        requests_before(&node),
+        stored,
+        "nothing was read from the store for a refused request"
+    );
+    // The package manager's requests, and a browser's own address bar.
+    let localhost = format!("localhost:{port}");
+    let ipv4 = format!("127.0.0.1:{port}");
+    let allowed: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("host", &localhost)],
+        &[("host", &ipv4)],
+        &[("host", "[::1]")],
+        &[("sec-fetch-site", "none")],
+    ];
+    for headers in allowed {
+        let (s, h, body) = request(Method::GET, &url, headers).await;
+        assert_eq!(s, StatusCode::OK, "{headers:?}");
+        assert_eq!(body.len() as u64, packages[0].size);
+        assert!(
+            h.get("last-modified").is_none(),
+            "a stored item says when it was stored: {h:?}"
+        );
+    }
     node.stop().await;
     rv.shutdown().await;
 }
