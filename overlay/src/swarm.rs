@@ -107,9 +107,9 @@ where
     let mut asked_meta: Vec<bool> = vec![false; peers.len()];
     // The tree (and, for a one-piece item, the whole item) is asked first
     // of a peer whose shared channel is warm (it has carried enough for
-    // its congestion window to open) and whose queue drains, at its
-    // measured rate, within the round trips a cold channel (new or barely
-    // used) would lose to slow start. Past that, the peer whose
+    // its congestion window to open) and not far behind: a cold channel,
+    // new or barely used, spends round trips in slow start that waiting
+    // behind a warm one's short queue does not. Past that, the peer whose
     // channel owes the fewest bytes: the least loaded. A peer without a
     // channel yet owes nothing; ties keep the caller's order (random among
     // equals), so items spread over the peers as their channels drain.

@@ -61,8 +61,6 @@ struct Expect {
     meta: bool,
     data: u64,
     progress: Progress,
-    /// When it was sent (set by the writer).
-    sent: tokio::time::Instant,
 }
 
 /// A request on its way to the writer.
@@ -80,33 +78,9 @@ pub(crate) struct PeerConn {
     /// Data bytes asked for and not yet answered in full: how far behind
     /// the channel is.
     owed: Arc<AtomicU64>,
-    /// How fast it answers: bytes, round trip, busy time.
-    pace: Arc<Pace>,
-}
-
-/// How fast a channel answers, measured by its reader.
-#[derive(Debug)]
-struct Pace {
     /// Data bytes answered in full so far: how far its congestion window
     /// has grown (a channel that carried little is still in slow start).
-    answered: AtomicU64,
-    /// The shortest time from a request sent on an idle channel to the
-    /// first message of its answer, µs (`u64::MAX` before one): its round
-    /// trip.
-    rtt_us: AtomicU64,
-    /// Time spent answering, µs: from each request's send (or the end of
-    /// the answer before it) to its last message.
-    busy_us: AtomicU64,
-}
-
-impl Pace {
-    fn new() -> Pace {
-        Pace {
-            answered: AtomicU64::new(0),
-            rtt_us: AtomicU64::new(u64::MAX),
-            busy_us: AtomicU64::new(0),
-        }
-    }
+    answered: Arc<AtomicU64>,
 }
 
 /// The messages answering one request, in order.
@@ -134,20 +108,20 @@ impl PeerConn {
         let (inflight, inflight_rx) = mpsc::unbounded_channel();
         let alive = Arc::new(AtomicBool::new(true));
         let owed = Arc::new(AtomicU64::new(0));
-        let pace = Arc::new(Pace::new());
+        let answered = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_requests(send, asks_rx, inflight, idle, alive.clone()));
         tokio::spawn(read_answers(
             recv,
             inflight_rx,
             alive.clone(),
             owed.clone(),
-            pace.clone(),
+            answered.clone(),
         ));
         PeerConn {
             asks,
             alive,
             owed,
-            pace,
+            answered,
         }
     }
 
@@ -182,7 +156,6 @@ impl PeerConn {
                 meta: *want_meta,
                 data: *len,
                 progress: progress.clone(),
-                sent: tokio::time::Instant::now(),
             },
             answers,
         };
@@ -202,10 +175,9 @@ async fn write_requests(
     idle: Duration,
     alive: Arc<AtomicBool>,
 ) {
-    while let Ok(Some(mut ask)) = tokio::time::timeout(idle, asks.recv()).await {
+    while let Ok(Some(ask)) = tokio::time::timeout(idle, asks.recv()).await {
         // Registered before it is sent: the reader must know the answer
         // it is about to see.
-        ask.expect.sent = tokio::time::Instant::now();
         if inflight.send((ask.expect, ask.answers)).is_err() {
             break;
         }
@@ -223,10 +195,8 @@ async fn read_answers(
     mut inflight: mpsc::UnboundedReceiver<(Expect, mpsc::Sender<Answered>)>,
     alive: Arc<AtomicBool>,
     owed: Arc<AtomicU64>,
-    pace: Arc<Pace>,
+    answered: Arc<AtomicU64>,
 ) {
-    // When the answer before ended: a request sent earlier waited for it.
-    let mut free_since = tokio::time::Instant::now();
     // Requests registered behind the one being answered.
     let mut waiting: std::collections::VecDeque<(Expect, mpsc::Sender<Answered>)> =
         std::collections::VecDeque::new();
@@ -239,9 +209,6 @@ async fn read_answers(
             break 'answers None;
         };
         let asked = expect.data;
-        let sent = expect.sent;
-        let begun = sent.max(free_since);
-        let mut first = true;
         let mut answer = Answer::new(expect);
         loop {
             let mut buf = Vec::new();
@@ -249,11 +216,6 @@ async fn read_answers(
                 Ok(true) => {}
                 Ok(false) => break 'answers Some((to, Outcome::Unavailable("closed".into()))),
                 Err(e) => break 'answers Some((to, channel_failed(e))),
-            }
-            if std::mem::take(&mut first) && sent >= free_since {
-                // Sent on an idle channel: no answer ahead of it.
-                let us = sent.elapsed().as_micros() as u64;
-                pace.rtt_us.fetch_min(us.max(1), Ordering::Relaxed);
             }
             let step = match Message::decode_from(Sender::Server, &buf) {
                 Ok(msg) => answer.after(&msg),
@@ -279,10 +241,7 @@ async fn read_answers(
             }
         }
         settle(&owed, asked);
-        free_since = tokio::time::Instant::now();
-        pace.answered.fetch_add(asked, Ordering::Relaxed);
-        let busy = free_since.saturating_duration_since(begun).as_micros() as u64;
-        pace.busy_us.fetch_add(busy, Ordering::Relaxed);
+        answered.fetch_add(asked, Ordering::Relaxed);
     };
     alive.store(false, Ordering::Release);
     owed.store(0, Ordering::Relaxed);
@@ -392,30 +351,20 @@ pub(crate) struct Load {
     pub(crate) owed: u64,
     /// Data bytes answered in full so far.
     pub(crate) answered: u64,
-    /// Its round trip, µs (`u64::MAX` before one was measured).
-    pub(crate) rtt_us: u64,
-    /// Time spent answering, µs.
-    pub(crate) busy_us: u64,
 }
 
 impl Load {
     /// Answered bytes past which a channel counts as warm: its congestion
     /// window has grown through several round trips.
     pub(crate) const WARM: u64 = 1 << 20;
-    /// Round trips a cold channel loses to slow start on a typical item
-    /// (from an initial window of ten segments to the hundreds of kB of a
-    /// package), beyond what the warm one would take for it.
-    pub(crate) const COLD_RTTS: u64 = 4;
+    /// Owed bytes up to which a warm channel takes the next item before a
+    /// cold one does: waiting behind this much on an open window costs
+    /// less than a cold channel's slow start.
+    pub(crate) const SPILL: u64 = 4 << 20;
 
-    /// Whether the next item should go here before any cold channel: it is
-    /// warm, and what it owes drains within the round trips a cold channel
-    /// would lose to slow start (at its own measured rate and round trip).
+    /// Whether the next item should go here before any cold channel.
     pub(crate) fn warm_with_room(self) -> bool {
-        if self.answered < Load::WARM || self.rtt_us == u64::MAX || self.busy_us == 0 {
-            return false;
-        }
-        let drain_us = u128::from(self.owed) * u128::from(self.busy_us) / u128::from(self.answered);
-        drain_us < u128::from(Load::COLD_RTTS) * u128::from(self.rtt_us)
+        self.answered >= Load::WARM && self.owed < Load::SPILL
     }
 }
 
@@ -472,9 +421,7 @@ impl ChannelPool {
         let held = slot.try_lock().ok()?;
         held.as_ref().filter(|c| c.is_alive()).map(|c| Load {
             owed: c.owed(),
-            answered: c.pace.answered.load(Ordering::Relaxed),
-            rtt_us: c.pace.rtt_us.load(Ordering::Relaxed),
-            busy_us: c.pace.busy_us.load(Ordering::Relaxed),
+            answered: c.answered.load(Ordering::Relaxed),
         })
     }
 
