@@ -105,21 +105,15 @@ where
     let mut usable: Vec<bool> = vec![true; peers.len()];
     // Peers already asked for a tree in this download.
     let mut asked_meta: Vec<bool> = vec![false; peers.len()];
-    // The tree (and, for a one-piece item, the whole item) is asked first
-    // of a peer whose shared channel is warm (it has carried enough for
-    // its congestion window to open) and not far behind: a cold channel,
-    // new or barely used, spends round trips in slow start that waiting
-    // behind a warm one's short queue does not. Past that, the peer whose
-    // channel owes the fewest bytes: the least loaded. A peer without a
-    // channel yet owes nothing; ties keep the caller's order (random among
-    // equals), so items spread over the peers as their channels drain.
+    // The tree (and, for a one-piece item, the whole item) is asked of the
+    // peer whose shared channel owes the fewest bytes: the least loaded,
+    // which is also the one that drains fastest (a cold channel, still in
+    // its slow start, keeps its queue longest). A peer without a channel
+    // yet owes nothing; ties keep the caller's order (random among equals),
+    // so items spread over the peers as evenly as their channels drain.
     let mut order: Vec<usize> = (0..peers.len()).collect();
     if let Some(pool) = &config.pool {
-        order.sort_by_key(|&i| match pool.load(&peers[i].key, &config.params) {
-            Some(l) if l.warm_with_room() => (0, l.owed),
-            Some(l) => (1, l.owed),
-            None => (1, 0),
-        });
+        order.sort_by_key(|&i| pool.owed(&peers[i].key, &config.params).unwrap_or(0));
     }
     loop {
         // 1. A tree, from the first usable peer not asked yet.

@@ -78,9 +78,6 @@ pub(crate) struct PeerConn {
     /// Data bytes asked for and not yet answered in full: how far behind
     /// the channel is.
     owed: Arc<AtomicU64>,
-    /// Data bytes answered in full so far: how far its congestion window
-    /// has grown (a channel that carried little is still in slow start).
-    answered: Arc<AtomicU64>,
 }
 
 /// The messages answering one request, in order.
@@ -108,21 +105,9 @@ impl PeerConn {
         let (inflight, inflight_rx) = mpsc::unbounded_channel();
         let alive = Arc::new(AtomicBool::new(true));
         let owed = Arc::new(AtomicU64::new(0));
-        let answered = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_requests(send, asks_rx, inflight, idle, alive.clone()));
-        tokio::spawn(read_answers(
-            recv,
-            inflight_rx,
-            alive.clone(),
-            owed.clone(),
-            answered.clone(),
-        ));
-        PeerConn {
-            asks,
-            alive,
-            owed,
-            answered,
-        }
+        tokio::spawn(read_answers(recv, inflight_rx, alive.clone(), owed.clone()));
+        PeerConn { asks, alive, owed }
     }
 
     /// Data bytes asked for on it and not yet answered in full.
@@ -195,7 +180,6 @@ async fn read_answers(
     mut inflight: mpsc::UnboundedReceiver<(Expect, mpsc::Sender<Answered>)>,
     alive: Arc<AtomicBool>,
     owed: Arc<AtomicU64>,
-    answered: Arc<AtomicU64>,
 ) {
     // Requests registered behind the one being answered.
     let mut waiting: std::collections::VecDeque<(Expect, mpsc::Sender<Answered>)> =
@@ -241,7 +225,6 @@ async fn read_answers(
             }
         }
         settle(&owed, asked);
-        answered.fetch_add(asked, Ordering::Relaxed);
     };
     alive.store(false, Ordering::Release);
     owed.store(0, Ordering::Relaxed);
@@ -344,30 +327,6 @@ impl std::fmt::Debug for ChannelPool {
     }
 }
 
-/// How loaded and how warm a shared channel is ([`ChannelPool::load`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Load {
-    /// Data bytes asked for and not yet answered in full.
-    pub(crate) owed: u64,
-    /// Data bytes answered in full so far.
-    pub(crate) answered: u64,
-}
-
-impl Load {
-    /// Answered bytes past which a channel counts as warm: its congestion
-    /// window has grown through several round trips.
-    pub(crate) const WARM: u64 = 1 << 20;
-    /// Owed bytes up to which a warm channel takes the next item before a
-    /// cold one does: waiting behind this much on an open window costs
-    /// less than a cold channel's slow start.
-    pub(crate) const SPILL: u64 = 4 << 20;
-
-    /// Whether the next item should go here before any cold channel.
-    pub(crate) fn warm_with_room(self) -> bool {
-        self.answered >= Load::WARM && self.owed < Load::SPILL
-    }
-}
-
 impl ChannelPool {
     /// How long a channel may go without a request.
     pub const IDLE: Duration = Duration::from_secs(20);
@@ -413,16 +372,13 @@ impl ChannelPool {
         self.conn(transport, config, peer).await.is_ok()
     }
 
-    /// The open channel to `peer`: data bytes asked for on it and not yet
-    /// answered in full, and bytes answered so far; `None` without an
-    /// open channel (or while it is being opened).
-    pub(crate) fn load(&self, peer: &PeerKey, params: &ChannelParams) -> Option<Load> {
+    /// Data bytes asked for on the open channel to `peer` and not yet
+    /// answered in full; `None` without an open channel (or while it is
+    /// being opened).
+    pub(crate) fn owed(&self, peer: &PeerKey, params: &ChannelParams) -> Option<u64> {
         let slot = self.conns.lock().ok()?.get(&(*peer, *params))?.clone();
         let held = slot.try_lock().ok()?;
-        held.as_ref().filter(|c| c.is_alive()).map(|c| Load {
-            owed: c.owed(),
-            answered: c.answered.load(Ordering::Relaxed),
-        })
+        held.as_ref().filter(|c| c.is_alive()).map(|c| c.owed())
     }
 
     /// Closes (for new requests) the channel to `peer`: it failed.
