@@ -415,7 +415,9 @@ async fn pipelined_requests_are_all_answered_in_order_and_fetched_at_once() {
     let mut conn = tokio::io::BufReader::new(tcp);
     let mut pipelined = String::new();
     for p in &paths {
-        pipelined.push_str(&format!("GET /demo/{p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+        pipelined.push_str(&format!(
+            "GET /demo/{p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        ));
     }
     conn.get_mut()
         .write_all(pipelined.as_bytes())
