@@ -179,7 +179,7 @@ fn pick<'a>(
 }
 
 /// Fisher–Yates.
-fn shuffle<T>(items: &mut [T], entropy: &mut impl Entropy) {
+pub(crate) fn shuffle<T>(items: &mut [T], entropy: &mut impl Entropy) {
     for i in (1..items.len()).rev() {
         let j = entropy.below(i as u64 + 1) as usize;
         items.swap(i, j);

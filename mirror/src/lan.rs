@@ -143,11 +143,7 @@ impl LanPeers {
                     .collect()
             },
         );
-        let mut entropy = OsEntropy;
-        for i in (1..usable.len()).rev() {
-            let j = anonmirror_core::Entropy::below(&mut entropy, i as u64 + 1) as usize;
-            usable.swap(i, j);
-        }
+        crate::directory::shuffle(&mut usable, &mut OsEntropy);
         usable.truncate(n);
         usable
     }

@@ -166,10 +166,7 @@ impl Advertisement {
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(2), done.recv_async()).await;
         }
-        if let Ok(done) = self.daemon.shutdown() {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), done.recv_async()).await;
-        }
+        shut_down(&self.daemon).await;
     }
 }
 
@@ -196,11 +193,15 @@ pub fn discover(
                 Err(_) => break,
             }
         }
-        if let Ok(done) = daemon.shutdown() {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), done.recv_async()).await;
-        }
+        shut_down(&daemon).await;
     })
+}
+
+/// Stops `daemon`'s thread, waiting at most 2 s for it to say so.
+async fn shut_down(daemon: &ServiceDaemon) {
+    if let Ok(done) = daemon.shutdown() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), done.recv_async()).await;
+    }
 }
 
 fn found(lan: &LanPeers, s: &ResolvedService) {
